@@ -1,0 +1,58 @@
+# The project's two commands: `make test` (every gate) and, once the local harness lands, `make demo`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+export AWS_DEFAULT_REGION ?= us-east-1
+export SAM_CLI_TELEMETRY := 0
+
+# sam build needs the Lambda runtime's python3.13 on PATH; pyenv keeps one outside the default PATH.
+PY313_DIR := $(shell command -v python3.13 >/dev/null 2>&1 && python3.13 -c 'import sys; print(sys.prefix)' 2>/dev/null || pyenv prefix 3.13.0 2>/dev/null || pyenv prefix 3.13 2>/dev/null)
+SAM_PATH := $(if $(PY313_DIR),$(PY313_DIR)/bin:,)$(PATH)
+
+.PHONY: test venv lint cfn-lint sam-validate sam-build shellcheck unit integration node lock clean
+
+$(VENV)/.installed: requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv lint cfn-lint sam-validate sam-build shellcheck
+	$(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+cfn-lint: venv
+	$(BIN)/cfn-lint template.yaml
+
+sam-validate: venv
+	$(BIN)/sam validate --lint
+
+sam-build: venv
+	PATH="$(SAM_PATH)" $(BIN)/sam build --parallel
+
+shellcheck: venv
+	mkdir -p .aws-sam && $(PY) -m tests.document_script > .aws-sam/prefetch-document.sh
+	shellcheck --shell=bash .aws-sam/prefetch-document.sh
+
+unit: venv
+	$(BIN)/pytest tests/unit
+
+integration: venv
+	$(BIN)/pytest tests/integration
+
+lock:
+	rm -rf /tmp/eks-prefetch-lock && python3 -m venv /tmp/eks-prefetch-lock
+	/tmp/eks-prefetch-lock/bin/pip install --quiet -r requirements-dev.in
+	{ echo "# Generated from requirements-dev.in: pip freeze of a clean venv. Regenerate with 'make lock'."; \
+	  /tmp/eks-prefetch-lock/bin/pip freeze; } > requirements-dev.txt
+
+clean:
+	rm -rf $(VENV) .aws-sam .pytest_cache .ruff_cache

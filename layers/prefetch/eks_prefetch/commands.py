@@ -1,0 +1,64 @@
+"""The SendCommand request for a prefetch: one implementation for every path that sends one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from eks_prefetch.images import ResolvedImage
+from eks_prefetch.settings import Settings
+
+# SSM's limit on a command's Comment.
+_COMMENT_LIMIT = 100
+
+
+def document_parameters(images: Sequence[ResolvedImage], settings: Settings) -> dict[str, list[str]]:
+    """The document's parameters, every one explicit so that no default on the node decides behaviour."""
+    return {
+        "images": [",".join(image.reference for image in images)],
+        "pin": ["true" if settings.pin_images else "false"],
+        "keepPinned": [str(settings.pinned_versions_to_keep)],
+        "maxDiskUsagePercent": [str(settings.max_disk_usage_percent)],
+        "pullTimeoutSeconds": [str(settings.pull_timeout_seconds)],
+        "executionTimeout": [str(settings.execution_timeout_seconds)],
+    }
+
+
+def comment_for(images: Sequence[ResolvedImage]) -> str:
+    names = ", ".join(image.display_name for image in images)
+    text = f"prefetch {names}"
+    return text if len(text) <= _COMMENT_LIMIT else text[: _COMMENT_LIMIT - 3] + "..."
+
+
+def fleet_targets(settings: Settings) -> list[dict[str, Any]]:
+    """Tag targets: SSM resolves the fleet itself, so a push costs one call whatever the cluster's size."""
+    return [{"Key": f"tag:{settings.node_tag_key}", "Values": [settings.node_tag_value]}]
+
+
+def send_command_request(
+    images: Sequence[ResolvedImage],
+    settings: Settings,
+    *,
+    instance_ids: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for ssm.send_command: the whole fleet by tag, or the named instances."""
+    if not images:
+        raise ValueError("a prefetch command needs at least one image")
+    request: dict[str, Any] = {
+        "DocumentName": settings.document_name,
+        "DocumentVersion": settings.document_version,
+        "Parameters": document_parameters(images, settings),
+        "MaxConcurrency": settings.max_concurrency,
+        "MaxErrors": settings.max_errors,
+        "TimeoutSeconds": settings.delivery_timeout_seconds,
+        "Comment": comment_for(images),
+        "CloudWatchOutputConfig": {
+            "CloudWatchLogGroupName": settings.output_log_group,
+            "CloudWatchOutputEnabled": True,
+        },
+    }
+    if instance_ids:
+        request["InstanceIds"] = list(instance_ids)
+    else:
+        request["Targets"] = fleet_targets(settings)
+    return request

@@ -1,0 +1,105 @@
+"""ECR push → one prefetch command for the whole fleet."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import ClientError
+
+from eks_prefetch import aws
+from eks_prefetch.commands import send_command_request
+from eks_prefetch.events import EcrImageActionEvent
+from eks_prefetch.idempotency import run_once
+from eks_prefetch.images import is_image_artifact
+from eks_prefetch.resolution import resolve_newest
+from eks_prefetch.settings import Settings
+
+logger = Logger(child=True)
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    status: str  # sent | duplicate | ignored
+    reason: str = ""
+    image: str = ""
+    command_id: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value}
+
+
+def _ignored(reason: str, **log_fields: Any) -> PushOutcome:
+    logger.info("push ignored", extra={"reason": reason, **log_fields})
+    return PushOutcome(status="ignored", reason=reason)
+
+
+def prefetch_pushed_image(
+    event: EcrImageActionEvent,
+    settings: Settings,
+    *,
+    lambda_context: LambdaContext | None = None,
+    ecr: Any = None,
+    ssm: Any = None,
+) -> PushOutcome:
+    """Send one fleet-wide prefetch command if the pushed image is the newest matching image of its repository.
+
+    Irrelevant events are ignored (returned, never raised, so nothing retries them). AWS errors that survive
+    botocore's retries propagate, so that the invocation fails and is retried, then dead-lettered.
+    """
+    detail = event.detail
+    repository = detail.repository_name
+    if detail.action_type != "PUSH" or detail.result != "SUCCESS":
+        return _ignored("not a successful push", action=detail.action_type, result=detail.result)
+    if repository not in settings.repository_names:
+        return _ignored("repository not watched", repository=repository)
+    if detail.image_tag is None:
+        return _ignored("untagged push", repository=repository, digest=detail.image_digest)
+    if not is_image_artifact(detail.artifact_media_type):
+        return _ignored("not a container image", artifact_media_type=detail.artifact_media_type)
+    if not settings.tag_pattern.search(detail.image_tag):
+        return _ignored("tag does not match the filter", tag=detail.image_tag, tag_filter=settings.tag_filter)
+
+    try:
+        newest = resolve_newest(repository, settings, ecr=ecr)
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "RepositoryNotFoundException":
+            return _ignored("repository does not exist", repository=repository)
+        raise
+    if newest is None:
+        return _ignored("no tagged image matches the filter", repository=repository)
+    if newest.digest != detail.image_digest:
+        # Out of order, or an old digest re-tagged: pulling it could replace a newer image on the nodes.
+        return _ignored(
+            "stale event: a newer image is the newest",
+            event_digest=detail.image_digest,
+            newest_digest=newest.digest,
+            newest_tag=newest.tag,
+        )
+
+    request = send_command_request([newest], settings)
+
+    def send() -> dict[str, Any]:
+        command_id = aws.send_command(request, ssm=ssm)
+        logger.info(
+            "prefetch command sent",
+            extra={"command_id": command_id, "image": newest.reference, "targets": request["Targets"]},
+        )
+        return {"command_id": command_id}
+
+    result, ran_now = run_once(
+        send,
+        key={"repository": repository, "digest": newest.digest},
+        table_name=settings.idempotency_table,
+        ttl_seconds=settings.idempotency_ttl_seconds,
+        lambda_context=lambda_context,
+    )
+    if not ran_now:
+        logger.info("duplicate event: command already sent", extra={"command_id": result["command_id"]})
+    return PushOutcome(
+        status="sent" if ran_now else "duplicate",
+        image=newest.reference,
+        command_id=result["command_id"],
+    )

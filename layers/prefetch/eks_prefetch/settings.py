@@ -1,0 +1,93 @@
+"""Runtime configuration: read from the environment that template.yaml sets, validated once."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Mapping
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from eks_prefetch.images import REPOSITORY_PATTERN
+
+# SSM accepts an absolute count or a percentage for MaxConcurrency and MaxErrors.
+_COUNT_OR_PERCENT = r"^([1-9][0-9]{0,5}|[1-9][0-9]?%|100%|0)$"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseModel):
+    """Everything the functions need to know about their deployment."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    region: str = Field(alias="AWS_REGION", min_length=1)
+    cluster_name: str = Field(alias="CLUSTER_NAME", min_length=1)
+    repository_names: tuple[str, ...] = Field(alias="REPOSITORY_NAMES", min_length=1)
+    node_tag_key: str = Field(alias="NODE_TAG_KEY", min_length=1, max_length=128)
+    node_tag_value: str = Field(alias="NODE_TAG_VALUE", min_length=1, max_length=256)
+    tag_filter: str = Field(alias="TAG_FILTER", default=r"^(?!sha256-).+$")
+    document_name: str = Field(alias="DOCUMENT_NAME", min_length=3)
+    document_version: str = Field(alias="DOCUMENT_VERSION", default="1", pattern=r"^([0-9]+|\$LATEST|\$DEFAULT)$")
+    max_concurrency: str = Field(alias="MAX_CONCURRENCY", default="10%", pattern=_COUNT_OR_PERCENT)
+    max_errors: str = Field(alias="MAX_ERRORS", default="25%", pattern=_COUNT_OR_PERCENT)
+    delivery_timeout_seconds: Annotated[int, Field(ge=30, le=2_592_000)] = Field(
+        alias="DELIVERY_TIMEOUT_SECONDS", default=600
+    )
+    execution_timeout_seconds: Annotated[int, Field(ge=60, le=172_800)] = Field(
+        alias="EXECUTION_TIMEOUT_SECONDS", default=3600
+    )
+    pull_timeout_seconds: Annotated[int, Field(ge=30, le=172_800)] = Field(alias="PULL_TIMEOUT_SECONDS", default=1800)
+    pin_images: bool = Field(alias="PIN_IMAGES", default=True)
+    pinned_versions_to_keep: Annotated[int, Field(ge=1, le=100)] = Field(alias="PINNED_VERSIONS_TO_KEEP", default=2)
+    max_disk_usage_percent: Annotated[int, Field(ge=10, le=95)] = Field(alias="MAX_DISK_USAGE_PERCENT", default=80)
+    output_log_group: str = Field(alias="OUTPUT_LOG_GROUP", min_length=1)
+    idempotency_table: str = Field(alias="IDEMPOTENCY_TABLE", min_length=3)
+    idempotency_ttl_seconds: Annotated[int, Field(ge=60)] = Field(alias="IDEMPOTENCY_TTL_SECONDS", default=86_400)
+
+    _split_repositories = field_validator("repository_names", mode="before")(_split_csv)
+
+    @field_validator("repository_names")
+    @classmethod
+    def _repositories_are_ecr_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [name for name in names if not re.fullmatch(REPOSITORY_PATTERN, name)]
+        if bad:
+            raise ValueError(f"not valid ECR repository names: {bad}")
+        return names
+
+    @field_validator("tag_filter")
+    @classmethod
+    def _tag_filter_compiles(cls, pattern: str) -> str:
+        re.compile(pattern)
+        return pattern
+
+    @model_validator(mode="after")
+    def _pull_fits_in_execution(self) -> Settings:
+        if self.pull_timeout_seconds >= self.execution_timeout_seconds:
+            raise ValueError("PULL_TIMEOUT_SECONDS must be below EXECUTION_TIMEOUT_SECONDS")
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        return cls.model_validate(dict(os.environ if environ is None else environ))
+
+    @property
+    def tag_pattern(self) -> re.Pattern[str]:
+        return _compiled(self.tag_filter)
+
+
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The deployment's settings, validated on first use and then reused for the container's life."""
+    return Settings.from_env()
