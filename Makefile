@@ -12,7 +12,10 @@ export SAM_CLI_TELEMETRY := 0
 PY313_DIR := $(shell command -v python3.13 >/dev/null 2>&1 && python3.13 -c 'import sys; print(sys.prefix)' 2>/dev/null || pyenv prefix 3.13.0 2>/dev/null || pyenv prefix 3.13 2>/dev/null)
 SAM_PATH := $(if $(PY313_DIR),$(PY313_DIR)/bin:,)$(PATH)
 
-.PHONY: test venv lint cfn-lint sam-validate sam-build shellcheck unit integration node lock clean
+system-deps:
+	bash scripts/system-deps.sh
+
+.PHONY: system-deps test venv lint cfn-lint sam-validate sam-build shellcheck unit integration node lock clean
 
 $(VENV)/.installed: requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -22,7 +25,7 @@ $(VENV)/.installed: requirements-dev.txt
 
 venv: $(VENV)/.installed
 
-test: venv lint cfn-lint sam-validate sam-build shellcheck
+test: system-deps venv lint cfn-lint sam-validate sam-build shellcheck
 	$(BIN)/pytest
 
 lint: venv

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Debian packages the tests need: a real node (containerd), a real registry, image tools, and shellcheck.
+# Installs what is missing when run as root; otherwise says what is missing and lets the tests that need it skip.
+set -euo pipefail
+
+declare -A package_of=(
+  [containerd]=containerd
+  [ctr]=containerd
+  [docker-registry]=docker-registry
+  [skopeo]=skopeo
+  [umoci]=umoci
+  [shellcheck]=shellcheck
+)
+missing=()
+for command in "${!package_of[@]}"; do
+  command -v "$command" >/dev/null 2>&1 || missing+=("${package_of[$command]}")
+done
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+if [[ $(id -u) -ne 0 ]]; then
+  echo "system-deps: missing ${missing[*]} (not root, not installing)" >&2
+  exit 0
+fi
+echo "system-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
