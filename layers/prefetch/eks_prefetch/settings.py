@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from eks_prefetch.images import REPOSITORY_PATTERN
 
-# SSM accepts an absolute count or a percentage for MaxConcurrency and MaxErrors.
-_COUNT_OR_PERCENT = r"^([1-9][0-9]{0,5}|[1-9][0-9]?%|100%|0)$"
+# SSM accepts an absolute count or a percentage for MaxConcurrency and MaxErrors; only MaxErrors may be 0.
+_CONCURRENCY = r"^([1-9][0-9]{0,5}|[1-9][0-9]?%|100%)$"
+_ERRORS = r"^([0-9]{1,6}|[0-9][0-9]?%|100%)$"
 
 
 def _split_csv(value: object) -> object:
@@ -35,8 +36,8 @@ class Settings(BaseModel):
     tag_filter: str = Field(alias="TAG_FILTER", default=r"^(?!sha256-).+$")
     document_name: str = Field(alias="DOCUMENT_NAME", min_length=3)
     document_version: str = Field(alias="DOCUMENT_VERSION", default="1", pattern=r"^([0-9]+|\$LATEST|\$DEFAULT)$")
-    max_concurrency: str = Field(alias="MAX_CONCURRENCY", default="10%", pattern=_COUNT_OR_PERCENT)
-    max_errors: str = Field(alias="MAX_ERRORS", default="25%", pattern=_COUNT_OR_PERCENT)
+    max_concurrency: str = Field(alias="MAX_CONCURRENCY", default="10%", pattern=_CONCURRENCY)
+    max_errors: str = Field(alias="MAX_ERRORS", default="25%", pattern=_ERRORS)
     delivery_timeout_seconds: Annotated[int, Field(ge=30, le=2_592_000)] = Field(
         alias="DELIVERY_TIMEOUT_SECONDS", default=600
     )
@@ -50,7 +51,6 @@ class Settings(BaseModel):
     output_log_group: str = Field(alias="OUTPUT_LOG_GROUP", min_length=1)
     idempotency_table: str = Field(alias="IDEMPOTENCY_TABLE", min_length=3)
     idempotency_ttl_seconds: Annotated[int, Field(ge=60)] = Field(alias="IDEMPOTENCY_TTL_SECONDS", default=86_400)
-
     _split_repositories = field_validator("repository_names", mode="before")(_split_csv)
 
     @field_validator("repository_names")
@@ -64,7 +64,10 @@ class Settings(BaseModel):
     @field_validator("tag_filter")
     @classmethod
     def _tag_filter_compiles(cls, pattern: str) -> str:
-        re.compile(pattern)
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"TAG_FILTER is not a valid regular expression: {error}") from error
         return pattern
 
     @model_validator(mode="after")

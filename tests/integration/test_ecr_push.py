@@ -1,0 +1,270 @@
+"""The ECR push handler against moto: which command goes out, to which targets, with which digest.
+
+moto accepts every SendCommand parameter unvalidated and drops several (DocumentVersion, CloudWatchOutputConfig),
+so these tests capture the request the code hands to botocore and assert on that.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+from moto.ssm.models import ssm_backends
+
+from eks_prefetch import aws
+from tests.conftest import ACCOUNT, CLUSTER, DOCUMENT, LOG_GROUP, REGION, load_handler
+from tests.ecr import at, create_repository, digest_of, push_image
+from tests.faults import throttle_first
+
+EVENTS = Path(__file__).resolve().parents[2] / "events" / "ecr_push"
+REGISTRY = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+
+
+def sample(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / f"{name}.json").read_text())
+
+
+def push_event(repository: str, digest: str, tag: str | None, event_id: str = "evt-1") -> dict[str, Any]:
+    event = copy.deepcopy(sample("push-tagged"))
+    event["id"] = event_id
+    event["detail"]["repository-name"] = repository
+    event["detail"]["image-digest"] = digest
+    if tag is None:
+        del event["detail"]["image-tag"]
+    else:
+        event["detail"]["image-tag"] = tag
+    return event
+
+
+@pytest.fixture
+def handler(aws_mock: None) -> Any:
+    return load_handler("ecr_push").lambda_handler
+
+
+@pytest.fixture
+def sent(aws_mock: None) -> list[dict[str, Any]]:
+    """Every SendCommand request, as the code passed it to botocore."""
+    requests: list[dict[str, Any]] = []
+
+    def capture(params: dict[str, Any], **_: Any) -> None:
+        requests.append(copy.deepcopy(params))
+
+    aws.client("ssm").meta.events.register("provide-client-params.ssm.SendCommand", capture)
+    return requests
+
+
+@pytest.fixture
+def api_calls(aws_mock: None) -> Counter[str]:
+    """API calls made through the project's ECR and SSM clients, by operation."""
+    calls: Counter[str] = Counter()
+
+    def count(model: Any, **_: Any) -> None:
+        calls[model.name] += 1
+
+    for service in ("ecr", "ssm"):
+        aws.client(service).meta.events.register(f"before-call.{service}", count)
+    return calls
+
+
+@pytest.fixture
+def trainer() -> dict[str, str]:
+    """ml/trainer with an older and a newer tagged image, plus untagged platform children."""
+    create_repository("ml/trainer")
+    create_repository("ml/inference")
+    digests = {
+        "v1": push_image("ml/trainer", "v1", tag="v1.0.0", pushed_at=at(0)),
+        "v2": push_image("ml/trainer", "v2", tag="v2.0.0", pushed_at=at(10)),
+    }
+    push_image("ml/trainer", "v2-arm64-child", tag=None, pushed_at=at(11))
+    return digests
+
+
+def test_new_image_sends_one_digest_pinned_fleet_command(handler, sent, api_calls, trainer, lambda_context):
+    result = handler(push_event("ml/trainer", trainer["v2"], "v2.0.0"), lambda_context)
+
+    assert result["status"] == "sent"
+    assert result["image"] == f"{REGISTRY}/ml/trainer@{trainer['v2']}"
+    (request,) = sent
+    assert request["DocumentName"] == DOCUMENT
+    assert request["DocumentVersion"] == "1"
+    assert request["Targets"] == [{"Key": "tag:eks:cluster-name", "Values": [CLUSTER]}]
+    assert "InstanceIds" not in request
+    assert request["Parameters"]["images"] == [f"{REGISTRY}/ml/trainer@{trainer['v2']}"]
+    assert request["Parameters"]["pin"] == ["true"]
+    assert request["Parameters"]["keepPinned"] == ["2"]
+    assert request["MaxConcurrency"] == "10%"
+    assert request["MaxErrors"] == "25%"
+    assert request["TimeoutSeconds"] == 600
+    assert request["CloudWatchOutputConfig"] == {"CloudWatchLogGroupName": LOG_GROUP, "CloudWatchOutputEnabled": True}
+    assert request["Comment"] == "prefetch ml/trainer:v2.0.0"
+    # O(1) calls per push: one describe page, one send.
+    assert api_calls == Counter({"DescribeImages": 1, "SendCommand": 1})
+    # moto recorded the command too.
+    (command,) = boto3.client("ssm").list_commands()["Commands"]
+    assert command["CommandId"] == result["command_id"]
+
+
+@pytest.mark.parametrize(
+    ("event_name", "reason"),
+    [
+        ("push-untagged", "untagged push"),
+        ("push-unwatched", "repository not watched"),
+        ("push-signature", "not a container image"),
+        ("push-failed", "not a successful push"),
+        ("delete", "not a successful push"),
+    ],
+)
+def test_irrelevant_events_send_nothing_and_call_nothing(handler, sent, api_calls, event_name, reason, lambda_context):
+    result = handler(sample(event_name), lambda_context)
+
+    assert result == {"status": "ignored", "reason": reason}
+    assert sent == []
+    assert sum(api_calls.values()) == 0
+
+
+def test_tag_outside_the_filter_is_ignored(handler, sent, trainer, lambda_context):
+    digest = push_image("ml/trainer", "sig", tag="sha256-abc.sig", pushed_at=at(20))
+
+    result = handler(push_event("ml/trainer", digest, "sha256-abc.sig"), lambda_context)
+
+    assert result["reason"] == "tag does not match the filter"
+    assert sent == []
+
+
+def test_stale_event_never_sends_an_older_image(handler, sent, trainer, lambda_context):
+    handler(push_event("ml/trainer", trainer["v2"], "v2.0.0", "evt-new"), lambda_context)
+    # The push of v1 is delivered late, after v2's.
+    result = handler(push_event("ml/trainer", trainer["v1"], "v1.0.0", "evt-old"), lambda_context)
+
+    assert result["status"] == "ignored"
+    assert result["reason"].startswith("stale event")
+    assert [r["Parameters"]["images"] for r in sent] == [[f"{REGISTRY}/ml/trainer@{trainer['v2']}"]]
+
+
+def test_out_of_order_delivery_sends_only_the_newest(handler, sent, trainer, lambda_context):
+    # v1's event arrives when v2 is already in the registry but v2's event is not yet processed.
+    first = handler(push_event("ml/trainer", trainer["v1"], "v1.0.0", "evt-old"), lambda_context)
+    second = handler(push_event("ml/trainer", trainer["v2"], "v2.0.0", "evt-new"), lambda_context)
+
+    assert first["status"] == "ignored"
+    assert second["status"] == "sent"
+    assert len(sent) == 1
+
+
+def test_duplicate_event_sends_one_command(handler, sent, trainer, lambda_context):
+    event = push_event("ml/trainer", trainer["v2"], "v2.0.0")
+
+    first = handler(event, lambda_context)
+    again = handler(copy.deepcopy(event), lambda_context)
+    # A re-tag of the same digest is a new event for the same (repository, digest).
+    retag = handler(push_event("ml/trainer", trainer["v2"], "latest", "evt-retag"), lambda_context)
+
+    assert first["status"] == "sent"
+    assert again == {"status": "duplicate", "image": first["image"], "command_id": first["command_id"]}
+    assert retag["status"] == "duplicate"
+    assert len(sent) == 1
+    items = boto3.client("dynamodb").scan(TableName="eks-image-prefetch-idempotency")["Items"]
+    assert len(items) == 1
+    assert items[0]["status"]["S"] == "COMPLETED"
+
+
+def test_newest_of_1500_images_across_pages(handler, sent, lambda_context):
+    """moto ignores maxResults, nextToken and tagStatus, so botocore's Stubber serves the two pages ECR would:
+    1,000 then 500 images, with imageTags missing on some, in no particular order."""
+    details = []
+    for index in range(1500):
+        detail = {
+            "registryId": "123456789012",
+            "repositoryName": "ml/trainer",
+            "imageDigest": digest_of(f"bulk-{index}"),
+            "imagePushedAt": at(index % 100),
+            "imageManifestMediaType": "application/vnd.oci.image.manifest.v1+json",
+        }
+        if index % 7:
+            detail["imageTags"] = [f"build-{index}"]
+        details.append(detail)
+    # Several tagged images share the newest push time: the tie goes to the highest digest, whatever the order.
+    tied = [d for d in details if d["imagePushedAt"] == at(99) and "imageTags" in d]
+    newest = max(tied, key=lambda d: d["imageDigest"])
+    expected = {"repositoryName": "ml/trainer", "filter": {"tagStatus": "TAGGED"}, "maxResults": 1000}
+    ecr = aws.client("ecr")
+    with Stubber(ecr) as stubber:
+        stubber.add_response("describe_images", {"imageDetails": details[:1000], "nextToken": "page-2"}, expected)
+        stubber.add_response("describe_images", {"imageDetails": details[1000:]}, {**expected, "nextToken": "page-2"})
+        result = handler(push_event("ml/trainer", newest["imageDigest"], newest["imageTags"][0]), lambda_context)
+        stubber.assert_no_pending_responses()
+
+    assert result["status"] == "sent"
+    assert sent[0]["Parameters"]["images"] == [f"{REGISTRY}/ml/trainer@{newest['imageDigest']}"]
+    # Exactly the two pages were asked for (the Stubber holds no unused response, and would reject a third call).
+    assert len(sent) == 1
+
+
+def test_repository_without_matching_image_sends_nothing(handler, sent, lambda_context):
+    create_repository("ml/trainer")
+    digest = push_image("ml/trainer", "only-sig", tag="sha256-x.sig", pushed_at=at(1))
+
+    result = handler(push_event("ml/trainer", digest, "v1.0.0"), lambda_context)
+
+    assert result == {"status": "ignored", "reason": "no tagged image matches the filter"}
+    assert sent == []
+
+
+def test_deleted_repository_is_ignored_not_retried(handler, sent, lambda_context):
+    result = handler(push_event("ml/trainer", digest_of("gone"), "v1"), lambda_context)
+
+    assert result == {"status": "ignored", "reason": "repository does not exist"}
+    assert sent == []
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {},
+        {"detail-type": "ECR Image Action", "source": "aws.ecr", "detail": "not an object"},
+        {**sample("push-tagged"), "detail": {**sample("push-tagged")["detail"], "image-digest": "sha256:zz"}},
+        {**sample("push-tagged"), "detail": {**sample("push-tagged")["detail"], "image-tag": "x;rm -rf /"}},
+        {**sample("push-tagged"), "source": "aws.ec2"},
+    ],
+    ids=["empty", "detail-not-object", "bad-digest", "shell-in-tag", "wrong-source"],
+)
+def test_malformed_event_is_dropped_with_a_log_and_no_retry(handler, sent, event, lambda_context, caplog):
+    result = handler(event, lambda_context)
+
+    assert result == {"status": "ignored", "reason": "malformed event"}
+    assert sent == []
+    assert "malformed ECR event dropped" in caplog.messages
+
+
+def test_throttled_send_is_retried_by_botocore(handler, trainer, lambda_context):
+    """SSM answers ThrottlingException twice (raised inside moto, so botocore's retry handler sees real HTTP 400
+    responses); the third attempt succeeds, and exactly one command exists."""
+    attempts = throttle_first(ssm_backends[ACCOUNT][REGION], "send_command", times=2)
+
+    result = handler(push_event("ml/trainer", trainer["v2"], "v2.0.0"), lambda_context)
+
+    assert result["status"] == "sent"
+    assert len(attempts) == 3
+    assert len(boto3.client("ssm").list_commands()["Commands"]) == 1
+
+
+def test_throttling_that_outlasts_retries_fails_the_invocation_and_leaves_no_record(handler, trainer, lambda_context):
+    """With retries exhausted (Stubber answers ThrottlingException), the invocation raises so that Lambda retries
+    it and then dead-letters it; the idempotency record is removed, so the retry sends."""
+    ssm = aws.client("ssm")
+    with Stubber(ssm) as stubber:
+        stubber.add_client_error("send_command", service_error_code="ThrottlingException", http_status_code=400)
+        with pytest.raises(ClientError, match="ThrottlingException"):
+            handler(push_event("ml/trainer", trainer["v2"], "v2.0.0"), lambda_context)
+        stubber.assert_no_pending_responses()
+
+    assert boto3.client("dynamodb").scan(TableName="eks-image-prefetch-idempotency")["Items"] == []
+    retried = handler(push_event("ml/trainer", trainer["v2"], "v2.0.0"), lambda_context)
+    assert retried["status"] == "sent"

@@ -1,0 +1,105 @@
+"""Settings validation and the SendCommand request (pure logic)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from eks_prefetch.commands import send_command_request
+from eks_prefetch.images import ResolvedImage
+from eks_prefetch.settings import Settings
+from tests.conftest import DEPLOYMENT_ENV
+
+
+def settings(**overrides: str) -> Settings:
+    return Settings.from_env({**DEPLOYMENT_ENV, **overrides})
+
+
+def image(repository: str, tag: str, seed: str) -> ResolvedImage:
+    return ResolvedImage(
+        registry="123456789012.dkr.ecr.us-east-1.amazonaws.com",
+        repository=repository,
+        digest="sha256:" + seed * 64,
+        tag=tag,
+        pushed_at=datetime(2026, 11, 1, tzinfo=UTC),
+    )
+
+
+def test_settings_from_the_template_environment():
+    loaded = settings()
+
+    assert loaded.repository_names == ("ml/trainer", "ml/inference")
+    assert loaded.pin_images is True
+    assert loaded.tag_pattern.search("v1") and not loaded.tag_pattern.search("sha256-abc.sig")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"REPOSITORY_NAMES": ""},
+        {"REPOSITORY_NAMES": "ML/Trainer"},
+        {"REPOSITORY_NAMES": "ok,bad name"},
+        {"TAG_FILTER": "(unclosed"},
+        {"MAX_ERRORS": "lots"},
+        {"MAX_CONCURRENCY": "0"},
+        {"PULL_TIMEOUT_SECONDS": "3600", "EXECUTION_TIMEOUT_SECONDS": "3600"},
+        {"DELIVERY_TIMEOUT_SECONDS": "10"},
+        {"PIN_IMAGES": "maybe"},
+        {"CLUSTER_NAME": ""},
+    ],
+)
+def test_bad_configuration_fails_at_start_with_the_variable_named(overrides):
+    with pytest.raises(ValidationError):
+        settings(**overrides)
+
+
+def test_missing_required_variable_is_an_error():
+    env = dict(DEPLOYMENT_ENV)
+    del env["DOCUMENT_NAME"]
+    with pytest.raises(ValidationError, match="DOCUMENT_NAME"):
+        Settings.from_env(env)
+
+
+def test_fleet_request_targets_the_tag_and_sets_every_safety_knob():
+    request = send_command_request([image("ml/trainer", "v2", "a")], settings(MAX_ERRORS="3", PIN_IMAGES="false"))
+
+    assert request["Targets"] == [{"Key": "tag:eks:cluster-name", "Values": ["ml-prod"]}]
+    assert "InstanceIds" not in request
+    assert request["MaxErrors"] == "3"
+    assert request["MaxConcurrency"] == "10%"
+    assert request["DocumentVersion"] == "1"
+    assert request["Parameters"] == {
+        "images": ["123456789012.dkr.ecr.us-east-1.amazonaws.com/ml/trainer@sha256:" + "a" * 64],
+        "pin": ["false"],
+        "keepPinned": ["2"],
+        "maxDiskUsagePercent": ["80"],
+        "pullTimeoutSeconds": ["1800"],
+        "executionTimeout": ["3600"],
+    }
+
+
+def test_instance_request_lists_every_image_once():
+    images = [image("ml/trainer", "v2", "a"), image("ml/inference", "v9", "b")]
+
+    request = send_command_request(images, settings(), instance_ids=["i-0123456789abcdef0"])
+
+    assert request["InstanceIds"] == ["i-0123456789abcdef0"]
+    assert "Targets" not in request
+    assert request["Parameters"]["images"][0].split(",") == [i.reference for i in images]
+    assert request["Comment"] == "prefetch ml/trainer:v2, ml/inference:v9"
+
+
+def test_comment_stays_within_the_ssm_limit():
+    images = [image(f"team-{n}/very-long-repository-name", "2026.11.29-build", "c") for n in range(6)]
+
+    comment = send_command_request(images, settings())["Comment"]
+
+    assert len(comment) == 100
+    assert comment.endswith("...")
+
+
+def test_no_images_is_a_programming_error():
+    with pytest.raises(ValueError):
+        send_command_request([], settings())
