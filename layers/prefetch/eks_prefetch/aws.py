@@ -12,6 +12,9 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from eks_prefetch.images import partition_dns_suffix
 
 RETRY_CONFIG = Config(
     retries={"mode": "adaptive", "max_attempts": 8},
@@ -46,3 +49,47 @@ def send_command(request: Mapping[str, Any], ssm: Any = None) -> str:
     """Send one Run Command and return its id."""
     response = (ssm or client("ssm")).send_command(**request)
     return response["Command"]["CommandId"]
+
+
+def describe_instance(instance_id: str, ec2: Any = None) -> Mapping[str, Any] | None:
+    """The instance as DescribeInstances shows it, or None if EC2 does not know it (InvalidInstanceID.NotFound)."""
+    try:
+        response = (ec2 or client("ec2")).describe_instances(InstanceIds=[instance_id])
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "InvalidInstanceID.NotFound":
+            return None
+        raise
+    instances = [instance for reservation in response["Reservations"] for instance in reservation["Instances"]]
+    return instances[0] if instances else None
+
+
+def agent_online(instance_id: str, ssm: Any = None) -> bool:
+    """Whether the instance's SSM agent has registered and is Online: until then SendCommand by id fails."""
+    try:
+        response = (ssm or client("ssm")).describe_instance_information(
+            Filters=[{"Key": "InstanceIds", "Values": [instance_id]}],
+        )
+    except ClientError as error:
+        # The API documents an error, rather than an empty list, for an id it does not know as a managed node.
+        if error.response["Error"]["Code"] == "InvalidInstanceId":
+            return False
+        raise
+    return any(
+        info.get("InstanceId") == instance_id and info.get("PingStatus") == "Online"
+        for info in response["InstanceInformationList"]
+    )
+
+
+def queue_url(queue_arn: str) -> str:
+    """The URL of the SQS queue an ARN names (the Lambda SQS event carries only the ARN)."""
+    _arn, _partition, _service, region, account, name = queue_arn.split(":", 5)
+    return f"https://sqs.{region}.{partition_dns_suffix(region)}/{account}/{name}"
+
+
+def change_visibility(queue_arn: str, receipt_handle: str, timeout_seconds: int, sqs: Any = None) -> None:
+    """Hide a received message for timeout_seconds from now: the queue's own, Lambda-free, retry delay."""
+    (sqs or client("sqs")).change_message_visibility(
+        QueueUrl=queue_url(queue_arn),
+        ReceiptHandle=receipt_handle,
+        VisibilityTimeout=timeout_seconds,
+    )

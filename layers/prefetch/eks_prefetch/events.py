@@ -27,3 +27,25 @@ class EcrImageActionEvent(EventBridgeModel):
     source: Literal["aws.ecr"]
     detail_type: Literal["ECR Image Action"] = Field(alias="detail-type")
     detail: EcrImageActionDetail
+
+
+# EC2 instance ids: "i-" and 8 (older) or 17 hex digits.
+INSTANCE_ID_PATTERN = r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})"
+
+Ec2InstanceState = Literal["pending", "running", "stopping", "stopped", "shutting-down", "terminated"]
+
+
+class Ec2StateChangeDetail(BaseModel):
+    # Extra fields are allowed: AWS may add some, and they do not change what the event means.
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    instance_id: str = Field(alias="instance-id", pattern=f"^{INSTANCE_ID_PATTERN}$")
+    state: Ec2InstanceState
+
+
+class Ec2StateChangeEvent(EventBridgeModel):
+    """EC2 Instance State-change Notification. Carries no tags: those are read from the instance."""
+
+    source: Literal["aws.ec2"]
+    detail_type: Literal["EC2 Instance State-change Notification"] = Field(alias="detail-type")
+    detail: Ec2StateChangeDetail

@@ -51,6 +51,17 @@ class Settings(BaseModel):
     output_log_group: str = Field(alias="OUTPUT_LOG_GROUP", min_length=1)
     idempotency_table: str = Field(alias="IDEMPOTENCY_TABLE", min_length=3)
     idempotency_ttl_seconds: Annotated[int, Field(ge=60)] = Field(alias="IDEMPOTENCY_TTL_SECONDS", default=86_400)
+    # Node launch retry budget. max_receives mirrors the queue's redrive maxReceiveCount, so that the function knows
+    # which attempt is its last; backoff doubles per receive from base to max (SQS caps visibility at 12 hours).
+    node_launch_max_receives: Annotated[int, Field(ge=1, le=1000)] = Field(alias="NODE_LAUNCH_MAX_RECEIVES", default=15)
+    node_tag_grace_seconds: Annotated[int, Field(ge=0, le=3600)] = Field(alias="NODE_TAG_GRACE_SECONDS", default=300)
+    node_launch_retry_base_seconds: Annotated[int, Field(ge=1, le=43_200)] = Field(
+        alias="NODE_LAUNCH_RETRY_BASE_SECONDS", default=15
+    )
+    node_launch_retry_max_seconds: Annotated[int, Field(ge=1, le=43_200)] = Field(
+        alias="NODE_LAUNCH_RETRY_MAX_SECONDS", default=300
+    )
+
     _split_repositories = field_validator("repository_names", mode="before")(_split_csv)
 
     @field_validator("repository_names")
@@ -74,6 +85,12 @@ class Settings(BaseModel):
     def _pull_fits_in_execution(self) -> Settings:
         if self.pull_timeout_seconds >= self.execution_timeout_seconds:
             raise ValueError("PULL_TIMEOUT_SECONDS must be below EXECUTION_TIMEOUT_SECONDS")
+        return self
+
+    @model_validator(mode="after")
+    def _retry_base_within_max(self) -> Settings:
+        if self.node_launch_retry_base_seconds > self.node_launch_retry_max_seconds:
+            raise ValueError("NODE_LAUNCH_RETRY_BASE_SECONDS must not exceed NODE_LAUNCH_RETRY_MAX_SECONDS")
         return self
 
     @classmethod

@@ -1,0 +1,77 @@
+"""New EC2 instance running → prefetch the newest images onto it before pods land there.
+
+Consumes the node-launch SQS queue with partial batch responses: each record succeeds or fails alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.parser import parse
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import ValidationError
+
+from eks_prefetch.events import Ec2StateChangeEvent
+from eks_prefetch.launch import Delivery, prefetch_launched_node
+from eks_prefetch.settings import get_settings
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+# A batch whose every record fails is still a partial response, not an error: nodes that are not ready yet are
+# normal, and must not fail the invocation (alarms) or undo the visibility each record was given.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+_METRICS = {
+    "sent": "CommandsSent",
+    "duplicate": "DuplicateEvents",
+    "retry": "NodesNotReady",
+    "gave_up": "NodesGivenUp",
+}
+
+
+class NodeNotReadyError(Exception):
+    """Fails the record: SQS delivers it again after the visibility it was given, or dead-letters it."""
+
+
+def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> dict[str, Any]:
+    logger.set_correlation_id(record.message_id)
+    try:
+        launch = parse(event=record.body, model=Ec2StateChangeEvent)
+    except ValidationError as error:
+        # Retrying cannot fix a malformed event: log it and acknowledge.
+        logger.warning(
+            "malformed EC2 event dropped",
+            extra={"message_id": record.message_id, "errors": error.errors(include_url=False, include_input=False)},
+        )
+        metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
+        return {"status": "ignored", "reason": "malformed event"}
+
+    logger.set_correlation_id(launch.id)
+    delivery = Delivery(
+        queue_arn=record.event_source_arn,
+        receipt_handle=record.receipt_handle,
+        receive_count=int(record.attributes.approximate_receive_count),
+    )
+    try:
+        outcome = prefetch_launched_node(launch, get_settings(), delivery=delivery, lambda_context=lambda_context)
+    except Exception:
+        # Not lost: the record fails and SQS delivers it again after the queue's visibility timeout.
+        logger.exception("node launch failed, returned to the queue", extra={"instance_id": launch.detail.instance_id})
+        metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=1)
+        raise
+    metrics.add_metric(name=_METRICS.get(outcome.status, "EventsIgnored"), unit=MetricUnit.Count, value=1)
+    if outcome.failed:
+        raise NodeNotReadyError(outcome.reason)
+    return outcome.as_dict()
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

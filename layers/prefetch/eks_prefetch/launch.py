@@ -1,0 +1,227 @@
+"""New node (EC2 instance running) → one prefetch command of the newest images, to that instance only.
+
+The event arrives through SQS, and the queue is the retry mechanism: a node that is not ready yet (tags not
+propagated, SSM agent not registered) has its message hidden for a growing backoff and is reported failed, so that
+SQS delivers it again, and after the redrive budget moves it to the dead-letter queue. No Lambda sleeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import ClientError
+
+from eks_prefetch import aws
+from eks_prefetch.commands import send_command_request
+from eks_prefetch.events import Ec2StateChangeEvent
+from eks_prefetch.idempotency import run_once
+from eks_prefetch.images import ResolvedImage
+from eks_prefetch.resolution import resolve_newest
+from eks_prefetch.settings import Settings
+
+logger = Logger(child=True)
+
+GONE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
+# SQS refuses a visibility timeout above 12 hours.
+_MAX_VISIBILITY_SECONDS = 43_200
+
+
+class NodeVerdict(Enum):
+    NODE = "node"
+    NOT_A_NODE = "not a cluster node"
+    GONE = "instance is no longer running"
+    TAGS_PENDING = "node tag not present yet"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The SQS message an event came in: where to change its visibility, and how often it has been received."""
+
+    queue_arn: str
+    receipt_handle: str
+    receive_count: int
+
+
+@dataclass(frozen=True)
+class LaunchOutcome:
+    status: str  # sent | duplicate | ignored | retry | gave_up
+    reason: str = ""
+    instance_id: str = ""
+    images: tuple[str, ...] = ()
+    command_id: str = ""
+    retry_in_seconds: int = 0
+
+    @property
+    def failed(self) -> bool:
+        """The record must be reported as a batch failure: retried by SQS, or dead-lettered."""
+        return self.status in {"retry", "gave_up"}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            key: (list(value) if isinstance(value, tuple) else value) for key, value in asdict(self).items() if value
+        }
+
+
+def classify_instance(instance: Mapping[str, Any], settings: Settings, now: datetime) -> NodeVerdict:
+    """Whether a described instance is a running node of the cluster, not one, or may still become one.
+
+    The event carries no tags, and tags an autoscaling group propagates land 30-60+ s after launch: an untagged
+    instance younger than the grace period is asked again later, not dropped.
+    """
+    if instance.get("State", {}).get("Name") in GONE_STATES:
+        return NodeVerdict.GONE
+    tags = {tag["Key"]: tag.get("Value", "") for tag in instance.get("Tags") or ()}
+    value = tags.get(settings.node_tag_key)
+    if value == settings.node_tag_value:
+        return NodeVerdict.NODE
+    if value is not None:
+        # The key with another value: another cluster's node, and tags do not change to ours later.
+        return NodeVerdict.NOT_A_NODE
+    age = (now - instance["LaunchTime"]).total_seconds()
+    return NodeVerdict.TAGS_PENDING if age < settings.node_tag_grace_seconds else NodeVerdict.NOT_A_NODE
+
+
+def backoff_seconds(receive_count: int, settings: Settings) -> int:
+    """Delay before the next receive: doubles from the base with every receive, capped."""
+    exponent = min(max(receive_count, 1) - 1, 30)
+    delay = settings.node_launch_retry_base_seconds * 2**exponent
+    return min(delay, settings.node_launch_retry_max_seconds, _MAX_VISIBILITY_SECONDS)
+
+
+def newest_images(settings: Settings, ecr: Any = None) -> list[ResolvedImage]:
+    """The newest matching image of every watched repository; a missing or empty repository contributes nothing."""
+    images: list[ResolvedImage] = []
+    for repository in settings.repository_names:
+        try:
+            newest = resolve_newest(repository, settings, ecr=ecr)
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "RepositoryNotFoundException":
+                raise
+            # One deleted repository must not keep the others from the node.
+            logger.warning("watched repository does not exist", extra={"repository": repository})
+            continue
+        if newest is None:
+            logger.info("no tagged image matches the filter", extra={"repository": repository})
+            continue
+        images.append(newest)
+    return images
+
+
+def _ignored(reason: str, instance_id: str, **log_fields: Any) -> LaunchOutcome:
+    logger.info("launch ignored", extra={"reason": reason, "instance_id": instance_id, **log_fields})
+    return LaunchOutcome(status="ignored", reason=reason, instance_id=instance_id)
+
+
+def _not_ready(
+    reason: str,
+    event: Ec2StateChangeEvent,
+    delivery: Delivery,
+    settings: Settings,
+    now: datetime,
+) -> LaunchOutcome:
+    """Retry later through the queue, or, on the last receive the redrive policy allows, give up loudly."""
+    instance_id = event.detail.instance_id
+    attempt = delivery.receive_count
+    if attempt >= settings.node_launch_max_receives:
+        # EventBridge times are UTC ("Z"); a zone-less one is read as UTC rather than failing the record.
+        changed_at = event.time if event.time.tzinfo else event.time.replace(tzinfo=UTC)
+        elapsed = max(0, int((now - changed_at).total_seconds()))
+        # The message goes to the dead-letter queue after this receive: say why, once.
+        logger.error(
+            f"giving up: {reason} after {attempt} attempts / {elapsed} seconds",
+            extra={"instance_id": instance_id, "reason": reason, "attempts": attempt, "elapsed_seconds": elapsed},
+        )
+        return LaunchOutcome(status="gave_up", reason=reason, instance_id=instance_id)
+    delay = backoff_seconds(attempt, settings)
+    aws.change_visibility(delivery.queue_arn, delivery.receipt_handle, delay)
+    logger.info(
+        "node not ready, retrying later",
+        extra={"instance_id": instance_id, "reason": reason, "attempt": attempt, "retry_in_seconds": delay},
+    )
+    return LaunchOutcome(status="retry", reason=reason, instance_id=instance_id, retry_in_seconds=delay)
+
+
+def prefetch_launched_node(
+    event: Ec2StateChangeEvent,
+    settings: Settings,
+    *,
+    delivery: Delivery,
+    lambda_context: LambdaContext | None = None,
+    now: datetime | None = None,
+) -> LaunchOutcome:
+    """Send one prefetch command with the newest image of every watched repository to a node that just started.
+
+    Once per (instance, launch time): a duplicate event sends nothing; a stop/start (new launch time) sends again,
+    which is harmless as the node skips cached images. A node that is not ready yet is retried through the queue.
+    AWS errors that survive botocore's retries propagate, so that the record fails and returns to the queue.
+    """
+    now = now or datetime.now(UTC)
+    instance_id = event.detail.instance_id
+    if event.detail.state != "running":
+        return _ignored("not a running state", instance_id, state=event.detail.state)
+
+    instance = aws.describe_instance(instance_id)
+    if instance is None:
+        return _ignored("instance not found", instance_id)
+    verdict = classify_instance(instance, settings, now)
+    if verdict is NodeVerdict.TAGS_PENDING:
+        return _not_ready(verdict.value, event, delivery, settings, now)
+    if verdict is NodeVerdict.NOT_A_NODE:
+        # Most instances launched in an account are not ours: quietly.
+        logger.debug("launch ignored", extra={"reason": verdict.value, "instance_id": instance_id})
+        return LaunchOutcome(status="ignored", reason=verdict.value, instance_id=instance_id)
+    if verdict is NodeVerdict.GONE:
+        return _ignored(verdict.value, instance_id, state=instance["State"]["Name"])
+
+    # Until the agent registers, SendCommand by instance id fails with InvalidInstanceId.
+    if not aws.agent_online(instance_id):
+        return _not_ready("SSM agent not online", event, delivery, settings, now)
+
+    images = newest_images(settings)
+    if not images:
+        return _ignored("no image to prefetch in any watched repository", instance_id)
+    request = send_command_request(images, settings, instance_ids=[instance_id])
+    references = tuple(image.reference for image in images)
+
+    def send() -> dict[str, Any]:
+        command_id = aws.send_command(request)
+        logger.info(
+            "prefetch command sent",
+            extra={"command_id": command_id, "instance_id": instance_id, "images": list(references)},
+        )
+        return {"command_id": command_id}
+
+    try:
+        result, ran_now = run_once(
+            send,
+            key={"instance": instance_id, "launch_time": instance["LaunchTime"].isoformat()},
+            table_name=settings.idempotency_table,
+            ttl_seconds=settings.idempotency_ttl_seconds,
+            lambda_context=lambda_context,
+        )
+    except IdempotencyAlreadyInProgressError:
+        # Another delivery of the same launch is sending right now; look again later.
+        return _not_ready("a duplicate delivery is sending the command", event, delivery, settings, now)
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "InvalidInstanceId":
+            raise
+        # Online in DescribeInstanceInformation moments before SendCommand accepts the node: a short race.
+        return _not_ready("SSM does not accept the instance yet", event, delivery, settings, now)
+    if not ran_now:
+        logger.info(
+            "duplicate event: command already sent",
+            extra={"command_id": result["command_id"], "instance_id": instance_id},
+        )
+    return LaunchOutcome(
+        status="sent" if ran_now else "duplicate",
+        instance_id=instance_id,
+        images=references,
+        command_id=result["command_id"],
+    )

@@ -1,0 +1,777 @@
+"""The node-launch handler against moto: EC2 instances and tags, ECR images, DynamoDB idempotency and a real SQS
+queue with a redrive policy, driven the way the Lambda event source mapping drives it (receive a batch, invoke,
+delete what did not fail).
+
+Test doubles, and why:
+- moto does not implement ssm:DescribeInstanceInformation, so the SSM agent's registration state is a fake of
+  ``aws.agent_online`` (``FakeAgents``) that the test controls and that counts how often it is asked. The real
+  adapter's request and its reading of the response are tested with botocore's Stubber in tests/unit.
+- moto accepts every SendCommand parameter unvalidated and targets every instance when given InstanceIds, so the
+  tests capture the SendCommand request the code hands to botocore and assert on that.
+- moto keeps LaunchTime on stop/start; the tests set it on moto's instance to stand for a restart.
+- "Time passing" is the test making the in-flight message visible again: the visibility the function asked for is
+  asserted from the ChangeMessageVisibility requests it made and from the queue's not-visible count.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+from moto.core.exceptions import ServiceException
+from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models import ec2_backends
+from moto.ssm.models import ssm_backends
+
+from eks_prefetch import aws, launch
+from eks_prefetch.commands import send_command_request
+from eks_prefetch.images import ResolvedImage
+from eks_prefetch.settings import get_settings
+from tests.conftest import ACCOUNT, CLUSTER, DOCUMENT, LOG_GROUP, REGION, TABLE, load_handler
+from tests.ecr import at, create_repository, push_image
+from tests.faults import throttle_first
+
+EVENTS = Path(__file__).resolve().parents[2] / "events" / "node_launch"
+REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
+MAX_RECEIVES = 4
+
+
+# --- test doubles and drivers -------------------------------------------------------------------------------------
+
+
+class FakeAgents:
+    """Stands in for ssm:DescribeInstanceInformation (not in moto): which instances' agents are Online."""
+
+    def __init__(self) -> None:
+        self.online: set[str] = set()
+        self.online_after: dict[str, int] = {}  # instance -> number of "not yet" answers before Online
+        self.asked: list[str] = []
+
+    def __call__(self, instance_id: str, ssm: Any = None) -> bool:
+        self.asked.append(instance_id)
+        pending = self.online_after.get(instance_id)
+        if pending is not None and self.asked.count(instance_id) > pending:
+            self.online.add(instance_id)
+        return instance_id in self.online
+
+
+class LaunchQueue:
+    """A moto SQS queue with the template's redrive, driven like Lambda's SQS event source mapping."""
+
+    def __init__(self, handler: Any, lambda_context: Any, max_receives: int) -> None:
+        self.sqs = boto3.client("sqs")
+        self.handler = handler
+        self.lambda_context = lambda_context
+        self.dlq_url = self.sqs.create_queue(QueueName="node-launch-dlq")["QueueUrl"]
+        dlq_arn = self._arn(self.dlq_url)
+        redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receives)})
+        self.url = self.sqs.create_queue(
+            QueueName="node-launch",
+            Attributes={"VisibilityTimeout": "360", "RedrivePolicy": redrive},
+        )["QueueUrl"]
+        self.arn = self._arn(self.url)
+        self._in_flight: list[str] = []
+
+    def _arn(self, url: str) -> str:
+        return self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+    def publish(self, event: dict[str, Any] | str) -> None:
+        body = event if isinstance(event, str) else json.dumps(event)
+        self.sqs.send_message(QueueUrl=self.url, MessageBody=body)
+
+    def time_passes(self) -> None:
+        """Whatever visibility the function set has run out."""
+        for receipt in self._in_flight:
+            self.sqs.change_message_visibility(QueueUrl=self.url, ReceiptHandle=receipt, VisibilityTimeout=0)
+        self._in_flight = []
+
+    def deliver(self) -> dict[str, Any] | None:
+        """Receive a batch, invoke the handler, delete the records it did not report failed. None if empty."""
+        self.time_passes()
+        messages = self.sqs.receive_message(
+            QueueUrl=self.url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
+        ).get("Messages", [])
+        if not messages:
+            return None
+        event = {"Records": [self._record(message) for message in messages]}
+        response = self.handler(event, self.lambda_context)
+        failed = {item["itemIdentifier"] for item in response["batchItemFailures"]}
+        for message in messages:
+            if message["MessageId"] in failed:
+                self._in_flight.append(message["ReceiptHandle"])
+            else:
+                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
+        return response
+
+    def _record(self, message: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "messageId": message["MessageId"],
+            "receiptHandle": message["ReceiptHandle"],
+            "body": message["Body"],
+            "attributes": message["Attributes"],
+            "messageAttributes": {},
+            "md5OfBody": message["MD5OfBody"],
+            "eventSource": "aws:sqs",
+            "eventSourceARN": self.arn,
+            "awsRegion": REGION,
+        }
+
+    def counts(self) -> dict[str, int]:
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        attributes = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=names)["Attributes"]
+        return {"visible": int(attributes[names[0]]), "hidden": int(attributes[names[1]])}
+
+    def dead_letters(self) -> list[str]:
+        messages = self.sqs.receive_message(QueueUrl=self.dlq_url, MaxNumberOfMessages=10).get("Messages", [])
+        return [message["Body"] for message in messages]
+
+
+def running_event(instance_id: str, *, state: str = "running", event_id: str | None = None) -> dict[str, Any]:
+    event = copy.deepcopy(json.loads((EVENTS / "eventbridge-ec2-running.json").read_text()))
+    event["id"] = event_id or str(uuid.uuid4())
+    event["time"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event["resources"] = [f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/{instance_id}"]
+    event["detail"] = {"instance-id": instance_id, "state": state}
+    return event
+
+
+def run_instance(tags: dict[str, str] | None = None) -> str:
+    kwargs: dict[str, Any] = {"ImageId": "ami-12c6146b", "MinCount": 1, "MaxCount": 1, "InstanceType": "m7g.large"}
+    if tags:
+        kwargs["TagSpecifications"] = [
+            {"ResourceType": "instance", "Tags": [{"Key": key, "Value": value} for key, value in tags.items()]}
+        ]
+    return boto3.client("ec2").run_instances(**kwargs)["Instances"][0]["InstanceId"]
+
+
+def node_tags() -> dict[str, str]:
+    return {"eks:cluster-name": CLUSTER}
+
+
+def set_launch_time(instance_id: str, launched: datetime) -> None:
+    """moto keeps LaunchTime on stop/start and stamps "now" on launch; set it as EC2 would."""
+    instance = ec2_backends[ACCOUNT][REGION].get_instance(instance_id)
+    instance.launch_time = launched.astimezone(UTC).replace(tzinfo=None)
+
+
+def images_of(request: dict[str, Any]) -> list[str]:
+    (images,) = request["Parameters"]["images"]
+    return images.split(",")
+
+
+def commands() -> list[dict[str, Any]]:
+    """The commands moto recorded."""
+    return boto3.client("ssm").list_commands()["Commands"]
+
+
+def giving_up_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.getMessage().startswith("giving up:")]
+
+
+# --- fixtures ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def env(deployment_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NODE_LAUNCH_MAX_RECEIVES", str(MAX_RECEIVES))
+    monkeypatch.setenv("NODE_TAG_GRACE_SECONDS", "300")
+    monkeypatch.setenv("NODE_LAUNCH_RETRY_BASE_SECONDS", "15")
+    monkeypatch.setenv("NODE_LAUNCH_RETRY_MAX_SECONDS", "40")
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def agents(monkeypatch: pytest.MonkeyPatch) -> FakeAgents:
+    fake = FakeAgents()
+    monkeypatch.setattr(aws, "agent_online", fake)
+    return fake
+
+
+@pytest.fixture
+def sent(aws_mock: None) -> list[dict[str, Any]]:
+    """Every SendCommand request, as the code passed it to botocore (retries included once)."""
+    requests: list[dict[str, Any]] = []
+
+    def capture(params: dict[str, Any], **_: Any) -> None:
+        requests.append(copy.deepcopy(params))
+
+    aws.client("ssm").meta.events.register("provide-client-params.ssm.SendCommand", capture)
+    return requests
+
+
+@pytest.fixture
+def visibility(aws_mock: None) -> list[int]:
+    """The VisibilityTimeout of every ChangeMessageVisibility the function made."""
+    timeouts: list[int] = []
+
+    def capture(params: dict[str, Any], **_: Any) -> None:
+        timeouts.append(params["VisibilityTimeout"])
+
+    aws.client("sqs").meta.events.register("provide-client-params.sqs.ChangeMessageVisibility", capture)
+    return timeouts
+
+
+@pytest.fixture
+def ec2_calls(aws_mock: None) -> list[str]:
+    calls: list[str] = []
+    aws.client("ec2").meta.events.register(
+        "provide-client-params.ec2.DescribeInstances", lambda params, **_: calls.append(params["InstanceIds"][0])
+    )
+    return calls
+
+
+@pytest.fixture
+def images(aws_mock: None) -> dict[str, str]:
+    """Both watched repositories with an older and a newer image; returns the newest digest of each."""
+    create_repository("ml/trainer")
+    create_repository("ml/inference")
+    push_image("ml/trainer", "trainer-1", tag="v1", pushed_at=at(1))
+    push_image("ml/inference", "inference-1", tag="v1", pushed_at=at(2))
+    return {
+        "ml/trainer": push_image("ml/trainer", "trainer-2", tag="v2", pushed_at=at(3)),
+        "ml/inference": push_image("ml/inference", "inference-2", tag="v2", pushed_at=at(4)),
+    }
+
+
+@pytest.fixture
+def queue(env: None, aws_mock: None, lambda_context: Any) -> LaunchQueue:
+    return LaunchQueue(load_handler("node_launch").lambda_handler, lambda_context, MAX_RECEIVES)
+
+
+# --- the command -----------------------------------------------------------------------------------------------------
+
+
+def test_ready_node_gets_one_command_with_the_newest_image_of_every_repository(
+    queue: LaunchQueue, agents: FakeAgents, sent: list[dict[str, Any]], images: dict[str, str]
+) -> None:
+    instance = run_instance(node_tags())
+    agents.online.add(instance)
+    queue.publish(running_event(instance))
+
+    response = queue.deliver()
+
+    assert response == {"batchItemFailures": []}
+    (request,) = sent
+    assert request["InstanceIds"] == [instance]
+    assert "Targets" not in request
+    assert request["DocumentName"] == DOCUMENT
+    assert request["DocumentVersion"] == "1"
+    assert request["MaxConcurrency"] == "10%"
+    assert request["MaxErrors"] == "25%"
+    assert request["TimeoutSeconds"] == 600
+    assert request["CloudWatchOutputConfig"] == {"CloudWatchLogGroupName": LOG_GROUP, "CloudWatchOutputEnabled": True}
+    assert images_of(request) == [
+        f"{REGISTRY}/ml/trainer@{images['ml/trainer']}",
+        f"{REGISTRY}/ml/inference@{images['ml/inference']}",
+    ]
+    assert request["Parameters"]["pin"] == ["true"]
+    # The very builder the push path uses: same document, parameters and safety settings.
+    settings = get_settings()
+    newest = [
+        ResolvedImage(REGISTRY, "ml/trainer", images["ml/trainer"], "v2", at(3)),
+        ResolvedImage(REGISTRY, "ml/inference", images["ml/inference"], "v2", at(4)),
+    ]
+    assert request == send_command_request(newest, settings, instance_ids=[instance])
+    # moto's record of the command, and an acknowledged (deleted) message.
+    (command,) = commands()
+    assert command["InstanceIds"] == [instance]
+    assert queue.counts() == {"visible": 0, "hidden": 0}
+    assert queue.dead_letters() == []
+
+
+def test_several_repositories_one_empty_one_deleted_still_send_the_others(
+    queue: LaunchQueue,
+    agents: FakeAgents,
+    sent: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("REPOSITORY_NAMES", "ml/trainer,ml/empty,ml/deleted,ml/inference")
+    get_settings.cache_clear()
+    for name in ("ml/trainer", "ml/empty", "ml/deleted", "ml/inference"):
+        create_repository(name)
+    boto3.client("ecr").delete_repository(repositoryName="ml/deleted", force=True)
+    push_image("ml/trainer", "t-old", tag="v1", pushed_at=at(1))
+    trainer = push_image("ml/trainer", "t-new", tag="v2", pushed_at=at(5))
+    push_image("ml/trainer", "t-untagged", tag=None, pushed_at=at(9))  # newer, but untagged: never prefetched
+    inference = push_image("ml/inference", "i-1", tag="v7", pushed_at=at(2))
+    instance = run_instance(node_tags())
+    agents.online.add(instance)
+    queue.publish(running_event(instance))
+
+    assert queue.deliver() == {"batchItemFailures": []}
+
+    (request,) = sent
+    assert images_of(request) == [f"{REGISTRY}/ml/trainer@{trainer}", f"{REGISTRY}/ml/inference@{inference}"]
+    warnings = [record for record in caplog.records if record.getMessage() == "watched repository does not exist"]
+    assert [record.repository for record in warnings] == ["ml/deleted"]
+    empty = [record for record in caplog.records if record.getMessage() == "no tagged image matches the filter"]
+    assert [record.repository for record in empty] == ["ml/empty"]
+
+
+def test_no_image_in_any_repository_sends_nothing_and_acknowledges(
+    queue: LaunchQueue, agents: FakeAgents, sent: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    create_repository("ml/trainer")  # empty; ml/inference does not exist
+    instance = run_instance(node_tags())
+    agents.online.add(instance)
+    queue.publish(running_event(instance))
+
+    assert queue.deliver() == {"batchItemFailures": []}
+
+    assert sent == []
+    assert queue.counts() == {"visible": 0, "hidden": 0}
+    ignored = [record for record in caplog.records if record.getMessage() == "launch ignored"]
+    assert [record.reason for record in ignored] == ["no image to prefetch in any watched repository"]
+
+
+# --- waiting for the node --------------------------------------------------------------------------------------------
+
+
+def test_untagged_young_instance_is_retried_then_prefetched_once_tagged(
+    queue: LaunchQueue,
+    agents: FakeAgents,
+    sent: list[dict[str, Any]],
+    visibility: list[int],
+    images: dict[str, str],
+) -> None:
+    instance = run_instance({"Name": "worker"})  # the autoscaling group's tags have not landed yet
+    agents.online.add(instance)
+    queue.publish(running_event(instance))
+
+    response = queue.deliver()
+
+    assert len(response["batchItemFailures"]) == 1
+    assert sent == []
+    assert visibility == [15]
+    assert queue.counts() == {"visible": 0, "hidden": 1}
+    assert agents.asked == []  # no point asking SSM about an instance that may not be ours
+
+    boto3.client("ec2").create_tags(Resources=[instance], Tags=[{"Key": "eks:cluster-name", "Value": CLUSTER}])
+    assert queue.deliver() == {"batchItemFailures": []}
+
+    (request,) = sent
+    assert request["InstanceIds"] == [instance]
+    assert len(images_of(request)) == 2
+    assert queue.counts() == {"visible": 0, "hidden": 0}
+
+
+def test_agent_registering_after_retries_gets_exactly_one_command_after_registration(
+    queue: LaunchQueue,
+    agents: FakeAgents,
+    sent: list[dict[str, Any]],
+    visibility: list[int],
+    images: dict[str, str],
+) -> None:
+    instance = run_instance(node_tags())
+    agents.online_after[instance] = 3
+    queue.publish(running_event(instance))
+
+    for attempt in range(1, 4):
+        response = queue.deliver()
+        assert len(response["batchItemFailures"]) == 1, attempt
+        assert sent == [], f"no command before the agent registers (attempt {attempt})"
+        assert queue.counts() == {"visible": 0, "hidden": 1}
+
+    # Backoff through the queue, doubling from the base and capped (base 15, cap 40 in this deployment).
+    assert visibility == [15, 30, 40]
+    assert queue.deliver() == {"batchItemFailures": []}
+
+    assert len(sent) == 1
+    assert sent[0]["InstanceIds"] == [instance]
+    assert agents.asked == [instance] * 4
+    assert queue.counts() == {"visible": 0, "hidden": 0}
+    assert queue.deliver() is None
+    assert queue.dead_letters() == []
+
+
+def test_agent_never_registering_ends_in_the_dead_letter_queue_with_the_reason(
+    queue: LaunchQueue,
+    agents: FakeAgents,
+    sent: list[dict[str, Any]],
+    visibility: list[int],
+    images: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    instance = run_instance(node_tags())
+    event = running_event(instance)
+    queue.publish(event)
+
+    for _ in range(MAX_RECEIVES):
+        response = queue.deliver()
+        assert len(response["batchItemFailures"]) == 1
+
+    # Backoff on every attempt but the last: that one leaves the message to the redrive policy.
+    assert visibility == [15, 30, 40]
+    (line,) = giving_up_lines(caplog)
+    assert line.levelno == logging.ERROR
+    assert line.getMessage().startswith(f"giving up: SSM agent not online after {MAX_RECEIVES} attempts / ")
+    assert line.getMessage().endswith(" seconds")
+    assert line.instance_id == instance
+    assert sent == []
+
+    # SQS moves it to the dead-letter queue on the next receive.
+    assert queue.deliver() is None
+    assert [json.loads(body) for body in queue.dead_letters()] == [event]
+    assert len(giving_up_lines(caplog)) == 1
+
+
+def test_agent_online_but_send_command_still_rejects_the_instance_is_retried(
+    queue: LaunchQueue,
+    agents: FakeAgents,
+    sent: list[dict[str, Any]],
+    visibility: list[int],
+    images: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Registration and SendCommand's view of it are not atomic: InvalidInstanceId means "not yet"."""
+
+    class InvalidInstanceId(ServiceException):
+        code = "InvalidInstanceId"
+        message = "Instances not in a valid state for account"
+
+    backend = ssm_backends[ACCOUNT][REGION]
+    real = backend.send_command
+    answers = iter([InvalidInstanceId()])
+
+    def send_command(*args: Any, **kwargs: Any) -> Any:
+        error = next(answers, None)
+        if error:
+            raise error
+        return real(*args, **kwargs)
+
+    # On the instance: moto discards the backend when the mock ends.
+    backend.send_command = send_command
+    instance = run_instance(node_tags())
+    agents.online.add(instance)
+    queue.publish(running_event(instance))
+
+    assert len(queue.deliver()["batchItemFailures"]) == 1
+    assert visibility == [15]
+    assert commands() == []
+    # The failed send left no idempotency record, so the retry sends.
+    assert queue.deliver() == {"batchItemFailures": []}
+    assert len(commands()) == 1
+    assert len(sent) == 2
+
+
+# --- not ours, gone, or nothing to do --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tags", "age", "reason"),
+    [
+        ({"eks:cluster-name": "another-cluster"}, timedelta(0), "not a cluster node"),
+        ({"Name": "bastion"}, timedelta(minutes=10), "not a cluster node"),
+        (None, timedelta(hours=3), "not a cluster node"),
+    ],
+    ids=["other-cluster", "untagged-past-grace", "no-tags-at-all"],
+)
+def test_instance_that_is_not_a_cluster_node_is_acknowledged_quietly(
+    queue: LaunchQueue,
+    agents: FakeAgents,
+    sent: list[dict[str, Any]],
+    visibility: list[int],
+    ec2_calls: list[str],
+    images: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+    tags: dict[str, str] | None,
+    age: timedelta,
+    reason: str,
+) -> None:
+    caplog.set_level(logging.INFO)
+    instance = run_instance(tags)
+    set_launch_time(instance, datetime.now(UTC) - age)
+    queue.publish(running_event(instance))
+
+    assert queue.deliver() == {"batchItemFailures": []}
+
+    assert sent == []
+    assert visibility == []
+    assert agents.asked == []
+    assert ec2_calls == [instance]
+    assert queue.counts() == {"visible": 0, "hidden": 0}
+    # Quietly: nothing at INFO or above about it.
+    assert not [record for record in caplog.records if getattr(record, "instance_id", None) == instance]
+
+
+@pytest.mark.parametrize("action", ["terminate", "stop", "unknown"])
+def test_instance_gone_or_unknown_is_acknowledged(
+    queue: LaunchQueue,
+    agents: FakeAgents,
+    sent: list[dict[str, Any]],
+    visibility: list[int],
+    images: dict[str, str],
+    action: str,
+) -> None:
+    ec2 = boto3.client("ec2")
+    instance = run_instance(node_tags())
+    if action == "terminate":
+        ec2.terminate_instances(InstanceIds=[instance])
+    elif action == "stop":
+        ec2.stop_instances(InstanceIds=[instance])
+    else:
+        instance = "i-0123456789abcdef0"  # InvalidInstanceID.NotFound
+    queue.publish(running_event(instance))
+
+    assert queue.deliver() == {"batchItemFailures": []}
+
+    assert sent == []
+    assert visibility == []
+    assert agents.asked == []
+    assert queue.counts() == {"visible": 0, "hidden": 0}
+
+
+# --- duplicates and restarts -----------------------------------------------------------------------------------------
+
+
+def test_duplicate_events_send_one_command(
+    queue: LaunchQueue, agents: FakeAgents, sent: list[dict[str, Any]], images: dict[str, str]
+) -> None:
+    instance = run_instance(node_tags())
+    agents.online.add(instance)
+    event = running_event(instance)
+    queue.publish(event)
+    queue.publish(event)  # EventBridge delivers at least once
+    queue.publish(running_event(instance))  # another event id, the same launch
+
+    assert queue.deliver() == {"batchItemFailures": []}
+    assert queue.deliver() is None
+
+    assert len(sent) == 1
+    assert len(commands()) == 1
+    records = boto3.client("dynamodb").scan(TableName=TABLE)["Items"]
+    assert len(records) == 1
+    assert records[0]["status"]["S"] == "COMPLETED"
+
+
+def test_stop_start_sends_a_harmless_second_command_without_failing(
+    queue: LaunchQueue, agents: FakeAgents, sent: list[dict[str, Any]], images: dict[str, str]
+) -> None:
+    ec2 = boto3.client("ec2")
+    instance = run_instance(node_tags())
+    agents.online.add(instance)
+    first_launch = datetime.now(UTC) - timedelta(hours=2)
+    set_launch_time(instance, first_launch)
+    queue.publish(running_event(instance))
+    assert queue.deliver() == {"batchItemFailures": []}
+
+    ec2.stop_instances(InstanceIds=[instance])
+    ec2.start_instances(InstanceIds=[instance])
+    set_launch_time(instance, datetime.now(UTC))
+    queue.publish(running_event(instance))
+    assert queue.deliver() == {"batchItemFailures": []}
+
+    assert [request["InstanceIds"] for request in sent] == [[instance], [instance]]
+    assert images_of(sent[0]) == images_of(sent[1])
+    assert queue.counts() == {"visible": 0, "hidden": 0}
+    assert queue.dead_letters() == []
+    assert len(boto3.client("dynamodb").scan(TableName=TABLE)["Items"]) == 2
+
+
+# --- events that cannot be handled ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "not json",
+        json.dumps({"source": "aws.ec2", "detail-type": "EC2 Instance State-change Notification"}),
+        "STATE:rebooting",
+        "INSTANCE:vol-0123456789abcdef0",
+        "SOURCE:aws.autoscaling",
+    ],
+    ids=["not-json", "no-detail", "unknown-state", "not-an-instance-id", "other-source"],
+)
+def test_malformed_or_unexpected_event_is_logged_and_acknowledged(
+    queue: LaunchQueue,
+    agents: FakeAgents,
+    sent: list[dict[str, Any]],
+    ec2_calls: list[str],
+    caplog: pytest.LogCaptureFixture,
+    body: str,
+) -> None:
+    event = running_event("i-0abcdef1234567890")
+    if body.startswith("STATE:"):
+        event["detail"]["state"] = body.removeprefix("STATE:")
+        body = json.dumps(event)
+    elif body.startswith("INSTANCE:"):
+        event["detail"]["instance-id"] = body.removeprefix("INSTANCE:")
+        body = json.dumps(event)
+    elif body.startswith("SOURCE:"):
+        event["source"] = body.removeprefix("SOURCE:")
+        body = json.dumps(event)
+    queue.publish(body)
+
+    assert queue.deliver() == {"batchItemFailures": []}
+
+    assert ec2_calls == []
+    assert sent == []
+    assert queue.counts() == {"visible": 0, "hidden": 0}
+    dropped = [record for record in caplog.records if record.getMessage() == "malformed EC2 event dropped"]
+    assert len(dropped) == 1
+    assert dropped[0].levelno == logging.WARNING
+
+
+def test_non_running_state_is_acknowledged_without_calls(
+    queue: LaunchQueue, agents: FakeAgents, sent: list[dict[str, Any]], ec2_calls: list[str]
+) -> None:
+    queue.publish(running_event(run_instance(node_tags()), state="stopped"))
+
+    assert queue.deliver() == {"batchItemFailures": []}
+
+    assert ec2_calls == []
+    assert sent == []
+    assert queue.counts() == {"visible": 0, "hidden": 0}
+
+
+def test_a_batch_fails_only_the_records_that_are_not_ready(
+    queue: LaunchQueue, agents: FakeAgents, sent: list[dict[str, Any]], images: dict[str, str]
+) -> None:
+    ready, registering = run_instance(node_tags()), run_instance(node_tags())
+    agents.online.add(ready)
+    queue.publish(running_event(ready))
+    queue.publish(running_event(registering))
+    queue.publish("garbage")
+
+    response = queue.deliver()
+
+    assert len(response["batchItemFailures"]) == 1
+    assert [request["InstanceIds"] for request in sent] == [[ready]]
+    assert queue.counts() == {"visible": 0, "hidden": 1}
+    agents.online.add(registering)
+    assert queue.deliver() == {"batchItemFailures": []}
+    assert [request["InstanceIds"] for request in sent] == [[ready], [registering]]
+
+
+# --- throttling -----------------------------------------------------------------------------------------------------
+
+
+def test_ec2_throttling_is_retried_by_botocore(
+    queue: LaunchQueue,
+    agents: FakeAgents,
+    sent: list[dict[str, Any]],
+    images: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backend = ec2_backends[ACCOUNT][REGION]
+    real = backend.get_reservations_by_instance_ids
+    calls: list[str] = []
+
+    def throttled(*args: Any, **kwargs: Any) -> Any:
+        calls.append("DescribeInstances")
+        if len(calls) <= 2:
+            raise EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
+        return real(*args, **kwargs)
+
+    backend.get_reservations_by_instance_ids = throttled
+    instance = run_instance(node_tags())
+    agents.online.add(instance)
+    queue.publish(running_event(instance))
+
+    assert queue.deliver() == {"batchItemFailures": []}
+
+    assert len(calls) == 3  # two throttled, then answered: inside one invocation, by botocore
+    assert [request["InstanceIds"] for request in sent] == [[instance]]
+
+
+def test_ssm_throttling_is_retried_by_botocore(
+    queue: LaunchQueue,
+    agents: FakeAgents,
+    sent: list[dict[str, Any]],
+    images: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = throttle_first(ssm_backends[ACCOUNT][REGION], "send_command", 2)
+    instance = run_instance(node_tags())
+    agents.online.add(instance)
+    queue.publish(running_event(instance))
+
+    assert queue.deliver() == {"batchItemFailures": []}
+
+    assert len(calls) == 3
+    assert len(sent) == 1  # one request from the code; the retries are botocore's
+    assert len(commands()) == 1
+
+
+def test_exhausted_throttling_fails_the_record_which_returns_to_the_queue(
+    queue: LaunchQueue,
+    agents: FakeAgents,
+    visibility: list[int],
+    images: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stubber answers before botocore's retry logic, so it stands for throttling that outlasted the retries."""
+    stubbed = boto3.client("ssm", region_name=REGION)
+    stubber = Stubber(stubbed)
+    stubber.add_client_error("send_command", service_error_code="ThrottlingException", http_status_code=400)
+    stubber.activate()
+    real_client = aws.client
+    monkeypatch.setattr(aws, "client", lambda service: stubbed if service == "ssm" else real_client(service))
+    instance = run_instance(node_tags())
+    agents.online.add(instance)
+    queue.publish(running_event(instance))
+
+    response = queue.deliver()
+
+    assert len(response["batchItemFailures"]) == 1
+    stubber.assert_no_pending_responses()
+    assert visibility == []  # an error is not "not ready": it comes back after the queue's visibility timeout
+    assert queue.counts() == {"visible": 0, "hidden": 1}
+    assert boto3.client("dynamodb").scan(TableName=TABLE)["Items"] == []
+    failures = [
+        record for record in caplog.records if record.getMessage() == "node launch failed, returned to the queue"
+    ]
+    assert len(failures) == 1
+    assert isinstance(failures[0].exc_info[1], ClientError)
+
+    # Throttling over: the same message is delivered again and the command goes out.
+    monkeypatch.setattr(aws, "client", real_client)
+    assert queue.deliver() == {"batchItemFailures": []}
+    assert len(commands()) == 1
+
+
+def test_duplicate_still_in_progress_elsewhere_is_retried_later(
+    queue: LaunchQueue,
+    agents: FakeAgents,
+    sent: list[dict[str, Any]],
+    visibility: list[int],
+    images: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two deliveries of one launch in concurrent invocations: the second must neither send nor be dropped."""
+
+    def in_progress(*_: Any, **__: Any) -> Any:
+        raise IdempotencyAlreadyInProgressError("in progress")
+
+    monkeypatch.setattr(launch, "run_once", in_progress)
+    instance = run_instance(node_tags())
+    agents.online.add(instance)
+    queue.publish(running_event(instance))
+
+    assert len(queue.deliver()["batchItemFailures"]) == 1
+    assert visibility == [15]
+    assert sent == []
+
+
+def test_sample_sqs_event_runs_through_the_handler(
+    env: None, aws_mock: None, agents: FakeAgents, sent: list[dict[str, Any]], lambda_context: Any
+) -> None:
+    """events/node_launch/sqs-ec2-running.json (for sam local invoke -e): its instance does not exist here."""
+    event = json.loads((EVENTS / "sqs-ec2-running.json").read_text())
+
+    response = load_handler("node_launch").lambda_handler(event, lambda_context)
+
+    assert response == {"batchItemFailures": []}
+    assert sent == []
