@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import boto3
 import pytest
@@ -84,6 +86,18 @@ def aws_mock(deployment_env: dict[str, str], no_retry_sleep: None) -> Iterator[N
         yield
         aws.reset_clients()
         idempotency.reset_persistence()
+
+
+@pytest.fixture
+def sent(aws_mock: None) -> list[dict[str, Any]]:
+    """Every SendCommand request, as the code handed it to botocore (moto drops several of its parameters)."""
+    requests: list[dict[str, Any]] = []
+
+    def capture(params: dict[str, Any], **_: Any) -> None:
+        requests.append(copy.deepcopy(params))
+
+    aws.client("ssm").meta.events.register("provide-client-params.ssm.SendCommand", capture)
+    return requests
 
 
 def load_handler(function: str) -> ModuleType:

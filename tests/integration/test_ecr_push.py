@@ -49,18 +49,6 @@ def handler(aws_mock: None) -> Any:
 
 
 @pytest.fixture
-def sent(aws_mock: None) -> list[dict[str, Any]]:
-    """Every SendCommand request, as the code passed it to botocore."""
-    requests: list[dict[str, Any]] = []
-
-    def capture(params: dict[str, Any], **_: Any) -> None:
-        requests.append(copy.deepcopy(params))
-
-    aws.client("ssm").meta.events.register("provide-client-params.ssm.SendCommand", capture)
-    return requests
-
-
-@pytest.fixture
 def api_calls(aws_mock: None) -> Counter[str]:
     """API calls made through the project's ECR and SSM clients, by operation."""
     calls: Counter[str] = Counter()

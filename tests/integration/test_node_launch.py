@@ -198,18 +198,6 @@ def agents(monkeypatch: pytest.MonkeyPatch) -> FakeAgents:
 
 
 @pytest.fixture
-def sent(aws_mock: None) -> list[dict[str, Any]]:
-    """Every SendCommand request, as the code passed it to botocore (retries included once)."""
-    requests: list[dict[str, Any]] = []
-
-    def capture(params: dict[str, Any], **_: Any) -> None:
-        requests.append(copy.deepcopy(params))
-
-    aws.client("ssm").meta.events.register("provide-client-params.ssm.SendCommand", capture)
-    return requests
-
-
-@pytest.fixture
 def visibility(aws_mock: None) -> list[int]:
     """The VisibilityTimeout of every ChangeMessageVisibility the function made."""
     timeouts: list[int] = []

@@ -9,23 +9,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import boto3
 from aws_lambda_powertools.utilities.parser import parse
 
 from eks_prefetch.events import Ec2StateChangeEvent
 from tests import cfn
+from tests.routing import routed_events
 
 SAMPLE = Path(__file__).resolve().parents[2] / "events" / "node_launch" / "eventbridge-ec2-running.json"
 
 
 def test_rule_routes_only_running_instances_and_the_body_is_the_event(aws_mock):
     pattern = cfn.resource("NodeLaunchRule")["Properties"]["EventPattern"]
-    events = boto3.client("events")
-    sqs = boto3.client("sqs")
-    queue_url = sqs.create_queue(QueueName="node-launch")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events.put_rule(Name="node-launch", EventPattern=json.dumps(pattern))
-    events.put_targets(Rule="node-launch", Targets=[{"Id": "queue", "Arn": queue_arn}])
     sample = json.loads(SAMPLE.read_text())
     sent = {
         "i-00000000000000001": ("aws.ec2", "EC2 Instance State-change Notification", "running"),
@@ -35,18 +29,17 @@ def test_rule_routes_only_running_instances_and_the_body_is_the_event(aws_mock):
         "i-00000000000000005": ("aws.ec2", "EC2 Spot Instance Interruption Warning", "running"),
         "i-00000000000000006": ("custom.app", "EC2 Instance State-change Notification", "running"),
     }
-    for instance_id, (source, detail_type, state) in sent.items():
-        entry = {
-            "Source": source,
-            "DetailType": detail_type,
-            "Detail": json.dumps({**sample["detail"], "instance-id": instance_id, "state": state}),
-            "Resources": [f"arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}"],
+    candidates = [
+        {
+            "source": source,
+            "detail-type": detail_type,
+            "detail": {**sample["detail"], "instance-id": instance_id, "state": state},
+            "resources": [f"arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}"],
         }
-        assert events.put_events(Entries=[entry])["FailedEntryCount"] == 0
+        for instance_id, (source, detail_type, state) in sent.items()
+    ]
 
-    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
-
-    bodies = [json.loads(message["Body"]) for message in messages]
+    bodies = routed_events(pattern, candidates)
     # moto's EventBridge leaves "account" out of what it delivers to SQS; EventBridge always sets it.
     assert all("account" not in body for body in bodies)
     parsed = [parse(event={**body, "account": "123456789012"}, model=Ec2StateChangeEvent) for body in bodies]

@@ -9,33 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import boto3
 import pytest
 
 from tests import cfn
 from tests.conftest import WATCHED
+from tests.routing import routed_events
 
 EVENTS = Path(__file__).resolve().parents[2] / "events" / "ecr_push"
-
-
-def delivered(pattern: dict, samples: list[dict]) -> list[str]:
-    """Event ids that the rule routed to its target."""
-    events = boto3.client("events")
-    sqs = boto3.client("sqs")
-    queue_url = sqs.create_queue(QueueName="routed")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events.put_rule(Name="ecr-push", EventPattern=json.dumps(pattern))
-    events.put_targets(Rule="ecr-push", Targets=[{"Id": "queue", "Arn": queue_arn}])
-    for sample in samples:
-        entry = {
-            "Source": sample["source"],
-            "DetailType": sample["detail-type"],
-            "Detail": json.dumps(sample["detail"]),
-            "Resources": sample["resources"],
-        }
-        assert events.put_events(Entries=[entry])["FailedEntryCount"] == 0
-    received = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
-    return sorted(json.loads(message["Body"])["detail"]["image-digest"] for message in received)
 
 
 def test_push_pattern_routes_only_successful_tagged_pushes_of_watched_repositories(aws_mock):
@@ -43,7 +23,7 @@ def test_push_pattern_routes_only_successful_tagged_pushes_of_watched_repositori
     pattern = cfn.resolve(rule["Pattern"], {"RepositoryNames": list(WATCHED)})
     samples = {path.stem: json.loads(path.read_text()) for path in sorted(EVENTS.glob("*.json"))}
 
-    routed = delivered(pattern, list(samples.values()))
+    routed = sorted(event["detail"]["image-digest"] for event in routed_events(pattern, list(samples.values())))
 
     # The signature push is tagged, so the rule passes it; the handler drops it by media type and tag filter.
     assert routed == sorted(
