@@ -51,6 +51,15 @@ unit: venv
 integration: venv
 	$(BIN)/pytest tests/integration
 
+# The document's script on a real containerd and registry (root; skipped otherwise). Also part of `make test`.
+node: venv
+	$(BIN)/pytest tests/node
+
+.PHONY: bench-node
+# Document vs bare `ctr images pull` of a ~500 MB image, and a cached re-run of 10 images (root).
+bench-node: venv
+	$(PY) -m bench.node_bench
+
 lock:
 	rm -rf /tmp/eks-prefetch-lock && python3 -m venv /tmp/eks-prefetch-lock
 	/tmp/eks-prefetch-lock/bin/pip install --quiet -r requirements-dev.in

@@ -1,0 +1,401 @@
+"""The SSM document's node script, run as the SSM agent runs it, against a real containerd and real registries.
+
+Assertions read containerd's own state (`ctr -n k8s.io images ls` and labels), not only the script's report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cfn import document_content
+from tests.node.conftest import AUTH, Node
+from tests.node.harness import OUR_LABEL, PIN_LABEL, Run, basic_auth, free_port, run_document
+
+pytestmark = pytest.mark.node
+
+HEX = "0123456789abcdef" * 4
+
+
+def run(node: Node, workdir: Path, images: list[str] | str, text: bool = False, env=None, **params: str) -> Run:
+    values = {"images": images if isinstance(images, str) else ",".join(images), **params}
+    result = run_document(workdir, node.containerd, values, text_interpolation=text, extra_env=env)
+    assert_well_formed(result)
+    return result
+
+
+def assert_well_formed(result: Run) -> None:
+    """Every stdout line is a JSON object; the last one is the summary and agrees with the per-image records."""
+    lines = result.stdout.splitlines()
+    assert lines, result.stderr
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
+    summary = json.loads(lines[-1])
+    assert summary["summary"] is True
+    if "error" not in summary:
+        statuses = [record["status"] for record in result.images]
+        assert summary["images"] == len(statuses)
+        for status in ("pulled", "cached", "skipped", "failed"):
+            assert summary[status] == statuses.count(status)
+        assert (result.returncode == 0) == (summary["failed"] == 0), result.stdout
+
+
+def pinned_by_us(labels: dict[str, str]) -> bool:
+    return labels.get(PIN_LABEL) == "pinned" and labels.get(OUR_LABEL, "").isdigit()
+
+
+@pytest.mark.parametrize("text", [False, True], ids=["env-vars", "text-interpolation"])
+def test_first_pull_by_digest_then_cached(node: Node, workdir: Path, lock_env: dict, text: bool) -> None:
+    image = node.images["app-v1"]
+    first = run(node, workdir, [image.by_digest], text=text, env=lock_env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (record,) = first.images
+    assert record["status"] == "pulled"
+    assert record["digest"] == image.digest
+    assert record["bytes"] > 0
+    assert record["pinned"] is True
+    state = node.containerd.images()
+    assert state[image.by_digest]["digest"] == image.digest
+    assert pinned_by_us(state[image.by_digest]["labels"])
+
+    again = run(node, workdir, [image.by_digest], text=text, env=lock_env)
+    assert again.returncode == 0
+    (record,) = again.images
+    assert record["status"] == "cached"
+    assert record["digest"] == image.digest
+    assert record["seconds"] < 0.5
+    assert set(node.containerd.images()) == {image.by_digest}
+
+
+def test_tag_reference_is_resolved_every_time(node: Node, workdir: Path, lock_env: dict) -> None:
+    image = node.images["tool"]
+    first = run(node, workdir, [image.by_tag], env=lock_env)
+    assert [(r["status"], r["digest"]) for r in first.images] == [("pulled", image.digest)]
+    assert node.containerd.images()[image.by_tag]["digest"] == image.digest
+
+    again = run(node, workdir, [image.by_tag], env=lock_env)
+    assert [(r["status"], r["digest"]) for r in again.images] == [("cached", image.digest)]
+
+    # The tag moves: the next run pulls the new digest under the same name.
+    moved = node.push_new("tool-moved", "tools/tool", "1.0")
+    try:
+        third = run(node, workdir, [image.by_tag], env=lock_env)
+        assert [(r["status"], r["digest"]) for r in third.images] == [("pulled", moved.digest)]
+        assert node.containerd.images()[image.by_tag]["digest"] == moved.digest
+    finally:
+        node.registry.push(node.layout, "tool", "tools/tool", "1.0")
+        node.images["tool"] = image
+
+
+def test_pin_false_leaves_no_labels(node: Node, workdir: Path, lock_env: dict) -> None:
+    image = node.images["app-v1"]
+    result = run(node, workdir, [image.by_digest], env=lock_env, pin="false")
+    assert result.images[0]["pinned"] is False
+    assert node.containerd.images()[image.by_digest]["labels"] == {}
+
+
+def test_unpins_beyond_retention_but_never_foreign_pins(node: Node, workdir: Path, lock_env: dict) -> None:
+    v0, v1, v2, v3 = (node.images[f"app-v{n}"] for n in range(4))
+    # Someone else pulled and pinned v0 of the same repository.
+    node.containerd.ctr("images", "pull", "--plain-http", v0.by_digest)
+    node.containerd.ctr("images", "label", v0.by_digest, f"{PIN_LABEL}=pinned")
+    for image in (v1, v2):
+        assert run(node, workdir, [image.by_digest], env=lock_env, keepPinned="2").returncode == 0
+    state = node.containerd.images()
+    assert all(pinned_by_us(state[i.by_digest]["labels"]) for i in (v1, v2))
+
+    third = run(node, workdir, [v3.by_digest], env=lock_env, keepPinned="2")
+    assert third.summary["unpinned"] == 1
+    state = node.containerd.images()
+    assert pinned_by_us(state[v2.by_digest]["labels"])
+    assert pinned_by_us(state[v3.by_digest]["labels"])
+    assert state[v1.by_digest]["labels"] == {}, "the oldest of our pins is released to kubelet GC"
+    assert state[v0.by_digest]["labels"] == {PIN_LABEL: "pinned"}, "a foreign pin is never touched"
+
+    # A later request for v1 makes it the most recent again: v2 goes instead.
+    run(node, workdir, [v1.by_digest], env=lock_env, keepPinned="2")
+    state = node.containerd.images()
+    assert pinned_by_us(state[v1.by_digest]["labels"])
+    assert state[v2.by_digest]["labels"] == {}
+    assert state[v0.by_digest]["labels"] == {PIN_LABEL: "pinned"}
+
+
+def test_cached_image_pinned_by_someone_else_stays_theirs(node: Node, workdir: Path, lock_env: dict) -> None:
+    image = node.images["app-v2"]
+    node.containerd.ctr("images", "pull", "--plain-http", image.by_digest)
+    node.containerd.ctr("images", "label", image.by_digest, f"{PIN_LABEL}=pinned")
+    result = run(node, workdir, [image.by_digest], env=lock_env, keepPinned="1")
+    assert result.images[0]["status"] == "cached"
+    assert result.images[0]["pinned"] is True
+    assert node.containerd.images()[image.by_digest]["labels"] == {PIN_LABEL: "pinned"}
+
+
+def test_mixed_batch_with_a_missing_image(node: Node, workdir: Path, lock_env: dict) -> None:
+    one, tool = node.images["app-v1"], node.images["tool"]
+    missing = f"{node.registry.host}/team/app@sha256:{HEX}"
+    result = run(node, workdir, [one.by_digest, missing, tool.by_tag], env=lock_env)
+    assert result.returncode != 0
+    by_image = result.by_image()
+    assert by_image[one.by_digest]["status"] == "pulled"
+    assert by_image[tool.by_tag]["status"] == "pulled"
+    assert by_image[missing]["status"] == "failed"
+    assert "not found" in by_image[missing]["error"]
+    assert set(node.containerd.images()) == {one.by_digest, tool.by_tag}
+
+
+def test_registry_down(node: Node, workdir: Path, lock_env: dict) -> None:
+    ref = f"127.0.0.1:{free_port()}/team/app:v1"
+    result = run(node, workdir, [ref, node.images["app-v1"].by_digest], env=lock_env)
+    assert result.returncode != 0
+    record = result.by_image()[ref]
+    assert record["status"] == "failed"
+    assert "connection refused" in record["error"]
+    assert result.seconds < 10
+    assert result.summary["pulled"] == 1
+
+
+@pytest.fixture
+def hung_registry() -> Iterator[str]:
+    """Accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_hung_registry_is_bounded_by_the_pull_timeout(
+    node: Node, workdir: Path, lock_env: dict, hung_registry: str
+) -> None:
+    ref = f"{hung_registry}/team/app@sha256:{HEX}"
+    result = run(node, workdir, [ref, node.images["app-v1"].by_digest], env=lock_env, pullTimeoutSeconds="10")
+    assert result.seconds < 30
+    record = result.by_image()[ref]
+    assert record["status"] == "failed"
+    assert "timed out after 10s" in record["error"]
+    assert result.summary["pulled"] == 1
+
+
+def test_unauthorized_registry(node: Node, workdir: Path, lock_env: dict) -> None:
+    image = node.images["secret"]
+    result = run(node, workdir, [image.by_digest], env=lock_env)
+    assert result.returncode != 0
+    assert result.images[0]["status"] == "failed"
+    assert "401 Unauthorized" in result.images[0]["error"]
+    assert node.containerd.images() == {}
+
+
+def test_hosts_dir_authorization_header_authenticates(node: Node, tmp_path: Path) -> None:
+    """The mechanism the script uses for ECR: a Basic Authorization header in a hosts.toml read with --hosts-dir,
+    so the password never sits in ctr's argv."""
+    image = node.images["secret"]
+    host = node.auth_registry.host
+    (tmp_path / host).mkdir()
+    (tmp_path / host / "hosts.toml").write_text(
+        f'server = "http://{host}"\n[host."http://{host}"]\n  capabilities = ["pull", "resolve"]\n'
+        f'  [host."http://{host}".header]\n    Authorization = ["Basic {basic_auth(*AUTH)}"]\n'
+    )
+    node.containerd.ctr("images", "pull", "--hosts-dir", str(tmp_path), image.by_digest)
+    assert node.containerd.images()[image.by_digest]["digest"] == image.digest
+
+
+def test_disk_guard_skips_without_failing(node: Node, workdir: Path, lock_env: dict) -> None:
+    image = node.images["app-v1"]
+    result = run(node, workdir, [image.by_digest], env=lock_env, maxDiskUsagePercent="10")
+    assert result.returncode == 0
+    (record,) = result.images
+    assert record["status"] == "skipped"
+    assert "disk" in record["reason"]
+    assert "maxDiskUsagePercent 10" in record["reason"]
+    assert node.containerd.images() == {}
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MiB tmpfs standing in for containerd's root filesystem (the script reads CONTAINERD_ROOT)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_disk_guard_counts_the_estimated_size(
+    node: Node, workdir: Path, lock_env: dict, small_filesystem: Path
+) -> None:
+    """8 MiB compressed, estimated at 3x: 24 MiB more on a 64 MiB filesystem is 38%."""
+    big = node.images.get("big") or node.push_new("big", "team/big", "v1", layers_mb=[8])
+    env = {**lock_env, "CONTAINERD_ROOT": str(small_filesystem)}
+    skipped = run(node, workdir, [big.by_digest], env=env, maxDiskUsagePercent="30")
+    assert skipped.images[0]["status"] == "skipped", skipped.stdout
+    assert skipped.images[0]["bytes"] > 8 << 20
+    assert node.containerd.images() == {}
+    pulled = run(node, workdir, [big.by_digest], env=env, maxDiskUsagePercent="50")
+    assert pulled.images[0]["status"] == "pulled", pulled.stdout
+    assert big.by_digest in node.containerd.images()
+
+
+INJECTIONS = [
+    "{host}/team/app@sha256:{hex};touch {marker}-semicolon",
+    "$(touch {marker}-dollar)",
+    "`touch {marker}-backtick`",
+    "{host}/team/app:v1|touch {marker}-pipe",
+    "{host}/team/app:v1&&touch {marker}-and",
+    '{host}/team/app:v1\' "$(touch {marker}-quote)"',
+    "{host}/team/app:v1 SSM_PARAM_END",
+]
+
+
+@pytest.mark.parametrize("text", [False, True], ids=["env-vars", "text-interpolation"])
+def test_injection_attempts_execute_nothing(node: Node, workdir: Path, lock_env: dict, text: bool) -> None:
+    marker = workdir / "pwned"
+    attempts = [p.format(host=node.registry.host, hex=HEX, marker=marker) for p in INJECTIONS]
+    good = node.images["app-v1"].by_digest
+    result = run(node, workdir, ",".join([*attempts, good]), text=text, env=lock_env)
+    assert not list(workdir.glob("pwned*")), "an injected command ran"
+    assert result.returncode != 0
+    statuses = [(r["status"], r.get("error")) for r in result.images]
+    assert statuses[-1] == ("pulled", None)
+    # Each attempt may split at its commas; every piece is rejected before any command sees it.
+    assert all(status == ("failed", "invalid image reference") for status in statuses[:-1])
+    assert set(node.containerd.images()) == {good}
+
+
+def test_allowed_pattern_rejects_injections_and_newlines() -> None:
+    """SendCommand enforces allowedPattern; it is what keeps a newline (the one way out of the here-document) out
+    of text interpolation on old agents."""
+    pattern = re.compile(document_content()["parameters"]["images"]["allowedPattern"])
+    host = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+    assert pattern.fullmatch(f"{host}/team/app@sha256:{HEX},{host}/team/app:v1.2")
+    for attempt in INJECTIONS:
+        assert not pattern.fullmatch(attempt.format(host=host, hex=HEX, marker="/nonexistent/x"))
+    assert not pattern.fullmatch(f"{host}/team/app:v1\nSSM_PARAM_END\ntouch /nonexistent/x")
+
+
+def test_odd_characters_stay_parseable(node: Node, workdir: Path, lock_env: dict) -> None:
+    odd = ['a"b\\c', "tab\there", "é-ünïcode", "ctl\x01\x1f", "x" * 5000]
+    result = run(node, workdir, ",".join(odd), env=lock_env)
+    assert [r["status"] for r in result.images] == ["failed"] * len(odd)
+    assert all(len(r["image"]) < 500 for r in result.images)
+
+
+def test_invalid_parameters_stop_the_run(node: Node, workdir: Path, lock_env: dict) -> None:
+    result = run(node, workdir, [node.images["app-v1"].by_digest], env=lock_env, pin="yes")
+    assert result.returncode != 0
+    assert result.summary["error"] == "invalid parameter pin"
+    assert node.containerd.images() == {}
+
+
+def test_twenty_images_stay_far_below_the_output_limit(node: Node, workdir: Path, lock_env: dict) -> None:
+    host = node.registry.host
+    refs = [image.by_digest for name, image in node.images.items() if name.startswith("app-")]
+    refs += [f"{host}/team/some-long-repository-name-{n}/component@sha256:{HEX}" for n in range(20 - len(refs))]
+    result = run(node, workdir, refs, env=lock_env)
+    assert len(result.images) == 20
+    assert result.summary["pulled"] == 4
+    assert result.summary["failed"] == 16
+    assert len(result.stdout) < 12000
+    assert len(result.stderr) < 1000
+
+
+ECR_HOSTS = {
+    "123456789012.dkr.ecr.us-east-1.amazonaws.com": "us-east-1",
+    "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn": "cn-north-1",
+    "123456789012.dkr-ecr.eu-west-2.on.aws": "eu-west-2",
+}
+FAKE_TOKEN = "eyJwYXlsb2FkIjoiRkFLRS1UT0tFTi0xMjM0NSJ9"  # noqa: S105 - a fake
+
+
+@pytest.fixture
+def fake_tools(tmp_path: Path) -> Path:
+    """A fake `aws` (records its argv, prints a token) and a `ctr` wrapper that records every argv and a copy of
+    the --hosts-dir it is given, then runs the real ctr."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    real_ctr = subprocess.run(["bash", "-c", "command -v ctr"], capture_output=True, text=True, check=True)
+    (bin_dir / "aws").write_text(f'#!/bin/bash\nprintf "%s\\n" "$*" >> "{tmp_path}/aws.log"\necho {FAKE_TOKEN}\n')
+    (bin_dir / "ctr").write_text(
+        "#!/bin/bash\n"
+        f'printf "%s\\n" "$*" >> "{tmp_path}/ctr.log"\n'
+        'prev=""; for a in "$@"; do\n'
+        f'  if [ "$prev" = --hosts-dir ]; then echo "$a" >> "{tmp_path}/hostsdirs.log"; '
+        f'cp -r "$a/." "{tmp_path}/hosts-copy"; fi; prev=$a\n'
+        "done\n"
+        f'exec {real_ctr.stdout.strip()} "$@"\n'
+    )
+    for tool in ("aws", "ctr"):
+        (bin_dir / tool).chmod(0o755)
+    return tmp_path
+
+
+def test_ecr_login_per_registry_region_and_the_token_stays_secret(
+    node: Node, workdir: Path, lock_env: dict, fake_tools: Path
+) -> None:
+    refs = [f"{host}/team/app@sha256:{HEX}" for host in ECR_HOSTS]
+    refs.append(refs[0].replace("team/app", "team/other"))  # same registry: no second login
+    refs.append(node.images["app-v1"].by_digest)  # loopback: no login at all
+    env = {
+        **lock_env,
+        "PATH": f"{fake_tools / 'bin'}:{os.environ['PATH']}",
+        # Nothing may leave 127.0.0.1: the proxy is a closed local port, so the ECR pulls fail at once.
+        "HTTPS_PROXY": f"http://127.0.0.1:{free_port()}",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    result = run(node, workdir, refs, env=env, pullTimeoutSeconds="20")
+    aws_calls = (fake_tools / "aws.log").read_text().splitlines()
+    assert aws_calls == [f"ecr get-login-password --region {region}" for region in ECR_HOSTS.values()]
+    by_image = result.by_image()
+    assert [by_image[ref]["status"] for ref in refs] == ["failed"] * 4 + ["pulled"]
+    assert "ECR login" not in by_image[refs[0]]["error"]  # login worked; the (unreachable) registry failed
+
+    secret_b64 = basic_auth("AWS", FAKE_TOKEN)
+    ctr_argv = (fake_tools / "ctr.log").read_text()
+    for text in (result.stdout, result.stderr, ctr_argv):
+        assert FAKE_TOKEN not in text
+        assert secret_b64 not in text
+    for host in ECR_HOSTS:
+        hosts_toml = (fake_tools / "hosts-copy" / host / "hosts.toml").read_text()
+        assert f'server = "https://{host}"' in hosts_toml
+        assert f'Authorization = ["Basic {secret_b64}"]' in hosts_toml
+    # The token's directory is gone after the run.
+    for hosts_dir in set((fake_tools / "hostsdirs.log").read_text().split()):
+        assert not Path(hosts_dir).exists()
+
+
+def test_ecr_login_failure_is_reported_per_image(node: Node, workdir: Path, lock_env: dict, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aws").write_text("#!/bin/bash\necho 'Unable to locate credentials' >&2\nexit 255\n")
+    (bin_dir / "aws").chmod(0o755)
+    ref = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/team/app@sha256:{HEX}"
+    env = {**lock_env, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = run(node, workdir, [ref, ref.replace("team/app", "team/b")], env=env)
+    assert [r["error"] for r in result.images] == ["ECR login failed: Unable to locate credentials"] * 2
