@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tests.node.harness import Containerd, Registry, build_image, missing_prerequisites, run_document
 
-ROUNDS = 4  # even: each side goes first equally often
+ROUNDS = 6  # even: each side goes first equally often
 LAYERS_MB = [100.0] * 5
 CACHED_IMAGES = 10
 RESULTS = Path(__file__).resolve().parent / "results" / "node.json"
