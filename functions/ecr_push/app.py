@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
+from eks_prefetch import tracing
 from eks_prefetch.events import EcrImageActionEvent
 from eks_prefetch.push import prefetch_pushed_image
 from eks_prefetch.settings import get_settings
 
 logger = Logger()
-tracer = Tracer()
 metrics = Metrics()
 
 
 @logger.inject_lambda_context(correlation_id_path="id", clear_state=True)
-@tracer.capture_lambda_handler
+@tracing.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
@@ -15,12 +15,12 @@ from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
+from eks_prefetch import tracing
 from eks_prefetch.events import Ec2StateChangeEvent
 from eks_prefetch.launch import Delivery, prefetch_launched_node
 from eks_prefetch.settings import get_settings
 
 logger = Logger()
-tracer = Tracer()
 metrics = Metrics()
 # A batch whose every record fails is still a partial response, not an error: nodes that are not ready yet are
 # normal, and must not fail the invocation (alarms) or undo the visibility each record was given.
@@ -71,7 +71,7 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> dict[str
 
 
 @logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
+@tracing.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

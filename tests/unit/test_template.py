@@ -92,6 +92,7 @@ def test_functions_environment_satisfies_settings():
         "OUTPUT_LOG_GROUP": "/aws/ssm/stack/prefetch",
         "IDEMPOTENCY_TABLE": "stack-IdempotencyTable-ABC",
         "IDEMPOTENCY_TTL_SECONDS": "86400",
+        "POWERTOOLS_TRACE_DISABLED": "true",
     }
     env = {name: value if isinstance(value, str) else deployed[name] for name, value in variables.items()}
     missing = [name for name in deployed if name not in variables]
