@@ -14,7 +14,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from eks_prefetch import aws, idempotency, settings
+from eks_prefetch import aws, idempotency, launch, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
@@ -77,6 +77,7 @@ def aws_mock(deployment_env: dict[str, str], no_retry_sleep: None) -> Iterator[N
     with mock_aws():
         aws.reset_clients()
         idempotency.reset_persistence()
+        launch.forget_resolutions()
         boto3.client("dynamodb").create_table(
             TableName=TABLE,
             KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],

@@ -307,6 +307,27 @@ def test_several_repositories_one_empty_one_deleted_still_send_the_others(
     assert [record.repository for record in empty] == ["ml/empty"]
 
 
+def test_a_burst_of_new_nodes_resolves_each_repository_once(
+    queue: LaunchQueue, agents: FakeAgents, sent: list[dict[str, Any]], images: dict[str, str]
+) -> None:
+    """A node group scaling out: eight launches in one batch cost one DescribeImages per repository, not per node."""
+    describes: list[str] = []
+    aws.client("ecr").meta.events.register(
+        "provide-client-params.ecr.DescribeImages", lambda params, **_: describes.append(params["repositoryName"])
+    )
+    instances = [run_instance(node_tags()) for _ in range(8)]
+    agents.online.update(instances)
+    for instance in instances:
+        queue.publish(running_event(instance))
+
+    assert queue.deliver() == {"batchItemFailures": []}
+
+    assert sorted(describes) == ["ml/inference", "ml/trainer"]
+    assert sorted(request["InstanceIds"][0] for request in sent) == sorted(instances)
+    expected = [f"{REGISTRY}/ml/trainer@{images['ml/trainer']}", f"{REGISTRY}/ml/inference@{images['ml/inference']}"]
+    assert all(images_of(request) == expected for request in sent)
+
+
 def test_no_image_in_any_repository_sends_nothing_and_acknowledges(
     queue: LaunchQueue, agents: FakeAgents, sent: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from pydantic import ValidationError
 
-from eks_prefetch import aws
+from eks_prefetch import aws, launch
 from eks_prefetch.events import Ec2StateChangeEvent
 from eks_prefetch.launch import LaunchOutcome, NodeVerdict, backoff_seconds, classify_instance
 from eks_prefetch.settings import Settings
@@ -315,3 +315,25 @@ def test_change_visibility_request(deployment_env: dict[str, str]) -> None:
         )
         aws.change_visibility("arn:aws:sqs:us-east-1:123456789012:q", "receipt-1", 60, sqs=sqs)
         stubber.assert_no_pending_responses()
+
+
+def test_recent_newest_images_are_reused_within_the_ttl_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    resolutions: list[int] = []
+
+    def resolve(settings: Any) -> list[str]:
+        resolutions.append(1)
+        return [f"resolution-{len(resolutions)}"]
+
+    monkeypatch.setattr(launch, "newest_images", resolve)
+    launch.forget_resolutions()
+    now = [1000.0]
+    current = settings()
+
+    first = launch.recent_newest_images(current, clock=lambda: now[0])
+    now[0] += launch.RESOLUTION_TTL_SECONDS - 1
+    again = launch.recent_newest_images(current, clock=lambda: now[0])
+    now[0] += 2
+    later = launch.recent_newest_images(current, clock=lambda: now[0])
+    launch.forget_resolutions()
+
+    assert (first, again, later) == (["resolution-1"], ["resolution-1"], ["resolution-2"])

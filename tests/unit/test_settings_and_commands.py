@@ -41,6 +41,7 @@ def test_settings_from_the_template_environment():
         {"REPOSITORY_NAMES": ""},
         {"REPOSITORY_NAMES": "ML/Trainer"},
         {"REPOSITORY_NAMES": "ok,bad name"},
+        {"REPOSITORY_NAMES": ",".join(f"repo-{n}" for n in range(51))},
         {"TAG_FILTER": "(unclosed"},
         {"MAX_ERRORS": "lots"},
         {"MAX_CONCURRENCY": "0"},

@@ -7,7 +7,8 @@ SQS delivers it again, and after the redrive budget moves it to the dead-letter 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -114,6 +115,27 @@ def newest_images(settings: Settings, ecr: Any = None) -> list[ResolvedImage]:
     return images
 
 
+# A scale-out brings many launches within seconds: one resolution serves the whole burst. Kept short, so a newer push
+# is picked up quickly (and the push path reaches every registered node by tag anyway).
+RESOLUTION_TTL_SECONDS = 30.0
+_resolutions: dict[tuple[tuple[str, ...], str], tuple[float, list[ResolvedImage]]] = {}
+
+
+def recent_newest_images(settings: Settings, clock: Callable[[], float] = time.monotonic) -> list[ResolvedImage]:
+    """newest_images, reused for RESOLUTION_TTL_SECONDS within a warm container."""
+    key = (settings.repository_names, settings.tag_filter)
+    cached = _resolutions.get(key)
+    if cached is not None and clock() - cached[0] < RESOLUTION_TTL_SECONDS:
+        return cached[1]
+    images = newest_images(settings)
+    _resolutions[key] = (clock(), images)
+    return images
+
+
+def forget_resolutions() -> None:
+    _resolutions.clear()
+
+
 def _ignored(reason: str, instance_id: str, **log_fields: Any) -> LaunchOutcome:
     logger.info("launch ignored", extra={"reason": reason, "instance_id": instance_id, **log_fields})
     return LaunchOutcome(status="ignored", reason=reason, instance_id=instance_id)
@@ -184,7 +206,7 @@ def prefetch_launched_node(
     if not aws.agent_online(instance_id):
         return _not_ready("SSM agent not online", event, delivery, settings, now)
 
-    images = newest_images(settings)
+    images = recent_newest_images(settings)
     if not images:
         return _ignored("no image to prefetch in any watched repository", instance_id)
     request = send_command_request(images, settings, instance_ids=[instance_id])

@@ -30,7 +30,8 @@ class Settings(BaseModel):
 
     region: str = Field(alias="AWS_REGION", min_length=1)
     cluster_name: str = Field(alias="CLUSTER_NAME", min_length=1)
-    repository_names: tuple[str, ...] = Field(alias="REPOSITORY_NAMES", min_length=1)
+    # The document takes at most 50 images in one command, and a new node gets one image per repository.
+    repository_names: tuple[str, ...] = Field(alias="REPOSITORY_NAMES", min_length=1, max_length=50)
     node_tag_key: str = Field(alias="NODE_TAG_KEY", min_length=1, max_length=128)
     node_tag_value: str = Field(alias="NODE_TAG_VALUE", min_length=1, max_length=256)
     tag_filter: str = Field(alias="TAG_FILTER", default=r"^(?!sha256-).+$")
