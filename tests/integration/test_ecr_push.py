@@ -19,6 +19,7 @@ from botocore.stub import Stubber
 from moto.ssm.models import ssm_backends
 
 from eks_prefetch import aws
+from eks_prefetch.push import PushedImageNotFoundError
 from tests.conftest import ACCOUNT, CLUSTER, DOCUMENT, LOG_GROUP, REGION, load_handler
 from tests.ecr import at, create_repository, digest_of, push_image
 from tests.faults import throttle_first
@@ -144,6 +145,42 @@ def test_out_of_order_delivery_sends_only_the_newest(handler, sent, trainer, lam
     assert first["status"] == "ignored"
     assert second["status"] == "sent"
     assert len(sent) == 1
+
+
+def test_pushed_image_not_visible_yet_fails_for_a_retry_then_sends(handler, sent, trainer, lambda_context):
+    """The event is newer than what ECR lists: the invocation fails (Lambda retries it, then dead-letters it)."""
+    event = push_event("ml/trainer", digest_of("v3"), "v3.0.0")
+
+    with pytest.raises(PushedImageNotFoundError):
+        handler(event, lambda_context)
+    assert sent == []
+
+    push_image("ml/trainer", "v3", tag="v3.0.0", pushed_at=at(30))
+    assert handler(event, lambda_context)["status"] == "sent"
+    assert sent[0]["Parameters"]["images"] == [f"{REGISTRY}/ml/trainer@{digest_of('v3')}"]
+
+
+def test_push_whose_tag_already_moved_on_is_stale(handler, sent, lambda_context):
+    """v2 was pushed as "latest", then v3 took the tag before v2's event was handled: v2 is now untagged, so the
+    tagged listing omits it (moto ignores tagStatus, so Stubber serves ECR's answers), and it must not be pulled."""
+    v2, v3 = digest_of("v2"), digest_of("v3")
+    image = {"registryId": "123456789012", "repositoryName": "ml/trainer", "imagePushedAt": at(20)}
+    ecr = aws.client("ecr")
+    with Stubber(ecr) as stubber:
+        stubber.add_response(
+            "describe_images", {"imageDetails": [{**image, "imageDigest": v3, "imageTags": ["latest"]}]}
+        )
+        stubber.add_response(
+            "describe_images",
+            {"imageDetails": [{**image, "imageDigest": v2, "imagePushedAt": at(10)}]},
+            {"repositoryName": "ml/trainer", "imageIds": [{"imageDigest": v2}]},
+        )
+        result = handler(push_event("ml/trainer", v2, "latest"), lambda_context)
+        stubber.assert_no_pending_responses()
+
+    assert result["status"] == "ignored"
+    assert result["reason"].startswith("stale event")
+    assert sent == []
 
 
 def test_duplicate_event_sends_one_command(handler, sent, trainer, lambda_context):

@@ -45,6 +45,17 @@ def describe_tagged_images(repository: str, ecr: Any = None) -> Iterator[Mapping
         yield from page["imageDetails"]
 
 
+def image_exists(repository: str, digest: str, ecr: Any = None) -> bool:
+    """Whether the repository holds an image with this digest, tagged or not."""
+    try:
+        (ecr or client("ecr")).describe_images(repositoryName=repository, imageIds=[{"imageDigest": digest}])
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "ImageNotFoundException":
+            return False
+        raise
+    return True
+
+
 def send_command(request: Mapping[str, Any], ssm: Any = None) -> str:
     """Send one Run Command and return its id."""
     response = (ssm or client("ssm")).send_command(**request)

@@ -20,6 +20,10 @@ from eks_prefetch.settings import Settings
 logger = Logger(child=True)
 
 
+class PushedImageNotFoundError(RuntimeError):
+    """The pushed digest is not in the repository (not visible yet, or deleted): fail, so that Lambda retries."""
+
+
 @dataclass(frozen=True)
 class PushOutcome:
     status: str  # sent | duplicate | ignored
@@ -62,16 +66,23 @@ def prefetch_pushed_image(
     if not settings.tag_pattern.search(detail.image_tag):
         return _ignored("tag does not match the filter", tag=detail.image_tag, tag_filter=settings.tag_filter)
 
+    listed: set[str] = set()
     try:
-        newest = resolve_newest(repository, settings, ecr=ecr)
+        newest = resolve_newest(repository, settings, ecr=ecr, seen_digests=listed)
     except ClientError as error:
         if error.response["Error"]["Code"] == "RepositoryNotFoundException":
             return _ignored("repository does not exist", repository=repository)
         raise
+    if detail.image_digest not in listed and not aws.image_exists(repository, detail.image_digest, ecr=ecr):
+        # Not stale (it would be listed, tagged or not): the push is not visible yet, or the image was deleted.
+        # Failing lets Lambda retry with backoff, and dead-letter it if it never appears; nothing is lost silently.
+        logger.warning("pushed image not found in the repository", extra={"digest": detail.image_digest})
+        raise PushedImageNotFoundError(f"{repository}@{detail.image_digest} is not in the repository")
     if newest is None:
         return _ignored("no tagged image matches the filter", repository=repository)
     if newest.digest != detail.image_digest:
-        # Out of order, or an old digest re-tagged: pulling it could replace a newer image on the nodes.
+        # Out of order, an old digest re-tagged, or its tag already moved on: pulling it could replace a newer image
+        # on the nodes.
         return _ignored(
             "stale event: a newer image is the newest",
             event_digest=detail.image_digest,

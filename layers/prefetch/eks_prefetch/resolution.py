@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from eks_prefetch import aws
@@ -9,9 +10,24 @@ from eks_prefetch.images import ResolvedImage, pick_newest
 from eks_prefetch.settings import Settings
 
 
-def resolve_newest(repository: str, settings: Settings, ecr: Any = None) -> ResolvedImage | None:
+def resolve_newest(
+    repository: str,
+    settings: Settings,
+    ecr: Any = None,
+    seen_digests: set[str] | None = None,
+) -> ResolvedImage | None:
     """The newest image of the repository whose tag matches the filter, or None if it has none.
 
-    Raises the ECR client's RepositoryNotFoundException for a repository that does not exist.
+    ``seen_digests``, if given, receives the digest of every tagged image listed. Raises the ECR client's
+    RepositoryNotFoundException for a repository that does not exist.
     """
-    return pick_newest(aws.describe_tagged_images(repository, ecr=ecr), settings.tag_pattern, settings.region)
+    details = aws.describe_tagged_images(repository, ecr=ecr)
+    if seen_digests is not None:
+        details = _noting_digests(details, seen_digests)
+    return pick_newest(details, settings.tag_pattern, settings.region)
+
+
+def _noting_digests(details: Iterable[Mapping[str, Any]], seen: set[str]) -> Iterator[Mapping[str, Any]]:
+    for detail in details:
+        seen.add(detail["imageDigest"])
+        yield detail
