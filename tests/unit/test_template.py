@@ -10,6 +10,7 @@ import pytest
 
 from eks_prefetch.settings import Settings
 from tests import cfn
+from tests.conftest import DEPLOYMENT_ENV
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
@@ -73,32 +74,12 @@ def test_document_is_replaced_not_updated_so_version_one_is_pinned():
 
 def test_functions_environment_satisfies_settings():
     variables = cfn.template()["Globals"]["Function"]["Environment"]["Variables"]
-    # Intrinsics stand for values CloudFormation fills in; give each a plausible deployed value.
-    deployed = {
-        "CLUSTER_NAME": "ml-prod",
-        "REPOSITORY_NAMES": "ml/trainer",
-        "NODE_TAG_KEY": "eks:cluster-name",
-        "NODE_TAG_VALUE": "ml-prod",
-        "TAG_FILTER": "^(?!sha256-).+$",
-        "DOCUMENT_NAME": "stack-PrefetchDocument-ABC",
-        "MAX_CONCURRENCY": "10%",
-        "MAX_ERRORS": "25%",
-        "DELIVERY_TIMEOUT_SECONDS": "600",
-        "EXECUTION_TIMEOUT_SECONDS": "3600",
-        "PULL_TIMEOUT_SECONDS": "1800",
-        "PIN_IMAGES": "true",
-        "PINNED_VERSIONS_TO_KEEP": "2",
-        "MAX_DISK_USAGE_PERCENT": "80",
-        "OUTPUT_LOG_GROUP": "/aws/ssm/stack/prefetch",
-        "IDEMPOTENCY_TABLE": "stack-IdempotencyTable-ABC",
-        "IDEMPOTENCY_TTL_SECONDS": "86400",
-        "POWERTOOLS_TRACE_DISABLED": "true",
-    }
-    env = {name: value if isinstance(value, str) else deployed[name] for name, value in variables.items()}
-    missing = [name for name in deployed if name not in variables]
+    required = {field.alias for field in Settings.model_fields.values() if field.is_required()} - {"AWS_REGION"}
+    # Intrinsics stand for values CloudFormation fills in: the test deployment's stand in for them.
+    deployed = {name: value if isinstance(value, str) else DEPLOYMENT_ENV[name] for name, value in variables.items()}
 
-    assert missing == []
-    Settings.from_env({**env, "AWS_REGION": "us-east-1"})
+    assert required - set(variables) == set()
+    Settings.from_env({**deployed, "AWS_REGION": "us-east-1"})
 
 
 def _send_command_policy() -> dict[str, Any]:
