@@ -33,7 +33,7 @@ from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import ec2_backends
 from moto.ssm.models import ssm_backends
 
-from eks_prefetch import aws, launch
+from eks_prefetch import aws, sending
 from eks_prefetch.commands import send_command_request
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.settings import get_settings
@@ -764,7 +764,7 @@ def test_duplicate_still_in_progress_elsewhere_is_retried_later(
     def in_progress(*_: Any, **__: Any) -> Any:
         raise IdempotencyAlreadyInProgressError("in progress")
 
-    monkeypatch.setattr(launch, "run_once", in_progress)
+    monkeypatch.setattr(sending, "run_once", in_progress)
     instance = run_instance(node_tags())
     agents.online.add(instance)
     queue.publish(running_event(instance))

@@ -22,9 +22,9 @@ from botocore.exceptions import ClientError
 from eks_prefetch import aws
 from eks_prefetch.commands import send_command_request
 from eks_prefetch.events import Ec2StateChangeEvent
-from eks_prefetch.idempotency import run_once
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.resolution import resolve_newest
+from eks_prefetch.sending import send_once
 from eks_prefetch.settings import Settings
 
 logger = Logger(child=True)
@@ -212,21 +212,13 @@ def prefetch_launched_node(
     request = send_command_request(images, settings, instance_ids=[instance_id])
     references = tuple(image.reference for image in images)
 
-    def send() -> dict[str, Any]:
-        command_id = aws.send_command(request)
-        logger.info(
-            "prefetch command sent",
-            extra={"command_id": command_id, "instance_id": instance_id, "images": list(references)},
-        )
-        return {"command_id": command_id}
-
     try:
-        result, ran_now = run_once(
-            send,
+        command_id, sent_now = send_once(
+            request,
             key={"instance": instance_id, "launch_time": instance["LaunchTime"].isoformat()},
-            table_name=settings.idempotency_table,
-            ttl_seconds=settings.idempotency_ttl_seconds,
+            settings=settings,
             lambda_context=lambda_context,
+            log_fields={"instance_id": instance_id, "images": list(references)},
         )
     except IdempotencyAlreadyInProgressError:
         # Another delivery of the same launch is sending right now; look again later.
@@ -236,14 +228,9 @@ def prefetch_launched_node(
             raise
         # Online in DescribeInstanceInformation moments before SendCommand accepts the node: a short race.
         return _not_ready("SSM does not accept the instance yet", event, delivery, settings, now)
-    if not ran_now:
-        logger.info(
-            "duplicate event: command already sent",
-            extra={"command_id": result["command_id"], "instance_id": instance_id},
-        )
     return LaunchOutcome(
-        status="sent" if ran_now else "duplicate",
+        status="sent" if sent_now else "duplicate",
         instance_id=instance_id,
         images=references,
-        command_id=result["command_id"],
+        command_id=command_id,
     )

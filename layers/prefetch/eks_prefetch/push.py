@@ -12,9 +12,9 @@ from botocore.exceptions import ClientError
 from eks_prefetch import aws
 from eks_prefetch.commands import send_command_request
 from eks_prefetch.events import EcrImageActionEvent
-from eks_prefetch.idempotency import run_once
 from eks_prefetch.images import is_image_artifact
 from eks_prefetch.resolution import resolve_newest
+from eks_prefetch.sending import send_once
 from eks_prefetch.settings import Settings
 
 logger = Logger(child=True)
@@ -45,8 +45,6 @@ def prefetch_pushed_image(
     settings: Settings,
     *,
     lambda_context: LambdaContext | None = None,
-    ecr: Any = None,
-    ssm: Any = None,
 ) -> PushOutcome:
     """Send one fleet-wide prefetch command if the pushed image is the newest matching image of its repository.
 
@@ -68,12 +66,12 @@ def prefetch_pushed_image(
 
     listed: set[str] = set()
     try:
-        newest = resolve_newest(repository, settings, ecr=ecr, seen_digests=listed)
+        newest = resolve_newest(repository, settings, seen_digests=listed)
     except ClientError as error:
         if error.response["Error"]["Code"] == "RepositoryNotFoundException":
             return _ignored("repository does not exist", repository=repository)
         raise
-    if detail.image_digest not in listed and not aws.image_exists(repository, detail.image_digest, ecr=ecr):
+    if detail.image_digest not in listed and not aws.image_exists(repository, detail.image_digest):
         # Not stale (it would be listed, tagged or not): the push is not visible yet, or the image was deleted.
         # Failing lets Lambda retry with backoff, and dead-letter it if it never appears; nothing is lost silently.
         logger.warning("pushed image not found in the repository", extra={"digest": detail.image_digest})
@@ -91,26 +89,11 @@ def prefetch_pushed_image(
         )
 
     request = send_command_request([newest], settings)
-
-    def send() -> dict[str, Any]:
-        command_id = aws.send_command(request, ssm=ssm)
-        logger.info(
-            "prefetch command sent",
-            extra={"command_id": command_id, "image": newest.reference, "targets": request["Targets"]},
-        )
-        return {"command_id": command_id}
-
-    result, ran_now = run_once(
-        send,
+    command_id, sent_now = send_once(
+        request,
         key={"repository": repository, "digest": newest.digest},
-        table_name=settings.idempotency_table,
-        ttl_seconds=settings.idempotency_ttl_seconds,
+        settings=settings,
         lambda_context=lambda_context,
+        log_fields={"image": newest.reference, "targets": request["Targets"]},
     )
-    if not ran_now:
-        logger.info("duplicate event: command already sent", extra={"command_id": result["command_id"]})
-    return PushOutcome(
-        status="sent" if ran_now else "duplicate",
-        image=newest.reference,
-        command_id=result["command_id"],
-    )
+    return PushOutcome(status="sent" if sent_now else "duplicate", image=newest.reference, command_id=command_id)
