@@ -96,12 +96,12 @@ def backoff_seconds(receive_count: int, settings: Settings) -> int:
     return min(delay, settings.node_launch_retry_max_seconds, _MAX_VISIBILITY_SECONDS)
 
 
-def newest_images(settings: Settings, ecr: Any = None) -> list[ResolvedImage]:
+def newest_images(settings: Settings) -> list[ResolvedImage]:
     """The newest matching image of every watched repository; a missing or empty repository contributes nothing."""
     images: list[ResolvedImage] = []
     for repository in settings.repository_names:
         try:
-            newest = resolve_newest(repository, settings, ecr=ecr)
+            newest = resolve_newest(repository, settings)
         except ClientError as error:
             if error.response["Error"]["Code"] != "RepositoryNotFoundException":
                 raise

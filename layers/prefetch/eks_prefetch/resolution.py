@@ -13,7 +13,6 @@ from eks_prefetch.settings import Settings
 def resolve_newest(
     repository: str,
     settings: Settings,
-    ecr: Any = None,
     seen_digests: set[str] | None = None,
 ) -> ResolvedImage | None:
     """The newest image of the repository whose tag matches the filter, or None if it has none.
@@ -21,7 +20,7 @@ def resolve_newest(
     ``seen_digests``, if given, receives the digest of every tagged image listed. Raises the ECR client's
     RepositoryNotFoundException for a repository that does not exist.
     """
-    details = aws.describe_tagged_images(repository, ecr=ecr)
+    details = aws.describe_tagged_images(repository)
     if seen_digests is not None:
         details = _noting_digests(details, seen_digests)
     return pick_newest(details, settings.tag_pattern, settings.region)
