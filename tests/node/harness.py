@@ -76,6 +76,12 @@ def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | Non
     raise TimeoutError(what)
 
 
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen:
+    """Start a service in its own session (stopped by PID later), its output appended to log_path."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def _stop(proc: subprocess.Popen | None) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -125,12 +131,8 @@ class Containerd:
                 ]
             )
         )
-        log = (self.base / "containerd.log").open("ab")
-        self.proc = subprocess.Popen(
-            ["containerd", "--config", str(self.config), "--log-level", "warn"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        self.proc = _spawn(
+            ["containerd", "--config", str(self.config), "--log-level", "warn"], self.base / "containerd.log"
         )
         _wait_for(self._ready, 30, "containerd socket", self.proc)
         return self
@@ -209,13 +211,7 @@ class Registry:
             (self.base / "htpasswd").write_text(f"{user}:{hashed}\n")
             config["auth"] = {"htpasswd": {"realm": "test", "path": str(self.base / "htpasswd")}}
         (self.base / "config.yml").write_text(json.dumps(config))  # JSON is YAML
-        log = (self.base / "registry.log").open("ab")
-        self.proc = subprocess.Popen(
-            ["docker-registry", "serve", str(self.base / "config.yml")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.proc = _spawn(["docker-registry", "serve", str(self.base / "config.yml")], self.base / "registry.log")
         _wait_for(self._ready, 30, "registry port", self.proc)
         return self
 
