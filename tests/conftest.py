@@ -101,6 +101,23 @@ def sent(aws_mock: None) -> list[dict[str, Any]]:
     return requests
 
 
+def idempotency_records() -> list[dict[str, Any]]:
+    """The Powertools idempotency records in the table, without sending's attempt counters."""
+    items = boto3.client("dynamodb").scan(TableName=TABLE)["Items"]
+    return [item for item in items if not item["id"]["S"].startswith("send-attempt#")]
+
+
+def send_attempts() -> dict[str, int]:
+    """Sending's attempt counter per event marker, as the table holds them."""
+    items = boto3.client("dynamodb").scan(TableName=TABLE)["Items"]
+    prefix = "send-attempt#"
+    return {
+        item["id"]["S"].removeprefix(prefix): int(item["attempts"]["N"])
+        for item in items
+        if item["id"]["S"].startswith(prefix)
+    }
+
+
 def load_handler(function: str) -> ModuleType:
     """Import functions/<function>/app.py under a unique module name (every function's module is called app)."""
     name = f"handler_{function}"

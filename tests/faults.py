@@ -6,6 +6,7 @@ retries happen; a before-send hook cannot stop moto from also executing the requ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from moto.core.exceptions import ServiceException
@@ -33,3 +34,54 @@ def throttle_first(backend: Any, method: str, times: int) -> list[str]:
 
     setattr(backend, method, throttled)
     return calls
+
+
+class InternalServerError(ServiceException):
+    code = "InternalServerError"
+    message = "Internal server error"
+
+
+def fail_completed_saves(backend: Any) -> tuple[list[str], Callable[[], None]]:
+    """Make moto's DynamoDB fail (HTTP 500, through botocore's retries) every update that marks an idempotency
+    record COMPLETED; every other update, and every put, behaves normally. Returns the failed calls, and a function
+    that ends the fault."""
+    failed: list[str] = []
+    real = backend.update_item
+
+    def update_item(*args: Any, **kwargs: Any) -> Any:
+        status = (kwargs.get("expression_attribute_values") or {}).get(":status", {}).get("S")
+        if status == "COMPLETED":
+            failed.append(status)
+            raise InternalServerError()
+        return real(*args, **kwargs)
+
+    def heal() -> None:
+        backend.update_item = real
+
+    backend.update_item = update_item
+    return failed, heal
+
+
+def lose_replies(client: Any, operation: str, times: int) -> list[int]:
+    """The first ``times`` calls of ``operation`` reach moto and are carried out, but their reply is lost: botocore
+    sees a read timeout, as from an answer that never came back over the wire.
+
+    A before-send handler of the client runs moto's own request handler, then raises ReadTimeoutError, which
+    botocore's endpoint treats as a transport fault (its retry handler decides what happens next). Returns the
+    status codes of the calls moto answered.
+    """
+    from botocore.exceptions import ReadTimeoutError  # noqa: PLC0415
+    from moto.core.models import botocore_stubber  # noqa: PLC0415
+
+    answered: list[int] = []
+    event = f"before-send.{client.meta.service_model.service_id.hyphenize()}.{operation}"
+
+    def carried_out_then_lost(request: Any, **kwargs: Any) -> Any:
+        response = botocore_stubber(request=request, **kwargs)
+        answered.append(response.status_code)
+        if len(answered) <= times:
+            raise ReadTimeoutError(endpoint_url=request.url)
+        return response
+
+    client.meta.events.register_first(event, carried_out_then_lost)
+    return answered

@@ -14,15 +14,27 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyPersistenceLayerError
+from botocore.exceptions import ClientError, ConnectionClosedError
 from botocore.stub import Stubber
+from moto.dynamodb.models import dynamodb_backends
 from moto.ssm.models import ssm_backends
 
 from eks_prefetch import aws
 from eks_prefetch.push import PushedImageNotFoundError
-from tests.conftest import ACCOUNT, CLUSTER, DOCUMENT, LOG_GROUP, REGION, load_handler
+from eks_prefetch.sending import SendOutcomeUnknownError, event_marker
+from tests.conftest import (
+    ACCOUNT,
+    CLUSTER,
+    DOCUMENT,
+    LOG_GROUP,
+    REGION,
+    idempotency_records,
+    load_handler,
+    send_attempts,
+)
 from tests.ecr import at, create_repository, digest_of, push_image
-from tests.faults import throttle_first
+from tests.faults import fail_completed_saves, lose_replies, throttle_first
 
 EVENTS = Path(__file__).resolve().parents[2] / "events" / "ecr_push"
 REGISTRY = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
@@ -92,7 +104,9 @@ def test_new_image_sends_one_digest_pinned_fleet_command(handler, sent, api_call
     assert request["MaxErrors"] == "25%"
     assert request["TimeoutSeconds"] == 600
     assert request["CloudWatchOutputConfig"] == {"CloudWatchLogGroupName": LOG_GROUP, "CloudWatchOutputEnabled": True}
-    assert request["Comment"] == "prefetch ml/trainer:v2.0.0"
+    # The event key's marker, which ListCommands shows, so that a retry can find what an earlier attempt sent.
+    marker = event_marker({"repository": "ml/trainer", "digest": trainer["v2"]})
+    assert request["Comment"] == f"prefetch ml/trainer:v2.0.0 [{marker}]"
     # O(1) calls per push: one describe page, one send.
     assert api_calls == Counter({"DescribeImages": 1, "SendCommand": 1})
     # moto recorded the command too.
@@ -195,9 +209,10 @@ def test_duplicate_event_sends_one_command(handler, sent, trainer, lambda_contex
     assert again == {"status": "duplicate", "image": first["image"], "command_id": first["command_id"]}
     assert retag["status"] == "duplicate"
     assert len(sent) == 1
-    items = boto3.client("dynamodb").scan(TableName="eks-image-prefetch-idempotency")["Items"]
+    items = idempotency_records()
     assert len(items) == 1
     assert items[0]["status"]["S"] == "COMPLETED"
+    assert send_attempts() == {event_marker({"repository": "ml/trainer", "digest": trainer["v2"]}): 1}
 
 
 def test_newest_of_1500_images_across_pages(handler, sent, lambda_context):
@@ -290,6 +305,100 @@ def test_throttling_that_outlasts_retries_fails_the_invocation_and_leaves_no_rec
             handler(push_event("ml/trainer", trainer["v2"], "v2.0.0"), lambda_context)
         stubber.assert_no_pending_responses()
 
-    assert boto3.client("dynamodb").scan(TableName="eks-image-prefetch-idempotency")["Items"] == []
+    assert idempotency_records() == []
     retried = handler(push_event("ml/trainer", trainer["v2"], "v2.0.0"), lambda_context)
     assert retried["status"] == "sent"
+    # The second attempt looked for a command of the first before sending; throttling meant there was none.
+    assert send_attempts() == {event_marker({"repository": "ml/trainer", "digest": trainer["v2"]}): 2}
+
+
+# --- at most one command per event, also when SSM's answer is lost ------------------------------------------------
+
+
+def commands_sent() -> list[dict[str, Any]]:
+    return boto3.client("ssm").list_commands()["Commands"]
+
+
+def test_lost_reply_is_not_resent_and_the_command_is_found(handler, trainer, lambda_context, caplog):
+    """SSM records the command, but its reply is lost (a read timeout injected in the client's before-send, after
+    moto carried the request out). botocore must not re-send it; the command is found by its marker instead."""
+    answered = lose_replies(aws.client("ssm"), "SendCommand", times=8)
+
+    result = handler(push_event("ml/trainer", trainer["v2"], "v2.0.0"), lambda_context)
+
+    assert answered == [200]  # one request reached SSM: no blind retry
+    (command,) = commands_sent()
+    assert result == {
+        "status": "sent",
+        "image": f"{REGISTRY}/ml/trainer@{trainer['v2']}",
+        "command_id": command["CommandId"],
+    }
+    assert "SendCommand reply lost, but the command was sent" in caplog.messages
+    (record,) = idempotency_records()
+    assert record["status"]["S"] == "COMPLETED"
+    # A duplicate of the event still sends nothing.
+    assert handler(push_event("ml/trainer", trainer["v2"], "v2.0.0"), lambda_context)["status"] == "duplicate"
+    assert len(commands_sent()) == 1
+
+
+def test_ambiguous_failure_with_no_command_listed_fails_then_the_retry_sends_once(handler, trainer, lambda_context):
+    """The connection resets after the request was written, and SSM did not carry it out (a ConnectionClosedError
+    raised before moto sees the request): the outcome is unknown, so the invocation fails for a retry; the retry
+    looks for the command, finds none, and sends exactly one."""
+    resets: list[str] = []
+
+    def reset_first(request: Any, **_: Any) -> None:
+        if not resets:
+            resets.append(request.url)
+            raise ConnectionClosedError(endpoint_url=request.url)
+
+    aws.client("ssm").meta.events.register_first("before-send.ssm.SendCommand", reset_first)
+
+    with pytest.raises(SendOutcomeUnknownError):
+        handler(push_event("ml/trainer", trainer["v2"], "v2.0.0"), lambda_context)
+    assert commands_sent() == []
+    assert idempotency_records() == []
+
+    retried = handler(push_event("ml/trainer", trainer["v2"], "v2.0.0"), lambda_context)
+
+    (command,) = commands_sent()
+    assert retried["status"] == "sent"
+    assert retried["command_id"] == command["CommandId"]
+    assert send_attempts() == {event_marker({"repository": "ml/trainer", "digest": trainer["v2"]}): 2}
+
+
+def expire_in_progress_record() -> None:
+    """What time does to an in-progress record whose invocation died: its in-progress expiry (set from the Lambda
+    context's remaining time, only if the context was registered with idempotency) passes."""
+    (record,) = idempotency_records()
+    assert record["status"]["S"] == "INPROGRESS"
+    boto3.client("dynamodb").update_item(
+        TableName="eks-image-prefetch-idempotency",
+        Key={"id": record["id"]},
+        UpdateExpression="SET in_progress_expiration = :past",
+        ConditionExpression="attribute_exists(in_progress_expiration)",
+        ExpressionAttributeValues={":past": {"N": "1"}},
+    )
+
+
+def test_completed_record_that_fails_to_save_does_not_send_twice(handler, trainer, lambda_context, caplog):
+    """The send succeeds but marking the idempotency record COMPLETED fails (HTTP 500 from DynamoDB, through
+    botocore's retries): the invocation fails with the record left in progress. Once that expires, the retry takes
+    the record over, finds the command by its marker, and sends nothing."""
+    failed_saves, heal = fail_completed_saves(dynamodb_backends[ACCOUNT][REGION])
+    event = push_event("ml/trainer", trainer["v2"], "v2.0.0")
+
+    with pytest.raises(IdempotencyPersistenceLayerError):
+        handler(event, lambda_context)
+    assert failed_saves  # the fault was hit
+    (command,) = commands_sent()
+
+    heal()
+    expire_in_progress_record()
+    retried = handler(copy.deepcopy(event), lambda_context)
+
+    assert retried["command_id"] == command["CommandId"]
+    assert len(commands_sent()) == 1
+    assert "command found, sent by an earlier attempt: not sending again" in caplog.messages
+    (record,) = idempotency_records()
+    assert record["status"]["S"] == "COMPLETED"

@@ -26,7 +26,7 @@ from typing import Any
 import boto3
 import pytest
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ConnectionClosedError
 from botocore.stub import Stubber
 from moto.core.exceptions import ServiceException
 from moto.ec2.exceptions import EC2ClientError
@@ -34,12 +34,13 @@ from moto.ec2.models import ec2_backends
 from moto.ssm.models import ssm_backends
 
 from eks_prefetch import aws, sending
-from eks_prefetch.commands import send_command_request
+from eks_prefetch.commands import send_command_request, with_comment_marker
 from eks_prefetch.images import ResolvedImage
+from eks_prefetch.sending import event_marker
 from eks_prefetch.settings import get_settings
-from tests.conftest import ACCOUNT, CLUSTER, DOCUMENT, LOG_GROUP, REGION, TABLE, load_handler
+from tests.conftest import ACCOUNT, CLUSTER, DOCUMENT, LOG_GROUP, REGION, idempotency_records, load_handler
 from tests.ecr import at, create_repository, push_image
-from tests.faults import throttle_first
+from tests.faults import lose_replies, throttle_first
 
 EVENTS = Path(__file__).resolve().parents[2] / "events" / "node_launch"
 REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
@@ -164,6 +165,11 @@ def set_launch_time(instance_id: str, launched: datetime) -> None:
     instance.launch_time = launched.astimezone(UTC).replace(tzinfo=None)
 
 
+def launch_time_of(instance_id: str) -> str:
+    (reservation,) = boto3.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"]
+    return reservation["Instances"][0]["LaunchTime"].isoformat()
+
+
 def images_of(request: dict[str, Any]) -> list[str]:
     (images,) = request["Parameters"]["images"]
     return images.split(",")
@@ -269,7 +275,10 @@ def test_ready_node_gets_one_command_with_the_newest_image_of_every_repository(
         ResolvedImage(REGISTRY, "ml/trainer", images["ml/trainer"], "v2", at(3)),
         ResolvedImage(REGISTRY, "ml/inference", images["ml/inference"], "v2", at(4)),
     ]
-    assert request == send_command_request(newest, settings, instance_ids=[instance])
+    key = {"instance": instance, "launch_time": launch_time_of(instance)}
+    assert request == with_comment_marker(
+        send_command_request(newest, settings, instance_ids=[instance]), event_marker(key)
+    )
     # moto's record of the command, and an acknowledged (deleted) message.
     (command,) = commands()
     assert command["InstanceIds"] == [instance]
@@ -559,7 +568,7 @@ def test_duplicate_events_send_one_command(
 
     assert len(sent) == 1
     assert len(commands()) == 1
-    records = boto3.client("dynamodb").scan(TableName=TABLE)["Items"]
+    records = idempotency_records()
     assert len(records) == 1
     assert records[0]["status"]["S"] == "COMPLETED"
 
@@ -585,7 +594,7 @@ def test_stop_start_sends_a_harmless_second_command_without_failing(
     assert images_of(sent[0]) == images_of(sent[1])
     assert queue.counts() == {"visible": 0, "hidden": 0}
     assert queue.dead_letters() == []
-    assert len(boto3.client("dynamodb").scan(TableName=TABLE)["Items"]) == 2
+    assert len(idempotency_records()) == 2
 
 
 # --- events that cannot be handled ---------------------------------------------------------------------------------
@@ -738,7 +747,7 @@ def test_exhausted_throttling_fails_the_record_which_returns_to_the_queue(
     stubber.assert_no_pending_responses()
     assert visibility == []  # an error is not "not ready": it comes back after the queue's visibility timeout
     assert queue.counts() == {"visible": 0, "hidden": 1}
-    assert boto3.client("dynamodb").scan(TableName=TABLE)["Items"] == []
+    assert idempotency_records() == []
     failures = [
         record for record in caplog.records if record.getMessage() == "node launch failed, returned to the queue"
     ]
@@ -784,3 +793,44 @@ def test_sample_sqs_event_runs_through_the_handler(
 
     assert response == {"batchItemFailures": []}
     assert sent == []
+
+
+def test_lost_send_reply_is_found_not_resent(
+    queue: LaunchQueue, agents: FakeAgents, images: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """SSM carries the SendCommand out but the reply is lost (read timeout injected after moto answered): one
+    command, found by its marker, and the record succeeds."""
+    answered = lose_replies(aws.client("ssm"), "SendCommand", times=8)
+    instance = run_instance(node_tags())
+    agents.online.add(instance)
+    queue.publish(running_event(instance))
+
+    assert queue.deliver() == {"batchItemFailures": []}
+
+    assert answered == [200]
+    assert [command["InstanceIds"] for command in commands()] == [[instance]]
+    assert "SendCommand reply lost, but the command was sent" in caplog.messages
+
+
+def test_unknown_send_outcome_is_retried_soon_and_sends_once(
+    queue: LaunchQueue, agents: FakeAgents, visibility: list[int], images: dict[str, str]
+) -> None:
+    """A connection reset after the request was written, which SSM did not carry out: the record is retried after
+    the short not-ready backoff (not the queue's 6-minute visibility timeout), and the retry sends one command."""
+    resets: list[str] = []
+
+    def reset_first(request: Any, **_: Any) -> None:
+        if not resets:
+            resets.append(request.url)
+            raise ConnectionClosedError(endpoint_url=request.url)
+
+    aws.client("ssm").meta.events.register_first("before-send.ssm.SendCommand", reset_first)
+    instance = run_instance(node_tags())
+    agents.online.add(instance)
+    queue.publish(running_event(instance))
+
+    assert len(queue.deliver()["batchItemFailures"]) == 1
+    assert visibility == [15]
+    assert commands() == []
+    assert queue.deliver() == {"batchItemFailures": []}
+    assert [command["InstanceIds"] for command in commands()] == [[instance]]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from eks_prefetch.images import ResolvedImage
@@ -24,10 +24,19 @@ def document_parameters(images: Sequence[ResolvedImage], settings: Settings) -> 
     }
 
 
-def comment_for(images: Sequence[ResolvedImage]) -> str:
+def comment_for(images: Sequence[ResolvedImage], limit: int = _COMMENT_LIMIT) -> str:
     names = ", ".join(image.display_name for image in images)
     text = f"prefetch {names}"
-    return text if len(text) <= _COMMENT_LIMIT else text[: _COMMENT_LIMIT - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def with_comment_marker(request: Mapping[str, Any], marker: str) -> dict[str, Any]:
+    """The request with ``marker`` at the end of its Comment (ListCommands shows it), the text shortened to fit."""
+    suffix = f" [{marker}]"
+    text = request.get("Comment", "")
+    if len(text) + len(suffix) > _COMMENT_LIMIT:
+        text = text[: _COMMENT_LIMIT - len(suffix) - 3] + "..."
+    return {**request, "Comment": f"{text}{suffix}"}
 
 
 def fleet_targets(settings: Settings) -> list[dict[str, Any]]:

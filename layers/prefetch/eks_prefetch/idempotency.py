@@ -13,12 +13,13 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from eks_prefetch.aws import RETRY_CONFIG
+from eks_prefetch import aws
 
 
 @functools.cache
 def _persistence(table_name: str) -> DynamoDBPersistenceLayer:
-    return DynamoDBPersistenceLayer(table_name=table_name, boto_config=RETRY_CONFIG)
+    # The shared client: its retries are bounded by the invocation's time like every other call's.
+    return DynamoDBPersistenceLayer(table_name=table_name, boto3_client=aws.client("dynamodb"))
 
 
 def reset_persistence() -> None:

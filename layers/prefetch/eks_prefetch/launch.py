@@ -24,7 +24,7 @@ from eks_prefetch.commands import send_command_request
 from eks_prefetch.events import Ec2StateChangeEvent
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.resolution import resolve_newest
-from eks_prefetch.sending import send_once
+from eks_prefetch.sending import SendOutcomeUnknownError, send_once
 from eks_prefetch.settings import Settings
 
 logger = Logger(child=True)
@@ -223,6 +223,9 @@ def prefetch_launched_node(
     except IdempotencyAlreadyInProgressError:
         # Another delivery of the same launch is sending right now; look again later.
         return _not_ready("a duplicate delivery is sending the command", event, delivery, settings, now)
+    except SendOutcomeUnknownError:
+        # The next delivery looks for the command before sending: soon, not after the queue's visibility timeout.
+        return _not_ready("SendCommand outcome unknown", event, delivery, settings, now)
     except ClientError as error:
         if error.response["Error"]["Code"] != "InvalidInstanceId":
             raise
