@@ -12,6 +12,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.retries.standard import ExponentialBackoff
 from moto import mock_aws
 
 from eks_prefetch import aws, idempotency, launch, settings
@@ -69,6 +70,36 @@ def deployment_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 def no_retry_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
     """botocore sleeps between retries; tests count the retries, not the seconds."""
     monkeypatch.setattr("botocore.endpoint.time.sleep", lambda _seconds: None)
+
+
+class FakeClock:
+    """Time for botocore's retry sleeps and for the invocation deadline: sleeping advances it, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def botocore_clock(aws_mock: None, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """botocore's real retry path on a fake clock, with its backoff at the worst case of its jitter (the full
+    exponential delay, capped at 20 s), so that the time retries take is the longest they can take."""
+    clock = FakeClock()
+    monkeypatch.setattr("botocore.endpoint.time.sleep", clock.sleep)
+    monkeypatch.setattr(aws, "_clock", clock.time)
+    monkeypatch.setattr(
+        ExponentialBackoff,
+        "delay_amount",
+        lambda self, context: min(self._base ** (context.attempt_number - 1), self._max_backoff),
+    )
+    return clock
 
 
 @pytest.fixture

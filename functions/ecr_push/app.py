@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-from eks_prefetch import tracing
+from eks_prefetch import aws, tracing
 from eks_prefetch.events import EcrImageActionEvent
 from eks_prefetch.push import prefetch_pushed_image
 from eks_prefetch.settings import get_settings
@@ -22,6 +22,7 @@ metrics = Metrics()
 @logger.inject_lambda_context(correlation_id_path="id", clear_state=True)
 @tracing.capture_lambda_handler
 @metrics.log_metrics
+@aws.within_invocation_time
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
         push = parse(event=event, model=EcrImageActionEvent)

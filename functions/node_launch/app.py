@@ -15,7 +15,7 @@ from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-from eks_prefetch import tracing
+from eks_prefetch import aws, tracing
 from eks_prefetch.events import Ec2StateChangeEvent
 from eks_prefetch.launch import Delivery, prefetch_launched_node
 from eks_prefetch.settings import get_settings
@@ -73,5 +73,6 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> dict[str
 @logger.inject_lambda_context(clear_state=True)
 @tracing.capture_lambda_handler
 @metrics.log_metrics
+@aws.within_invocation_time
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -402,3 +402,21 @@ def test_completed_record_that_fails_to_save_does_not_send_twice(handler, traine
     assert "command found, sent by an earlier attempt: not sending again" in caplog.messages
     (record,) = idempotency_records()
     assert record["status"]["S"] == "COMPLETED"
+
+
+# --- retries fit the function's time -------------------------------------------------------------------------------
+
+
+def test_sustained_throttling_gives_up_within_the_invocation_time(handler, trainer, lambda_context, botocore_clock):
+    """SendCommand throttled without end (inside moto, so botocore's real retry path runs), backoff at its worst
+    case on a fake clock that botocore sleeps on: the retries stop with time left, rather than being killed by the
+    function timeout. Unbounded, botocore's 8 attempts sleep 1+2+4+8+16+20+20 = 71 s."""
+    attempts = throttle_first(ssm_backends[ACCOUNT][REGION], "send_command", times=10**6)
+
+    with pytest.raises(ClientError, match="ThrottlingException"):
+        handler(push_event("ml/trainer", trainer["v2"], "v2.0.0"), lambda_context)
+
+    budget = lambda_context.get_remaining_time_in_millis() / 1000
+    assert len(attempts) > 1  # retried while there was time
+    assert sum(botocore_clock.sleeps) <= budget - aws.RESERVE_SECONDS - aws.WORST_ATTEMPT_SECONDS
+    assert commands_sent() == []

@@ -834,3 +834,34 @@ def test_unknown_send_outcome_is_retried_soon_and_sends_once(
     assert commands() == []
     assert queue.deliver() == {"batchItemFailures": []}
     assert [command["InstanceIds"] for command in commands()] == [[instance]]
+
+
+def test_throttled_batch_stops_starting_records_before_the_function_times_out(
+    queue: LaunchQueue,
+    agents: FakeAgents,
+    images: dict[str, str],
+    lambda_context: Any,
+    botocore_clock: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A batch of 10 new nodes under SendCommand throttling without end, on botocore's real retry path with a fake
+    clock at the worst-case backoff: the batch ends inside the function's time, every record reported failed (none
+    lost), the ones it had no time for not even started."""
+    attempts = throttle_first(ssm_backends[ACCOUNT][REGION], "send_command", times=10**6)
+    instances = [run_instance(node_tags()) for _ in range(10)]
+    agents.online.update(instances)
+    for instance in instances:
+        queue.publish(running_event(instance))
+
+    response = queue.deliver()
+
+    assert len(response["batchItemFailures"]) == 10
+    budget = lambda_context.get_remaining_time_in_millis() / 1000
+    assert sum(botocore_clock.sleeps) <= budget - aws.RESERVE_SECONDS - aws.WORST_ATTEMPT_SECONDS
+    # 58 s to spend: the first record's retries stop after 31 s of backoff, the second's and the third's after 7
+    # each; the other seven are not started, and come back after the short not-ready backoff.
+    reasons = [getattr(record, "reason", "") for record in caplog.records]
+    not_started = [reason for reason in reasons if reason.startswith("not started:")]
+    assert len(not_started) == 7
+    assert len(attempts) == 6 + 4 + 4
+    assert commands() == []

@@ -32,6 +32,9 @@ logger = Logger(child=True)
 GONE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
 # SQS refuses a visibility timeout above 12 hours.
 _MAX_VISIBILITY_SECONDS = 43_200
+# A record is started only with room for one whole attempt of a call and the bookkeeping after it: a function that
+# its timeout kills would send every record of the batch around again.
+RECORD_MIN_SECONDS = aws.WORST_ATTEMPT_SECONDS + 2
 
 
 class NodeVerdict(Enum):
@@ -188,6 +191,9 @@ def prefetch_launched_node(
     instance_id = event.detail.instance_id
     if event.detail.state != "running":
         return _ignored("not a running state", instance_id, state=event.detail.state)
+    left = aws.seconds_left()
+    if left is not None and left < RECORD_MIN_SECONDS:
+        return _not_ready(f"not started: {left:.0f} s left in this invocation", event, delivery, settings, now)
 
     instance = aws.describe_instance(instance_id)
     if instance is None:
