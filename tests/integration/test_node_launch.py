@@ -865,3 +865,35 @@ def test_throttled_batch_stops_starting_records_before_the_function_times_out(
     assert len(not_started) == 7
     assert len(attempts) == 6 + 4 + 4
     assert commands() == []
+
+
+def test_more_repositories_than_one_command_takes_are_sent_in_batches_once(
+    env: None,
+    aws_mock: None,
+    lambda_context: Any,
+    agents: FakeAgents,
+    sent: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """60 watched repositories: the document takes 50 images a command, so the node gets two commands, each its
+    own at-most-once send; a duplicate delivery sends neither again."""
+    repositories = [f"team-{n:02d}/model" for n in range(60)]
+    monkeypatch.setenv("REPOSITORY_NAMES", ",".join(repositories))
+    get_settings.cache_clear()
+    for repository in repositories:
+        create_repository(repository)
+        push_image(repository, repository, tag="v1", pushed_at=at(1))
+    queue = LaunchQueue(load_handler("node_launch").lambda_handler, lambda_context, MAX_RECEIVES)
+    instance = run_instance(node_tags())
+    agents.online.add(instance)
+    event = running_event(instance)
+    queue.publish(event)
+    queue.publish(event)
+
+    assert queue.deliver() == {"batchItemFailures": []}
+    assert queue.deliver() is None
+
+    assert [len(images_of(request)) for request in sent] == [50, 10]
+    pulled = sorted(reference.split("/", 1)[1].split("@")[0] for request in sent for reference in images_of(request))
+    assert pulled == repositories
+    assert len(commands()) == 2

@@ -108,9 +108,21 @@ def test_backoff_doubles_per_receive_and_is_capped() -> None:
 
 
 def test_backoff_never_exceeds_the_sqs_visibility_limit() -> None:
+    """SQS refuses a visibility above 12 hours; Settings is what keeps the backoff's cap within it."""
     wide = settings(NODE_LAUNCH_RETRY_BASE_SECONDS="43200", NODE_LAUNCH_RETRY_MAX_SECONDS="43200")
 
     assert backoff_seconds(5, wide) == 43_200
+    with pytest.raises(ValidationError, match="NODE_LAUNCH_RETRY_MAX_SECONDS"):
+        settings(NODE_LAUNCH_RETRY_MAX_SECONDS="43201")
+
+
+def test_base_above_the_maximum_waits_the_maximum_and_says_so() -> None:
+    """CloudFormation cannot compare two parameters: such a deployment works, with the conflict named."""
+    inverted = settings(NODE_LAUNCH_RETRY_BASE_SECONDS="60", NODE_LAUNCH_RETRY_MAX_SECONDS="30")
+
+    assert [backoff_seconds(count, inverted) for count in (1, 2, 5)] == [30, 30, 30]
+    (conflict,) = inverted.conflicts()
+    assert "NODE_LAUNCH_RETRY_BASE_SECONDS 60 exceeds NODE_LAUNCH_RETRY_MAX_SECONDS 30" in conflict
 
 
 def test_default_budget_waits_about_fifty_minutes_for_the_agent() -> None:
@@ -130,9 +142,14 @@ def test_outcome_reports_failure_only_for_retry_and_give_up() -> None:
 
 
 def test_outcome_as_dict_drops_empty_fields() -> None:
-    outcome = LaunchOutcome(status="sent", instance_id=INSTANCE, images=("a", "b"), command_id="c-1")
+    outcome = LaunchOutcome(status="sent", instance_id=INSTANCE, images=("a", "b"), command_ids=("c-1",))
 
-    assert outcome.as_dict() == {"status": "sent", "instance_id": INSTANCE, "images": ["a", "b"], "command_id": "c-1"}
+    assert outcome.as_dict() == {
+        "status": "sent",
+        "instance_id": INSTANCE,
+        "images": ["a", "b"],
+        "command_ids": ["c-1"],
+    }
     json.dumps(outcome.as_dict())
 
 
@@ -156,7 +173,6 @@ def test_node_launch_settings_defaults_and_overrides() -> None:
         {"NODE_TAG_GRACE_SECONDS": "-1"},
         {"NODE_LAUNCH_RETRY_BASE_SECONDS": "0"},
         {"NODE_LAUNCH_RETRY_MAX_SECONDS": "43201"},
-        {"NODE_LAUNCH_RETRY_BASE_SECONDS": "60", "NODE_LAUNCH_RETRY_MAX_SECONDS": "30"},
     ],
 )
 def test_node_launch_settings_are_validated(overrides: dict[str, str]) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from eks_prefetch.commands import image_batches, send_command_request
+from eks_prefetch.images import ResolvedImage
 from eks_prefetch.settings import Settings
 from tests import cfn
 from tests.conftest import DEPLOYMENT_ENV
@@ -106,3 +109,84 @@ def test_no_wildcard_actions_anywhere():
 
     assert actions
     assert all("*" not in action for action in actions)
+
+
+# --- every parameter combination CloudFormation accepts makes working settings ---------------------------------------
+
+
+def _parameter_values(**overrides: Any) -> dict[str, Any]:
+    """Every parameter at its default, stand-ins for resources, and the overrides."""
+    parameters = cfn.template()["Parameters"]
+    values: dict[str, Any] = {name: spec.get("Default") for name, spec in parameters.items()}
+    values.update(ClusterName="ml-prod", RepositoryNames=["ml/trainer"])
+    for logical_id in cfn.template()["Resources"]:
+        values.setdefault(logical_id, f"stand-in-{logical_id}")
+    values.update(overrides)
+    return values
+
+
+def _function_environment(function: str, values: dict[str, Any]) -> dict[str, str]:
+    """The environment CloudFormation would give the function, resolved from the template."""
+    variables = {
+        **cfn.template()["Globals"]["Function"]["Environment"]["Variables"],
+        **cfn.resource(function)["Properties"].get("Environment", {}).get("Variables", {}),
+    }
+    return {"AWS_REGION": "us-east-1", **{name: str(cfn.resolve(v, values)) for name, v in variables.items()}}
+
+
+def _extremes() -> list[dict[str, Any]]:
+    numbers = {
+        name: (spec["MinValue"], spec.get("MaxValue", spec["MinValue"] * 1000))
+        for name, spec in cfn.template()["Parameters"].items()
+        if spec["Type"] == "Number" and "MinValue" in spec
+    }
+    return [
+        {name: low for name, (low, _high) in numbers.items()},
+        {name: high for name, (_low, high) in numbers.items()},
+        # Each pair the template cannot compare, at its worst.
+        {
+            "ExecutionTimeoutSeconds": numbers["ExecutionTimeoutSeconds"][0],
+            "PullTimeoutSeconds": numbers["PullTimeoutSeconds"][1],
+        },
+        {
+            "NodeLaunchRetryBaseSeconds": numbers["NodeLaunchRetryBaseSeconds"][1],
+            "NodeLaunchRetryMaxSeconds": numbers["NodeLaunchRetryMaxSeconds"][0],
+        },
+        {"RepositoryNames": [f"team-{n}/model" for n in range(120)]},
+    ]
+
+
+@pytest.mark.parametrize("function", ["EcrPushFunction", "NodeLaunchFunction"])
+@pytest.mark.parametrize(
+    "overrides", _extremes(), ids=["minimums", "maximums", "pull-vs-execution", "retry-base-vs-max", "120-repositories"]
+)
+def test_template_extremes_load_working_settings(function: str, overrides: dict[str, Any]):
+    """No parameter combination that CloudFormation accepts may make every invocation fail: where the template
+    cannot express a constraint of Settings, Settings resolves it and names it."""
+    loaded = Settings.from_env(_function_environment(function, _parameter_values(**overrides)))
+
+    assert loaded.effective_pull_timeout_seconds < loaded.execution_timeout_seconds
+    images = [
+        ResolvedImage(ECR, name, DIGEST, "v1", datetime(2026, 11, 1, tzinfo=UTC)) for name in loaded.repository_names
+    ]
+    batches = image_batches(images)
+    assert sum(len(batch) for batch in batches) == len(images)
+    document_parameters = cfn.document_content()["parameters"]
+    for batch in batches:
+        request = send_command_request(batch, loaded, instance_ids=["i-0123456789abcdef0"])
+        for name, (value,) in request["Parameters"].items():
+            spec = document_parameters[name]
+            assert (
+                re.fullmatch(spec["allowedPattern"], value)
+                if "allowedPattern" in spec
+                else value in spec["allowedValues"]
+            ), name
+
+
+def test_repository_names_are_checked_by_cloudformation_like_settings():
+    """CloudFormation applies a CommaDelimitedList's AllowedPattern to every item."""
+    pattern = cfn.template()["Parameters"]["RepositoryNames"]["AllowedPattern"]
+    for good in ["ml/trainer", "a1", "team.x/model_v2__b/c-d"]:
+        assert re.fullmatch(pattern, good), good
+    for bad in ["ML/trainer", "ml/trainer ", " ml", "ml//x", "a", "-x", "x" * 257]:
+        assert not re.fullmatch(pattern, bad), bad

@@ -10,6 +10,8 @@ from eks_prefetch.settings import Settings
 
 # SSM's limit on a command's Comment.
 _COMMENT_LIMIT = 100
+# The document's images parameter takes at most 50 references (its allowedPattern).
+MAX_IMAGES_PER_COMMAND = 50
 
 
 def document_parameters(images: Sequence[ResolvedImage], settings: Settings) -> dict[str, list[str]]:
@@ -19,7 +21,7 @@ def document_parameters(images: Sequence[ResolvedImage], settings: Settings) -> 
         "pin": ["true" if settings.pin_images else "false"],
         "keepPinned": [str(settings.pinned_versions_to_keep)],
         "maxDiskUsagePercent": [str(settings.max_disk_usage_percent)],
-        "pullTimeoutSeconds": [str(settings.pull_timeout_seconds)],
+        "pullTimeoutSeconds": [str(settings.effective_pull_timeout_seconds)],
         "executionTimeout": [str(settings.execution_timeout_seconds)],
     }
 
@@ -53,6 +55,8 @@ def send_command_request(
     """Keyword arguments for ssm.send_command: the whole fleet by tag, or the named instances."""
     if not images:
         raise ValueError("a prefetch command needs at least one image")
+    if len(images) > MAX_IMAGES_PER_COMMAND:
+        raise ValueError(f"a prefetch command takes at most {MAX_IMAGES_PER_COMMAND} images (see image_batches)")
     request: dict[str, Any] = {
         "DocumentName": settings.document_name,
         "DocumentVersion": settings.document_version,
@@ -71,3 +75,8 @@ def send_command_request(
     else:
         request["Targets"] = fleet_targets(settings)
     return request
+
+
+def image_batches(images: Sequence[ResolvedImage]) -> list[Sequence[ResolvedImage]]:
+    """The images in as few commands' worth as the document allows."""
+    return [images[start : start + MAX_IMAGES_PER_COMMAND] for start in range(0, len(images), MAX_IMAGES_PER_COMMAND)]

@@ -20,7 +20,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
 from eks_prefetch import aws
-from eks_prefetch.commands import send_command_request
+from eks_prefetch.commands import image_batches, send_command_request
 from eks_prefetch.events import Ec2StateChangeEvent
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.resolution import resolve_newest
@@ -30,8 +30,6 @@ from eks_prefetch.settings import Settings
 logger = Logger(child=True)
 
 GONE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
-# SQS refuses a visibility timeout above 12 hours.
-_MAX_VISIBILITY_SECONDS = 43_200
 # A record is started only with room for one whole attempt of a call and the bookkeeping after it: a function that
 # its timeout kills would send every record of the batch around again.
 RECORD_MIN_SECONDS = aws.WORST_ATTEMPT_SECONDS + 2
@@ -59,7 +57,7 @@ class LaunchOutcome:
     reason: str = ""
     instance_id: str = ""
     images: tuple[str, ...] = ()
-    command_id: str = ""
+    command_ids: tuple[str, ...] = ()
     retry_in_seconds: int = 0
 
     @property
@@ -96,7 +94,9 @@ def backoff_seconds(receive_count: int, settings: Settings) -> int:
     """Delay before the next receive: doubles from the base with every receive, capped."""
     exponent = min(max(receive_count, 1) - 1, 30)
     delay = settings.node_launch_retry_base_seconds * 2**exponent
-    return min(delay, settings.node_launch_retry_max_seconds, _MAX_VISIBILITY_SECONDS)
+    # Settings keeps the maximum within SQS's 12-hour visibility limit. A base above the maximum (CloudFormation
+    # cannot compare the two) waits the maximum: see Settings.conflicts.
+    return min(delay, settings.node_launch_retry_max_seconds)
 
 
 def newest_images(settings: Settings) -> list[ResolvedImage]:
@@ -215,31 +215,39 @@ def prefetch_launched_node(
     images = recent_newest_images(settings)
     if not images:
         return _ignored("no image to prefetch in any watched repository", instance_id)
-    request = send_command_request(images, settings, instance_ids=[instance_id])
     references = tuple(image.reference for image in images)
-
-    try:
-        command_id, sent_now = send_once(
-            request,
-            key={"instance": instance_id, "launch_time": instance["LaunchTime"].isoformat()},
-            settings=settings,
-            lambda_context=lambda_context,
-            log_fields={"instance_id": instance_id, "images": list(references)},
-        )
-    except IdempotencyAlreadyInProgressError:
-        # Another delivery of the same launch is sending right now; look again later.
-        return _not_ready("a duplicate delivery is sending the command", event, delivery, settings, now)
-    except SendOutcomeUnknownError:
-        # The next delivery looks for the command before sending: soon, not after the queue's visibility timeout.
-        return _not_ready("SendCommand outcome unknown", event, delivery, settings, now)
-    except ClientError as error:
-        if error.response["Error"]["Code"] != "InvalidInstanceId":
-            raise
-        # Online in DescribeInstanceInformation moments before SendCommand accepts the node: a short race.
-        return _not_ready("SSM does not accept the instance yet", event, delivery, settings, now)
+    batches = image_batches(images)
+    command_ids: list[str] = []
+    sent_any = False
+    for number, batch in enumerate(batches, start=1):
+        key = {"instance": instance_id, "launch_time": instance["LaunchTime"].isoformat()}
+        if len(batches) > 1:
+            # More repositories than one command takes: each batch is its own at-most-once send.
+            key["batch"] = f"{number}/{len(batches)}"
+        try:
+            command_id, sent_now = send_once(
+                send_command_request(batch, settings, instance_ids=[instance_id]),
+                key=key,
+                settings=settings,
+                lambda_context=lambda_context,
+                log_fields={"instance_id": instance_id, "images": [image.reference for image in batch]},
+            )
+        except IdempotencyAlreadyInProgressError:
+            # Another delivery of the same launch is sending right now; look again later.
+            return _not_ready("a duplicate delivery is sending the command", event, delivery, settings, now)
+        except SendOutcomeUnknownError:
+            # The next delivery looks for the command before sending: soon, not after the queue's visibility timeout.
+            return _not_ready("SendCommand outcome unknown", event, delivery, settings, now)
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "InvalidInstanceId":
+                raise
+            # Online in DescribeInstanceInformation moments before SendCommand accepts the node: a short race.
+            return _not_ready("SSM does not accept the instance yet", event, delivery, settings, now)
+        command_ids.append(command_id)
+        sent_any = sent_any or sent_now
     return LaunchOutcome(
-        status="sent" if sent_now else "duplicate",
+        status="sent" if sent_any else "duplicate",
         instance_id=instance_id,
         images=references,
-        command_id=command_id,
+        command_ids=tuple(command_ids),
     )

@@ -8,9 +8,12 @@ import re
 from collections.abc import Mapping
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from aws_lambda_powertools import Logger
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from eks_prefetch.images import REPOSITORY_PATTERN
+
+logger = Logger(child=True)
 
 # SSM accepts an absolute count or a percentage for MaxConcurrency and MaxErrors; only MaxErrors may be 0.
 _CONCURRENCY = r"^([1-9][0-9]{0,5}|[1-9][0-9]?%|100%)$"
@@ -30,8 +33,9 @@ class Settings(BaseModel):
 
     region: str = Field(alias="AWS_REGION", min_length=1)
     cluster_name: str = Field(alias="CLUSTER_NAME", min_length=1)
-    # The document takes at most 50 images in one command, and a new node gets one image per repository.
-    repository_names: tuple[str, ...] = Field(alias="REPOSITORY_NAMES", min_length=1, max_length=50)
+    # No upper bound here: CloudFormation cannot count a list's items, and a new node gets the images of more than
+    # 50 repositories (the document's limit per command) in several commands.
+    repository_names: tuple[str, ...] = Field(alias="REPOSITORY_NAMES", min_length=1)
     node_tag_key: str = Field(alias="NODE_TAG_KEY", min_length=1, max_length=128)
     node_tag_value: str = Field(alias="NODE_TAG_VALUE", min_length=1, max_length=256)
     tag_filter: str = Field(alias="TAG_FILTER", default=r"^(?!sha256-).+$")
@@ -82,17 +86,30 @@ class Settings(BaseModel):
             raise ValueError(f"TAG_FILTER is not a valid regular expression: {error}") from error
         return pattern
 
-    @model_validator(mode="after")
-    def _pull_fits_in_execution(self) -> Settings:
-        if self.pull_timeout_seconds >= self.execution_timeout_seconds:
-            raise ValueError("PULL_TIMEOUT_SECONDS must be below EXECUTION_TIMEOUT_SECONDS")
-        return self
+    def conflicts(self) -> list[str]:
+        """Combinations of values CloudFormation accepts but that cannot work as given, and how they are resolved.
 
-    @model_validator(mode="after")
-    def _retry_base_within_max(self) -> Settings:
+        The template cannot compare two parameters, so these are resolved here, safely, and logged at start.
+        """
+        found = []
+        if self.pull_timeout_seconds != self.effective_pull_timeout_seconds:
+            found.append(
+                f"PULL_TIMEOUT_SECONDS {self.pull_timeout_seconds} does not fit in EXECUTION_TIMEOUT_SECONDS "
+                f"{self.execution_timeout_seconds}: pulls are bounded at {self.effective_pull_timeout_seconds} s"
+            )
         if self.node_launch_retry_base_seconds > self.node_launch_retry_max_seconds:
-            raise ValueError("NODE_LAUNCH_RETRY_BASE_SECONDS must not exceed NODE_LAUNCH_RETRY_MAX_SECONDS")
-        return self
+            found.append(
+                f"NODE_LAUNCH_RETRY_BASE_SECONDS {self.node_launch_retry_base_seconds} exceeds "
+                f"NODE_LAUNCH_RETRY_MAX_SECONDS {self.node_launch_retry_max_seconds}: every retry waits the maximum"
+            )
+        return found
+
+    @property
+    def effective_pull_timeout_seconds(self) -> int:
+        """The pull timeout, below the whole run's deadline (the script ends its run a margin before the agent's
+        execution timeout: a tenth of it, 5 to 60 s), so that a hung pull is reported, not killed."""
+        margin = min(max(self.execution_timeout_seconds // 10, 5), 60)
+        return min(self.pull_timeout_seconds, self.execution_timeout_seconds - margin)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -111,4 +128,7 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 @functools.cache
 def get_settings() -> Settings:
     """The deployment's settings, validated on first use and then reused for the container's life."""
-    return Settings.from_env()
+    settings = Settings.from_env()
+    for conflict in settings.conflicts():
+        logger.warning(f"configuration conflict resolved: {conflict}")
+    return settings
