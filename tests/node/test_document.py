@@ -33,18 +33,25 @@ def run(node: Node, workdir: Path, images: list[str] | str, text: bool = False, 
 
 
 def assert_well_formed(result: Run) -> None:
-    """Every stdout line is a JSON object; the last one is the summary and agrees with the per-image records."""
+    """Every stdout line is a JSON object, within what SSM keeps; the last one is the summary and agrees with the
+    per-image records, counting the ones left out for space ("omitted") too."""
+    assert len(result.stdout) < 24000
     lines = result.stdout.splitlines()
     assert lines, result.stderr
     for line in lines:
         assert isinstance(json.loads(line), dict), line
     summary = json.loads(lines[-1])
     assert summary["summary"] is True
+    assert summary["omitted"] >= 0
     if "error" not in summary:
         statuses = [record["status"] for record in result.images]
-        assert summary["images"] == len(statuses)
-        for status in ("pulled", "cached", "skipped", "failed"):
-            assert summary[status] == statuses.count(status)
+        assert summary["images"] == len(statuses) + summary["omitted"]
+        counts = {status: summary[status] for status in ("pulled", "cached", "skipped", "failed")}
+        assert sum(counts.values()) == summary["images"]
+        for status, count in counts.items():
+            assert statuses.count(status) <= count
+        if summary["omitted"] == 0:
+            assert all(statuses.count(status) == count for status, count in counts.items())
         assert (result.returncode == 0) == (summary["failed"] == 0), result.stdout
 
 
@@ -399,3 +406,72 @@ def test_ecr_login_failure_is_reported_per_image(node: Node, workdir: Path, lock
     env = {**lock_env, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     result = run(node, workdir, [ref, ref.replace("team/app", "team/b")], env=env)
     assert [r["error"] for r in result.images] == ["ECR login failed: Unable to locate credentials"] * 2
+
+
+def longest_reference(n: int) -> str:
+    """A reference of the maximum length the document's allowedPattern accepts: a 253-character host with a
+    5-digit port, a 256-character repository and a 128-character tag (644 characters)."""
+    first_label = f"host{n:02d}".ljust(60, "h")
+    host = ".".join([first_label, "a" * 63, "b" * 63, "c" * 63]) + ":65535"
+    repo = f"team{n:02d}/".ljust(256, "r")
+    tag = "v1.".ljust(128, "0")
+    return f"{host}/{repo}:{tag}"
+
+
+def unreachable_env(lock_env: dict) -> dict:
+    """Registries other than 127.0.0.1 are reached through a closed local proxy port: they fail at once, with a
+    long error, and nothing leaves the machine."""
+    return {**lock_env, "HTTPS_PROXY": f"http://127.0.0.1:{free_port()}", "NO_PROXY": "127.0.0.1,localhost"}
+
+
+def test_worst_case_output_fits_what_ssm_keeps(node: Node, workdir: Path, lock_env: dict) -> None:
+    """50 references of maximum length, all failing with long errors: stdout stays under the 24,000 characters
+    GetCommandInvocation returns, the summary is last and whole, and what is left out is counted."""
+    refs = [longest_reference(n) for n in range(50)]
+    images = ",".join(refs)
+    assert re.fullmatch(document_content()["parameters"]["images"]["allowedPattern"], images)
+    result = run(node, workdir, images, env=unreachable_env(lock_env))
+    assert len(result.stdout) < 24000
+    assert len(result.stderr) < 8000
+    summary = result.summary
+    assert (summary["images"], summary["failed"], summary["pulled"]) == (50, 50, 0)
+    assert summary["omitted"] > 0
+    assert len(result.images) + summary["omitted"] == 50
+    # Detail text went before any whole record: none of the printed records kept its error.
+    assert all(set(record) == {"image", "status", "seconds"} for record in result.images), result.images[0]
+    # Printed records name their image whole, in order, so a reader can tell which ones were left out.
+    assert [record["image"] for record in result.images] == refs[: len(result.images)]
+    assert node.containerd.images() == {}
+
+
+def test_details_are_dropped_before_any_record(node: Node, workdir: Path, lock_env: dict) -> None:
+    """50 typical references with long errors do not all fit with their errors: the later ones lose the error
+    text, and every record is still printed."""
+    refs = [f"registry-{n:02d}.example.com/team/{'some-long-repository-name-' * 8}{n}:v1.2.3" for n in range(50)]
+    result = run(node, workdir, refs, env=unreachable_env(lock_env))
+    assert len(result.stdout) < 24000
+    assert result.summary["omitted"] == 0
+    assert [record["image"] for record in result.images] == refs
+    with_error = ["error" in record for record in result.images]
+    assert with_error[0], result.images[0]
+    assert not all(with_error)
+    assert "registry-00.example.com" in result.images[0]["error"]
+
+
+def test_stderr_stays_within_what_ssm_keeps(node: Node, workdir: Path, lock_env: dict, tmp_path: Path) -> None:
+    """A noisy tool (a `uname` double that writes 20,000 characters to stderr, then runs the real uname): the run's
+    stderr stays under the 8,000 characters SSM keeps and says how much it left out."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    real_uname = subprocess.run(["bash", "-c", "command -v uname"], capture_output=True, text=True, check=True)
+    (bin_dir / "uname").write_text(
+        f'#!/bin/bash\nprintf "noise%.0s" {{1..4000}} >&2\nexec {real_uname.stdout.strip()} "$@"\n'
+    )
+    (bin_dir / "uname").chmod(0o755)
+    env = {**lock_env, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    image = node.images["app-v1"]
+    result = run(node, workdir, [image.by_digest], env=env)
+    assert result.images[0]["status"] == "pulled"
+    assert len(result.stderr) < 8000
+    assert result.stderr.startswith("noisenoise")
+    assert result.stderr.rstrip().endswith("(13000 more bytes of stderr not shown)")
