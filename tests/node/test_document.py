@@ -242,28 +242,36 @@ def test_disk_guard_skips_without_failing(node: Node, workdir: Path, lock_env: d
     assert node.containerd.images() == {}
 
 
+SMALL_FILESYSTEM_KIB = 64 * 1024
+SMALL_FILESYSTEM_USED_KIB = 4 * 1024
+
+
 @pytest.fixture
-def small_filesystem(tmp_path: Path) -> Iterator[Path]:
-    """A 64 MiB tmpfs standing in for containerd's root filesystem (the script reads CONTAINERD_ROOT)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], check=False).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
+def small_filesystem(tmp_path: Path) -> dict[str, str]:
+    """A `df` double first on PATH: whatever it is asked about, a 64 MiB filesystem with 4 MiB used (it is a double:
+    the numbers do not change when images land). The environment for a run that uses it."""
+    bin_dir = tmp_path / "df-double"
+    bin_dir.mkdir()
+    avail = SMALL_FILESYSTEM_KIB - SMALL_FILESYSTEM_USED_KIB
+    (bin_dir / "df").write_text(
+        "#!/bin/sh\n"
+        "echo 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
+        f"echo 'df-double {SMALL_FILESYSTEM_KIB} {SMALL_FILESYSTEM_USED_KIB} {avail} 7% /small'\n"
+    )
+    (bin_dir / "df").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
 def test_disk_guard_counts_the_estimated_size(
-    node: Node, workdir: Path, lock_env: dict, small_filesystem: Path
+    node: Node, workdir: Path, lock_env: dict, small_filesystem: dict
 ) -> None:
-    """8 MiB compressed, estimated at 3x: 24 MiB more on a 64 MiB filesystem is 38%."""
+    """8 MiB compressed, estimated at 3x: 24 MiB more on the `df` double's 64 MiB filesystem with 4 MiB used is 44%."""
     big = node.images.get("big") or node.push_new("big", "team/big", "v1", layers_mb=[8])
-    env = {**lock_env, "CONTAINERD_ROOT": str(small_filesystem)}
+    env = {**lock_env, **small_filesystem}
     skipped = run(node, workdir, [big.by_digest], env=env, maxDiskUsagePercent="30")
     assert skipped.images[0]["status"] == "skipped", skipped.stdout
     assert skipped.images[0]["bytes"] > 8 << 20
+    assert "44% used" in skipped.images[0]["reason"]
     assert node.containerd.images() == {}
     pulled = run(node, workdir, [big.by_digest], env=env, maxDiskUsagePercent="50")
     assert pulled.images[0]["status"] == "pulled", pulled.stdout
