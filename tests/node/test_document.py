@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import socket
 import subprocess
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -276,6 +278,63 @@ def test_disk_guard_counts_the_estimated_size(
     pulled = run(node, workdir, [big.by_digest], env=env, maxDiskUsagePercent="50")
     assert pulled.images[0]["status"] == "pulled", pulled.stdout
     assert big.by_digest in node.containerd.images()
+
+
+NODE_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+OTHER_ARCH = "arm64" if NODE_ARCH == "amd64" else "amd64"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def registry_request(host: str, path: str, method: str = "GET", body: bytes | None = None, media_type: str = ""):
+    headers = {"Accept": OCI_MANIFEST} if method == "GET" else {"Content-Type": media_type}
+    request = urllib.request.Request(f"http://{host}/v2/{path}", data=body, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - the test registry on 127.0.0.1
+        return response.read(), response.headers
+
+
+def push_index(node: Node, repo: str, tag: str, children: list[tuple[str, str]]) -> str:
+    """An OCI index at repo:tag over (image name in node.images, architecture) children, in that order."""
+    manifests = []
+    for name, architecture in children:
+        digest = node.images[name].digest
+        body, _ = registry_request(node.registry.host, f"{repo}/manifests/{digest}")
+        manifests.append(
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": digest,
+                "size": len(body),
+                "platform": {"architecture": architecture, "os": "linux"},
+            }
+        )
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}, indent=2).encode()
+    _, headers = registry_request(node.registry.host, f"{repo}/manifests/{tag}", "PUT", index, OCI_INDEX)
+    return headers["Docker-Content-Digest"]
+
+
+def test_multi_arch_index_is_estimated_from_this_nodes_platform(
+    node: Node, workdir: Path, lock_env: dict, small_filesystem: dict
+) -> None:
+    """An index whose first entry is another platform's tiny image and whose entry for this node's platform is 8 MiB:
+    the estimate (bytes) is the sum of this platform's manifest, and the disk guard counts it."""
+    native = node.push_new("multi-native", "team/multi", "native", layers_mb=[8])
+    node.push_new("multi-other", "team/multi", "other")
+    index_digest = push_index(node, "team/multi", "v1", [("multi-other", OTHER_ARCH), ("multi-native", NODE_ARCH)])
+    manifest = json.loads(registry_request(node.registry.host, f"team/multi/manifests/{native.digest}")[0])
+    native_bytes = manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])
+    ref = f"{node.registry.host}/team/multi:v1"
+    env = {**lock_env, **small_filesystem}
+
+    skipped = run(node, workdir, [ref], env=env, maxDiskUsagePercent="30")
+    (record,) = skipped.images
+    assert (record["status"], record["bytes"]) == ("skipped", native_bytes), record
+    assert "44% used" in record["reason"]
+    assert node.containerd.images() == {}
+
+    pulled = run(node, workdir, [ref], env=env, maxDiskUsagePercent="50")
+    (record,) = pulled.images
+    assert (record["status"], record["bytes"], record["digest"]) == ("pulled", native_bytes, index_digest), record
+    assert node.containerd.images()[ref]["digest"] == index_digest
 
 
 INJECTIONS = [
