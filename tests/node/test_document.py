@@ -5,6 +5,7 @@ Assertions read containerd's own state (`ctr -n k8s.io images ls` and labels), n
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -208,6 +209,48 @@ def test_hung_registry_is_bounded_by_the_pull_timeout(
     assert record["status"] == "failed"
     assert "timed out after 10s" in record["error"]
     assert result.summary["pulled"] == 1
+
+
+def test_whole_run_deadline_stops_pulls_before_the_execution_timeout(
+    node: Node, workdir: Path, lock_env: dict, hung_registry: str
+) -> None:
+    """executionTimeout 20 leaves a 15 s run; the hung registry uses 12 of them, so the next image, though it is on
+    a working registry, is not pulled: it fails with the deadline, and the run ends before the agent would kill it."""
+    hung = f"{hung_registry}/team/app:v1"
+    good = node.images["app-v1"].by_digest
+    result = run_document(
+        workdir,
+        node.containerd,
+        {"images": f"{hung},{good}", "pullTimeoutSeconds": "12", "executionTimeout": "20"},
+        extra_env=lock_env,
+        timeout=60,
+    )
+    assert_well_formed(result)
+    by_image = result.by_image()
+    assert by_image[hung]["error"] == "timed out after 12s"
+    assert by_image[good]["status"] == "failed"
+    assert by_image[good]["error"] == "execution deadline reached before the pull"
+    assert result.summary["failed"] == 2
+    assert result.seconds < 20
+    assert node.containerd.images() == {}
+
+
+def test_runs_on_one_node_take_turns(node: Node, workdir: Path, lock_env: dict) -> None:
+    """While another run holds the node's lock, a run waits for it until its deadline (executionTimeout 10 leaves
+    5 s), then stops with a run-level error, having touched no image. Once the lock is free, the same run pulls."""
+    image = node.images["app-v1"]
+    values = {"images": image.by_digest, "executionTimeout": "10"}
+    with Path(lock_env["PREFETCH_LOCK_FILE"]).open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        blocked = run_document(workdir, node.containerd, values, extra_env=lock_env, timeout=60)
+    assert_well_formed(blocked)
+    assert blocked.returncode == 2
+    assert blocked.summary["error"] == "another prefetch run held the lock until the deadline"
+    assert node.containerd.images() == {}
+
+    free = run_document(workdir, node.containerd, values, extra_env=lock_env, timeout=60)
+    assert [record["status"] for record in free.images] == ["pulled"]
+    assert image.by_digest in node.containerd.images()
 
 
 def test_unauthorized_registry(node: Node, workdir: Path, lock_env: dict) -> None:
