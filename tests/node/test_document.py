@@ -227,7 +227,7 @@ def test_whole_run_deadline_stops_pulls_before_the_execution_timeout(
     )
     assert_well_formed(result)
     by_image = result.by_image()
-    assert by_image[hung]["error"] == "timed out after 12s"
+    assert by_image[hung]["error"].startswith("timed out after "), by_image[hung]  # 12s, or less on a slow start
     assert by_image[good]["status"] == "failed"
     assert by_image[good]["error"] == "execution deadline reached before the pull"
     assert result.summary["failed"] == 2
