@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests need: a real node (containerd), a real registry, image tools, and shellcheck.
-# Installs what is missing when run as root; otherwise says what is missing and lets the tests that need it skip.
+# Installs what is missing when run as root; otherwise says what is missing, and the node tests then fail (unless
+# SKIP_NODE_TESTS=1, which skips them with a notice).
 set -euo pipefail
 
 declare -A package_of=(

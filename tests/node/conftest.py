@@ -1,8 +1,12 @@
 """Session fixtures for the node tests: one real containerd, a plain registry, a registry with htpasswd auth, and
-a few small images pushed to them. Every test starts with an empty k8s.io namespace."""
+a few small images pushed to them. Every test starts with an empty k8s.io namespace.
+
+Without their prerequisites (root, the binaries) the node tests fail, so that a green run means they ran. To run
+without them knowingly, set SKIP_NODE_TESTS=1: they are skipped, and the end of the run says which and why."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +16,34 @@ import pytest
 from tests.node.harness import Containerd, Registry, build_image, missing_prerequisites
 
 AUTH = ("prefetch", "s3cret-pass")
+SKIP_NODE_TESTS = "SKIP_NODE_TESTS"
+# (why the node tests cannot run here, the ids of the tests that need a node), when SKIP_NODE_TESTS=1 skips them.
+_NOT_RUN = pytest.StashKey[tuple[str, list[str]]]()
+
+
+def _opted_out() -> bool:
+    return os.environ.get(SKIP_NODE_TESTS) == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    needing_a_node = [item for item in items if "node" in getattr(item, "fixturenames", ())]
+    reason = missing_prerequisites() if needing_a_node else None
+    if reason is None or not _opted_out():
+        return
+    config.stash[_NOT_RUN] = (reason, [item.nodeid for item in needing_a_node])
+    for item in needing_a_node:
+        item.add_marker(pytest.mark.skip(reason=f"{SKIP_NODE_TESTS}=1: {reason}"))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if _NOT_RUN not in config.stash:
+        return
+    reason, nodeids = config.stash[_NOT_RUN]
+    terminalreporter.write_sep("!", f"{len(nodeids)} NODE TESTS DID NOT RUN ({SKIP_NODE_TESTS}=1)", red=True, bold=True)
+    terminalreporter.write_line(f"Reason: {reason}", red=True, bold=True)
+    for nodeid in nodeids:
+        terminalreporter.write_line(f"  not run: {nodeid}", red=True)
+    terminalreporter.write_sep("!", "the node script is NOT tested by this run", red=True, bold=True)
 
 
 @dataclass
@@ -50,7 +82,7 @@ class Node:
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     reason = missing_prerequisites()
     if reason:
-        pytest.skip(reason)
+        pytest.fail(f"{reason}. To run without the node tests knowingly, set {SKIP_NODE_TESTS}=1.", pytrace=False)
     base = tmp_path_factory.mktemp("node")
     containerd = Containerd(base / "containerd")
     registry = Registry(base / "registry")

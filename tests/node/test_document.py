@@ -5,12 +5,15 @@ Assertions read containerd's own state (`ctr -n k8s.io images ls` and labels), n
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import platform
 import re
 import socket
 import subprocess
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,18 +36,25 @@ def run(node: Node, workdir: Path, images: list[str] | str, text: bool = False, 
 
 
 def assert_well_formed(result: Run) -> None:
-    """Every stdout line is a JSON object; the last one is the summary and agrees with the per-image records."""
+    """Every stdout line is a JSON object, within what SSM keeps; the last one is the summary and agrees with the
+    per-image records, counting the ones left out for space ("omitted") too."""
+    assert len(result.stdout) < 24000
     lines = result.stdout.splitlines()
     assert lines, result.stderr
     for line in lines:
         assert isinstance(json.loads(line), dict), line
     summary = json.loads(lines[-1])
     assert summary["summary"] is True
+    assert summary["omitted"] >= 0
     if "error" not in summary:
         statuses = [record["status"] for record in result.images]
-        assert summary["images"] == len(statuses)
-        for status in ("pulled", "cached", "skipped", "failed"):
-            assert summary[status] == statuses.count(status)
+        assert summary["images"] == len(statuses) + summary["omitted"]
+        counts = {status: summary[status] for status in ("pulled", "cached", "skipped", "failed")}
+        assert sum(counts.values()) == summary["images"]
+        for status, count in counts.items():
+            assert statuses.count(status) <= count
+        if summary["omitted"] == 0:
+            assert all(statuses.count(status) == count for status, count in counts.items())
         assert (result.returncode == 0) == (summary["failed"] == 0), result.stdout
 
 
@@ -201,6 +211,48 @@ def test_hung_registry_is_bounded_by_the_pull_timeout(
     assert result.summary["pulled"] == 1
 
 
+def test_whole_run_deadline_stops_pulls_before_the_execution_timeout(
+    node: Node, workdir: Path, lock_env: dict, hung_registry: str
+) -> None:
+    """executionTimeout 20 leaves a 15 s run; the hung registry uses 12 of them, so the next image, though it is on
+    a working registry, is not pulled: it fails with the deadline, and the run ends before the agent would kill it."""
+    hung = f"{hung_registry}/team/app:v1"
+    good = node.images["app-v1"].by_digest
+    result = run_document(
+        workdir,
+        node.containerd,
+        {"images": f"{hung},{good}", "pullTimeoutSeconds": "12", "executionTimeout": "20"},
+        extra_env=lock_env,
+        timeout=60,
+    )
+    assert_well_formed(result)
+    by_image = result.by_image()
+    assert by_image[hung]["error"].startswith("timed out after "), by_image[hung]  # 12s, or less on a slow start
+    assert by_image[good]["status"] == "failed"
+    assert by_image[good]["error"] == "execution deadline reached before the pull"
+    assert result.summary["failed"] == 2
+    assert result.seconds < 20
+    assert node.containerd.images() == {}
+
+
+def test_runs_on_one_node_take_turns(node: Node, workdir: Path, lock_env: dict) -> None:
+    """While another run holds the node's lock, a run waits for it until its deadline (executionTimeout 10 leaves
+    5 s), then stops with a run-level error, having touched no image. Once the lock is free, the same run pulls."""
+    image = node.images["app-v1"]
+    values = {"images": image.by_digest, "executionTimeout": "10"}
+    with Path(lock_env["PREFETCH_LOCK_FILE"]).open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        blocked = run_document(workdir, node.containerd, values, extra_env=lock_env, timeout=60)
+    assert_well_formed(blocked)
+    assert blocked.returncode == 2
+    assert blocked.summary["error"] == "another prefetch run held the lock until the deadline"
+    assert node.containerd.images() == {}
+
+    free = run_document(workdir, node.containerd, values, extra_env=lock_env, timeout=60)
+    assert [record["status"] for record in free.images] == ["pulled"]
+    assert image.by_digest in node.containerd.images()
+
+
 def test_unauthorized_registry(node: Node, workdir: Path, lock_env: dict) -> None:
     image = node.images["secret"]
     result = run(node, workdir, [image.by_digest], env=lock_env)
@@ -235,32 +287,97 @@ def test_disk_guard_skips_without_failing(node: Node, workdir: Path, lock_env: d
     assert node.containerd.images() == {}
 
 
+SMALL_FILESYSTEM_KIB = 64 * 1024
+SMALL_FILESYSTEM_USED_KIB = 4 * 1024
+
+
 @pytest.fixture
-def small_filesystem(tmp_path: Path) -> Iterator[Path]:
-    """A 64 MiB tmpfs standing in for containerd's root filesystem (the script reads CONTAINERD_ROOT)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], check=False).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
+def small_filesystem(tmp_path: Path) -> dict[str, str]:
+    """A `df` double first on PATH: whatever it is asked about, a 64 MiB filesystem with 4 MiB used (it is a double:
+    the numbers do not change when images land). The environment for a run that uses it."""
+    bin_dir = tmp_path / "df-double"
+    bin_dir.mkdir()
+    avail = SMALL_FILESYSTEM_KIB - SMALL_FILESYSTEM_USED_KIB
+    (bin_dir / "df").write_text(
+        "#!/bin/sh\n"
+        "echo 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
+        f"echo 'df-double {SMALL_FILESYSTEM_KIB} {SMALL_FILESYSTEM_USED_KIB} {avail} 7% /small'\n"
+    )
+    (bin_dir / "df").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
 def test_disk_guard_counts_the_estimated_size(
-    node: Node, workdir: Path, lock_env: dict, small_filesystem: Path
+    node: Node, workdir: Path, lock_env: dict, small_filesystem: dict
 ) -> None:
-    """8 MiB compressed, estimated at 3x: 24 MiB more on a 64 MiB filesystem is 38%."""
+    """8 MiB compressed, estimated at 3x: 24 MiB more on the `df` double's 64 MiB filesystem with 4 MiB used is 44%."""
     big = node.images.get("big") or node.push_new("big", "team/big", "v1", layers_mb=[8])
-    env = {**lock_env, "CONTAINERD_ROOT": str(small_filesystem)}
+    env = {**lock_env, **small_filesystem}
     skipped = run(node, workdir, [big.by_digest], env=env, maxDiskUsagePercent="30")
     assert skipped.images[0]["status"] == "skipped", skipped.stdout
     assert skipped.images[0]["bytes"] > 8 << 20
+    assert "44% used" in skipped.images[0]["reason"]
     assert node.containerd.images() == {}
     pulled = run(node, workdir, [big.by_digest], env=env, maxDiskUsagePercent="50")
     assert pulled.images[0]["status"] == "pulled", pulled.stdout
     assert big.by_digest in node.containerd.images()
+
+
+NODE_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+OTHER_ARCH = "arm64" if NODE_ARCH == "amd64" else "amd64"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def registry_request(host: str, path: str, method: str = "GET", body: bytes | None = None, media_type: str = ""):
+    headers = {"Accept": OCI_MANIFEST} if method == "GET" else {"Content-Type": media_type}
+    request = urllib.request.Request(f"http://{host}/v2/{path}", data=body, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - the test registry on 127.0.0.1
+        return response.read(), response.headers
+
+
+def push_index(node: Node, repo: str, tag: str, children: list[tuple[str, str]]) -> str:
+    """An OCI index at repo:tag over (image name in node.images, architecture) children, in that order."""
+    manifests = []
+    for name, architecture in children:
+        digest = node.images[name].digest
+        body, _ = registry_request(node.registry.host, f"{repo}/manifests/{digest}")
+        manifests.append(
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": digest,
+                "size": len(body),
+                "platform": {"architecture": architecture, "os": "linux"},
+            }
+        )
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}, indent=2).encode()
+    _, headers = registry_request(node.registry.host, f"{repo}/manifests/{tag}", "PUT", index, OCI_INDEX)
+    return headers["Docker-Content-Digest"]
+
+
+def test_multi_arch_index_is_estimated_from_this_nodes_platform(
+    node: Node, workdir: Path, lock_env: dict, small_filesystem: dict
+) -> None:
+    """An index whose first entry is another platform's tiny image and whose entry for this node's platform is 8 MiB:
+    the estimate (bytes) is the sum of this platform's manifest, and the disk guard counts it."""
+    native = node.push_new("multi-native", "team/multi", "native", layers_mb=[8])
+    node.push_new("multi-other", "team/multi", "other")
+    index_digest = push_index(node, "team/multi", "v1", [("multi-other", OTHER_ARCH), ("multi-native", NODE_ARCH)])
+    manifest = json.loads(registry_request(node.registry.host, f"team/multi/manifests/{native.digest}")[0])
+    native_bytes = manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])
+    ref = f"{node.registry.host}/team/multi:v1"
+    env = {**lock_env, **small_filesystem}
+
+    skipped = run(node, workdir, [ref], env=env, maxDiskUsagePercent="30")
+    (record,) = skipped.images
+    assert (record["status"], record["bytes"]) == ("skipped", native_bytes), record
+    assert "44% used" in record["reason"]
+    assert node.containerd.images() == {}
+
+    pulled = run(node, workdir, [ref], env=env, maxDiskUsagePercent="50")
+    (record,) = pulled.images
+    assert (record["status"], record["bytes"], record["digest"]) == ("pulled", native_bytes, index_digest), record
+    assert node.containerd.images()[ref]["digest"] == index_digest
 
 
 INJECTIONS = [
@@ -399,3 +516,72 @@ def test_ecr_login_failure_is_reported_per_image(node: Node, workdir: Path, lock
     env = {**lock_env, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     result = run(node, workdir, [ref, ref.replace("team/app", "team/b")], env=env)
     assert [r["error"] for r in result.images] == ["ECR login failed: Unable to locate credentials"] * 2
+
+
+def longest_reference(n: int) -> str:
+    """A reference of the maximum length the document's allowedPattern accepts: a 253-character host with a
+    5-digit port, a 256-character repository and a 128-character tag (644 characters)."""
+    first_label = f"host{n:02d}".ljust(60, "h")
+    host = ".".join([first_label, "a" * 63, "b" * 63, "c" * 63]) + ":65535"
+    repo = f"team{n:02d}/".ljust(256, "r")
+    tag = "v1.".ljust(128, "0")
+    return f"{host}/{repo}:{tag}"
+
+
+def unreachable_env(lock_env: dict) -> dict:
+    """Registries other than 127.0.0.1 are reached through a closed local proxy port: they fail at once, with a
+    long error, and nothing leaves the machine."""
+    return {**lock_env, "HTTPS_PROXY": f"http://127.0.0.1:{free_port()}", "NO_PROXY": "127.0.0.1,localhost"}
+
+
+def test_worst_case_output_fits_what_ssm_keeps(node: Node, workdir: Path, lock_env: dict) -> None:
+    """50 references of maximum length, all failing with long errors: stdout stays under the 24,000 characters
+    GetCommandInvocation returns, the summary is last and whole, and what is left out is counted."""
+    refs = [longest_reference(n) for n in range(50)]
+    images = ",".join(refs)
+    assert re.fullmatch(document_content()["parameters"]["images"]["allowedPattern"], images)
+    result = run(node, workdir, images, env=unreachable_env(lock_env))
+    assert len(result.stdout) < 24000
+    assert len(result.stderr) < 8000
+    summary = result.summary
+    assert (summary["images"], summary["failed"], summary["pulled"]) == (50, 50, 0)
+    assert summary["omitted"] > 0
+    assert len(result.images) + summary["omitted"] == 50
+    # Detail text went before any whole record: none of the printed records kept its error.
+    assert all(set(record) == {"image", "status", "seconds"} for record in result.images), result.images[0]
+    # Printed records name their image whole, in order, so a reader can tell which ones were left out.
+    assert [record["image"] for record in result.images] == refs[: len(result.images)]
+    assert node.containerd.images() == {}
+
+
+def test_details_are_dropped_before_any_record(node: Node, workdir: Path, lock_env: dict) -> None:
+    """50 typical references with long errors do not all fit with their errors: the later ones lose the error
+    text, and every record is still printed."""
+    refs = [f"registry-{n:02d}.example.com/team/{'some-long-repository-name-' * 8}{n}:v1.2.3" for n in range(50)]
+    result = run(node, workdir, refs, env=unreachable_env(lock_env))
+    assert len(result.stdout) < 24000
+    assert result.summary["omitted"] == 0
+    assert [record["image"] for record in result.images] == refs
+    with_error = ["error" in record for record in result.images]
+    assert with_error[0], result.images[0]
+    assert not all(with_error)
+    assert "registry-00.example.com" in result.images[0]["error"]
+
+
+def test_stderr_stays_within_what_ssm_keeps(node: Node, workdir: Path, lock_env: dict, tmp_path: Path) -> None:
+    """A noisy tool (a `uname` double that writes 20,000 characters to stderr, then runs the real uname): the run's
+    stderr stays under the 8,000 characters SSM keeps and says how much it left out."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    real_uname = subprocess.run(["bash", "-c", "command -v uname"], capture_output=True, text=True, check=True)
+    (bin_dir / "uname").write_text(
+        f'#!/bin/bash\nprintf "noise%.0s" {{1..4000}} >&2\nexec {real_uname.stdout.strip()} "$@"\n'
+    )
+    (bin_dir / "uname").chmod(0o755)
+    env = {**lock_env, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    image = node.images["app-v1"]
+    result = run(node, workdir, [image.by_digest], env=env)
+    assert result.images[0]["status"] == "pulled"
+    assert len(result.stderr) < 8000
+    assert result.stderr.startswith("noisenoise")
+    assert result.stderr.rstrip().endswith("(13000 more bytes of stderr not shown)")
