@@ -215,7 +215,21 @@ def prefetch_launched_node(
     images = recent_newest_images(settings)
     if not images:
         return _ignored("no image to prefetch in any watched repository", instance_id)
-    references = tuple(image.reference for image in images)
+    return _send_to_node(images, instance, event, settings, delivery=delivery, lambda_context=lambda_context, now=now)
+
+
+def _send_to_node(
+    images: list[ResolvedImage],
+    instance: Mapping[str, Any],
+    event: Ec2StateChangeEvent,
+    settings: Settings,
+    *,
+    delivery: Delivery,
+    lambda_context: LambdaContext | None,
+    now: datetime,
+) -> LaunchOutcome:
+    """The images to the node, at most once per launch, in as few commands as the document allows."""
+    instance_id = event.detail.instance_id
     batches = image_batches(images)
     command_ids: list[str] = []
     sent_any = False
@@ -248,6 +262,6 @@ def prefetch_launched_node(
     return LaunchOutcome(
         status="sent" if sent_any else "duplicate",
         instance_id=instance_id,
-        images=references,
+        images=tuple(image.reference for image in images),
         command_ids=tuple(command_ids),
     )
