@@ -55,7 +55,7 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> dict[str
     delivery = Delivery(
         queue_arn=record.event_source_arn,
         receipt_handle=record.receipt_handle,
-        receive_count=int(record.attributes.approximate_receive_count),
+        receive_count=receive_count(record),
     )
     try:
         outcome = prefetch_launched_node(launch, get_settings(), delivery=delivery, lambda_context=lambda_context)
@@ -70,9 +70,33 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> dict[str
     return outcome.as_dict()
 
 
+def receive_count(record: SQSRecord) -> int:
+    """SQS always sends it; without it (a hand-made event) the record is taken as a first delivery, and said so."""
+    try:
+        return max(1, int(record.attributes.approximate_receive_count))
+    except (KeyError, TypeError, ValueError):
+        logger.warning("record without a valid ApproximateReceiveCount: taken as the first delivery")
+        return 1
+
+
 @logger.inject_lambda_context(clear_state=True)
 @tracing.capture_lambda_handler
 @metrics.log_metrics
 @aws.within_invocation_time
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if not is_sqs_batch(event):
+        # Wired to something other than the queue, or invoked by hand: nothing to retry, so say so and acknowledge.
+        logger.error(
+            "not an SQS batch: event dropped",
+            extra={"event_type": type(event).__name__, "keys": sorted(event)[:10] if isinstance(event, dict) else None},
+        )
+        metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
+        return {"batchItemFailures": []}
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+
+
+def is_sqs_batch(event: Any) -> bool:
+    records = event.get("Records") if isinstance(event, dict) else None
+    return isinstance(records, list) and all(
+        isinstance(record, dict) and record.get("eventSource") == "aws:sqs" for record in records
+    )

@@ -21,8 +21,10 @@ from moto.dynamodb.models import dynamodb_backends
 from moto.ssm.models import ssm_backends
 
 from eks_prefetch import aws
+from eks_prefetch.launch import newest_images
 from eks_prefetch.push import PushedImageNotFoundError
 from eks_prefetch.sending import SendOutcomeUnknownError, event_marker
+from eks_prefetch.settings import get_settings
 from tests.conftest import (
     ACCOUNT,
     CLUSTER,
@@ -420,3 +422,44 @@ def test_sustained_throttling_gives_up_within_the_invocation_time(handler, train
     assert len(attempts) > 1  # retried while there was time
     assert sum(botocore_clock.sleeps) <= budget - aws.RESERVE_SECONDS - aws.WORST_ATTEMPT_SECONDS
     assert commands_sent() == []
+
+
+def test_tags_as_long_as_ecr_allows_are_prefetched_by_both_paths(handler, sent, lambda_context):
+    """ECR accepts tags of up to 300 characters (OCI's rule says 128). The push path sends such an image, as the
+    node-launch path does, and the Comment stays within SSM's 100 characters."""
+    long_tag = "v" + "1" * 299
+    create_repository("ml/trainer")
+    digest = push_image("ml/trainer", "long", tag=long_tag, pushed_at=at(5))
+
+    result = handler(push_event("ml/trainer", digest, long_tag), lambda_context)
+
+    assert result["status"] == "sent"
+    (request,) = sent
+    assert request["Parameters"]["images"] == [f"{REGISTRY}/ml/trainer@{digest}"]
+    assert len(request["Comment"]) <= 100
+    assert [image.digest for image in newest_images(get_settings())] == [digest]
+    too_long = handler(push_event("ml/trainer", digest, long_tag + "1"), lambda_context)
+    assert too_long == {"status": "ignored", "reason": "malformed event"}
+
+
+def emitted_metrics(stdout: str) -> list[str]:
+    """Names of the metrics in the EMF documents a handler printed (what CloudWatch would turn into metrics)."""
+    names = []
+    for line in stdout.splitlines():
+        if line.startswith("{") and '"_aws"' in line:
+            document = json.loads(line)
+            for directive in document["_aws"]["CloudWatchMetrics"]:
+                names.extend(metric["Name"] for metric in directive["Metrics"])
+    return names
+
+
+def test_push_outcomes_are_emitted_as_the_metrics_the_dashboard_reads(handler, trainer, lambda_context, capsys):
+    """CommandsSent, DuplicateEvents and EventsIgnored are a contract with the dashboard and the alarms."""
+    handler(push_event("ml/trainer", trainer["v2"], "v2.0.0"), lambda_context)
+    assert emitted_metrics(capsys.readouterr().out) == ["CommandsSent"]
+    handler(push_event("ml/trainer", trainer["v2"], "v2.0.0"), lambda_context)
+    assert emitted_metrics(capsys.readouterr().out) == ["DuplicateEvents"]
+    handler(push_event("ml/trainer", trainer["v1"], "v1.0.0"), lambda_context)
+    assert emitted_metrics(capsys.readouterr().out) == ["EventsIgnored"]
+    handler({"detail-type": "nonsense"}, lambda_context)
+    assert emitted_metrics(capsys.readouterr().out) == ["EventsIgnored"]

@@ -784,15 +784,75 @@ def test_duplicate_still_in_progress_elsewhere_is_retried_later(
 
 
 def test_sample_sqs_event_runs_through_the_handler(
-    env: None, aws_mock: None, agents: FakeAgents, sent: list[dict[str, Any]], lambda_context: Any
+    env: None,
+    aws_mock: None,
+    agents: FakeAgents,
+    sent: list[dict[str, Any]],
+    ec2_calls: list[str],
+    lambda_context: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """events/node_launch/sqs-ec2-running.json (for sam local invoke -e): its instance does not exist here."""
+    """events/node_launch/sqs-ec2-running.json (for sam local invoke -e) is a well-formed launch: it is parsed and
+    its instance looked up (which does not exist here), not dropped as malformed."""
     event = json.loads((EVENTS / "sqs-ec2-running.json").read_text())
+    (record,) = event["Records"]
+    instance_id = json.loads(record["body"])["detail"]["instance-id"]
 
     response = load_handler("node_launch").lambda_handler(event, lambda_context)
 
     assert response == {"batchItemFailures": []}
+    assert ec2_calls == [instance_id]
+    assert [getattr(r, "reason", None) for r in caplog.records if r.getMessage() == "launch ignored"] == [
+        "instance not found"
+    ]
+    assert "malformed EC2 event dropped" not in caplog.messages
     assert sent == []
+
+
+@pytest.mark.parametrize(
+    "event",
+    [None, {}, {"Records": "x"}, {"Records": [{"eventSource": "aws:s3"}]}, "RULE"],
+    ids=["none", "empty", "records-not-a-list", "not-sqs-records", "bare-eventbridge-event"],
+)
+def test_event_that_is_not_an_sqs_batch_is_logged_and_dropped(
+    env: None, aws_mock: None, sent: list[dict[str, Any]], lambda_context: Any, caplog: pytest.LogCaptureFixture, event
+) -> None:
+    if event == "RULE":
+        event = running_event("i-0abcdef1234567890")
+
+    response = load_handler("node_launch").lambda_handler(event, lambda_context)
+
+    assert response == {"batchItemFailures": []}
+    assert "not an SQS batch: event dropped" in caplog.messages
+    assert sent == []
+
+
+def test_record_without_receive_count_is_taken_as_a_first_delivery_and_said_so(
+    queue: LaunchQueue,
+    agents: FakeAgents,
+    sent: list[dict[str, Any]],
+    images: dict[str, str],
+    lambda_context: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    instance = run_instance(node_tags())
+    agents.online.add(instance)
+    record = {
+        "messageId": "m-1",
+        "receiptHandle": "r-1",
+        "body": json.dumps(running_event(instance)),
+        "attributes": {},
+        "messageAttributes": {},
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue.arn,
+        "awsRegion": REGION,
+    }
+
+    response = load_handler("node_launch").lambda_handler({"Records": [record]}, lambda_context)
+
+    assert response == {"batchItemFailures": []}
+    assert "record without a valid ApproximateReceiveCount: taken as the first delivery" in caplog.messages
+    assert [request["InstanceIds"] for request in sent] == [[instance]]
 
 
 def test_lost_send_reply_is_found_not_resent(

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from tests import cfn
 from tests.conftest import WATCHED
 from tests.routing import routed_events
@@ -32,7 +30,18 @@ def test_push_pattern_routes_only_successful_tagged_pushes_of_watched_repositori
     assert samples["push-untagged"]["detail"]["image-digest"] not in routed
 
 
-@pytest.mark.parametrize("name", ["RetryPolicy", "DeadLetterConfig"])
-def test_push_rule_retries_and_dead_letters(name):
-    rule = cfn.resource("EcrPushFunction")["Properties"]["Events"]["EcrPush"]["Properties"]
-    assert rule[name]
+def test_push_rule_retries_and_dead_letters():
+    """EventBridge retries a failed delivery to the function for an hour, then dead-letters it; the function's own
+    async retries (after an error) end in the same queue. Values, not presence: 0 retries would lose pushes."""
+    function = cfn.resource("EcrPushFunction")["Properties"]
+    rule = function["Events"]["EcrPush"]["Properties"]
+
+    assert rule["RetryPolicy"] == {"MaximumRetryAttempts": 8, "MaximumEventAgeInSeconds": 3600}
+    assert rule["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["PushDeadLetterQueue", "Arn"]}}
+    invoke = function["EventInvokeConfig"]
+    assert invoke["MaximumRetryAttempts"] == 2
+    assert invoke["MaximumEventAgeInSeconds"] == 3600
+    assert invoke["DestinationConfig"]["OnFailure"] == {
+        "Type": "SQS",
+        "Destination": {"Fn::GetAtt": ["PushDeadLetterQueue", "Arn"]},
+    }

@@ -10,8 +10,9 @@ from typing import Any
 
 # ECR repository names: lowercase path segments (the registry's own rule).
 REPOSITORY_PATTERN = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*"
-# OCI distribution tag rule.
-TAG_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
+# Tags as ECR accepts them: the OCI character rule, but up to 300 characters (OCI says 128). Images are pulled by
+# digest, so a tag is only matched against the filter and shown, never sent to a node.
+TAG_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,299}"
 DIGEST_PATTERN = r"sha256:[a-f0-9]{64}"
 
 # Config media types of runnable images; any other artifact type (signatures, SBOMs, Helm charts) is not pulled.
