@@ -174,6 +174,9 @@ def test_template_extremes_load_working_settings(function: str, overrides: dict[
     document_parameters = cfn.document_content()["parameters"]
     for batch in batches:
         request = send_command_request(batch, loaded, instance_ids=["i-0123456789abcdef0"])
+        sent = {name: int(value) for name, (value,) in request["Parameters"].items() if value.isdigit()}
+        # The node's own deadline ends the run a margin before the agent's timeout: a pull must end before that.
+        assert sent["pullTimeoutSeconds"] <= sent["executionTimeout"] - min(max(sent["executionTimeout"] // 10, 5), 60)
         for name, (value,) in request["Parameters"].items():
             spec = document_parameters[name]
             assert (
