@@ -105,7 +105,8 @@ def test_text_that_is_not_json():
     output = parse_node_output("bash: ctr: command not found\nSegmentation fault")
 
     assert output.problems == {OutputProblem.NOT_JSON, OutputProblem.NO_SUMMARY}
-    assert output.problem is OutputProblem.NO_SUMMARY
+    # Nothing readable: counted as not JSON, not as a truncated run.
+    assert output.problem is OutputProblem.NOT_JSON
     assert output.bad_lines == 2
 
 

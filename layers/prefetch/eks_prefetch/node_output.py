@@ -88,6 +88,9 @@ class NodeOutput:
     @property
     def problem(self) -> OutputProblem | None:
         """The one reason to count this output under, or None when it is well formed."""
+        if OutputProblem.NOT_JSON in self.problems and not self.records and self.summary is None:
+            # Nothing readable at all: text, not a truncated run of the script.
+            return OutputProblem.NOT_JSON
         return next((problem for problem in OutputProblem if problem in self.problems), None)
 
     @property
