@@ -18,8 +18,9 @@ COMMAND = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
 
 
 @pytest.fixture
-def ssm():
-    client = boto3.client("ssm", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+def ssm(deployment_env):
+    # Fake credentials and region come from the test deployment's environment; the Stubber answers every call.
+    client = boto3.client("ssm")
     with Stubber(client) as stubber:
         yield client, stubber
         stubber.assert_no_pending_responses()

@@ -440,7 +440,17 @@ def emit_invocation_metrics(outcome: InvocationOutcome, settings: Settings) -> N
         m.emit({**cluster, "Repository": repository}, batch)
 
 
+class StatusTableMissingError(RuntimeError):
+    """STATUS_TABLE is not set: a deployment error, loud rather than counting nothing."""
+
+
+def require_status_table(settings: Settings) -> None:
+    if not settings.status_table:
+        raise StatusTableMissingError("STATUS_TABLE is not set in the function's environment")
+
+
 def record_status_event(event: SsmInvocationStatusEvent, settings: Settings) -> InvocationOutcome:
+    require_status_table(settings)
     detail = event.detail
     if detail.document_name != settings.document_name:
         logger.warning("status event of another document dropped", extra={"document": detail.document_name})
@@ -622,6 +632,7 @@ def sweep(
     minutes before this sweep: every command is looked at until all its invocations are counted. An invocation
     that fails to be recorded is logged and left for the next sweep, which is the retry (no storm: one per schedule).
     """
+    require_status_table(settings)
     now = now or datetime.now(UTC)
     watermark = load_watermark(settings, now)
     newest = NewestImages(settings)
