@@ -259,3 +259,8 @@ def stack_outputs(stack_name: str, cloudformation: Any = None) -> dict[str, str]
 def function_environment(function_name: str, lambda_client: Any = None) -> dict[str, str]:
     configuration = (lambda_client or client("lambda")).get_function_configuration(FunctionName=function_name)
     return dict(configuration.get("Environment", {}).get("Variables", {}))
+
+
+def current_region() -> str | None:
+    """The region boto3 resolves from the environment and the AWS config (for a command run by a person)."""
+    return boto3.session.Session().region_name
