@@ -44,9 +44,11 @@ C = {"ClusterName": CLUSTER}
 def env(aws_mock, monkeypatch):
     monkeypatch.setenv("STATUS_TABLE", STATUS_TABLE)
     settings.get_settings.cache_clear()
+    status.forget_resolutions()
     create_status_table()
     yield
     settings.get_settings.cache_clear()
+    status.forget_resolutions()
 
 
 @pytest.fixture
@@ -564,3 +566,20 @@ def test_sweep_refreshes_the_ttl_of_online_nodes_only(fake, fleet, images, handl
 
     assert row(alive, TRAINER)["expires_at"] > before[alive]
     assert row(gone, TRAINER)["expires_at"] == before[gone]
+
+
+def test_a_burst_of_events_resolves_the_newest_image_once(fake, images, handler, lambda_context):
+    calls: list[str] = []
+    aws.client("ecr").meta.events.register("before-call.ecr.DescribeImages", lambda **_: calls.append("describe"))
+    digest = images[TRAINER]
+    nodes = [run_node() for _ in range(3)]
+    command_id = send(nodes, [ref(TRAINER, digest)])
+    for node in nodes:
+        fake.set(
+            command_id, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)]))
+        )
+
+    for node in nodes:
+        invoke(handler, lambda_context, status_event(command_id, node, "Success", DOCUMENT, event_id=node))
+
+    assert len(calls) == 1

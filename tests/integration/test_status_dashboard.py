@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import pytest
 
-from eks_prefetch import aws, settings
+from eks_prefetch import aws, settings, status
 from tests import cfn
 from tests.conftest import load_handler
 from tests.ecr import at, create_repository, push_image
@@ -111,9 +111,11 @@ def everything_emitted(fleet_env, images, monkeypatch, lambda_context, capsys) -
 def fleet_env(aws_mock, monkeypatch):
     monkeypatch.setenv("STATUS_TABLE", STATUS_TABLE)
     settings.get_settings.cache_clear()
+    status.forget_resolutions()
     create_status_table()
     yield
     settings.get_settings.cache_clear()
+    status.forget_resolutions()
 
 
 @pytest.fixture

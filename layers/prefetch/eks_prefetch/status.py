@@ -19,8 +19,9 @@ The status table (one table, ``pk``/``sk``, TTL on ``expires_at``):
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -127,17 +128,31 @@ class InvocationOutcome:
         return result
 
 
+# A push brings one status event per node within minutes: one resolution (a DescribeImages listing) serves a burst
+# of them in a warm container, instead of one per node. Short, so that a newer push is seen soon.
+RESOLUTION_TTL_SECONDS = 30.0
+_recent: dict[tuple[str, str], tuple[float, ResolvedImage | None]] = {}
+
+
+def forget_resolutions() -> None:
+    _recent.clear()
+
+
 @dataclass
 class NewestImages:
-    """The newest image per repository, resolved once per invocation of the function (the one resolution)."""
+    """The newest image per repository, from the one resolution, reused for RESOLUTION_TTL_SECONDS."""
 
     settings: Settings
-    _resolved: dict[str, ResolvedImage | None] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
 
     def get(self, repository: str) -> ResolvedImage | None:
-        if repository not in self._resolved:
-            self._resolved[repository] = self._resolve(repository)
-        return self._resolved[repository]
+        key = (repository, self.settings.tag_filter)
+        cached = _recent.get(key)
+        if cached is not None and self.clock() - cached[0] < RESOLUTION_TTL_SECONDS:
+            return cached[1]
+        newest = self._resolve(repository)
+        _recent[key] = (self.clock(), newest)
+        return newest
 
     def _resolve(self, repository: str) -> ResolvedImage | None:
         if repository not in self.settings.repository_names:
