@@ -14,6 +14,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto.ec2.models import ec2_backends
 
 from eks_prefetch import aws, settings, status
@@ -583,3 +584,54 @@ def test_a_burst_of_events_resolves_the_newest_image_once(fake, images, handler,
         invoke(handler, lambda_context, status_event(command_id, node, "Success", DOCUMENT, event_id=node))
 
     assert len(calls) == 1
+
+
+def test_a_sweep_out_of_time_keeps_its_watermark_and_the_next_one_counts(fake, fleet, images, handler):
+    node = run_node()
+    digest = images[TRAINER]
+    command_id = send([node], [ref(TRAINER, digest)])
+    fake.set(command_id, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)])))
+
+    class AlmostOutOfTime:
+        function_name = "status"
+        memory_limit_in_mb = 256
+        invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:status"
+        aws_request_id = "req"
+
+        @staticmethod
+        def get_remaining_time_in_millis() -> int:
+            return 10_000
+
+    first = invoke(handler, AlmostOutOfTime(), scheduled_event())
+    assert (first["counted"], first["next_watermark"]) == (0, first["watermark"])
+
+    class Plenty(AlmostOutOfTime):
+        @staticmethod
+        def get_remaining_time_in_millis() -> int:
+            return 290_000
+
+    assert invoke(handler, Plenty(), scheduled_event())["counted"] == 1
+
+
+def test_a_sweep_that_cannot_list_a_command_retries_it_next_time(
+    fake, fleet, images, handler, lambda_context, monkeypatch
+):
+    node = run_node()
+    digest = images[TRAINER]
+    command_id = send([node], [ref(TRAINER, digest)])
+    fake.set(command_id, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)])))
+    listing = aws.list_command_invocations
+
+    def throttled(command_id: str, ssm: Any = None):
+        raise ClientError(
+            {"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "ListCommandInvocations"
+        )
+
+    monkeypatch.setattr(aws, "list_command_invocations", throttled)
+    failed = invoke(handler, lambda_context, scheduled_event())
+    assert (failed["counted"], failed["errors"]) == (0, 1)
+    requested = boto3.client("ssm").list_commands(CommandId=command_id)["Commands"][0]["RequestedDateTime"]
+    assert failed["next_watermark"] <= status.timestamp(requested)
+
+    monkeypatch.setattr(aws, "list_command_invocations", listing)
+    assert invoke(handler, lambda_context, scheduled_event())["counted"] == 1

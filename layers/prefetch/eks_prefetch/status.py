@@ -627,6 +627,56 @@ class SweepResult:
         }
 
 
+@dataclass
+class _CommandTally:
+    counted: int = 0
+    already: int = 0
+    errors: int = 0
+    still_open: bool = False
+
+
+def _sweep_command(
+    command: Mapping[str, Any], settings: Settings, newest: NewestImages, now: datetime
+) -> _CommandTally:
+    """Count the final, unclaimed invocations of one command; whether it must be looked at again."""
+    command_id = command["CommandId"]
+    tally = _CommandTally(still_open=command.get("Status") in {"Pending", "InProgress", "Cancelling"})
+    try:
+        invocations = list(aws.list_command_invocations(command_id))
+    except Exception:
+        # Throttled past botocore's retries, or the like: the next sweep looks again (one retry per schedule).
+        logger.exception("sweep could not list a command's invocations", extra={"command_id": command_id})
+        tally.errors += 1
+        tally.still_open = True
+        return tally
+    for invocation in invocations:
+        instance_id = invocation["InstanceId"]
+        if invocation.get("Status") in NON_TERMINAL:
+            tally.still_open = True
+            continue
+        try:
+            if is_claimed(settings, command_id, instance_id):
+                tally.already += 1
+                continue
+            outcome = record_invocation(command_id, instance_id, settings, via="sweep", newest=newest, now=now)
+        except Exception:
+            # Left for the next sweep: the watermark stays at this command.
+            logger.exception(
+                "sweep could not record an invocation", extra={"command_id": command_id, "instance_id": instance_id}
+            )
+            tally.errors += 1
+            tally.still_open = True
+            continue
+        if outcome.counted:
+            tally.counted += 1
+            logger.info("sweep counted an invocation whose event never came", extra=outcome.as_dict())
+        elif outcome.result == "pending":
+            tally.still_open = True
+        elif outcome.result == "duplicate":
+            tally.already += 1
+    return tally
+
+
 def load_watermark(settings: Settings, now: datetime) -> datetime:
     item = aws.get_item(settings.status_table, WATERMARK_KEY)
     stored = parse_time(item.get("watermark")) if item else None
@@ -659,37 +709,17 @@ def sweep(
         requested = parse_time(command.get("RequestedDateTime"))
         if command.get("DocumentName") != settings.document_name or requested is None or requested < watermark:
             continue
-        commands += 1
-        command_id = command["CommandId"]
-        still_open = command.get("Status") in {"Pending", "InProgress", "Cancelling"}
         if time_left is not None and time_left() < SWEEP_RESERVE_SECONDS:
-            oldest_open = min(filter(None, [oldest_open, requested]))
-            logger.warning("sweep out of time, the rest waits for the next one", extra={"command_id": command_id})
+            # ListCommands promises no order: the watermark cannot move past commands not looked at.
+            oldest_open = watermark
+            logger.warning("sweep out of time, the watermark stays", extra={"watermark": timestamp(watermark)})
             break
-        for invocation in aws.list_command_invocations(command_id):
-            instance_id = invocation["InstanceId"]
-            if invocation.get("Status") in NON_TERMINAL:
-                still_open = True
-                continue
-            if is_claimed(settings, command_id, instance_id):
-                already += 1
-                continue
-            try:
-                outcome = record_invocation(command_id, instance_id, settings, via="sweep", newest=newest, now=now)
-            except Exception:
-                # Left for the next sweep: the watermark stays at this command.
-                logger.exception("sweep could not record an invocation", extra={"command_id": command_id})
-                errors += 1
-                still_open = True
-                continue
-            if outcome.counted:
-                counted += 1
-                logger.info("sweep counted an invocation whose event never came", extra=outcome.as_dict())
-            elif outcome.result == "pending":
-                still_open = True
-            elif outcome.result == "duplicate":
-                already += 1
-        if still_open:
+        commands += 1
+        tally = _sweep_command(command, settings, newest, now)
+        counted += tally.counted
+        already += tally.already
+        errors += tally.errors
+        if tally.still_open:
             oldest_open = min(filter(None, [oldest_open, requested]))
 
     next_watermark = max(min(filter(None, [oldest_open, now - WATERMARK_SAFETY])), watermark)
