@@ -635,3 +635,24 @@ def test_a_sweep_that_cannot_list_a_command_retries_it_next_time(
 
     monkeypatch.setattr(aws, "list_command_invocations", listing)
     assert invoke(handler, lambda_context, scheduled_event())["counted"] == 1
+
+
+def test_records_omitted_for_the_output_limit_count_as_held_when_the_summary_says_nothing_else_failed(
+    fake, fleet, images, handler, lambda_context, capsys
+):
+    node = run_node()
+    fleet.online = {node}
+    trainer, inference = images[TRAINER], images[INFERENCE]
+    command_id = send([node], [ref(TRAINER, trainer), ref(INFERENCE, inference)])
+    # Only the trainer record fit; the summary says 2 images, none failed or skipped, 1 record omitted.
+    stdout = image_line(ref(TRAINER, trainer), "pulled", trainer) + "\n" + summary_line(pulled=2, omitted=1)
+    fake.set(command_id, node, Answer("Success", "Success", stdout, ENDED))
+    capsys.readouterr()
+
+    invoke(handler, lambda_context, status_event(command_id, node, "Success", DOCUMENT))
+    swept = invoke(handler, lambda_context, scheduled_event())
+
+    assert row(node, INFERENCE)["digest"] == inference
+    assert row(node, INFERENCE)["image_status"] == "held"
+    assert swept["coverage"] == {TRAINER: 100.0, INFERENCE: 100.0}
+    assert total(capsys.readouterr().out, "ImagesOmitted", **C) == 1

@@ -150,3 +150,14 @@ def test_unknown_fields_are_tolerated():
 
     assert output.problem is None
     assert output.records[0].status == "cached"
+
+
+def test_omitted_records_are_all_held_only_when_every_failure_and_skip_was_printed():
+    failed = line(image=REF, status="failed", error="x")
+    all_held = parse_node_output(failed + "\n" + line(summary=True, images=40, pulled=39, failed=1, omitted=39))
+    some_failed = parse_node_output(failed + "\n" + line(summary=True, images=40, pulled=37, failed=3, omitted=39))
+    nothing_omitted = parse_node_output(failed + "\n" + line(summary=True, images=1, failed=1))
+
+    assert all_held.omitted_all_held
+    assert not some_failed.omitted_all_held
+    assert not nothing_omitted.omitted_all_held

@@ -97,6 +97,19 @@ class NodeOutput:
     def run_error(self) -> str | None:
         return self.summary.error if self.summary else None
 
+    @property
+    def omitted_all_held(self) -> bool:
+        """Records were left out to fit SSM's limit, and the summary's counts show that every one of them was pulled
+        or cached (all failures and skips are among the records printed)."""
+        summary = self.summary
+        return (
+            summary is not None
+            and summary.omitted > 0
+            and not summary.error
+            and summary.failed == len(self.by_status("failed"))
+            and summary.skipped == len(self.by_status("skipped"))
+        )
+
     def by_status(self, status: ImageStatus) -> list[ImageRecord]:
         return [record for record in self.records if record.status == status]
 

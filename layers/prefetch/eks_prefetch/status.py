@@ -18,6 +18,7 @@ The status table (one table, ``pk``/``sk``, TTL on ``expires_at``):
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -225,12 +226,14 @@ def _record_failure(
     )
 
 
-def _requested_images(command_id: str) -> list[str]:
+@functools.lru_cache(maxsize=256)
+def _requested_images(command_id: str) -> tuple[str, ...]:
+    """The image references a command asked for (a command never changes: cached per container)."""
     command = aws.get_command(command_id)
     if not command:
-        return []
+        return ()
     values = (command.get("Parameters") or {}).get("images") or []
-    return [ref for value in values for ref in value.split(",") if ref]
+    return tuple(ref for value in values for ref in value.split(",") if ref)
 
 
 def _invocation_failure_reason(status: str, output: NodeOutput | None) -> str:
@@ -245,6 +248,25 @@ def _invocation_failure_reason(status: str, output: NodeOutput | None) -> str:
     if output.problem is not None:
         return f"SSM {status}: output is not the script's JSON ({output.problem.value})"
     return f"SSM {status}"
+
+
+def _held(
+    settings: Settings,
+    newest: NewestImages,
+    instance_id: str,
+    repository: str,
+    digest: str,
+    image_status: str,
+    command_id: str,
+    at: datetime,
+) -> float | None:
+    """Record that the node holds the digest; push-to-cached seconds if that is new and the digest is the newest."""
+    if not _record_held(settings, instance_id, repository, digest, image_status, command_id, at):
+        return None
+    image = newest.get(repository)
+    if image is None or image.digest != digest:
+        return None
+    return max(0.0, (at - image.pushed_at).total_seconds())
 
 
 def _update_node_state(
@@ -266,10 +288,9 @@ def _update_node_state(
             continue
         reported.add(record.image)
         if record.status in {"pulled", "cached"} and record.digest:
-            newly = _record_held(settings, instance_id, repository, record.digest, record.status, command_id, at)
-            image = newest.get(repository) if newly else None
-            if image is not None and image.digest == record.digest:
-                push_to_cached.append((repository, max(0.0, (at - image.pushed_at).total_seconds())))
+            seconds = _held(settings, newest, instance_id, repository, record.digest, record.status, command_id, at)
+            if seconds is not None:
+                push_to_cached.append((repository, seconds))
         elif record.status in {"failed", "skipped"}:
             match = _DIGEST_IN_REF.search(record.image)
             _record_failure(
@@ -283,26 +304,51 @@ def _update_node_state(
                 at=at,
             )
 
-    invocation_failed = status != "Success" or output is None or output.problem is not None or output.run_error
-    if invocation_failed:
-        # Images the node said nothing about (not delivered, killed, truncated): the invocation's reason is theirs.
-        reason = _invocation_failure_reason(status, output)
-        for reference in _requested_images(command_id):
-            repository = repository_of(reference)
-            if reference in reported or not repository:
-                continue
+    omitted_held = output is not None and output.omitted_all_held
+    failed = status != "Success" or output is None or output.problem is not None or bool(output.run_error)
+    # The command's images (one ListCommands) only when some were not reported on: not for a clean run.
+    requested = _requested_images(command_id) if omitted_held or failed else ()
+    unreported = [reference for reference in requested if reference not in reported]
+    if unreported and omitted_held:
+        # Left out of the output to fit SSM's limit, and the summary says none failed: held, by the digest requested.
+        for reference in unreported:
             match = _DIGEST_IN_REF.search(reference)
-            _record_failure(
-                settings,
-                instance_id,
-                repository,
-                reason=reason,
-                kind=status,
-                digest=match.group(1) if match else "",
-                command_id=command_id,
-                at=at,
-            )
+            if match and repository_of(reference):
+                repository = repository_of(reference)
+                seconds = _held(settings, newest, instance_id, repository, match.group(1), "held", command_id, at)
+                if seconds is not None:
+                    push_to_cached.append((repository, seconds))
+    elif unreported:
+        # Images the node said nothing about (not delivered, killed, truncated): the invocation's reason is theirs.
+        _record_unreported_failures(settings, instance_id, unreported, status, output, command_id, at)
     return push_to_cached
+
+
+def _record_unreported_failures(
+    settings: Settings,
+    instance_id: str,
+    references: list[str],
+    status: str,
+    output: NodeOutput | None,
+    command_id: str,
+    at: datetime,
+) -> None:
+    reason = _invocation_failure_reason(status, output)
+    for reference in references:
+        repository = repository_of(reference)
+        if not repository:
+            continue
+        match = _DIGEST_IN_REF.search(reference)
+        _record_failure(
+            settings,
+            instance_id,
+            repository,
+            reason=reason,
+            kind=status,
+            digest=match.group(1) if match else "",
+            command_id=command_id,
+            at=at,
+        )
 
 
 def _launch_to_cached(settings: Settings, instance_id: str, output: NodeOutput | None, at: datetime) -> float | None:
