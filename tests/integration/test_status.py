@@ -656,3 +656,22 @@ def test_records_omitted_for_the_output_limit_count_as_held_when_the_summary_say
     assert row(node, INFERENCE)["image_status"] == "held"
     assert swept["coverage"] == {TRAINER: 100.0, INFERENCE: 100.0}
     assert total(capsys.readouterr().out, "ImagesOmitted", **C) == 1
+
+
+def test_two_deliveries_racing_past_the_claim_check_still_count_once(fake, images, capsys, monkeypatch):
+    """The conditional write decides: both read "not claimed", only the first write wins (and emits metrics)."""
+    node = run_node()
+    digest = images[TRAINER]
+    command_id = send([node], [ref(TRAINER, digest)])
+    fake.set(command_id, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)])))
+    monkeypatch.setattr(status, "is_claimed", lambda *_args: False)
+    capsys.readouterr()
+
+    first = status.record_invocation(command_id, node, settings.get_settings(), via="event")
+    second = status.record_invocation(command_id, node, settings.get_settings(), via="sweep")
+
+    assert (first.result, second.result) == ("counted", "duplicate")
+    printed = capsys.readouterr().out
+    assert total(printed, "Invocations", **C) == 1
+    assert total(printed, "ImagesPulled", **C, Repository=TRAINER) == 1
+    assert claim(command_id, node)["via"] == "event"
