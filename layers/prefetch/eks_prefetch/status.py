@@ -48,6 +48,8 @@ DETAIL_STATUSES = frozenset(
 )
 # Final statuses where the script never ran on the node: no output is expected.
 NOT_RUN = frozenset({"DeliveryTimedOut", "Undeliverable", "Terminated", "InvalidPlatform", "AccessDenied"})
+# Final statuses reached with or without the script having run.
+MAY_NOT_HAVE_RUN = frozenset({"Cancelled", "TimedOut"})
 # ListCommands may show a command sent a moment ago only later: the watermark stays this far behind.
 WATERMARK_SAFETY = timedelta(minutes=5)
 # A fresh deployment's first sweep looks back this far (not the whole history).
@@ -238,7 +240,9 @@ def _requested_images(command_id: str) -> tuple[str, ...]:
 
 def _invocation_failure_reason(status: str, output: NodeOutput | None) -> str:
     if output is None:
-        return f"SSM {status}: the script did not run"
+        if status in NOT_RUN:
+            return f"SSM {status}: the script did not run"
+        return f"SSM {status}: no output (the script did not start, or printed nothing)"
     if output.run_error:
         return f"run failed: {output.run_error}"
     if output.problem is OutputProblem.EMPTY:
@@ -412,7 +416,10 @@ def record_invocation(
 
     status = final_status(invocation.get("Status", ""), invocation.get("StatusDetails"))
     at = parse_time(invocation.get("ExecutionEndDateTime")) or now
-    output = None if status in NOT_RUN else parse_node_output(invocation.get("StandardOutputContent"))
+    stdout = invocation.get("StandardOutputContent") or ""
+    # Cancelled or timed out before it started, a run prints nothing: that is its status, not bad output.
+    not_run = status in NOT_RUN or (status in MAY_NOT_HAVE_RUN and not stdout.strip())
+    output = None if not_run else parse_node_output(stdout)
     push_to_cached = _update_node_state(settings, command_id, instance_id, status, output, at, newest)
     launch_to_cached = _launch_to_cached(settings, instance_id, output, at)
 
