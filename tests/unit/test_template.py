@@ -156,7 +156,7 @@ def _extremes() -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.parametrize("function", ["EcrPushFunction", "NodeLaunchFunction"])
+@pytest.mark.parametrize("function", ["EcrPushFunction", "NodeLaunchFunction", "StatusFunction"])
 @pytest.mark.parametrize(
     "overrides", _extremes(), ids=["minimums", "maximums", "pull-vs-execution", "retry-base-vs-max", "120-repositories"]
 )
