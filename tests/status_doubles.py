@@ -120,6 +120,8 @@ class FakeFleet:
     """Double of DescribeInstanceInformation filtered by the node tag and PingStatus=Online."""
 
     online: set[str] = field(default_factory=set)
+    # When a node's agent registered (DescribeInstanceInformation's RegistrationDate); absent: long ago.
+    registered: dict[str, datetime] = field(default_factory=dict)
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeFleet:
         monkeypatch.setattr(aws, "online_managed_nodes", self.online_managed_nodes)
@@ -127,7 +129,10 @@ class FakeFleet:
 
     def online_managed_nodes(self, tag_key: str, tag_value: str, ssm: Any = None) -> Iterator[Mapping[str, Any]]:
         for instance_id in sorted(self.online):
-            yield {"InstanceId": instance_id, "PingStatus": "Online"}
+            info: dict[str, Any] = {"InstanceId": instance_id, "PingStatus": "Online"}
+            if instance_id in self.registered:
+                info["RegistrationDate"] = self.registered[instance_id]
+            yield info
 
 
 def status_event(command_id: str, instance_id: str, status: str, document: str, event_id: str = "e-1") -> dict:

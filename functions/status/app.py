@@ -12,8 +12,9 @@ from pydantic import Field, ValidationError
 
 from eks_prefetch import aws, tracing
 from eks_prefetch.events import ScheduledEvent, SsmInvocationStatusEvent
+from eks_prefetch.repair import sweep_and_repair
 from eks_prefetch.settings import get_settings
-from eks_prefetch.status import record_status_event, sweep
+from eks_prefetch.status import record_status_event
 
 logger = Logger()
 metrics = Metrics()
@@ -42,4 +43,6 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 
     if isinstance(parsed, SsmInvocationStatusEvent):
         return record_status_event(parsed, get_settings()).as_dict()
-    return sweep(get_settings(), time_left=lambda: context.get_remaining_time_in_millis() / 1000).as_dict()
+    return sweep_and_repair(
+        get_settings(), time_left=lambda: context.get_remaining_time_in_millis() / 1000, lambda_context=context
+    )

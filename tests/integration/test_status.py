@@ -44,6 +44,8 @@ C = {"ClusterName": CLUSTER}
 @pytest.fixture
 def env(aws_mock, monkeypatch):
     monkeypatch.setenv("STATUS_TABLE", STATUS_TABLE)
+    # These tests are about counting; self-repair, which sends commands after each sweep, has its own tests.
+    monkeypatch.setenv("REPAIR_ENABLED", "false")
     settings.get_settings.cache_clear()
     status.forget_resolutions()
     create_status_table()

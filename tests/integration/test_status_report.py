@@ -18,7 +18,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from eks_prefetch import aws, report, status
+from eks_prefetch import aws, repair, report, status
 from eks_prefetch.settings import get_settings
 from tests.conftest import CLUSTER, DEPLOYMENT_ENV, DOCUMENT
 from tests.integration import test_status as status_tests
@@ -132,6 +132,30 @@ def test_names_the_failed_node_with_its_reason_and_exits_non_zero(deployed, imag
     assert f"missing:  {fresh}  never reported" in trainer
     assert healthy not in trainer
     assert "coverage below 100%: ml/trainer, ml/inference" in out
+    # When self-repair sends next: the pushes are long past their grace period, and nothing was repaired yet.
+    assert trainer.count("repair due now (attempt 1)") == 2
+
+
+def test_shows_when_a_backed_off_node_is_repaired_next(deployed, images):
+    _fake, fleet = deployed
+    node = run_node()
+    fleet.online = {node}
+    aws.update_item(
+        STATUS_TABLE,
+        repair.repair_key(node),
+        "SET repair_digests = :g, repair_attempts = :a, repair_sent_at = :s, repair_next_at = :n",
+        {
+            ":g": ",".join(sorted(images.values())),
+            ":a": 3,
+            ":s": "2026-11-01T10:00:00.000000Z",
+            ":n": "2999-01-01T00:00:00.000000Z",
+        },
+    )
+
+    code, out, _err = run_report()
+
+    assert code == 1
+    assert out.count("next repair at 2999-01-01T00:00:00.000000Z (backed off after 3 attempt(s))") == 2
 
 
 def test_full_coverage_exits_zero(deployed, images):

@@ -8,7 +8,6 @@ from typing import Any
 
 from eks_prefetch.settings import Settings
 from tests import cfn
-from tests.conftest import DEPLOYMENT_ENV
 
 FUNCTIONS = ("EcrPushFunction", "NodeLaunchFunction", "StatusFunction")
 DEAD_LETTER_QUEUES = ("PushDeadLetterQueue", "NodeLaunchDeadLetterQueue", "StatusDeadLetterQueue")
@@ -68,12 +67,10 @@ def test_function_environment_gives_valid_settings_with_the_status_table():
     }
     assert variables["STATUS_TABLE"] == {"Ref": "StatusTable"}
     assert variables["NODE_STATE_TTL_SECONDS"] == {"Ref": "NodeStateTtlSeconds"}
-    stand_ins = {**DEPLOYMENT_ENV, "STATUS_TABLE": "status-table", "NODE_STATE_TTL_SECONDS": "604800"}
-    deployed = {name: value if isinstance(value, str) else stand_ins[name] for name, value in variables.items()}
 
-    loaded = Settings.from_env({**deployed, "AWS_REGION": "us-east-1"})
+    loaded = Settings.from_env(cfn.function_environment("StatusFunction"))
 
-    assert loaded.status_table == "status-table"
+    assert loaded.status_table == "stand-in-StatusTable"
     assert loaded.node_state_ttl_seconds == cfn.template()["Parameters"]["NodeStateTtlSeconds"]["Default"]
 
 
@@ -96,8 +93,13 @@ def test_iam_is_scoped_to_the_table_and_star_only_where_aws_allows_nothing_else(
     ]
     assert by_sid["ReadAgentRegistration"]["Action"] == "ssm:DescribeInstanceInformation"
     assert by_sid["ReadLaunchTime"]["Action"] == "ec2:DescribeInstances"
-    # The status function sends nothing.
-    assert {"Ref": "SendPrefetchCommandPolicy"} not in function()["Policies"]
+    # Self-repair sends with the shared least-privilege policy (the document, to tagged nodes only) and the
+    # idempotency table, like the other paths; nothing more.
+    assert [policy for policy in function()["Policies"] if "Statement" not in policy] == [
+        {"Ref": "ReadWatchedRepositoriesPolicy"},
+        {"Ref": "SendPrefetchCommandPolicy"},
+        {"DynamoDBCrudPolicy": {"TableName": {"Ref": "IdempotencyTable"}}},
+    ]
     # Every "*" carries a comment saying why.
     text = cfn.TEMPLATE.read_text()
     block = text[text.index("  StatusFunction:\n") : text.index("  StatusFunctionLogGroup:")]

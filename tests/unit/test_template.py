@@ -114,26 +114,6 @@ def test_no_wildcard_actions_anywhere():
 # --- every parameter combination CloudFormation accepts makes working settings ---------------------------------------
 
 
-def _parameter_values(**overrides: Any) -> dict[str, Any]:
-    """Every parameter at its default, stand-ins for resources, and the overrides."""
-    parameters = cfn.template()["Parameters"]
-    values: dict[str, Any] = {name: spec.get("Default") for name, spec in parameters.items()}
-    values.update(ClusterName="ml-prod", RepositoryNames=["ml/trainer"])
-    for logical_id in cfn.template()["Resources"]:
-        values.setdefault(logical_id, f"stand-in-{logical_id}")
-    values.update(overrides)
-    return values
-
-
-def _function_environment(function: str, values: dict[str, Any]) -> dict[str, str]:
-    """The environment CloudFormation would give the function, resolved from the template."""
-    variables = {
-        **cfn.template()["Globals"]["Function"]["Environment"]["Variables"],
-        **cfn.resource(function)["Properties"].get("Environment", {}).get("Variables", {}),
-    }
-    return {"AWS_REGION": "us-east-1", **{name: str(cfn.resolve(v, values)) for name, v in variables.items()}}
-
-
 def _extremes() -> list[dict[str, Any]]:
     numbers = {
         name: (spec["MinValue"], spec.get("MaxValue", spec["MinValue"] * 1000))
@@ -163,7 +143,7 @@ def _extremes() -> list[dict[str, Any]]:
 def test_template_extremes_load_working_settings(function: str, overrides: dict[str, Any]):
     """No parameter combination that CloudFormation accepts may make every invocation fail: where the template
     cannot express a constraint of Settings, Settings resolves it and names it."""
-    loaded = Settings.from_env(_function_environment(function, _parameter_values(**overrides)))
+    loaded = Settings.from_env(cfn.function_environment(function, **overrides))
 
     assert loaded.effective_pull_timeout_seconds < loaded.execution_timeout_seconds
     images = [

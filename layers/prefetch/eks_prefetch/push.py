@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -64,9 +65,9 @@ def prefetch_pushed_image(
     if not settings.tag_pattern.search(detail.image_tag):
         return _ignored("tag does not match the filter", tag=detail.image_tag, tag_filter=settings.tag_filter)
 
-    listed: set[str] = set()
+    listed: dict[str, datetime] = {}
     try:
-        newest = resolve_newest(repository, settings, seen_digests=listed)
+        newest = resolve_newest(repository, settings, seen=listed)
     except ClientError as error:
         if error.response["Error"]["Code"] == "RepositoryNotFoundException":
             return _ignored("repository does not exist", repository=repository)

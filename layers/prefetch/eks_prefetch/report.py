@@ -2,7 +2,8 @@
 
 It reads the stack with the same code the status function runs: the stack's outputs name the status function, whose
 environment becomes the Settings; coverage is ``status.fleet_coverage``, exactly what the sweep measures. It prints,
-per watched repository, the newest image, the coverage and the online nodes missing it with their last error.
+per watched repository, the newest image, the coverage and the online nodes missing it with their last error and
+when self-repair will next send to them.
 
 Exit status: 0 when every repository is at 100%, 1 when one is below (for scripts and alarms' runbooks), 2 when the
 stack cannot be read.
@@ -13,15 +14,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
-from eks_prefetch import aws
+from eks_prefetch import aws, repair
 from eks_prefetch.settings import Settings
-from eks_prefetch.status import RepositoryCoverage, fleet_coverage
+from eks_prefetch.status import NewestImages, RepositoryCoverage, fleet_coverage, online_nodes
 
 STATUS_FUNCTION_OUTPUT = "StatusFunctionName"
 
@@ -44,7 +46,12 @@ def settings_of_stack(stack_name: str, region: str | None = None) -> Settings:
         raise StackError(f"the status function's environment is not valid: {error}") from error
 
 
-def render(coverages: Sequence[RepositoryCoverage], cluster: str, out: TextIO) -> None:
+def render(
+    coverages: Sequence[RepositoryCoverage],
+    cluster: str,
+    out: TextIO,
+    next_repair: Callable[[str], str] = lambda _node: "",
+) -> None:
     online = len(coverages[0].online) if coverages else 0
     out.write(f"cluster {cluster}: {online} online node(s)\n")
     for coverage in coverages:
@@ -64,6 +71,9 @@ def render(coverages: Sequence[RepositoryCoverage], cluster: str, out: TextIO) -
             else:
                 why = "never reported (no prefetch result yet)"
             out.write(f"  missing:  {state.instance_id}  {why}\n")
+            repair_line = next_repair(state.instance_id)
+            if repair_line:
+                out.write(f"            {repair_line}\n")
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -76,11 +86,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
             # Before the first AWS call: clients are created on first use and then read it.
             os.environ["AWS_DEFAULT_REGION"] = args.region
         settings = settings_of_stack(args.stack, args.region)
-        coverages, _states = fleet_coverage(settings)
+        newest = NewestImages(settings)
+        online = online_nodes(settings)
+        coverages, states = fleet_coverage(settings, newest, online)
+        # Commands in flight are known to the sweep only; this view sees the repairs the rows record.
+        plan = repair.plan_for(coverages, states, online, (), newest, settings, datetime.now(UTC))
     except (StackError, ClientError, BotoCoreError) as error:
         err.write(f"cannot read the stack {args.stack}: {error}\n")
         return 2
-    render(coverages, settings.cluster_name, out)
+    render(coverages, settings.cluster_name, out, lambda node: repair.next_repair(plan, node, settings))
     below = [coverage.repository for coverage in coverages if coverage.percent < 100.0]
     if below:
         out.write(f"\ncoverage below 100%: {', '.join(below)}\n")

@@ -79,6 +79,19 @@ class Settings(BaseModel):
         alias="SWEEP_MAX_LOOKBACK_SECONDS", default=172_800
     )
 
+    # --- Self-repair, in the status function's sweep (issue 10). Defaulted like the status block. ---
+    repair_enabled: bool = Field(alias="REPAIR_ENABLED", default=True)
+    # After a push (or a node's registration), the fleet command (or the node-launch path) is still at work.
+    repair_grace_seconds: Annotated[int, Field(ge=0, le=86_400)] = Field(alias="REPAIR_GRACE_SECONDS", default=900)
+    # At most this many nodes are sent a repair per sweep, oldest gap first: an outage is no thundering herd.
+    repair_max_nodes_per_sweep: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        alias="REPAIR_MAX_NODES_PER_SWEEP", default=200
+    )
+    # A node that keeps failing waits twice as long after each repair, up to this.
+    repair_backoff_cap_seconds: Annotated[int, Field(ge=600, le=604_800)] = Field(
+        alias="REPAIR_BACKOFF_CAP_SECONDS", default=21_600
+    )
+
     _split_repositories = field_validator("repository_names", mode="before")(_split_csv)
 
     @field_validator("repository_names")

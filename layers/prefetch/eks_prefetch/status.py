@@ -22,7 +22,7 @@ import functools
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -134,7 +134,7 @@ class InvocationOutcome:
 # A push brings one status event per node within minutes: one resolution (a DescribeImages listing) serves a burst
 # of them in a warm container, instead of one per node. Short, so that a newer push is seen soon.
 RESOLUTION_TTL_SECONDS = 30.0
-_recent: dict[tuple[str, str], tuple[float, ResolvedImage | None]] = {}
+_recent: dict[tuple[str, str], tuple[float, ResolvedImage | None, dict[str, datetime]]] = {}
 
 
 def forget_resolutions() -> None:
@@ -143,25 +143,34 @@ def forget_resolutions() -> None:
 
 @dataclass
 class NewestImages:
-    """The newest image per repository, from the one resolution, reused for RESOLUTION_TTL_SECONDS."""
+    """The newest image per repository, from the one resolution, reused for RESOLUTION_TTL_SECONDS; and, from the
+    same listing, when each tagged image of the repository was pushed."""
 
     settings: Settings
     clock: Callable[[], float] = time.monotonic
 
     def get(self, repository: str) -> ResolvedImage | None:
+        return self._listing(repository)[0]
+
+    def pushed_at(self, repository: str, digest: str) -> datetime | None:
+        """When a tagged image of the repository was pushed; None if the listing does not show it."""
+        return self._listing(repository)[1].get(digest)
+
+    def _listing(self, repository: str) -> tuple[ResolvedImage | None, dict[str, datetime]]:
         key = (repository, self.settings.tag_filter)
         cached = _recent.get(key)
         if cached is not None and self.clock() - cached[0] < RESOLUTION_TTL_SECONDS:
-            return cached[1]
-        newest = self._resolve(repository)
-        _recent[key] = (self.clock(), newest)
-        return newest
+            return cached[1], cached[2]
+        seen: dict[str, datetime] = {}
+        newest = self._resolve(repository, seen)
+        _recent[key] = (self.clock(), newest, seen)
+        return newest, seen
 
-    def _resolve(self, repository: str) -> ResolvedImage | None:
+    def _resolve(self, repository: str, seen: dict[str, datetime]) -> ResolvedImage | None:
         if repository not in self.settings.repository_names:
             return None
         try:
-            return resolve_newest(repository, self.settings)
+            return resolve_newest(repository, self.settings, seen=seen)
         except ClientError as error:
             if error.response["Error"]["Code"] != "RepositoryNotFoundException":
                 raise
@@ -584,10 +593,12 @@ def coverage_of(
     return RepositoryCoverage(repository, newest, nodes, missing)
 
 
-def online_nodes(settings: Settings) -> list[str]:
-    return sorted(
-        {info["InstanceId"] for info in aws.online_managed_nodes(settings.node_tag_key, settings.node_tag_value)}
-    )
+def online_nodes(settings: Settings) -> dict[str, Mapping[str, Any]]:
+    """The online cluster nodes, by instance id, as DescribeInstanceInformation describes them."""
+    nodes = {
+        info["InstanceId"]: info for info in aws.online_managed_nodes(settings.node_tag_key, settings.node_tag_value)
+    }
+    return dict(sorted(nodes.items()))
 
 
 def node_states(settings: Settings, nodes: Iterable[str]) -> dict[tuple[str, str], NodeState]:
@@ -600,11 +611,11 @@ def node_states(settings: Settings, nodes: Iterable[str]) -> dict[tuple[str, str
 
 
 def fleet_coverage(
-    settings: Settings, newest: NewestImages | None = None
+    settings: Settings, newest: NewestImages | None = None, online: Mapping[str, Mapping[str, Any]] | None = None
 ) -> tuple[list[RepositoryCoverage], dict[tuple[str, str], NodeState]]:
     """Coverage of every watched repository over the online cluster nodes: what the sweep and `make status` show."""
     newest = newest or NewestImages(settings)
-    nodes = online_nodes(settings)
+    nodes = list(online_nodes(settings) if online is None else online)
     states = node_states(settings, nodes)
     coverages = [
         coverage_of(repository, newest.get(repository), nodes, states) for repository in settings.repository_names
@@ -666,6 +677,12 @@ class SweepResult:
     already_counted: int
     errors: int
     coverage: dict[str, float]
+    # What the sweep saw, for the repair step that follows it (not part of the result returned).
+    coverages: tuple[RepositoryCoverage, ...] = ()
+    states: Mapping[tuple[str, str], NodeState] = field(default_factory=dict)
+    online: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    in_flight: frozenset[str] = frozenset()
+    newest: NewestImages | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -686,6 +703,8 @@ class _CommandTally:
     already: int = 0
     errors: int = 0
     still_open: bool = False
+    # Nodes with an invocation of this command not finished yet.
+    in_flight: set[str] = field(default_factory=set)
 
 
 def _sweep_command(
@@ -706,6 +725,7 @@ def _sweep_command(
         instance_id = invocation["InstanceId"]
         if invocation.get("Status") in NON_TERMINAL:
             tally.still_open = True
+            tally.in_flight.add(instance_id)
             continue
         try:
             if is_claimed(settings, command_id, instance_id):
@@ -756,6 +776,7 @@ def sweep(
     newest = NewestImages(settings)
     oldest_open: datetime | None = None
     commands = counted = already = errors = 0
+    in_flight: set[str] = set()
 
     for command in aws.list_document_commands(settings.document_name, watermark):
         # The filters are the server's; checked again, so that nothing of another document is ever counted.
@@ -772,13 +793,15 @@ def sweep(
         counted += tally.counted
         already += tally.already
         errors += tally.errors
+        in_flight |= tally.in_flight
         if tally.still_open:
             oldest_open = min(filter(None, [oldest_open, requested]))
 
     next_watermark = max(min(filter(None, [oldest_open, now - WATERMARK_SAFETY])), watermark)
     aws.put_item(settings.status_table, {**WATERMARK_KEY, "watermark": timestamp(next_watermark)})
 
-    coverages, states = fleet_coverage(settings, newest)
+    online = online_nodes(settings)
+    coverages, states = fleet_coverage(settings, newest, online)
     emit_coverage_metrics(coverages, settings)
     refresh_ttl(settings, states.values(), now)
     return SweepResult(
@@ -789,4 +812,9 @@ def sweep(
         already_counted=already,
         errors=errors,
         coverage={coverage.repository: round(coverage.percent, 2) for coverage in coverages if coverage.newest},
+        coverages=tuple(coverages),
+        states=states,
+        online=online,
+        in_flight=frozenset(in_flight),
+        newest=newest,
     )

@@ -29,6 +29,10 @@ COVERAGE = "Coverage"
 NODES_MISSING_NEWEST = "NodesMissingNewest"
 ONLINE_NODES = "OnlineNodes"
 SWEEP_RECOVERED = "SweepRecoveredInvocations"
+# Self-repair, per sweep.
+REPAIR_COMMANDS_SENT = "RepairCommandsSent"
+NODES_REPAIRED = "NodesRepaired"
+NODES_BACKED_OFF = "NodesBackedOff"
 
 Metric = tuple[str, MetricUnit, float]
 

@@ -1,0 +1,386 @@
+"""Self-repair: every online node converges to the newest images, even when an event was lost or a pull failed.
+
+After each sweep has counted invocations and measured coverage, the nodes that lack a newest digest are sent
+exactly what they lack, by instance id, with the command builder, document, safety settings and at-most-once send
+of the other paths. What keeps this from doing harm:
+
+- nothing within the grace period after a push (the fleet command is still working through its waves) or after a
+  node's registration (the node-launch path is at work);
+- nothing to a node with a command still in flight: an invocation the sweep saw unfinished, or a repair sent to it
+  that it has not reported on yet;
+- a node that keeps failing backs off exponentially, up to a cap, recorded in its state row;
+- at most ``repair_max_nodes_per_sweep`` nodes a sweep, oldest gap first;
+- never an image older than what the node holds;
+- the idempotency key names the sweep window, so a repeated or overlapping sweep sends nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from eks_prefetch import aws
+from eks_prefetch import status_metrics as m
+from eks_prefetch.commands import image_batches, send_command_request
+from eks_prefetch.images import ResolvedImage
+from eks_prefetch.sending import send_once
+from eks_prefetch.settings import Settings
+from eks_prefetch.status import (
+    NewestImages,
+    NodeState,
+    RepositoryCoverage,
+    SweepResult,
+    parse_time,
+    sweep,
+    timestamp,
+)
+
+logger = Logger(child=True)
+
+# The sweep runs every 5 minutes: the first backoff skips at least one sweep.
+BACKOFF_BASE_SECONDS = 600
+# SSM's limit of instance ids in one SendCommand.
+MAX_INSTANCES_PER_COMMAND = 50
+# The window a repair's idempotency key names: the sweep's schedule.
+REPAIR_WINDOW_SECONDS = 300
+# A repair is not started with less time left than this: one send, its look-ups, and the state update.
+SEND_RESERVE_SECONDS = 20.0
+
+
+def repair_key(instance_id: str) -> dict[str, str]:
+    """The node's own row in the status table (beside its per-repository rows)."""
+    return {"pk": f"NODE#{instance_id}", "sk": "NODE"}
+
+
+@dataclass(frozen=True)
+class RepairState:
+    """What the node's row records of repairs: for which digests, how often, when last sent, when next allowed."""
+
+    digests: str = ""
+    attempts: int = 0
+    sent_at: str = ""
+    next_at: str = ""
+    command_id: str = ""
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any] | None) -> RepairState:
+        item = item or {}
+        return cls(
+            digests=str(item.get("repair_digests", "")),
+            attempts=int(item.get("repair_attempts") or 0),
+            sent_at=str(item.get("repair_sent_at", "")),
+            next_at=str(item.get("repair_next_at", "")),
+            command_id=str(item.get("repair_command_id", "")),
+        )
+
+    def for_gap(self, digests: str) -> RepairState:
+        """The state that applies to this gap: a new gap (another set of digests) starts without backoff."""
+        return self if self.digests == digests else RepairState()
+
+
+def backoff_seconds(attempts: int, settings: Settings) -> int:
+    """How long after its ``attempts``-th repair a node waits before the next: doubling, capped."""
+    return min(BACKOFF_BASE_SECONDS * 2 ** min(max(attempts, 1) - 1, 30), settings.repair_backoff_cap_seconds)
+
+
+@dataclass(frozen=True)
+class NodeGap:
+    instance_id: str
+    images: tuple[ResolvedImage, ...]
+    # When the oldest image it lacks was pushed: the gap's age, for oldest-first.
+    since: datetime
+
+    @property
+    def digests(self) -> str:
+        return ",".join(sorted(image.digest for image in self.images))
+
+
+@dataclass(frozen=True)
+class Skipped:
+    instance_id: str
+    why: str  # grace | in_flight | backed_off | deferred
+    until: str = ""
+
+
+@dataclass(frozen=True)
+class RepairPlan:
+    commands: tuple[tuple[tuple[ResolvedImage, ...], tuple[str, ...]], ...]
+    gaps: Mapping[str, NodeGap]
+    skipped: tuple[Skipped, ...]
+    repair_states: Mapping[str, RepairState]
+
+    def skipped_for(self, why: str) -> list[Skipped]:
+        return [skip for skip in self.skipped if skip.why == why]
+
+
+def _last_report(instance_id: str, repositories: Iterable[str], states: Mapping[tuple[str, str], NodeState]) -> str:
+    stamps = [
+        stamp
+        for repository in repositories
+        if (state := states.get((instance_id, repository))) is not None
+        for stamp in (state.cached_at, state.last_error_at)
+    ]
+    return max(stamps, default="")
+
+
+def find_gaps(
+    coverages: Iterable[RepositoryCoverage],
+    pushed_at: Callable[[str, str], datetime | None],
+    settings: Settings,
+    now: datetime,
+) -> dict[str, NodeGap]:
+    """Per online node, the newest images it lacks: past the grace period after their push, and never an image
+    older than the one the node holds."""
+    grace = timedelta(seconds=settings.repair_grace_seconds)
+    lacking: dict[str, list[ResolvedImage]] = defaultdict(list)
+    for coverage in coverages:
+        newest = coverage.newest
+        if newest is None or now - newest.pushed_at < grace:
+            continue
+        for state in coverage.missing:
+            held = pushed_at(coverage.repository, state.digest) if state.digest else None
+            if held is not None and held > newest.pushed_at:
+                # The node holds a newer image than the resolution's (a tag moved back, a filter changed).
+                continue
+            lacking[state.instance_id].append(newest)
+    return {
+        node: NodeGap(node, tuple(images), since=min(image.pushed_at for image in images))
+        for node, images in sorted(lacking.items())
+    }
+
+
+def plan_repairs(
+    gaps: Mapping[str, NodeGap],
+    *,
+    online: Mapping[str, Mapping[str, Any]],
+    states: Mapping[tuple[str, str], NodeState],
+    repair_states: Mapping[str, RepairState],
+    in_flight: Iterable[str],
+    settings: Settings,
+    now: datetime,
+) -> RepairPlan:
+    """Pure: which nodes get which images now, grouped into commands; and why each of the others waits."""
+    grace = timedelta(seconds=settings.repair_grace_seconds)
+    flight_window = timedelta(seconds=settings.delivery_timeout_seconds + settings.execution_timeout_seconds)
+    busy = set(in_flight)
+    skipped: list[Skipped] = []
+    eligible: list[NodeGap] = []
+    for node, gap in gaps.items():
+        registered = parse_time((online.get(node) or {}).get("RegistrationDate"))
+        if registered is not None and now - registered < grace:
+            skipped.append(Skipped(node, "grace", timestamp(registered + grace)))
+            continue
+        recorded = repair_states.get(node, RepairState())
+        # Any repair the node has not reported on since, whatever gap it was for, is still running.
+        sent = parse_time(recorded.sent_at)
+        repositories = {image.repository for image in gap.images}
+        unreported = sent is not None and _last_report(node, repositories, states) < recorded.sent_at
+        if node in busy or (unreported and now - sent < flight_window):
+            skipped.append(Skipped(node, "in_flight", recorded.sent_at))
+            continue
+        next_at = parse_time(recorded.for_gap(gap.digests).next_at)
+        if next_at is not None and now < next_at:
+            skipped.append(Skipped(node, "backed_off", timestamp(next_at)))
+            continue
+        eligible.append(gap)
+
+    eligible.sort(key=lambda gap: (gap.since, gap.instance_id))
+    chosen = eligible[: settings.repair_max_nodes_per_sweep]
+    skipped.extend(Skipped(gap.instance_id, "deferred") for gap in eligible[settings.repair_max_nodes_per_sweep :])
+
+    groups: dict[tuple[ResolvedImage, ...], list[str]] = defaultdict(list)
+    for gap in chosen:
+        groups[tuple(sorted(gap.images, key=lambda image: image.repository))].append(gap.instance_id)
+    commands = tuple(
+        (tuple(batch), tuple(nodes[start : start + MAX_INSTANCES_PER_COMMAND]))
+        for images, nodes in sorted(groups.items(), key=lambda group: [image.reference for image in group[0]])
+        for start in range(0, len(nodes), MAX_INSTANCES_PER_COMMAND)
+        for batch in image_batches(images)
+    )
+    return RepairPlan(commands=commands, gaps=dict(gaps), skipped=tuple(skipped), repair_states=dict(repair_states))
+
+
+def read_repair_states(settings: Settings, nodes: Iterable[str]) -> dict[str, RepairState]:
+    items = aws.batch_get_items(settings.status_table, [repair_key(node) for node in nodes])
+    return {str(item["pk"]).removeprefix("NODE#"): RepairState.from_item(item) for item in items}
+
+
+def _window(now: datetime) -> str:
+    start = int(now.timestamp()) // REPAIR_WINDOW_SECONDS * REPAIR_WINDOW_SECONDS
+    return timestamp(datetime.fromtimestamp(start, UTC))
+
+
+def _short_hash(values: Sequence[str]) -> str:
+    return hashlib.sha256(",".join(values).encode()).hexdigest()[:16]
+
+
+def _record_sent(settings: Settings, gap: NodeGap, previous: RepairState, command_id: str, now: datetime) -> None:
+    attempts = previous.for_gap(gap.digests).attempts + 1
+    aws.update_item(
+        settings.status_table,
+        repair_key(gap.instance_id),
+        "SET repair_digests = :g, repair_attempts = :a, repair_sent_at = :s, repair_next_at = :n, "
+        "repair_command_id = :c, expires_at = :e",
+        {
+            ":g": gap.digests,
+            ":a": attempts,
+            ":s": timestamp(now),
+            ":n": timestamp(now + timedelta(seconds=backoff_seconds(attempts, settings))),
+            ":c": command_id,
+            ":e": int(now.timestamp()) + settings.node_state_ttl_seconds,
+        },
+    )
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    enabled: bool
+    commands_sent: int = 0
+    nodes_repaired: int = 0
+    nodes_backed_off: int = 0
+    nodes_waiting: int = 0
+    errors: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        if not self.enabled:
+            return {"enabled": False}
+        return {
+            "commands_sent": self.commands_sent,
+            "nodes_repaired": self.nodes_repaired,
+            "nodes_backed_off": self.nodes_backed_off,
+            "nodes_waiting": self.nodes_waiting,
+            "errors": self.errors,
+        }
+
+
+def plan_from_sweep(swept: SweepResult, settings: Settings, now: datetime) -> RepairPlan:
+    """The repair plan for what a sweep saw."""
+    newest = swept.newest or NewestImages(settings)
+    return plan_for(swept.coverages, swept.states, swept.online, swept.in_flight, newest, settings, now)
+
+
+def plan_for(
+    coverages: Iterable[RepositoryCoverage],
+    states: Mapping[tuple[str, str], NodeState],
+    online: Mapping[str, Mapping[str, Any]],
+    in_flight: Iterable[str],
+    newest: NewestImages,
+    settings: Settings,
+    now: datetime,
+) -> RepairPlan:
+    """The repair plan for a view of the fleet (the sweep's, or `make status`'s), with the nodes' repair rows."""
+    gaps = find_gaps(coverages, newest.pushed_at, settings, now)
+    return plan_repairs(
+        gaps,
+        online=online,
+        states=states,
+        repair_states=read_repair_states(settings, gaps) if gaps else {},
+        in_flight=in_flight,
+        settings=settings,
+        now=now,
+    )
+
+
+def next_repair(plan: RepairPlan, instance_id: str, settings: Settings) -> str:
+    """When the node's next repair is due, for a person (the operator's view)."""
+    if not settings.repair_enabled:
+        return "self-repair is disabled"
+    if any(instance_id in nodes for _images, nodes in plan.commands):
+        attempts = plan.repair_states.get(instance_id, RepairState()).attempts
+        return f"repair due now (attempt {attempts + 1})"
+    skip = next((skip for skip in plan.skipped if skip.instance_id == instance_id), None)
+    if skip is None:
+        return "no repair: within the grace period after the push"
+    attempts = plan.repair_states.get(instance_id, RepairState()).attempts
+    return {
+        "grace": f"no repair before {skip.until}: registered recently, the node-launch path is at work",
+        "in_flight": f"repair in flight since {skip.until}",
+        "backed_off": f"next repair at {skip.until} (backed off after {attempts} attempt(s))",
+        "deferred": "repair due, beyond this sweep's bound: the next sweeps",
+    }[skip.why]
+
+
+def repair(
+    swept: SweepResult,
+    settings: Settings,
+    *,
+    now: datetime,
+    time_left: Callable[[], float] | None = None,
+    lambda_context: LambdaContext | None = None,
+) -> RepairResult:
+    """Send what the plan says; record each sent node's backoff; emit the repair metrics."""
+    if not settings.repair_enabled:
+        return RepairResult(enabled=False)
+    plan = plan_from_sweep(swept, settings, now)
+    sent = repaired = errors = 0
+    window = _window(now)
+    for images, nodes in plan.commands:
+        if time_left is not None and time_left() < SEND_RESERVE_SECONDS:
+            logger.warning("repair out of time: the next sweep sends the rest", extra={"nodes_left": len(nodes)})
+            break
+        references = [image.reference for image in images]
+        key = {"repair_window": window, "images": _short_hash(references), "nodes": _short_hash(nodes)}
+        try:
+            command_id, sent_now = send_once(
+                send_command_request(images, settings, instance_ids=list(nodes)),
+                key=key,
+                settings=settings,
+                lambda_context=lambda_context,
+                log_fields={"repair": True, "instance_ids": list(nodes), "images": references},
+            )
+        except Exception:
+            # Not sent (or not known to be): these nodes stay missing, and the next sweep plans them again.
+            logger.exception("repair command failed", extra={"instance_ids": list(nodes), "images": references})
+            errors += 1
+            continue
+        for node in nodes:
+            previous = plan.repair_states.get(node, RepairState())
+            if not sent_now and previous.command_id == command_id:
+                continue  # a repeated sweep: already recorded
+            _record_sent(settings, plan.gaps[node], previous, command_id, now)
+        if sent_now:
+            sent += 1
+            repaired += len(nodes)
+    backed_off = len(plan.skipped_for("backed_off"))
+    waiting = len(plan.skipped) - backed_off
+    if plan.gaps:
+        logger.info(
+            "repair",
+            extra={
+                "commands_sent": sent,
+                "nodes_repaired": repaired,
+                "nodes_backed_off": backed_off,
+                "nodes_waiting": waiting,
+            },
+        )
+    m.emit(
+        {"ClusterName": settings.cluster_name},
+        [
+            (m.REPAIR_COMMANDS_SENT, MetricUnit.Count, sent),
+            (m.NODES_REPAIRED, MetricUnit.Count, repaired),
+            (m.NODES_BACKED_OFF, MetricUnit.Count, backed_off),
+        ],
+    )
+    return RepairResult(True, sent, repaired, backed_off, waiting, errors)
+
+
+def sweep_and_repair(
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    time_left: Callable[[], float] | None = None,
+    lambda_context: LambdaContext | None = None,
+) -> dict[str, Any]:
+    """The scheduled run: count what events missed and measure coverage, then repair the gaps it found."""
+    now = now or datetime.now(UTC)
+    swept = sweep(settings, now=now, time_left=time_left)
+    repaired = repair(swept, settings, now=now, time_left=time_left, lambda_context=lambda_context)
+    return {**swept.as_dict(), "repair": repaired.as_dict()}
