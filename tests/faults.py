@@ -85,3 +85,21 @@ def lose_replies(client: Any, operation: str, times: int) -> list[int]:
 
     client.meta.events.register_first(event, carried_out_then_lost)
     return answered
+
+
+def reset_first_connection(client: Any, operation: str) -> list[str]:
+    """The first call of ``operation`` has its connection reset after the request was written, before the service
+    saw it (ConnectionClosedError from the client's before-send): botocore cannot tell whether it was carried out.
+    Returns the URLs of the calls reset."""
+    from botocore.exceptions import ConnectionClosedError  # noqa: PLC0415
+
+    resets: list[str] = []
+    event = f"before-send.{client.meta.service_model.service_id.hyphenize()}.{operation}"
+
+    def reset_first(request: Any, **_: Any) -> None:
+        if not resets:
+            resets.append(request.url)
+            raise ConnectionClosedError(endpoint_url=request.url)
+
+    client.meta.events.register_first(event, reset_first)
+    return resets

@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 import pytest
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyPersistenceLayerError
-from botocore.exceptions import ClientError, ConnectionClosedError
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from moto.dynamodb.models import dynamodb_backends
 from moto.ssm.models import ssm_backends
@@ -36,7 +36,7 @@ from tests.conftest import (
     send_attempts,
 )
 from tests.ecr import at, create_repository, digest_of, push_image
-from tests.faults import fail_completed_saves, lose_replies, throttle_first
+from tests.faults import fail_completed_saves, lose_replies, reset_first_connection, throttle_first
 
 EVENTS = Path(__file__).resolve().parents[2] / "events" / "ecr_push"
 REGISTRY = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
@@ -347,17 +347,11 @@ def test_ambiguous_failure_with_no_command_listed_fails_then_the_retry_sends_onc
     """The connection resets after the request was written, and SSM did not carry it out (a ConnectionClosedError
     raised before moto sees the request): the outcome is unknown, so the invocation fails for a retry; the retry
     looks for the command, finds none, and sends exactly one."""
-    resets: list[str] = []
-
-    def reset_first(request: Any, **_: Any) -> None:
-        if not resets:
-            resets.append(request.url)
-            raise ConnectionClosedError(endpoint_url=request.url)
-
-    aws.client("ssm").meta.events.register_first("before-send.ssm.SendCommand", reset_first)
+    resets = reset_first_connection(aws.client("ssm"), "SendCommand")
 
     with pytest.raises(SendOutcomeUnknownError):
         handler(push_event("ml/trainer", trainer["v2"], "v2.0.0"), lambda_context)
+    assert len(resets) == 1  # not retried blindly
     assert commands_sent() == []
     assert idempotency_records() == []
 

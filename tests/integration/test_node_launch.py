@@ -26,7 +26,7 @@ from typing import Any
 import boto3
 import pytest
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
-from botocore.exceptions import ClientError, ConnectionClosedError
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from moto.core.exceptions import ServiceException
 from moto.ec2.exceptions import EC2ClientError
@@ -40,7 +40,7 @@ from eks_prefetch.sending import event_marker
 from eks_prefetch.settings import get_settings
 from tests.conftest import ACCOUNT, CLUSTER, DOCUMENT, LOG_GROUP, REGION, idempotency_records, load_handler
 from tests.ecr import at, create_repository, push_image
-from tests.faults import lose_replies, throttle_first
+from tests.faults import lose_replies, reset_first_connection, throttle_first
 
 EVENTS = Path(__file__).resolve().parents[2] / "events" / "node_launch"
 REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
@@ -877,19 +877,13 @@ def test_unknown_send_outcome_is_retried_soon_and_sends_once(
 ) -> None:
     """A connection reset after the request was written, which SSM did not carry out: the record is retried after
     the short not-ready backoff (not the queue's 6-minute visibility timeout), and the retry sends one command."""
-    resets: list[str] = []
-
-    def reset_first(request: Any, **_: Any) -> None:
-        if not resets:
-            resets.append(request.url)
-            raise ConnectionClosedError(endpoint_url=request.url)
-
-    aws.client("ssm").meta.events.register_first("before-send.ssm.SendCommand", reset_first)
+    resets = reset_first_connection(aws.client("ssm"), "SendCommand")
     instance = run_instance(node_tags())
     agents.online.add(instance)
     queue.publish(running_event(instance))
 
     assert len(queue.deliver()["batchItemFailures"]) == 1
+    assert len(resets) == 1  # not retried blindly
     assert visibility == [15]
     assert commands() == []
     assert queue.deliver() == {"batchItemFailures": []}

@@ -20,57 +20,25 @@ import pytest
 from eks_prefetch import aws, repair, settings, status
 from eks_prefetch.settings import get_settings
 from tests.conftest import DOCUMENT
-from tests.ecr import at, create_repository, push_image
+from tests.ecr import at, push_image
+from tests.integration.conftest import INFERENCE, TRAINER
 from tests.status_doubles import (
     REGISTRY,
     STATUS_TABLE,
     Answer,
-    FakeFleet,
-    FakeInvocations,
-    create_status_table,
     image_line,
     summary_line,
     total,
 )
 
-TRAINER = "ml/trainer"
-INFERENCE = "ml/inference"
 GRACE = timedelta(minutes=15)
 
 
-@pytest.fixture
-def env(aws_mock, monkeypatch):
-    monkeypatch.setenv("STATUS_TABLE", STATUS_TABLE)
+@pytest.fixture(autouse=True)
+def env(status_env, monkeypatch):
     monkeypatch.setenv("REPAIR_ENABLED", "true")
     monkeypatch.setenv("REPAIR_GRACE_SECONDS", str(int(GRACE.total_seconds())))
     settings.get_settings.cache_clear()
-    status.forget_resolutions()
-    create_status_table()
-    yield
-    settings.get_settings.cache_clear()
-    status.forget_resolutions()
-
-
-@pytest.fixture
-def fake(env, monkeypatch) -> FakeInvocations:
-    return FakeInvocations().install(monkeypatch)
-
-
-@pytest.fixture
-def fleet(env, monkeypatch) -> FakeFleet:
-    return FakeFleet().install(monkeypatch)
-
-
-@pytest.fixture
-def images(env) -> dict[str, str]:
-    """The newest trainer image was pushed at 12:00, the newest inference image at 12:10."""
-    create_repository(TRAINER)
-    create_repository(INFERENCE)
-    push_image(TRAINER, "trainer-v1", tag="v1", pushed_at=at(-60))
-    return {
-        TRAINER: push_image(TRAINER, "trainer-v2", tag="v2", pushed_at=at(0)),
-        INFERENCE: push_image(INFERENCE, "inference-v1", tag="v1", pushed_at=at(10)),
-    }
 
 
 def node_ids(count: int, start: int = 0) -> list[str]:

@@ -20,13 +20,11 @@ from moto.ec2.models import ec2_backends
 from eks_prefetch import aws, settings, status
 from tests.conftest import ACCOUNT, CLUSTER, DOCUMENT, REGION, load_handler
 from tests.ecr import at, create_repository, push_image
+from tests.integration.conftest import INFERENCE, TRAINER
 from tests.status_doubles import (
     REGISTRY,
     STATUS_TABLE,
     Answer,
-    FakeFleet,
-    FakeInvocations,
-    create_status_table,
     emitted,
     image_line,
     scheduled_event,
@@ -36,44 +34,19 @@ from tests.status_doubles import (
     values,
 )
 
-TRAINER = "ml/trainer"
-INFERENCE = "ml/inference"
 C = {"ClusterName": CLUSTER}
 
 
 @pytest.fixture
-def env(aws_mock, monkeypatch):
-    monkeypatch.setenv("STATUS_TABLE", STATUS_TABLE)
+def env(status_env, monkeypatch):
     # These tests are about counting; self-repair, which sends commands after each sweep, has its own tests.
     monkeypatch.setenv("REPAIR_ENABLED", "false")
     settings.get_settings.cache_clear()
-    status.forget_resolutions()
-    create_status_table()
-    yield
-    settings.get_settings.cache_clear()
-    status.forget_resolutions()
 
 
-@pytest.fixture
-def fake(env, monkeypatch) -> FakeInvocations:
-    return FakeInvocations().install(monkeypatch)
-
-
-@pytest.fixture
-def fleet(env, monkeypatch) -> FakeFleet:
-    return FakeFleet().install(monkeypatch)
-
-
-@pytest.fixture
-def images(env) -> dict[str, str]:
-    """Two watched repositories; the newest of each was pushed at 12:00 (trainer) and 12:10 (inference)."""
-    create_repository(TRAINER)
-    create_repository(INFERENCE)
-    push_image(TRAINER, "trainer-v1", tag="v1", pushed_at=at(-60))
-    return {
-        TRAINER: push_image(TRAINER, "trainer-v2", tag="v2", pushed_at=at(0)),
-        INFERENCE: push_image(INFERENCE, "inference-v1", tag="v1", pushed_at=at(10)),
-    }
+@pytest.fixture(autouse=True)
+def _without_repair(env):
+    """Every test here runs without self-repair, whichever fixtures it asks for."""
 
 
 @pytest.fixture

@@ -16,18 +16,16 @@ from datetime import timedelta
 
 import pytest
 
-from eks_prefetch import aws, settings, status
+from eks_prefetch import aws, settings
 from tests import cfn
 from tests.conftest import load_handler
-from tests.ecr import at, create_repository, push_image
+from tests.ecr import at
 from tests.integration import test_node_launch as launch_tests
 from tests.integration.test_status import ENDED, INFERENCE, TRAINER, good_output, ref, run_node, send
 from tests.status_doubles import (
-    STATUS_TABLE,
     Answer,
     FakeFleet,
     FakeInvocations,
-    create_status_table,
     emf_documents,
     image_line,
     scheduled_event,
@@ -61,7 +59,7 @@ def emitted_metrics(stdout: str) -> set[tuple[str, frozenset[str]]]:
 
 
 @pytest.fixture
-def everything_emitted(fleet_env, images, monkeypatch, lambda_context, capsys) -> set[tuple[str, frozenset[str]]]:
+def everything_emitted(status_env, images, monkeypatch, lambda_context, capsys) -> set[tuple[str, frozenset[str]]]:
     """Run the status function and the node-launch function through every outcome; what they printed as EMF."""
     fake = FakeInvocations().install(monkeypatch)
     fleet = FakeFleet().install(monkeypatch)
@@ -105,27 +103,6 @@ def everything_emitted(fleet_env, images, monkeypatch, lambda_context, capsys) -
         "EksImagePrefetchTest"  # the test deployment's namespace (tests/conftest.py)
     }
     return emitted_metrics(printed)
-
-
-@pytest.fixture
-def fleet_env(aws_mock, monkeypatch):
-    monkeypatch.setenv("STATUS_TABLE", STATUS_TABLE)
-    settings.get_settings.cache_clear()
-    status.forget_resolutions()
-    create_status_table()
-    yield
-    settings.get_settings.cache_clear()
-    status.forget_resolutions()
-
-
-@pytest.fixture
-def images(fleet_env):
-    create_repository(TRAINER)
-    create_repository(INFERENCE)
-    return {
-        TRAINER: push_image(TRAINER, "trainer-v2", tag="v2", pushed_at=at(0)),
-        INFERENCE: push_image(INFERENCE, "inference-v1", tag="v1", pushed_at=at(1)),
-    }
 
 
 _SEARCH = re.compile(r"\{(?P<schema>[^}]+)\}\s+MetricName=\\?\"(?P<name>\w+)\\?\"")

@@ -21,13 +21,8 @@ from botocore.stub import Stubber
 from eks_prefetch import aws, repair, report, status
 from eks_prefetch.settings import get_settings
 from tests.conftest import CLUSTER, DEPLOYMENT_ENV, DOCUMENT
-from tests.integration import test_status as status_tests
 from tests.integration.test_status import ENDED, TRAINER, good_output, ref, run_node, send
 from tests.status_doubles import STATUS_TABLE, Answer, FakeFleet, FakeInvocations, image_line, summary_line
-
-# The status tests' fixtures: the status table, and two watched repositories with their newest images.
-env = status_tests.env
-images = status_tests.images
 
 STACK = "eks-image-prefetch"
 FUNCTION = "eks-image-prefetch-StatusFunction-1A2B3C"
@@ -89,7 +84,7 @@ class StackDouble:
 
 
 @pytest.fixture
-def stacks(env) -> StackDouble:
+def stacks(status_env) -> StackDouble:
     return StackDouble()
 
 

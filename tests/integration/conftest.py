@@ -1,0 +1,49 @@
+"""Fixtures of the status and self-repair tests: the status table, the doubles for moto's SSM gaps, and two watched
+repositories with their newest images."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from eks_prefetch import settings, status
+from tests.ecr import at, create_repository, push_image
+from tests.status_doubles import STATUS_TABLE, FakeFleet, FakeInvocations, create_status_table
+
+TRAINER = "ml/trainer"
+INFERENCE = "ml/inference"
+
+
+@pytest.fixture
+def status_env(aws_mock: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The status function's deployment: its table (as template.yaml defines it) and fresh resolutions."""
+    monkeypatch.setenv("STATUS_TABLE", STATUS_TABLE)
+    settings.get_settings.cache_clear()
+    status.forget_resolutions()
+    create_status_table()
+    yield
+    settings.get_settings.cache_clear()
+    status.forget_resolutions()
+
+
+@pytest.fixture
+def fake(status_env: None, monkeypatch: pytest.MonkeyPatch) -> FakeInvocations:
+    return FakeInvocations().install(monkeypatch)
+
+
+@pytest.fixture
+def fleet(status_env: None, monkeypatch: pytest.MonkeyPatch) -> FakeFleet:
+    return FakeFleet().install(monkeypatch)
+
+
+@pytest.fixture
+def images(status_env: None) -> dict[str, str]:
+    """Two watched repositories; the newest of each was pushed at 12:00 (trainer) and 12:10 (inference)."""
+    create_repository(TRAINER)
+    create_repository(INFERENCE)
+    push_image(TRAINER, "trainer-v1", tag="v1", pushed_at=at(-60))
+    return {
+        TRAINER: push_image(TRAINER, "trainer-v2", tag="v2", pushed_at=at(0)),
+        INFERENCE: push_image(INFERENCE, "inference-v1", tag="v1", pushed_at=at(10)),
+    }
