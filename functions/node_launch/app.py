@@ -11,12 +11,10 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import ValidationError
 
 from eks_prefetch import aws, tracing
-from eks_prefetch.events import Ec2StateChangeEvent
+from eks_prefetch.events import Ec2StateChangeEvent, parse_or_drop
 from eks_prefetch.launch import Delivery, prefetch_launched_node
 from eks_prefetch.settings import get_settings
 
@@ -40,15 +38,10 @@ class NodeNotReadyError(Exception):
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> dict[str, Any]:
     logger.set_correlation_id(record.message_id)
-    try:
-        launch = parse(event=record.body, model=Ec2StateChangeEvent)
-    except ValidationError as error:
-        # Retrying cannot fix a malformed event: log it and acknowledge.
-        logger.warning(
-            "malformed EC2 event dropped",
-            extra={"message_id": record.message_id, "errors": error.errors(include_url=False, include_input=False)},
-        )
-        metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
+    launch = parse_or_drop(
+        record.body, Ec2StateChangeEvent, what="EC2 event", logger=logger, metrics=metrics, message_id=record.message_id
+    )
+    if launch is None:
         return {"status": "ignored", "reason": "malformed event"}
 
     logger.set_correlation_id(launch.id)

@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from eks_prefetch import aws, tracing
-from eks_prefetch.events import ScheduledEvent, SsmInvocationStatusEvent
+from eks_prefetch.events import ScheduledEvent, SsmInvocationStatusEvent, parse_or_drop
 from eks_prefetch.repair import sweep_and_repair
 from eks_prefetch.settings import get_settings
 from eks_prefetch.status import record_status_event
@@ -27,18 +25,9 @@ StatusFunctionEvent = Annotated[SsmInvocationStatusEvent | ScheduledEvent, Field
 @metrics.log_metrics
 @aws.within_invocation_time
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    try:
-        parsed = parse(event=event, model=StatusFunctionEvent)
-    except ValidationError as error:
-        # Retrying cannot fix a malformed event: log it and acknowledge.
-        logger.warning(
-            "malformed event dropped",
-            extra={
-                "event_id": event.get("id") if isinstance(event, dict) else None,
-                "errors": error.errors(include_url=False, include_input=False),
-            },
-        )
-        metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
+    event_id = event.get("id") if isinstance(event, dict) else None
+    parsed = parse_or_drop(event, StatusFunctionEvent, what="event", logger=logger, metrics=metrics, event_id=event_id)
+    if parsed is None:
         return {"result": "ignored", "reason": "malformed event"}
 
     if isinstance(parsed, SsmInvocationStatusEvent):

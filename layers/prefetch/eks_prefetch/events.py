@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from eks_prefetch.images import DIGEST_PATTERN, REPOSITORY_PATTERN, TAG_PATTERN
 
@@ -81,3 +84,19 @@ class ScheduledEvent(EventBridgeModel):
 
     source: Literal["aws.events"]
     detail_type: Literal["Scheduled Event"] = Field(alias="detail-type")
+
+
+def parse_or_drop(event: Any, model: Any, *, what: str, logger: Logger, metrics: Metrics, **log_fields: Any) -> Any:
+    """The event parsed into ``model``; or None, with a warning and an EventsIgnored count, if it is malformed.
+
+    Retrying cannot fix a malformed event, so it is logged (with pydantic's errors, never the input) and acknowledged.
+    """
+    try:
+        return parse(event=event, model=model)
+    except ValidationError as error:
+        logger.warning(
+            f"malformed {what} dropped",
+            extra={**log_fields, "errors": error.errors(include_url=False, include_input=False)},
+        )
+        metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
+        return None
