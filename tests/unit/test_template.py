@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from eks_prefetch.settings import Settings
-from tests import cfn
+from harness import template as cfn
 from tests.conftest import DEPLOYMENT_ENV
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4

@@ -1,0 +1,332 @@
+"""A real containerd, a real registry and image builds, on 127.0.0.1, for the node tests and the node benchmark.
+
+Everything lives under one temporary directory; processes are started and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.template import document_content, document_script
+
+BINARIES = ("containerd", "ctr", "docker-registry", "skopeo", "umoci", "timeout", "df")
+PIN_LABEL = "io.cri-containerd.pinned"
+OUR_LABEL = "eks-image-prefetch/pinned-at"
+NAMESPACE = "k8s.io"
+
+
+def bcrypt_hash(password: str) -> str:
+    """The bcrypt hash docker-registry's htpasswd auth needs: the bcrypt package if installed, else libc's crypt
+    (libxcrypt does bcrypt; the module is deprecated, gone in Python 3.13), else htpasswd (apache2-utils)."""
+    with contextlib.suppress(ImportError):
+        import bcrypt  # noqa: PLC0415
+
+        return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with contextlib.suppress(ImportError):
+            import crypt  # noqa: PLC0415
+
+            hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 5))  # noqa: S324 - bcrypt
+            if hashed and hashed.startswith("$2"):
+                return hashed
+    if shutil.which("htpasswd"):
+        out = subprocess.run(["htpasswd", "-nbB", "x", password], capture_output=True, text=True, check=True)
+        return out.stdout.strip().split(":", 1)[1]
+    raise RuntimeError("no bcrypt: pip install bcrypt, or apt-get install apache2-utils")
+
+
+def missing_prerequisites() -> str | None:
+    """Why this machine cannot run the node tests, or None."""
+    if os.geteuid() != 0:
+        return "node tests need root (containerd mounts overlayfs snapshots)"
+    missing = [name for name in BINARIES if shutil.which(name) is None]
+    if missing:
+        return f"node tests need {', '.join(missing)} on PATH (make system-deps)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        time.sleep(0.05)
+    raise TimeoutError(what)
+
+
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen:
+    """Start a service in its own session (stopped by PID later), its output appended to log_path."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+@dataclass
+class Containerd:
+    """containerd with its own root, state and socket; CRI disabled (the script only talks to it through ctr)."""
+
+    base: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.base / "root"
+
+    @property
+    def address(self) -> str:
+        return str(self.base / "containerd.sock")
+
+    @property
+    def config(self) -> Path:
+        return self.base / "config.toml"
+
+    def start(self) -> Containerd:
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            "\n".join(
+                [
+                    "version = 2",
+                    f'root = "{self.root}"',
+                    f'state = "{self.base / "state"}"',
+                    'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",',
+                    '  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",',
+                    '  "io.containerd.snapshotter.v1.aufs"]',
+                    "[grpc]",
+                    f'  address = "{self.address}"',
+                    "[ttrpc]",
+                    f'  address = "{self.address}.ttrpc"',
+                    "",
+                ]
+            )
+        )
+        self.proc = _spawn(
+            ["containerd", "--config", str(self.config), "--log-level", "warn"], self.base / "containerd.log"
+        )
+        _wait_for(self._ready, 30, "containerd socket", self.proc)
+        return self
+
+    def _ready(self) -> bool:
+        if not Path(self.address).exists():
+            return False
+        return self.ctr("version", check=False).returncode == 0
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def env(self) -> dict[str, str]:
+        return {"CONTAINERD_ADDRESS": self.address, "CONTAINERD_ROOT": str(self.root)}
+
+    def ctr(self, *args: str, check: bool = True, namespace: str = NAMESPACE) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["ctr", "--address", self.address, "-n", namespace, *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=300,
+        )
+
+    def images(self) -> dict[str, dict]:
+        """name -> {"digest": ..., "labels": {...}} from `ctr images ls` (the LABELS column is the last one)."""
+        out = self.ctr("images", "ls").stdout.splitlines()[1:]
+        images = {}
+        for line in out:
+            parts = line.split()
+            labels = {}
+            if parts[-1] != "-":
+                for item in parts[-1].split(","):
+                    key, _, value = item.partition("=")
+                    labels[key] = value
+            images[parts[0]] = {"digest": parts[2], "labels": labels}
+        return images
+
+    def remove_all_images(self) -> None:
+        names = self.ctr("images", "ls", "-q").stdout.split()
+        if names:
+            self.ctr("images", "rm", "--sync", *names)
+        self.prune_content()
+
+    def prune_content(self) -> None:
+        """Drop unreferenced blobs and snapshots now (containerd's GC), so the next pull is cold."""
+        # `ctr images rm --sync` runs a synchronous GC; content of deleted images is released by it.
+        for digest in self.ctr("content", "ls", "-q").stdout.split():
+            self.ctr("content", "rm", digest, check=False)
+
+
+@dataclass
+class Registry:
+    """docker-registry (distribution 2.8) on 127.0.0.1:<free port>, storage in base, optional htpasswd auth."""
+
+    base: Path
+    auth: tuple[str, str] | None = None
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> Registry:
+        self.base.mkdir(parents=True, exist_ok=True)
+        config = {
+            "version": 0.1,
+            "log": {"level": "error", "accesslog": {"disabled": True}},
+            "storage": {"filesystem": {"rootdirectory": str(self.base / "data")}, "delete": {"enabled": True}},
+            "http": {"addr": self.host},
+        }
+        if self.auth:
+            user, password = self.auth
+            hashed = bcrypt_hash(password)
+            (self.base / "htpasswd").write_text(f"{user}:{hashed}\n")
+            config["auth"] = {"htpasswd": {"realm": "test", "path": str(self.base / "htpasswd")}}
+        (self.base / "config.yml").write_text(json.dumps(config))  # JSON is YAML
+        self.proc = _spawn(["docker-registry", "serve", str(self.base / "config.yml")], self.base / "registry.log")
+        _wait_for(self._ready, 30, "registry port", self.proc)
+        return self
+
+    def _ready(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+            return True
+        return False
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def push(self, layout: Path, tag: str, repo: str, ref_tag: str | None = None) -> str:
+        """Copy oci:layout:tag to repo:ref_tag, return the manifest digest."""
+        digestfile = layout.parent / f"{layout.name}-{tag}.digest"
+        cmd = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"--digestfile={digestfile}"]
+        if self.auth:
+            cmd.append(f"--dest-creds={self.auth[0]}:{self.auth[1]}")
+        cmd += [f"oci:{layout}:{tag}", f"docker://{self.host}/{repo}:{ref_tag or tag}"]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+        return digestfile.read_text().strip()
+
+
+def build_image(layout: Path, tag: str, layers_mb: list[float] | None = None, seed: str = "") -> None:
+    """An OCI image in an umoci layout: one small random file (so every build has its own digest) plus, optionally,
+    layers of random (incompressible) data of the given sizes in MB."""
+    work = layout.parent / f"{layout.name}-{tag}-work"
+    work.mkdir(parents=True, exist_ok=True)
+    if not (layout / "index.json").exists():
+        subprocess.run(["umoci", "init", "--layout", str(layout)], check=True, capture_output=True)
+    subprocess.run(["umoci", "new", "--image", f"{layout}:{tag}"], check=True, capture_output=True)
+    sizes = [0.001, *(layers_mb or [])]
+    for index, size_mb in enumerate(sizes):
+        payload = work / f"layer{index}"
+        with payload.open("wb") as out:
+            remaining = max(1, int(size_mb * 1024 * 1024))
+            out.write(seed.encode())
+            while remaining > 0:
+                chunk = min(remaining, 8 << 20)
+                out.write(os.urandom(chunk))
+                remaining -= chunk
+        subprocess.run(
+            ["umoci", "insert", "--image", f"{layout}:{tag}", str(payload), f"/data/layer{index}"],
+            check=True,
+            capture_output=True,
+            timeout=900,
+        )
+        payload.unlink()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def render_script(values: Mapping[str, str], text_interpolation: bool) -> str:
+    """The document's script as the SSM agent runs it. Parameters without interpolationType (executionTimeout) are
+    always pasted into the text; ENV_VAR ones too when text_interpolation (an agent older than 3.3.2746.0)."""
+    script = document_script()
+    parameters = document_content()["parameters"]
+    for name, spec in parameters.items():
+        value = values.get(name, spec.get("default", ""))
+        if spec.get("interpolationType") == "ENV_VAR" and not text_interpolation:
+            continue
+        script = re.sub(r"\{\{\s*" + re.escape(name) + r"\s*\}\}", lambda _m, v=value: v, script)
+    return script
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in self.stdout.splitlines()]
+
+    @property
+    def images(self) -> list[dict]:
+        return [record for record in self.records if "summary" not in record]
+
+    @property
+    def summary(self) -> dict:
+        (summary,) = [record for record in self.records if "summary" in record]
+        return summary
+
+    def by_image(self) -> dict[str, dict]:
+        return {record["image"]: record for record in self.images}
+
+
+def run_document(
+    workdir: Path,
+    containerd: Containerd,
+    values: Mapping[str, str],
+    text_interpolation: bool = False,
+    extra_env: Mapping[str, str] | None = None,
+    timeout: float = 600,
+) -> Run:
+    """Run the document's script like the agent: an executable file run by `sh -c <path>` (its shebang picks
+    bash), SSM_<param> in the environment (or pasted into the text), a minimal environment plus containerd's."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    script = workdir / "_script.sh"
+    script.write_text(render_script(values, text_interpolation))
+    script.chmod(0o700)
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": "/root", "LANG": "C.UTF-8"}
+    env.update(containerd.env())
+    if not text_interpolation:
+        parameters = document_content()["parameters"]
+        for name, spec in parameters.items():
+            if spec.get("interpolationType") == "ENV_VAR":
+                env[f"SSM_{name}"] = values.get(name, spec.get("default", ""))
+    env.update(extra_env or {})
+    started = time.monotonic()
+    proc = subprocess.run(
+        ["sh", "-c", str(script)], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+
+
+def basic_auth(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
