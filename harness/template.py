@@ -4,6 +4,7 @@ and the tests."""
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +65,133 @@ def resolve(value: Any, parameters: dict[str, Any]) -> Any:
     if isinstance(value, list):
         return [resolve(item, parameters) for item in value]
     return value
+
+
+# --- Parameters, conditions and intrinsic functions, as CloudFormation resolves them ---------------------------------
+
+
+class Unresolved(LookupError):
+    """A reference to a resource that has not been created yet (the caller creates it later)."""
+
+
+def parameter_values(overrides: dict[str, str] | None = None) -> dict[str, Any]:
+    """The template's parameters with their defaults and the overrides, checked as CloudFormation checks them.
+
+    Values are strings (as !Ref gives them, Number included); a CommaDelimitedList is a list.
+    """
+    overrides = dict(overrides or {})
+    declared = template()["Parameters"]
+    unknown = set(overrides) - set(declared)
+    if unknown:
+        raise ValueError(f"unknown parameters: {sorted(unknown)}")
+    values: dict[str, Any] = {}
+    for name, spec in declared.items():
+        if name in overrides:
+            raw = str(overrides[name])
+        elif "Default" in spec:
+            raw = str(spec["Default"])
+        else:
+            raise ValueError(f"parameter {name} needs a value (no default)")
+        _check_parameter(name, spec, raw)
+        values[name] = [item.strip() for item in raw.split(",")] if spec["Type"] == "CommaDelimitedList" else raw
+    return values
+
+
+def _check_parameter(name: str, spec: dict[str, Any], raw: str) -> None:
+    pattern = spec.get("AllowedPattern")
+    if pattern is not None and not re.fullmatch(pattern, raw):
+        raise ValueError(f"parameter {name}={raw!r} does not match AllowedPattern {pattern}")
+    allowed = spec.get("AllowedValues")
+    if allowed is not None and raw not in {str(value) for value in allowed}:
+        raise ValueError(f"parameter {name}={raw!r} is not one of {allowed}")
+    if spec["Type"] == "Number":
+        number = float(raw)
+        if "MinValue" in spec and number < float(spec["MinValue"]):
+            raise ValueError(f"parameter {name}={raw} is below MinValue {spec['MinValue']}")
+        if "MaxValue" in spec and number > float(spec["MaxValue"]):
+            raise ValueError(f"parameter {name}={raw} is above MaxValue {spec['MaxValue']}")
+
+
+class Resolver:
+    """!Ref, !Sub, !If, !Join, !GetAtt, !Equals, !Select, !Split of parameters, pseudo parameters, conditions and
+    the resources created so far (``refs``: logical id -> Ref value; ``attributes``: (logical id, name) -> value)."""
+
+    def __init__(self, parameters: dict[str, Any], pseudo: dict[str, str]) -> None:
+        self.parameters = parameters
+        self.pseudo = pseudo
+        self.refs: dict[str, Any] = {}
+        self.attributes: dict[tuple[str, str], Any] = {}
+        self.conditions = {
+            name: self.resolve(expression) for name, expression in (template().get("Conditions") or {}).items()
+        }
+
+    def ref(self, name: str) -> Any:
+        if name in self.pseudo:
+            return self.pseudo[name]
+        if name in self.parameters:
+            return self.parameters[name]
+        if name in self.refs:
+            return self.refs[name]
+        if name in template()["Resources"]:
+            raise Unresolved(name)
+        raise KeyError(f"!Ref {name}: no such parameter or resource")
+
+    def get_att(self, logical_id: str, attribute: str) -> Any:
+        if (logical_id, attribute) in self.attributes:
+            return self.attributes[(logical_id, attribute)]
+        if logical_id in template()["Resources"]:
+            raise Unresolved(f"{logical_id}.{attribute}")
+        raise KeyError(f"!GetAtt {logical_id}.{attribute}: no such resource")
+
+    def _sub(self, text: str, variables: dict[str, Any]) -> str:
+        def one(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in variables:
+                return str(variables[name])
+            if "." in name and not name.startswith("AWS::"):
+                return str(self.get_att(*name.split(".", 1)))
+            return str(self.ref(name))
+
+        return re.sub(r"\$\{([^}!]+)\}", one, text)
+
+    def resolve(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self.resolve(item) for item in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) == 1:
+            ((key, argument),) = value.items()
+            function = self._functions().get(key)
+            if function is not None:
+                return function(argument)
+        return {key: self.resolve(item) for key, item in value.items()}
+
+    def _functions(self) -> dict[str, Any]:
+        return {
+            "Ref": self.ref,
+            "Fn::GetAtt": self._get_att,
+            "Fn::Sub": self._fn_sub,
+            "Fn::If": self._fn_if,
+            "Fn::Join": lambda arg: arg[0].join(str(item) for item in self.resolve(arg[1])),
+            "Fn::Equals": lambda arg: str(self.resolve(arg[0])) == str(self.resolve(arg[1])),
+            "Fn::Not": lambda arg: not self.resolve(arg[0]),
+            "Fn::And": lambda arg: all(self.resolve(arg)),
+            "Fn::Or": lambda arg: any(self.resolve(arg)),
+            "Condition": lambda arg: self.conditions[arg],
+            "Fn::Select": lambda arg: self.resolve(arg[1])[int(self.resolve(arg[0]))],
+            "Fn::Split": lambda arg: self.resolve(arg[1]).split(arg[0]),
+        }
+
+    def _get_att(self, argument: Any) -> Any:
+        logical_id, attribute = argument if isinstance(argument, list) else argument.split(".", 1)
+        return self.get_att(logical_id, attribute)
+
+    def _fn_sub(self, argument: Any) -> str:
+        if isinstance(argument, list):
+            text, variables = argument
+            return self._sub(text, {name: self.resolve(item) for name, item in variables.items()})
+        return self._sub(argument, {})
+
+    def _fn_if(self, argument: list[Any]) -> Any:
+        condition, when_true, when_false = argument
+        return self.resolve(when_true if self.conditions[condition] else when_false)
