@@ -1,4 +1,4 @@
-# The project's two commands: `make test` (every gate) and, once the local harness lands, `make demo`.
+# The project's two commands: `make demo` (the application end to end on this machine) and `make test` (every gate).
 SHELL := /bin/bash
 .DEFAULT_GOAL := test
 
@@ -54,6 +54,18 @@ integration: venv
 # The document's script on a real containerd and registry (root; skipped otherwise). Also part of `make test`.
 node: venv
 	$(BIN)/pytest tests/node
+
+.PHONY: demo invoke
+# The whole application locally: moto stack from template.yaml, real handlers, a Run Command agent, real containerd
+# nodes pulling from a registry on 127.0.0.1 (root; dry-run nodes otherwise). Stops everything it starts.
+demo: system-deps venv
+	$(PY) -m harness.demo
+
+# Docker-free counterpart of `sam local invoke FUNCTION -e EVENT`, against the emulated stack.
+FUNCTION ?= EcrPushFunction
+EVENT ?= events/ecr_push/push-tagged.json
+invoke: venv
+	$(PY) -m harness.invoke $(FUNCTION) $(EVENT)
 
 .PHONY: bench-node
 # Document vs bare `ctr images pull` of a ~500 MB image, and a cached re-run of 10 images (root).

@@ -202,7 +202,7 @@ class RunCommandAgent:
             comment=request.get("Comment") or "",
             document_name=request["DocumentName"],
             timeout_seconds=request.get("TimeoutSeconds") or 3600,
-            instance_ids=instance_ids,
+            instance_ids=list(instance_ids),  # moto extends the list it is given
             max_concurrency=request.get("MaxConcurrency") or "50",
             max_errors=request.get("MaxErrors") or "0",
             notification_config=None,

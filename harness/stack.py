@@ -166,6 +166,10 @@ class Function:
             os.environ.clear()
             os.environ.update(saved_env)
 
+    def recycle(self) -> None:
+        """A new execution environment for the next invocation (Lambda's cold start): module state is dropped."""
+        self._modules = None
+
     def lambda_environment(self) -> dict[str, str]:
         """What Lambda sets, then the function's own variables."""
         return {
