@@ -47,6 +47,8 @@ class World:
         self.instances: dict[str, Instance] = {}
         self.pushed: list[PushedImage] = []
         self.deliveries: list[Delivery] = []
+        self.emitted: list[dict[str, Any]] = []  # every event put on the bus, in order
+        self.fast_forwards = 0
         self.registry: EcrRegistry | None = None
         self._mock: Any = None
         self._own_base = False
@@ -220,24 +222,29 @@ class World:
     # --- running ----------------------------------------------------------------------------------------------
 
     def emit(self, event: dict[str, Any]) -> list[Delivery]:
+        self.emitted.append(event)
         return self.router.emit(event)
 
-    def settle(self, timeout: float = 300, tick: Callable[[], None] | None = None) -> None:
-        """Run until nothing is left to do: commands finished, their status events routed, queues drained (a
-        message waiting out its visibility is waited for)."""
+    def settle(self, timeout: float = 300, tick: Callable[[], None] | None = None, fast_forward: bool = False) -> None:
+        """Run until nothing is left to do: commands finished, their status events routed, queues drained. A
+        message waiting out its visibility is waited for, or, with fast_forward, made visible as soon as nothing
+        else is left to do (time passes; counted in self.fast_forwards)."""
         deadline = time.monotonic() + timeout
         while True:
             busy = self.agent.busy()
             progressed = False
             for event in self.agent.drain_events():
-                self.router.emit(event)
+                self.emit(event)
                 progressed = True
             if self.router.pump():
                 progressed = True
             if tick:
                 tick()
-            if not progressed and not busy and self.agent.events.empty() and self.router.in_flight() == 0:
+            idle = not progressed and not busy and self.agent.events.empty()
+            if idle and self.router.in_flight() == 0:
                 return
+            if idle and fast_forward:
+                self.fast_forwards += self.router.fast_forward()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not settled after {timeout:.0f} s")
             if not progressed:
