@@ -55,7 +55,11 @@ integration: venv
 node: venv
 	$(BIN)/pytest tests/node
 
-.PHONY: demo invoke
+.PHONY: demo invoke e2e
+# The application end to end on real containerd nodes, and the emulator without them. Also part of `make test`.
+e2e: venv
+	$(BIN)/pytest tests/e2e
+
 # The whole application locally: moto stack from template.yaml, real handlers, a Run Command agent, real containerd
 # nodes pulling from a registry on 127.0.0.1 (root; dry-run nodes otherwise). Stops everything it starts.
 demo: system-deps venv
