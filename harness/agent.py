@@ -163,6 +163,10 @@ class RunCommandAgent:
 
             setattr(SimpleSystemManagerResponse, name, method)
 
+    def stop_starting(self) -> None:
+        """No invocation starts from now on (those not started end Cancelled)."""
+        self._stopping.set()
+
     def uninstall(self) -> None:
         self._stopping.set()
         for name, original in self._saved.items():
@@ -269,6 +273,11 @@ class RunCommandAgent:
         with ThreadPoolExecutor(max_workers=command.max_concurrency) as pool:
             running: dict[Future, CommandInvocation] = {}
             while pending or running:
+                if self._stopping.is_set():
+                    # The harness is shutting down: nothing new starts.
+                    for invocation in pending:
+                        self._set_status(command, invocation, "Cancelled", "Cancelled")
+                    pending = []
                 while pending and len(running) < command.max_concurrency and errors <= command.max_errors:
                     invocation = pending.pop(0)
                     self._set_status(command, invocation, "InProgress", "InProgress")

@@ -25,7 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.node import Containerd, Registry, Run, build_image, missing_prerequisites, render_script, run_document
+from harness.node import (
+    Containerd,
+    Registry,
+    Run,
+    build_image,
+    kill_group,
+    missing_prerequisites,
+    render_script,
+    run_document,
+)
 
 DRY_RUN_MARK = "DRY RUN"
 
@@ -62,6 +71,7 @@ class Node:
     registry: EcrRegistry
     containerd: Containerd = field(init=False)
     dry_run: bool = False
+    _scripts: set = field(default_factory=set)  # running document scripts (Popen), killed by id on stop
 
     def start(self) -> Node:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -80,6 +90,8 @@ class Node:
         return self
 
     def stop(self) -> None:
+        for proc in list(self._scripts):
+            kill_group(proc)
         with contextlib.suppress(AttributeError):
             self.containerd.stop()
 
@@ -92,7 +104,15 @@ class Node:
         path = f"{self.base / 'bin'}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
         extra = {"PATH": path, "PREFETCH_LOCK_FILE": str(self.base / "prefetch.lock")}
         try:
-            return run_document(workdir, self.containerd, values, extra_env=extra, timeout=timeout, content=content)
+            return run_document(
+                workdir,
+                self.containerd,
+                values,
+                extra_env=extra,
+                timeout=timeout,
+                content=content,
+                on_start=self._scripts.add,
+            )
         except subprocess.TimeoutExpired as error:
             stdout = error.stdout.decode() if isinstance(error.stdout, bytes) else error.stdout or ""
             timed_out = TimeoutError(f"step timed out after {timeout:.0f} s")

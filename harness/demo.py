@@ -77,16 +77,18 @@ def _mb(size: float) -> str:
     return f"{size / 1e6:.0f} MB"
 
 
-def _interrupt(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
-    signal.signal(signal.SIGTERM, _interrupt)
     say = Narrator()
     say.step("Starting: moto with the stack of template.yaml, the Run Command agent, a registry standing in for ECR")
     say.line("parameter overrides: " + " ".join(f"{key}={value}" for key, value in OVERRIDES.items()))
     world = World(OVERRIDES, on_delivery=lambda delivery: _narrate(say, delivery))
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        world.interrupted.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     try:
         with world:
             run(world, say)

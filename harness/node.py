@@ -16,7 +16,7 @@ import socket
 import subprocess
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -310,6 +310,7 @@ def run_document(
     extra_env: Mapping[str, str] | None = None,
     timeout: float = 600,
     content: Mapping | None = None,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
 ) -> Run:
     """Run the document's script like the agent: an executable file run by `sh -c <path>` (its shebang picks
     bash), SSM_<param> in the environment (or pasted into the text), a minimal environment plus containerd's."""
@@ -326,10 +327,32 @@ def run_document(
                 env[f"SSM_{name}"] = values.get(name, spec.get("default", ""))
     env.update(extra_env or {})
     started = time.monotonic()
-    proc = subprocess.run(
-        ["sh", "-c", str(script)], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    # Its own process group, so that a timeout (as the agent does) or the harness's shutdown ends all of it.
+    proc = subprocess.Popen(
+        ["sh", "-c", str(script)],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+    if on_start is not None:
+        on_start(proc)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        stdout, stderr = proc.communicate()
+        raise subprocess.TimeoutExpired(proc.args, timeout, output=stdout, stderr=stderr) from None
+    return Run(proc.returncode, stdout, stderr, time.monotonic() - started)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group a run_document script leads (by its id)."""
+    if proc.poll() is None:  # a finished one's id may belong to someone else by now
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def basic_auth(user: str, password: str) -> str:

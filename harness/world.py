@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ class World:
         self.deliveries: list[Delivery] = []
         self.emitted: list[dict[str, Any]] = []  # every event put on the bus, in order
         self.fast_forwards = 0
+        # Set by a signal handler: checked by settle(), because a KeyboardInterrupt raised inside a moto request can
+        # be swallowed on its way out.
+        self.interrupted = threading.Event()
         self.registry: EcrRegistry | None = None
         self._mock: Any = None
         self._own_base = False
@@ -95,6 +99,8 @@ class World:
 
     def close(self) -> None:
         agent = getattr(self, "agent", None)
+        if agent is not None:
+            agent.stop_starting()
         for instance in self.instances.values():
             if instance.proxy:
                 instance.proxy.close()
@@ -231,6 +237,8 @@ class World:
         else is left to do (time passes; counted in self.fast_forwards)."""
         deadline = time.monotonic() + timeout
         while True:
+            if self.interrupted.is_set():
+                raise KeyboardInterrupt
             busy = self.agent.busy()
             progressed = False
             for event in self.agent.drain_events():
