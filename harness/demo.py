@@ -153,6 +153,9 @@ def run(world: World, say: Narrator) -> None:
     say.line(f"pushed {v2.digest[:19]}; ECR emits ECR Image Action")
     world.emit(world.push_event(v2))
     fan_out(world, say, v2.digest)
+    (command,) = [c for c in world.commands() if v2.digest in c["Parameters"]["images"][0]]
+    sent = command["Parameters"]["images"][0].split(",")
+    say.line(f"the command named {len(sent)} image(s): {', '.join(ref.rsplit('/', 1)[-1][:32] for ref in sent)}")
     show_pins(world, say, {"v1": v1.digest, "v2": v2.digest})
 
     say.step(f"Scale out: node-4 starts, its SSM agent registers {LATE_AGENT_SECONDS:.0f} s later")
@@ -200,7 +203,7 @@ def node_report(world: World, say: Narrator, command_id: str, instance_id: str) 
     images = [line for line in lines if "image" in line]
     detail = ", ".join(
         f"{line['status']} {line.get('digest', '')[:19]} in {line.get('seconds', 0)} s"
-        + (f" ({_mb(line['bytes'])})" if line.get("bytes") else "")
+        + (f" (image {_mb(line['bytes'])})" if line.get("bytes") else "")
         + (f" error: {line['error']}" if line.get("error") else "")
         for line in images
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from harness.template import document_content
 
-BINARIES = ("containerd", "ctr", "docker-registry", "skopeo", "umoci", "timeout", "df")
+BINARIES = ("containerd", "ctr", "docker-registry", "skopeo", "umoci", "timeout", "df", "flock")
 PIN_LABEL = "io.cri-containerd.pinned"
 OUR_LABEL = "eks-image-prefetch/pinned-at"
 NAMESPACE = "k8s.io"

@@ -57,10 +57,18 @@ def document_script() -> str:
 
 
 def resolve(value: Any, parameters: dict[str, Any]) -> Any:
-    """Resolve !Ref to the given parameter values, recursively (enough for event patterns)."""
+    """Resolve !Ref (to the given values), !Join, and !If on !Equals conditions, recursively: enough for event
+    patterns and the functions' environment."""
     if isinstance(value, dict):
         if set(value) == {"Ref"}:
             return parameters[value["Ref"]]
+        if set(value) == {"Fn::Join"}:
+            delimiter, items = value["Fn::Join"]
+            return delimiter.join(str(item) for item in resolve(items, parameters))
+        if set(value) == {"Fn::If"}:
+            condition, if_true, if_false = value["Fn::If"]
+            left, right = resolve(template()["Conditions"][condition]["Fn::Equals"], parameters)
+            return resolve(if_true if left == right else if_false, parameters)
         return {key: resolve(item, parameters) for key, item in value.items()}
     if isinstance(value, list):
         return [resolve(item, parameters) for item in value]

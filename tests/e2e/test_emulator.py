@@ -211,3 +211,27 @@ def test_the_stack_is_created_from_the_template(world: World) -> None:
     }
     table = environment["IDEMPOTENCY_TABLE"]
     assert boto3.client("dynamodb").describe_table(TableName=table)["Table"]["KeySchema"][0]["AttributeName"] == "id"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="launch.recent_newest_images reuses a warm container's resolution for 30 s: a node whose agent registers "
+    "after a push (so the push's tag-targeted command skipped it) is sent the images resolved before the push",
+)
+def test_a_node_registering_after_a_push_gets_the_pushed_image() -> None:
+    parameters = {
+        "ClusterName": "demo",
+        "RepositoryNames": "ml/trainer",
+        "NodeTagGraceSeconds": "0",
+        "NodeLaunchRetryBaseSeconds": "1",
+        "NodeLaunchRetryMaxSeconds": "1",
+    }
+    with World(parameters, real_nodes=False) as world:
+        world.push("ml/trainer", "v1", [1.0])
+        world.launch("node-1")
+        world.settle(30)  # node-1's launch resolves v1 in the warm node-launch container
+        late = world.launch("node-2", register_after=3.0)
+        v2 = world.push("ml/trainer", "v2", [1.0])  # its fleet command cannot reach node-2 yet
+        world.settle(60)
+        (command,) = [c for c in world.commands() if c["InstanceIds"] == [late]]
+    assert command["Parameters"]["images"] == [f"123456789012.dkr.ecr.us-east-1.amazonaws.com/ml/trainer@{v2.digest}"]
