@@ -71,6 +71,15 @@ EVENT ?= events/ecr_push/push-tagged.json
 invoke: venv
 	$(PY) -m harness.invoke $(FUNCTION) $(EVENT)
 
+.PHONY: status
+# The operator's view of a deployed stack: per repository, the newest image, the coverage and the nodes missing it
+# with their last error. Exits 1 when coverage is below 100%. `make status STACK=<name> [REGION=<region>]`.
+# The region comes from REGION, else the AWS configuration: the us-east-1 default above is for the tests only.
+status: venv
+	@test -n "$(STACK)" || { echo "usage: make status STACK=<stack name> [REGION=<region>]" >&2; exit 2; }
+	@$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION) PYTHONPATH=layers/prefetch \
+	  $(PY) -m eks_prefetch.report --stack "$(STACK)" $(if $(REGION),--region "$(REGION)")
+
 .PHONY: bench-node
 # Document vs bare `ctr images pull` of a ~500 MB image, and a cached re-run of 10 images (root).
 bench-node: venv

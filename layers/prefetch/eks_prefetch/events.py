@@ -49,3 +49,35 @@ class Ec2StateChangeEvent(EventBridgeModel):
     source: Literal["aws.ec2"]
     detail_type: Literal["EC2 Instance State-change Notification"] = Field(alias="detail-type")
     detail: Ec2StateChangeDetail
+
+
+# --- Status function (issue 8) ---
+
+# SSM command ids are UUIDs.
+COMMAND_ID_PATTERN = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
+class SsmInvocationStatusDetail(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    command_id: str = Field(alias="command-id", pattern=f"^{COMMAND_ID_PATTERN}$")
+    document_name: str = Field(alias="document-name", min_length=1, max_length=256)
+    # Managed nodes are EC2 instances here, but hybrid nodes (mi-...) can be targeted too: any id, bounded.
+    instance_id: str = Field(alias="instance-id", pattern=r"^(i|mi)-[0-9a-f]{8,17}$")
+    # Informational only: the real status is read from GetCommandInvocation.
+    status: str = Field(max_length=64)
+
+
+class SsmInvocationStatusEvent(EventBridgeModel):
+    """EC2 Command Invocation Status-change Notification: carries no output, and is delivered best effort."""
+
+    source: Literal["aws.ssm"]
+    detail_type: Literal["EC2 Command Invocation Status-change Notification"] = Field(alias="detail-type")
+    detail: SsmInvocationStatusDetail
+
+
+class ScheduledEvent(EventBridgeModel):
+    """An EventBridge rule's schedule: the sweep."""
+
+    source: Literal["aws.events"]
+    detail_type: Literal["Scheduled Event"] = Field(alias="detail-type")

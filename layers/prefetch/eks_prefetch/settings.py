@@ -63,6 +63,18 @@ class Settings(BaseModel):
         alias="NODE_LAUNCH_RETRY_MAX_SECONDS", default=300
     )
 
+    # --- Status function (issue 8). Defaulted, so that the other functions' environments validate without them. ---
+    # The table of node state (a row per node and repository), invocation claims and the sweep's watermark.
+    status_table: str = Field(alias="STATUS_TABLE", default="")
+    # A node's rows live this long after it last reported or was seen online: a terminated node's rows expire.
+    node_state_ttl_seconds: Annotated[int, Field(ge=3600, le=31_536_000)] = Field(
+        alias="NODE_STATE_TTL_SECONDS", default=604_800
+    )
+    # The sweep never looks further back than this, whatever its watermark: a command that never ends cannot pin it.
+    sweep_max_lookback_seconds: Annotated[int, Field(ge=600, le=2_592_000)] = Field(
+        alias="SWEEP_MAX_LOOKBACK_SECONDS", default=172_800
+    )
+
     _split_repositories = field_validator("repository_names", mode="before")(_split_csv)
 
     @field_validator("repository_names")

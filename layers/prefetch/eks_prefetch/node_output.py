@@ -1,0 +1,158 @@
+"""The node script's output: one parser, pure, shared by everything that reads what a node printed.
+
+The document prints one JSON object per image, then LAST a summary object (see template.yaml). What arrives here
+may be anything else too: SSM keeps only the first 24,000 characters of stdout (the summary is then cut off), an
+agent kill leaves a partial run, and a broken node prints nothing or text. Nothing in here raises on bad output:
+it is classified, so that callers can count it under its own reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ImageStatus = Literal["pulled", "cached", "skipped", "failed"]
+IMAGE_STATUSES: tuple[ImageStatus, ...] = ("pulled", "cached", "skipped", "failed")
+
+
+class OutputProblem(StrEnum):
+    """What is wrong with an output, most telling first (``NodeOutput.problem`` picks the first that applies)."""
+
+    EMPTY = "EmptyOutput"
+    NO_SUMMARY = "NoSummary"  # truncated by SSM, or the run was killed before its summary
+    NOT_JSON = "NotJson"  # a line that is not a JSON object
+    BAD_RECORD = "BadRecord"  # a JSON object that fits neither a per-image record nor the summary
+
+
+def repository_of(reference: str) -> str:
+    """``registry/repository@sha256:..`` or ``registry/repository:tag`` -> ``repository``; "" if it has no path."""
+    _registry, slash, rest = reference.partition("/")
+    if not slash:
+        return ""
+    return rest.split("@", 1)[0].split(":", 1)[0]
+
+
+class _Lenient(BaseModel):
+    # Fields may be added to the contract; unknown ones are kept out of the typed view, not fatal.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ImageRecord(_Lenient):
+    image: str = Field(min_length=1, max_length=1024)
+    status: ImageStatus
+    digest: str | None = None
+    seconds: float | None = Field(default=None, ge=0)
+    bytes: int | None = Field(default=None, ge=0)
+    pinned: bool | None = None
+    error: str | None = None
+    reason: str | None = None
+    warning: str | None = None
+
+    @property
+    def repository(self) -> str:
+        return repository_of(self.image)
+
+    @property
+    def detail(self) -> str:
+        """The record's explanation: the error of a failure, the reason of a skip, a warning of a pull."""
+        return self.error or self.reason or self.warning or ""
+
+
+class Summary(_Lenient):
+    summary: Literal[True]
+    images: int = Field(default=0, ge=0)
+    pulled: int = Field(default=0, ge=0)
+    cached: int = Field(default=0, ge=0)
+    skipped: int = Field(default=0, ge=0)
+    failed: int = Field(default=0, ge=0)
+    unpinned: int = Field(default=0, ge=0)
+    disk_used_percent: float | None = None
+    seconds: float | None = None
+    # Per-image records left out to fit SSM's stdout limit; older scripts do not print it.
+    omitted: int = Field(default=0, ge=0)
+    # A run-level failure (bad parameter, no ctr, lock not acquired): no image was touched.
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeOutput:
+    records: tuple[ImageRecord, ...] = ()
+    summary: Summary | None = None
+    problems: frozenset[OutputProblem] = field(default_factory=frozenset)
+    bad_lines: int = 0
+
+    @property
+    def problem(self) -> OutputProblem | None:
+        """The one reason to count this output under, or None when it is well formed."""
+        if OutputProblem.NOT_JSON in self.problems and not self.records and self.summary is None:
+            # Nothing readable at all: text, not a truncated run of the script.
+            return OutputProblem.NOT_JSON
+        return next((problem for problem in OutputProblem if problem in self.problems), None)
+
+    @property
+    def run_error(self) -> str | None:
+        return self.summary.error if self.summary else None
+
+    @property
+    def omitted_all_held(self) -> bool:
+        """Records were left out to fit SSM's limit, and the summary's counts show that every one of them was pulled
+        or cached (all failures and skips are among the records printed)."""
+        summary = self.summary
+        return (
+            summary is not None
+            and summary.omitted > 0
+            and not summary.error
+            and summary.failed == len(self.by_status("failed"))
+            and summary.skipped == len(self.by_status("skipped"))
+        )
+
+    def by_status(self, status: ImageStatus) -> list[ImageRecord]:
+        return [record for record in self.records if record.status == status]
+
+
+def _as_object(line: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def parse_node_output(text: str | None) -> NodeOutput:
+    """Typed records and summary of a node's stdout, and what is wrong with it. Never raises."""
+    lines = [line.strip() for line in (text or "").splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        return NodeOutput(problems=frozenset({OutputProblem.EMPTY}))
+
+    records: list[ImageRecord] = []
+    summary: Summary | None = None
+    problems: set[OutputProblem] = set()
+    bad_lines = 0
+    for index, line in enumerate(lines):
+        value = _as_object(line)
+        if value is None:
+            problems.add(OutputProblem.NOT_JSON)
+            bad_lines += 1
+            continue
+        try:
+            if value.get("summary") is True:
+                parsed = Summary.model_validate(value)
+                if index == len(lines) - 1:
+                    summary = parsed
+                else:
+                    # The summary is printed last; one in the middle is not this script's output.
+                    problems.add(OutputProblem.BAD_RECORD)
+                    bad_lines += 1
+            else:
+                records.append(ImageRecord.model_validate(value))
+        except ValidationError:
+            problems.add(OutputProblem.BAD_RECORD)
+            bad_lines += 1
+    if summary is None:
+        problems.add(OutputProblem.NO_SUMMARY)
+    return NodeOutput(records=tuple(records), summary=summary, problems=frozenset(problems), bad_lines=bad_lines)

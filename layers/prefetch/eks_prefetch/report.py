@@ -1,0 +1,92 @@
+"""The operator's view of a deployed stack: ``make status STACK=<name>`` (or ``python -m eks_prefetch.report``).
+
+It reads the stack with the same code the status function runs: the stack's outputs name the status function, whose
+environment becomes the Settings; coverage is ``status.fleet_coverage``, exactly what the sweep measures. It prints,
+per watched repository, the newest image, the coverage and the online nodes missing it with their last error.
+
+Exit status: 0 when every repository is at 100%, 1 when one is below (for scripts and alarms' runbooks), 2 when the
+stack cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
+
+from eks_prefetch import aws
+from eks_prefetch.settings import Settings
+from eks_prefetch.status import RepositoryCoverage, fleet_coverage
+
+STATUS_FUNCTION_OUTPUT = "StatusFunctionName"
+
+
+class StackError(RuntimeError):
+    """The stack, its status function or its configuration cannot be read."""
+
+
+def settings_of_stack(stack_name: str, region: str | None = None) -> Settings:
+    """The status function's Settings, read from the deployed stack (CloudFormation outputs, Lambda environment)."""
+    outputs = aws.stack_outputs(stack_name)
+    function = outputs.get(STATUS_FUNCTION_OUTPUT)
+    if not function:
+        raise StackError(f"stack {stack_name} has no {STATUS_FUNCTION_OUTPUT} output: is it deployed with issue 8?")
+    environment = aws.function_environment(function)
+    region = region or aws.current_region() or os.environ.get("AWS_REGION")
+    try:
+        return Settings.from_env({**environment, "AWS_REGION": region or ""})
+    except ValidationError as error:
+        raise StackError(f"the status function's environment is not valid: {error}") from error
+
+
+def render(coverages: Sequence[RepositoryCoverage], cluster: str, out: TextIO) -> None:
+    online = len(coverages[0].online) if coverages else 0
+    out.write(f"cluster {cluster}: {online} online node(s)\n")
+    for coverage in coverages:
+        out.write(f"\n{coverage.repository}\n")
+        if coverage.newest is None:
+            out.write("  newest: none (no tagged image matches the filter, or the repository does not exist)\n")
+            continue
+        newest = coverage.newest
+        holding = len(coverage.online) - len(coverage.missing)
+        out.write(f"  newest:   {newest.tag} {newest.digest} (pushed {newest.pushed_at.isoformat()})\n")
+        out.write(f"  coverage: {coverage.percent:.1f}% ({holding}/{len(coverage.online)} nodes)\n")
+        for state in coverage.missing:
+            if state.last_error:
+                why = f"last error at {state.last_error_at}: {state.last_error}"
+            elif state.digest:
+                why = f"holds an older digest {state.digest} (since {state.cached_at}), no error reported"
+            else:
+                why = "never reported (no prefetch result yet)"
+            out.write(f"  missing:  {state.instance_id}  {why}\n")
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    parser = argparse.ArgumentParser(prog="make status", description=__doc__.splitlines()[0])
+    parser.add_argument("--stack", required=True, help="the CloudFormation stack name")
+    parser.add_argument("--region", default=None, help="the stack's region (default: the AWS configuration's)")
+    args = parser.parse_args(argv)
+    try:
+        if args.region:
+            # Before the first AWS call: clients are created on first use and then read it.
+            os.environ["AWS_DEFAULT_REGION"] = args.region
+        settings = settings_of_stack(args.stack, args.region)
+        coverages, _states = fleet_coverage(settings)
+    except (StackError, ClientError, BotoCoreError) as error:
+        err.write(f"cannot read the stack {args.stack}: {error}\n")
+        return 2
+    render(coverages, settings.cluster_name, out)
+    below = [coverage.repository for coverage in coverages if coverage.percent < 100.0]
+    if below:
+        out.write(f"\ncoverage below 100%: {', '.join(below)}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Every metric and dimension set the dashboard and the alarms show is one the code emits.
+
+The functions run against moto through scenarios that emit every metric of the contract; their EMF output (printed
+JSON) is collected, and compared with the metrics of the dashboard body (metric rows and SEARCH expressions) and of
+the alarms in template.yaml.
+
+Test doubles: ``FakeInvocations`` and ``FakeFleet`` (tests/status_doubles.py: moto has no real invocation results,
+ListCommandInvocations or DescribeInstanceInformation), and the node-launch tests' ``FakeAgents`` (moto has no
+DescribeInstanceInformation) with their ``LaunchQueue`` driver of a moto SQS queue.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+
+from eks_prefetch import aws, settings, status
+from tests import cfn
+from tests.conftest import load_handler
+from tests.ecr import at, create_repository, push_image
+from tests.integration import test_node_launch as launch_tests
+from tests.integration.test_status import ENDED, INFERENCE, TRAINER, good_output, ref, run_node, send
+from tests.status_doubles import (
+    STATUS_TABLE,
+    Answer,
+    FakeFleet,
+    FakeInvocations,
+    create_status_table,
+    emf_documents,
+    image_line,
+    scheduled_event,
+    status_event,
+    summary_line,
+)
+from tests.unit.test_status_template import dashboard_body
+
+NAMESPACE = cfn.template()["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
+CONTRACT = {
+    ("ImagesPulled", frozenset({"ClusterName", "Repository"})),
+    ("ImagesCached", frozenset({"ClusterName", "Repository"})),
+    ("ImagesSkipped", frozenset({"ClusterName", "Repository"})),
+    ("ImagesFailed", frozenset({"ClusterName", "Repository"})),
+    ("PullSeconds", frozenset({"ClusterName", "Repository"})),
+    ("Invocations", frozenset({"ClusterName", "Status"})),
+    ("PushToCachedSeconds", frozenset({"ClusterName", "Repository"})),
+    ("LaunchToCachedSeconds", frozenset({"ClusterName"})),
+    ("Coverage", frozenset({"ClusterName", "Repository"})),
+    ("NodesMissingNewest", frozenset({"ClusterName", "Repository"})),
+}
+
+
+def emitted_metrics(stdout: str) -> set[tuple[str, frozenset[str]]]:
+    found = set()
+    for document in emf_documents(stdout):
+        (directive,) = document["_aws"]["CloudWatchMetrics"]
+        (dimensions,) = directive["Dimensions"]
+        found.update((metric["Name"], frozenset(dimensions)) for metric in directive["Metrics"])
+    return found
+
+
+@pytest.fixture
+def everything_emitted(fleet_env, images, monkeypatch, lambda_context, capsys) -> set[tuple[str, frozenset[str]]]:
+    """Run the status function and the node-launch function through every outcome; what they printed as EMF."""
+    fake = FakeInvocations().install(monkeypatch)
+    fleet = FakeFleet().install(monkeypatch)
+    status_handler = load_handler("status").lambda_handler
+    trainer, inference = images[TRAINER], images[INFERENCE]
+    node, other = run_node(launched=ENDED - timedelta(seconds=60)), run_node()
+    fleet.online = {node, other}
+    capsys.readouterr()
+
+    mixed = send([node], [ref(TRAINER, trainer), ref(INFERENCE, inference)])
+    stdout = "\n".join(
+        [
+            image_line(ref(TRAINER, trainer), "pulled", trainer),
+            image_line(ref(INFERENCE, inference), "failed", error="timeout"),
+            summary_line(pulled=1, failed=1, omitted=3),
+        ]
+    )
+    fake.set(mixed, node, Answer("Failed", "Failed", stdout, ENDED))
+    status_handler(status_event(mixed, node, "Failed", "eks-image-prefetch-PrefetchDocument-ABC123"), lambda_context)
+    for output in (
+        good_output([(ref(TRAINER, trainer), "cached", trainer)]),
+        image_line(ref(INFERENCE, inference), "skipped", reason="disk") + "\n" + summary_line(skipped=1),
+        "not json",
+    ):
+        command_id = send([other], [ref(TRAINER, trainer)])
+        fake.set(command_id, other, Answer("Success", "Success", output, at(6)))
+    status_handler(scheduled_event(), lambda_context)  # counts the three whose event was "lost", then coverage
+
+    # Node launch: a node whose agent is not online is retried (NodesNotReady), then given up (NodesGivenUp).
+    monkeypatch.setenv("NODE_LAUNCH_MAX_RECEIVES", "2")
+    settings.get_settings.cache_clear()
+    agents = launch_tests.FakeAgents()
+    monkeypatch.setattr(aws, "agent_online", agents)
+    queue = launch_tests.LaunchQueue(load_handler("node_launch").lambda_handler, lambda_context, max_receives=2)
+    queue.publish(launch_tests.running_event(launch_tests.run_instance(launch_tests.node_tags())))
+    queue.deliver()
+    queue.deliver()
+
+    printed = capsys.readouterr().out
+    assert {document["_aws"]["CloudWatchMetrics"][0]["Namespace"] for document in emf_documents(printed)} == {
+        "EksImagePrefetchTest"  # the test deployment's namespace (tests/conftest.py)
+    }
+    return emitted_metrics(printed)
+
+
+@pytest.fixture
+def fleet_env(aws_mock, monkeypatch):
+    monkeypatch.setenv("STATUS_TABLE", STATUS_TABLE)
+    settings.get_settings.cache_clear()
+    status.forget_resolutions()
+    create_status_table()
+    yield
+    settings.get_settings.cache_clear()
+    status.forget_resolutions()
+
+
+@pytest.fixture
+def images(fleet_env):
+    create_repository(TRAINER)
+    create_repository(INFERENCE)
+    return {
+        TRAINER: push_image(TRAINER, "trainer-v2", tag="v2", pushed_at=at(0)),
+        INFERENCE: push_image(INFERENCE, "inference-v1", tag="v1", pushed_at=at(1)),
+    }
+
+
+_SEARCH = re.compile(r"\{(?P<schema>[^}]+)\}\s+MetricName=\\?\"(?P<name>\w+)\\?\"")
+
+
+def dashboard_metrics() -> set[tuple[str, str, frozenset[str]]]:
+    """(namespace, metric, dimension names) of every metric row and SEARCH expression of the dashboard."""
+    shown = set()
+    for widget in dashboard_body()["widgets"]:
+        for row in widget["properties"].get("metrics", []):
+            head = [item for item in row if not isinstance(item, dict)]
+            if head:
+                namespace, name, *pairs = head
+                shown.add((namespace, name, frozenset(pairs[0::2])))
+            for item in row:
+                if isinstance(item, dict) and "expression" in item:
+                    for match in _SEARCH.finditer(item["expression"]):
+                        namespace, *dimensions = match.group("schema").split(",")
+                        shown.add((namespace, match.group("name"), frozenset(dimensions)))
+    return shown
+
+
+def alarm_metrics() -> set[tuple[str, str, frozenset[str]]]:
+    shown = set()
+    for resource in cfn.template()["Resources"].values():
+        if resource["Type"] != "AWS::CloudWatch::Alarm":
+            continue
+        properties = resource["Properties"]
+        metrics = [m["MetricStat"]["Metric"] for m in properties.get("Metrics", []) if "MetricStat" in m]
+        if "MetricName" in properties:
+            metrics.append(properties)
+        for metric in metrics:
+            dimensions = frozenset(d["Name"] for d in metric.get("Dimensions", []))
+            shown.add((metric["Namespace"], metric["MetricName"], dimensions))
+    return shown
+
+
+def test_the_dashboard_and_alarms_show_only_metrics_the_code_emits(everything_emitted):
+    ours = {(name, dims) for namespace, name, dims in dashboard_metrics() | alarm_metrics() if namespace == NAMESPACE}
+
+    assert ours, "the dashboard shows none of the application's metrics"
+    assert ours - everything_emitted == set()
+
+
+def test_the_dashboard_shows_the_whole_contract(everything_emitted):
+    shown = {(name, dims) for namespace, name, dims in dashboard_metrics() if namespace == NAMESPACE}
+
+    assert everything_emitted >= CONTRACT
+    assert shown >= CONTRACT
+    assert ("NodesNotReady", frozenset({"service"})) in shown & everything_emitted
+    assert ("NodesGivenUp", frozenset({"service"})) in shown & everything_emitted
+
+
+def test_the_service_dimension_of_node_launch_metrics_matches_the_template():
+    rows = [row for widget in dashboard_body()["widgets"] for row in widget["properties"].get("metrics", [])]
+    node_rows = [row for row in rows if row[:2] in ([NAMESPACE, "NodesNotReady"], [NAMESPACE, "NodesGivenUp"])]
+    service = cfn.resource("NodeLaunchFunction")["Properties"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
+
+    assert node_rows
+    assert all(row[2:4] == ["service", service] for row in node_rows)

@@ -1,0 +1,169 @@
+"""`make status` (eks_prefetch.report) against moto: a deployed stack's outputs and its status function's
+environment, the status table the function wrote, and the fleet.
+
+Test doubles: ``FakeInvocations`` and ``FakeFleet`` (tests/status_doubles.py) for what moto lacks (invocation
+results, ListCommandInvocations, DescribeInstanceInformation). moto's CloudFormation needs extras this project does
+not install, so DescribeStacks is answered by a botocore Stubber on the code's own client (``StackDouble``). The
+function is a moto Lambda function (never invoked) with the environment the template gives it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from datetime import UTC, datetime
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from eks_prefetch import aws, report, status
+from eks_prefetch.settings import get_settings
+from tests.conftest import CLUSTER, DEPLOYMENT_ENV, DOCUMENT
+from tests.integration import test_status as status_tests
+from tests.integration.test_status import ENDED, TRAINER, good_output, ref, run_node, send
+from tests.status_doubles import STATUS_TABLE, Answer, FakeFleet, FakeInvocations, image_line, summary_line
+
+# The status tests' fixtures: the status table, and two watched repositories with their newest images.
+env = status_tests.env
+images = status_tests.images
+
+STACK = "eks-image-prefetch"
+FUNCTION = "eks-image-prefetch-StatusFunction-1A2B3C"
+
+
+def deploy_stack() -> None:
+    """The status function, with the environment the template gives it."""
+    iam = boto3.client("iam")
+    role = iam.create_role(
+        RoleName="status-role",
+        AssumeRolePolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+                ],
+            }
+        ),
+    )["Role"]["Arn"]
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as archive:
+        archive.writestr("app.py", "def lambda_handler(event, context):\n    return {}\n")
+    # Lambda sets AWS_* itself; the template sets the rest.
+    environment = {k: v for k, v in DEPLOYMENT_ENV.items() if not k.startswith("AWS_")}
+    boto3.client("lambda").create_function(
+        FunctionName=FUNCTION,
+        Runtime="python3.13",
+        Role=role,
+        Handler="app.lambda_handler",
+        Code={"ZipFile": code.getvalue()},
+        Environment={"Variables": {**environment, "STATUS_TABLE": STATUS_TABLE, "POWERTOOLS_SERVICE_NAME": "status"}},
+    )
+
+
+class StackDouble:
+    """DescribeStacks answered by a Stubber on aws.client("cloudformation"), the client the code uses."""
+
+    def __init__(self) -> None:
+        self.stubber = Stubber(aws.client("cloudformation"))
+        self.stubber.activate()
+
+    def exists(self, name: str, outputs: dict[str, str]) -> None:
+        stack = {
+            "StackName": name,
+            "CreationTime": datetime(2026, 11, 1, tzinfo=UTC),
+            "StackStatus": "UPDATE_COMPLETE",
+            "Outputs": [{"OutputKey": key, "OutputValue": value} for key, value in outputs.items()],
+        }
+        self.stubber.add_response("describe_stacks", {"Stacks": [stack]}, {"StackName": name})
+
+    def missing(self, name: str) -> None:
+        self.stubber.add_client_error(
+            "describe_stacks",
+            service_error_code="ValidationError",
+            service_message=f"Stack with id {name} does not exist",
+            http_status_code=400,
+            expected_params={"StackName": name},
+        )
+
+
+@pytest.fixture
+def stacks(env) -> StackDouble:
+    return StackDouble()
+
+
+@pytest.fixture
+def deployed(images, stacks, monkeypatch):
+    deploy_stack()
+    stacks.exists(STACK, {"StatusFunctionName": FUNCTION, "PrefetchDocumentName": DOCUMENT})
+    fake = FakeInvocations().install(monkeypatch)
+    fleet = FakeFleet().install(monkeypatch)
+    return fake, fleet
+
+
+def run_report(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = report.main(["--stack", STACK, *args], out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_names_the_failed_node_with_its_reason_and_exits_non_zero(deployed, images):
+    fake, fleet = deployed
+    healthy, broken, fresh = run_node(), run_node(), run_node()
+    fleet.online = {healthy, broken, fresh}
+    digest = images[TRAINER]
+    ok = send([healthy], [ref(TRAINER, digest)])
+    fake.set(ok, healthy, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)]), ENDED))
+    failed = send([broken], [ref(TRAINER, digest)])
+    output = image_line(ref(TRAINER, digest), "failed", error="failed to pull: 403 Forbidden") + "\n"
+    fake.set(failed, broken, Answer("Failed", "Failed", output + summary_line(failed=1), ENDED))
+    for command_id, node in ((ok, healthy), (failed, broken)):
+        status.record_invocation(command_id, node, get_settings(), via="event")
+
+    code, out, err = run_report()
+
+    assert (code, err) == (1, "")
+    assert f"cluster {CLUSTER}: 3 online node(s)" in out
+    assert f"newest:   v2 {digest}" in out
+    assert "coverage: 33.3% (1/3 nodes)" in out
+    trainer = out[out.index("\nml/trainer\n") : out.index("\nml/inference\n")]
+    assert f"missing:  {broken}  last error at {status.timestamp(ENDED)}: failed to pull: 403 Forbidden" in trainer
+    assert f"missing:  {fresh}  never reported" in trainer
+    assert healthy not in trainer
+    assert "coverage below 100%: ml/trainer, ml/inference" in out
+
+
+def test_full_coverage_exits_zero(deployed, images):
+    fake, fleet = deployed
+    node = run_node()
+    fleet.online = {node}
+    command_id = send([node], [ref(TRAINER, images[TRAINER]), ref("ml/inference", images["ml/inference"])])
+    records = [(ref(TRAINER, images[TRAINER]), "cached", images[TRAINER])]
+    records.append((ref("ml/inference", images["ml/inference"]), "pulled", images["ml/inference"]))
+    fake.set(command_id, node, Answer("Success", "Success", good_output(records), ENDED))
+    status.record_invocation(command_id, node, get_settings(), via="event")
+
+    code, out, _err = run_report("--region", "us-east-1")
+
+    assert code == 0
+    assert "coverage: 100.0% (1/1 nodes)" in out
+    assert "missing" not in out
+
+
+def test_an_unknown_stack_is_a_clear_error(stacks):
+    stacks.missing("no-such-stack")
+    out, err = io.StringIO(), io.StringIO()
+
+    code = report.main(["--stack", "no-such-stack"], out=out, err=err)
+
+    assert code == 2
+    assert "cannot read the stack no-such-stack" in err.getvalue()
+
+
+def test_a_stack_without_the_status_function_is_a_clear_error(stacks):
+    stacks.exists("older", {"PrefetchDocumentName": DOCUMENT})
+    out, err = io.StringIO(), io.StringIO()
+
+    assert report.main(["--stack", "older"], out=out, err=err) == 2
+    assert "has no StatusFunctionName output" in err.getvalue()

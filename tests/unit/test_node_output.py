@@ -1,0 +1,163 @@
+"""The one parser of the node script's output: the contract, and every kind of bad output, classified not raised."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eks_prefetch.node_output import OutputProblem, parse_node_output, repository_of
+
+DIGEST = "sha256:" + "ab" * 32
+REF = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/ml/trainer@{DIGEST}"
+
+
+def line(**fields) -> str:
+    return json.dumps(fields)
+
+
+SUMMARY = line(
+    summary=True, images=2, pulled=1, cached=0, skipped=0, failed=1, unpinned=1, disk_used_percent=62, seconds=41.3
+)
+GOOD = "\n".join(
+    [
+        line(image=REF, status="pulled", digest=DIGEST, seconds=41.2, bytes=3758096384, pinned=True),
+        line(image="127.0.0.1:5000/demo/app:v1", status="failed", seconds=0.5, error="not found"),
+        SUMMARY,
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("reference", "repository"),
+    [
+        (REF, "ml/trainer"),
+        ("127.0.0.1:5000/demo/app:v1", "demo/app"),
+        ("public.ecr.aws/docker/library/busybox:1.36", "docker/library/busybox"),
+        ("registry:5000/app@sha256:00", "app"),
+        ("no-slash", ""),
+    ],
+)
+def test_repository_is_the_path_between_the_first_slash_and_the_digest_or_tag(reference, repository):
+    assert repository_of(reference) == repository
+
+
+def test_well_formed_output():
+    output = parse_node_output(GOOD)
+
+    assert output.problem is None
+    assert output.problems == frozenset()
+    pulled, failed = output.records
+    assert (pulled.repository, pulled.status, pulled.digest, pulled.seconds, pulled.pinned) == (
+        "ml/trainer",
+        "pulled",
+        DIGEST,
+        41.2,
+        True,
+    )
+    assert (failed.repository, failed.digest, failed.detail) == ("demo/app", None, "not found")
+    assert output.summary is not None
+    assert (output.summary.images, output.summary.failed, output.summary.omitted) == (2, 1, 0)
+    assert output.by_status("pulled") == [pulled]
+
+
+def test_omitted_records_are_read_from_the_summary():
+    text = line(summary=True, images=300, pulled=300, omitted=120, seconds=1)
+
+    assert parse_node_output(text).summary.omitted == 120
+
+
+def test_run_level_failure_is_a_summary_with_an_error():
+    output = parse_node_output(line(summary=True, images=0, failed=0, error="ctr not found on PATH", seconds=0.01))
+
+    assert output.problem is None
+    assert output.run_error == "ctr not found on PATH"
+    assert output.records == ()
+
+
+@pytest.mark.parametrize("text", [None, "", "\n\n", "   \n"])
+def test_empty_output(text):
+    output = parse_node_output(text)
+
+    assert output.problem is OutputProblem.EMPTY
+    assert output.summary is None
+
+
+def test_truncated_output_has_no_summary_and_a_cut_line():
+    # SSM keeps the first 24,000 characters: the last record is cut mid-line, the summary is gone.
+    text = GOOD[: GOOD.index(SUMMARY) - 20]
+
+    output = parse_node_output(text)
+
+    assert output.problem is OutputProblem.NO_SUMMARY
+    assert output.problems == {OutputProblem.NO_SUMMARY, OutputProblem.NOT_JSON}
+    assert [record.status for record in output.records] == ["pulled"]
+
+
+def test_killed_run_has_whole_records_and_no_summary():
+    output = parse_node_output(GOOD.rsplit("\n", 1)[0])
+
+    assert output.problems == {OutputProblem.NO_SUMMARY}
+    assert len(output.records) == 2
+
+
+def test_text_that_is_not_json():
+    output = parse_node_output("bash: ctr: command not found\nSegmentation fault")
+
+    assert output.problems == {OutputProblem.NOT_JSON, OutputProblem.NO_SUMMARY}
+    # Nothing readable: counted as not JSON, not as a truncated run.
+    assert output.problem is OutputProblem.NOT_JSON
+    assert output.bad_lines == 2
+
+
+def test_not_json_line_among_good_ones():
+    text = GOOD.replace(SUMMARY, "warning: something\n" + SUMMARY)
+
+    output = parse_node_output(text)
+
+    assert output.problem is OutputProblem.NOT_JSON
+    assert output.summary is not None
+    assert len(output.records) == 2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        line(image=REF, status="exploded"),
+        line(status="pulled"),
+        line(image=REF, status="pulled", seconds=-1),
+        "[1, 2]",
+        '"a string"',
+    ],
+)
+def test_objects_outside_the_contract_are_bad_records_or_not_json(bad):
+    output = parse_node_output(bad + "\n" + SUMMARY)
+
+    assert output.problem in {OutputProblem.BAD_RECORD, OutputProblem.NOT_JSON}
+    assert output.summary is not None
+    assert output.records == ()
+
+
+def test_summary_not_last_is_not_trusted():
+    output = parse_node_output(SUMMARY + "\n" + line(image=REF, status="cached", digest=DIGEST))
+
+    assert output.summary is None
+    assert output.problems == {OutputProblem.BAD_RECORD, OutputProblem.NO_SUMMARY}
+
+
+def test_unknown_fields_are_tolerated():
+    output = parse_node_output(line(image=REF, status="cached", digest=DIGEST, layers=7) + "\n" + SUMMARY)
+
+    assert output.problem is None
+    assert output.records[0].status == "cached"
+
+
+def test_omitted_records_are_all_held_only_when_every_failure_and_skip_was_printed():
+    failed = line(image=REF, status="failed", error="x")
+    all_held = parse_node_output(failed + "\n" + line(summary=True, images=40, pulled=39, failed=1, omitted=39))
+    some_failed = parse_node_output(failed + "\n" + line(summary=True, images=40, pulled=37, failed=3, omitted=39))
+    nothing_omitted = parse_node_output(failed + "\n" + line(summary=True, images=1, failed=1))
+
+    assert all_held.omitted_all_held
+    assert not some_failed.omitted_all_held
+    assert not nothing_omitted.omitted_all_held
