@@ -264,6 +264,52 @@ class RunCommandAgent:
                 matched.append(instance.id)
         return matched
 
+    def seed_command(
+        self, command_id: str, document_name: str, instance_id: str, status: str, stdout: str, images: str
+    ) -> None:
+        """A command SSM already ran, with a given id (make invoke: the one a sample status event names)."""
+        backend = ssm_backends[ACCOUNT][REGION]
+        document = backend.get_document(document_name, "", "", "")
+        content = (yaml.safe_load if document["DocumentFormat"] == "YAML" else json.loads)(document["Content"])
+        parameters = {"images": [images]}
+        command = backend.send_command(
+            comment="seeded",
+            document_name=document_name,
+            timeout_seconds=600,
+            instance_ids=[instance_id],
+            max_concurrency="50",
+            max_errors="0",
+            notification_config=None,
+            output_s3_bucket_name="",
+            output_s3_key_prefix="",
+            output_s3_region="",
+            parameters=parameters,
+            service_role_arn="",
+            targets=[],
+        )
+        command.command_id = command_id
+        command.instance_ids = [instance_id]
+        command.invocations = [command.invocation_response(instance_id, "aws:runShellScript")]
+        now = datetime.now(UTC)
+        record = AgentCommand(
+            command_id,
+            document_name,
+            document["DocumentVersion"],
+            content,
+            {"images": images},
+            {"Parameters": parameters},
+            now,
+        )
+        invocation = CommandInvocation(command_id, instance_id, instance_id, now, status, status)
+        invocation.stdout = stdout
+        invocation.response_code = 0 if status == "Success" else 1
+        invocation.started = invocation.ended = now if status in TERMINAL else None
+        record.invocations[instance_id] = invocation
+        record.status = status
+        record.done.set()
+        with self._lock:
+            self.commands[command_id] = record
+
     # --- running ----------------------------------------------------------------------------------------------
 
     def _run(self, command: AgentCommand) -> None:

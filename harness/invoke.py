@@ -17,8 +17,9 @@ from typing import Any
 
 from moto.ec2.models import ec2_backends
 
+from harness.agent import TERMINAL
 from harness.cluster import DryRunNode
-from harness.stack import ACCOUNT, REGION, Invocation
+from harness.stack import ACCOUNT, REGION, STACK_NAME, Invocation
 from harness.world import World
 
 # The deployment the sample events are written for (account 123456789012, us-east-1).
@@ -55,6 +56,11 @@ def seed(world: World, event: Any) -> list[str]:
                 imageDigest=detail["image-digest"],
             )
             seeded.append(f"ECR image {repository}:{detail['image-tag']} {detail['image-digest'][:19]}")
+        if (
+            inner.get("source") == "aws.ssm"
+            and inner.get("detail-type") == "EC2 Command Invocation Status-change Notification"
+        ):
+            seeded.extend(_seed_invocation(world, detail))
         if inner.get("source") == "aws.ec2" and "instance-id" in detail:
             seeded.append(_seed_instance(world, detail["instance-id"]))
             # Something for the new node to prefetch: an image in the first watched repository.
@@ -63,6 +69,31 @@ def seed(world: World, event: Any) -> list[str]:
             manifest = json.dumps({**_MANIFEST, "config": {**_MANIFEST["config"], "digest": digest}})
             world.ecr.put_image(repositoryName=repository, imageManifest=manifest, imageTag="v1", imageDigest=digest)
             seeded.append(f"ECR image {repository}:v1 {digest[:19]}")
+    return seeded
+
+
+def _seed_invocation(world: World, detail: dict[str, Any]) -> list[str]:
+    """The command the status event names, with the node's output for its status (another document's: nothing)."""
+    if detail["document-name"] != world.stack.document_name:
+        return []
+    seeded = [_seed_instance(world, detail["instance-id"])]
+    repository = world.stack.parameters["RepositoryNames"][0]
+    digest = "sha256:" + hashlib.sha256(b"sample image").hexdigest()
+    image = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{repository}@{digest}"
+    manifest = json.dumps({**_MANIFEST, "config": {**_MANIFEST["config"], "digest": digest}})
+    world.ecr.put_image(repositoryName=repository, imageManifest=manifest, imageTag="v1", imageDigest=digest)
+    status = detail["status"]
+    failed = status != "Success"
+    record = {"image": image, "status": "failed" if failed else "pulled", "seconds": 1.5}
+    record.update({"error": "sample failure"} if failed else {"digest": digest, "bytes": 1024, "pinned": True})
+    summary = {"summary": True, "images": 1, "pulled": int(not failed), "cached": 0, "skipped": 0}
+    summary.update({"failed": int(failed), "unpinned": 0, "disk_used_percent": 40, "seconds": 1.6})
+    stdout = "" if status not in TERMINAL else f"{json.dumps(record)}\n{json.dumps(summary)}\n"
+    world.agent.seed_command(
+        detail["command-id"], detail["document-name"], detail["instance-id"], status, stdout, image
+    )
+    seeded.append(f"SSM command {detail['command-id'][:8]} on {detail['instance-id']}: {status}")
+    seeded.append(f"ECR image {repository}:v1 {digest[:19]}")
     return seeded
 
 
@@ -82,7 +113,13 @@ def _seed_instance(world: World, instance_id: str) -> str:
 def invoke(function: str, event_path: Path, parameters: dict[str, str] | None = None) -> Invocation:
     """Invoke one function of the emulated stack with a sample event, seeded; the world is torn down after."""
     event = json.loads(event_path.read_text())
-    with World({**SAMPLE_PARAMETERS, **(parameters or {})}, real_nodes=False) as world:
+    names = {}
+    for inner in _events_in(event):
+        document = (inner.get("detail") or {}).get("document-name", "")
+        if document.startswith(f"{STACK_NAME}-PrefetchDocument-"):
+            # The sample names the stack's document: the emulated stack's gets that name.
+            names["PrefetchDocument"] = document
+    with World({**SAMPLE_PARAMETERS, **(parameters or {})}, real_nodes=False, physical_names=names) as world:
         if function not in world.stack.functions:
             raise SystemExit(f"no function {function} in template.yaml; functions: {sorted(world.stack.functions)}")
         for line in seed(world, event):

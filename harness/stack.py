@@ -221,8 +221,15 @@ class EventSource:
 class Stack:
     """template.yaml created in moto. Call create() inside an active moto mock."""
 
-    def __init__(self, parameters: dict[str, str] | None = None, name: str = STACK_NAME) -> None:
+    def __init__(
+        self,
+        parameters: dict[str, str] | None = None,
+        name: str = STACK_NAME,
+        physical_names: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
+        # Names CloudFormation would generate, given instead (make invoke: the names a sample event carries).
+        self.physical_names = dict(physical_names or {})
         self.parameters = parameter_values(parameters)
         self.resolver = Resolver(
             self.parameters,
@@ -293,7 +300,7 @@ class Stack:
 
     def _document(self, logical_id: str, properties: dict[str, Any]) -> None:
         # No Name in the template: CloudFormation generates one, and the functions get it through !Ref.
-        name = properties.get("Name") or self._name(logical_id, 128)
+        name = properties.get("Name") or self.physical_names.get(logical_id) or self._name(logical_id, 128)
         content_format = properties.get("DocumentFormat", "JSON")
         content = properties["Content"]
         text = yaml.safe_dump(content, sort_keys=False) if content_format == "YAML" else json.dumps(content)

@@ -147,6 +147,9 @@ class Resolver:
     def get_att(self, logical_id: str, attribute: str) -> Any:
         if (logical_id, attribute) in self.attributes:
             return self.attributes[(logical_id, attribute)]
+        if logical_id in self.refs:
+            # Created, but not emulated (alarms, topics...): a placeholder nothing here reads.
+            return f"{self.refs[logical_id]}.{attribute}"
         if logical_id in template()["Resources"]:
             raise Unresolved(f"{logical_id}.{attribute}")
         raise KeyError(f"!GetAtt {logical_id}.{attribute}: no such resource")

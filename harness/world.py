@@ -43,6 +43,7 @@ class World:
     # None: real nodes when this machine can run them; False: dry-run nodes.
     real_nodes: bool | None = None
     on_delivery: Callable[[Delivery], None] | None = None
+    physical_names: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.instances: dict[str, Instance] = {}
@@ -83,7 +84,7 @@ class World:
             os.environ[key] = value
         self._mock = mock_aws()
         self._mock.start()
-        self.stack = Stack(self.parameters).create()
+        self.stack = Stack(self.parameters, physical_names=self.physical_names).create()
         self.agent = RunCommandAgent()
         self.agent.install()
         self.router = Router(self.stack, on_delivery=self._delivered)

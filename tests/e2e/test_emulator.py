@@ -30,6 +30,11 @@ EXPECTED = {
     "ecr_push/push-unwatched.json": {"status": "ignored", "reason": "repository not watched"},
     "node_launch/eventbridge-ec2-running.json": {"batchItemFailures": []},
     "node_launch/sqs-ec2-running.json": {"batchItemFailures": []},
+    "status/invocation-failed.json": {"result": "counted", "status": "Failed"},
+    "status/invocation-in-progress.json": {"result": "pending", "status": "InProgress"},
+    "status/invocation-other-document.json": {"result": "foreign"},
+    "status/invocation-success.json": {"result": "counted", "status": "Success"},
+    "status/scheduled-sweep.json": {"result": "swept", "errors": 0},
 }
 
 
