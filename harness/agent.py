@@ -532,33 +532,62 @@ class RunCommandAgent:
         return ActionResult({"Commands": items})
 
     def _describe_instance_information(self, response: SimpleSystemManagerResponse) -> ActionResult:
+        """Registered (Online) instances; Filters InstanceIds, PingStatus, tag:<key> and tag-key; pages of 50."""
         wanted: list[str] | None = None
+        filters: list[tuple[str, list[str]]] = []
         for item in response._get_param("Filters") or []:
-            if item["Key"] == "InstanceIds":
-                wanted = item["Values"]
+            filters.append((item["Key"], item["Values"]))
         for item in response._get_param("InstanceInformationFilterList") or []:
-            if item["key"] == "InstanceIds":
-                wanted = item["valueSet"]
+            filters.append((item["key"], item["valueSet"]))
+        for key, values in filters:
+            if key == "InstanceIds":
+                wanted = values
         if wanted is not None and any(not self.registered(instance_id) for instance_id in wanted):
             # The API answers an error, not an empty list, for an id that is not a managed node.
             raise JsonRESTError("InvalidInstanceId", "Instance id(s) not registered with Systems Manager")
-        items = [
-            {
-                "InstanceId": instance_id,
-                "PingStatus": "Online",
-                "LastPingDateTime": datetime.now(UTC),
-                "AgentVersion": "3.3.2746.0",
-                "IsLatestVersion": True,
-                "PlatformType": "Linux",
-                "PlatformName": "Amazon Linux",
-                "PlatformVersion": "2023",
-                "ResourceType": "EC2Instance",
-                "ComputerName": managed.node.name,
-            }
-            for instance_id, managed in self.managed.items()
-            if managed.registered and (wanted is None or instance_id in wanted)
-        ]
-        return ActionResult({"InstanceInformationList": items})
+        ec2 = ec2_backends[ACCOUNT][REGION]
+        tags_of = {
+            instance.id: {tag["key"]: tag["value"] for tag in instance.get_tags()} for instance in ec2.all_instances()
+        }
+        items = []
+        for instance_id, managed in self.managed.items():
+            tags = tags_of.get(instance_id, {})
+            if not managed.registered or not all(
+                _info_matches(key, values, instance_id, tags) for key, values in filters
+            ):
+                continue
+            items.append(
+                {
+                    "InstanceId": instance_id,
+                    "PingStatus": "Online",
+                    "LastPingDateTime": datetime.now(UTC),
+                    "AgentVersion": "3.3.2746.0",
+                    "IsLatestVersion": True,
+                    "PlatformType": "Linux",
+                    "PlatformName": "Amazon Linux",
+                    "PlatformVersion": "2023",
+                    "ResourceType": "EC2Instance",
+                    "ComputerName": managed.node.name,
+                }
+            )
+        max_results = min(int(response._get_param("MaxResults") or 50), 50)
+        start = int(response._get_param("NextToken") or 0)
+        answer: dict[str, Any] = {"InstanceInformationList": items[start : start + max_results]}
+        if start + max_results < len(items):
+            answer["NextToken"] = str(start + max_results)
+        return ActionResult(answer)
+
+
+def _info_matches(key: str, values: list[str], instance_id: str, tags: dict[str, str]) -> bool:
+    if key == "InstanceIds":
+        return instance_id in values
+    if key == "PingStatus":
+        return "Online" in values
+    if key.startswith("tag:"):
+        return tags.get(key[4:]) in values
+    if key == "tag-key":
+        return any(value in tags for value in values)
+    raise JsonRESTError("InvalidInstanceInformationFilterValue", f"filter {key} is not emulated")
 
 
 def _target_matches(target: dict[str, Any], instance_id: str, tags: dict[str, str]) -> bool:

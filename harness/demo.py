@@ -7,6 +7,8 @@ ECR. Every process started here is stopped at the end, on Ctrl-C and on failure.
 
 from __future__ import annotations
 
+import importlib
+import io
 import json
 import os
 import signal
@@ -235,8 +237,40 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
     return parsed
 
 
+def status_function_view(world: World, say: Narrator) -> bool:
+    """The status function's own view: its sweep (the 5-minute schedule, fired now), then the coverage `make status`
+    prints for a deployed stack, computed by the same code in the function's environment. False without one."""
+    function = world.stack.functions.get("StatusFunction")
+    if function is None:
+        return False
+    counted = [
+        i.result for i in function.invocations if isinstance(i.result, dict) and i.result.get("result") == "counted"
+    ]
+    say.line(f"StatusFunction counted {len(counted)} invocation(s) from their status events")
+    for delivery in world.router.fire_schedules():
+        if delivery.invocation and isinstance(delivery.invocation.result, dict):
+            result = delivery.invocation.result
+            say.line(
+                f"{delivery.target} sweep: {result.get('commands')} command(s) looked at, {result.get('counted')} "
+                f"counted now (events lost), {result.get('already_counted')} already counted"
+            )
+    with function.container(fresh=True):  # `make status` is a process of its own
+        report = importlib.import_module("eks_prefetch.report")
+        status = importlib.import_module("eks_prefetch.status")
+        settings = importlib.import_module("eks_prefetch.settings").get_settings()
+        coverages, _states = status.fleet_coverage(settings)
+        text = io.StringIO()
+        report.render(coverages, settings.cluster_name, text)
+    say.line("make status (the status function's code, on the emulated stack):")
+    for line in text.getvalue().splitlines():
+        say.line(f"  {line}")
+    return True
+
+
 def status_view(world: World, say: Narrator, versions: dict[str, str]) -> None:
-    """Coverage per repository from containerd's real state; latencies and failures from the agent's records."""
+    """The status function's view if the stack has one; then this run's own record: coverage from containerd's real
+    state, latencies and failures from the agent's records, the dead-letter queues."""
+    status_function_view(world, say)
     newest = next(reversed(versions.values()))
     nodes = world.nodes()
     having = [

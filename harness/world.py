@@ -51,6 +51,8 @@ class World:
         self.deliveries: list[Delivery] = []
         self.emitted: list[dict[str, Any]] = []  # every event put on the bus, in order
         self.fast_forwards = 0
+        self.lose: Callable[[dict[str, Any]], bool] | None = None
+        self.lost: list[dict[str, Any]] = []
         # Set by a signal handler: checked by settle(), because a KeyboardInterrupt raised inside a moto request can
         # be swallowed on its way out.
         self.interrupted = threading.Event()
@@ -229,7 +231,11 @@ class World:
     # --- running ----------------------------------------------------------------------------------------------
 
     def emit(self, event: dict[str, Any]) -> list[Delivery]:
+        """Put an event on the bus; unless ``lose`` says EventBridge drops it (its delivery is best effort)."""
         self.emitted.append(event)
+        if self.lose is not None and self.lose(event):
+            self.lost.append(event)
+            return []
         return self.router.emit(event)
 
     def settle(self, timeout: float = 300, tick: Callable[[], None] | None = None, fast_forward: bool = False) -> None:
