@@ -170,3 +170,42 @@ def test_node_that_never_registers_ends_in_the_dead_letter_queue(make_world) -> 
     assert any(message.startswith("giving up: SSM agent not online after 2 attempts") for message in messages)
     assert not [c for c in world.commands() if c["InstanceIds"] == [lost]]
     assert world.instances[lost].node.images() == {}
+
+
+def _coverage(world: World) -> dict[str, Any]:
+    """What `make status` computes (the status function's code, in a fresh environment of the function)."""
+    import importlib  # noqa: PLC0415 - the function's modules, loaded inside its environment
+
+    with world.stack.functions["StatusFunction"].container(fresh=True):
+        status = importlib.import_module("eks_prefetch.status")
+        settings = importlib.import_module("eks_prefetch.settings").get_settings()
+        coverages, _states = status.fleet_coverage(settings)
+    return {coverage.repository: coverage for coverage in coverages}
+
+
+def test_a_lost_status_event_is_recovered_by_the_sweep(make_world) -> None:
+    world = make_world(MaxConcurrency="100%")
+    nodes = [world.launch(f"node-{index}") for index in (1, 2)]
+    world.settle(60)
+    # EventBridge drops node-2's final status event (SSM's events are best effort).
+    world.lose = lambda event: (
+        event["detail-type"] == "EC2 Command Invocation Status-change Notification"
+        and event["detail"]["instance-id"] == nodes[1]
+        and event["detail"]["status"] == "Success"
+    )
+
+    image = world.push(REPOSITORY, "v1", LAYERS_MB)
+    world.settle(120)
+
+    assert len(world.lost) == 1
+    status = world.stack.functions["StatusFunction"]
+    counted = {i.result["instance_id"] for i in status.invocations if i.result.get("result") == "counted"}
+    assert counted == {nodes[0]}
+    (sweep,) = world.router.fire_schedules()
+    assert sweep.invocation.error is None
+    assert (sweep.invocation.result["counted"], sweep.invocation.result["already_counted"]) == (1, 1)
+    coverage = _coverage(world)[REPOSITORY]
+    assert coverage.newest.digest == image.digest
+    assert (coverage.percent, tuple(coverage.missing)) == (100.0, ())
+    for node in nodes:
+        assert pinned(world, node) == {image.digest: True}
