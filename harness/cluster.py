@@ -31,7 +31,6 @@ from harness.node import (
     Run,
     build_image,
     kill_group,
-    missing_prerequisites,
     render_script,
     run_document,
 )
@@ -293,7 +292,3 @@ class CuttableProxy:
     def close(self) -> None:
         self._down()
 
-
-def can_run_nodes() -> str | None:
-    """Why nodes must be dry runs here, or None."""
-    return missing_prerequisites()
