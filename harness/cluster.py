@@ -291,4 +291,3 @@ class CuttableProxy:
 
     def close(self) -> None:
         self._down()
-

@@ -107,8 +107,11 @@ def parameter_values(overrides: dict[str, str] | None = None) -> dict[str, Any]:
 
 def _check_parameter(name: str, spec: dict[str, Any], raw: str) -> None:
     pattern = spec.get("AllowedPattern")
-    if pattern is not None and not re.fullmatch(pattern, raw):
-        raise ValueError(f"parameter {name}={raw!r} does not match AllowedPattern {pattern}")
+    # CloudFormation checks a CommaDelimitedList's AllowedPattern on each item.
+    items = [item.strip() for item in raw.split(",")] if spec["Type"] == "CommaDelimitedList" else [raw]
+    for item in items:
+        if pattern is not None and not re.fullmatch(pattern, item):
+            raise ValueError(f"parameter {name}={item!r} does not match AllowedPattern {pattern}")
     allowed = spec.get("AllowedValues")
     if allowed is not None and raw not in {str(value) for value in allowed}:
         raise ValueError(f"parameter {name}={raw!r} is not one of {allowed}")
