@@ -75,6 +75,9 @@ class CommandInvocation:
     response_code: int = -1
     stdout: str = ""
     stderr: str = ""
+    # What the node printed, whole: CloudWatch Logs gets all of it, the API only the first 24,000/8,000 characters.
+    full_stdout: str = ""
+    full_stderr: str = ""
     started: datetime | None = None
     ended: datetime | None = None
 
@@ -364,6 +367,7 @@ class RunCommandAgent:
             return
         invocation.ended = datetime.now(UTC)
         invocation.response_code = run.returncode
+        invocation.full_stdout, invocation.full_stderr = run.stdout, run.stderr
         invocation.stdout, invocation.stderr = _truncate(run.stdout, run.stderr)
         status = "Success" if run.returncode == 0 else "Failed"
         self._set_status(command, invocation, status, status)

@@ -135,7 +135,7 @@ def run(world: World, say: Narrator) -> None:
         assert world.registry is not None
         say.line(f"registry (ECR stand-in) on {world.registry.host}; document {world.stack.document_name}")
 
-    say.step("Cluster: 3 nodes (each its own containerd) and 1 instance that is not a node")
+    say.step("Cluster: 3 nodes (each its own containerd, unless a dry run) and 1 instance that is not a node")
     for name in ("node-1", "node-2", "node-3"):
         instance_id = world.launch(name)
         say.line(f"{name}: {instance_id}, tagged {'='.join(world.node_tag)}, SSM agent online")

@@ -94,6 +94,7 @@ class World:
         self.ssm = boto3.client("ssm", region_name=REGION)
         self.ecr = boto3.client("ecr", region_name=REGION)
         self.sqs = boto3.client("sqs", region_name=REGION)
+        self.logs = boto3.client("logs", region_name=REGION)
         for repository in self.stack.parameters["RepositoryNames"]:
             self.ecr.create_repository(repositoryName=repository)
         if self.dry_run_reason is None:
@@ -249,6 +250,7 @@ class World:
             busy = self.agent.busy()
             progressed = False
             for event in self.agent.drain_events():
+                self._ship_output(event)
                 self.emit(event)
                 progressed = True
             if self.router.pump():
@@ -264,6 +266,46 @@ class World:
                 raise TimeoutError(f"not settled after {timeout:.0f} s")
             if not progressed:
                 time.sleep(0.2)
+
+    def _ship_output(self, event: dict[str, Any]) -> None:
+        """The agent's CloudWatch output (CloudWatchOutputConfig): a finished invocation's whole stdout and stderr,
+        in streams <command>/<instance>/<step>/stdout|stderr of the command's log group. From this thread: moto is
+        called from the main thread only."""
+        detail = event["detail"]
+        if event["detail-type"] != "EC2 Command Invocation Status-change Notification" or detail["status"] not in {
+            "Success",
+            "Failed",
+            "TimedOut",
+        }:
+            return
+        command = self.agent.commands[detail["command-id"]]
+        config = command.request.get("CloudWatchOutputConfig") or {}
+        if not config.get("CloudWatchOutputEnabled"):
+            return
+        group = config.get("CloudWatchLogGroupName") or f"/aws/ssm/{command.document_name}"
+        invocation = command.invocations[detail["instance-id"]]
+        (step,) = command.content["mainSteps"]
+        existing = {g["logGroupName"] for g in self.logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]}
+        if group not in existing:
+            self.logs.create_log_group(logGroupName=group)  # the agent creates it, as SSM does
+        now = int(time.time() * 1000)
+        for kind, text in (("stdout", invocation.full_stdout), ("stderr", invocation.full_stderr)):
+            if not text:
+                continue
+            stream = f"{command.command_id}/{invocation.instance_id}/{step['name']}/{kind}"
+            self.logs.create_log_stream(logGroupName=group, logStreamName=stream)
+            lines = [{"timestamp": now, "message": line} for line in text.splitlines() if line]
+            if lines:
+                self.logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=lines)
+
+    def output_log_lines(self, command_id: str, instance_id: str) -> list[str]:
+        """The stdout lines CloudWatch Logs holds for one invocation."""
+        command = self.agent.commands[command_id]
+        group = command.request["CloudWatchOutputConfig"]["CloudWatchLogGroupName"]
+        (step,) = command.content["mainSteps"]
+        stream = f"{command_id}/{instance_id}/{step['name']}/stdout"
+        events = self.logs.get_log_events(logGroupName=group, logStreamName=stream, startFromHead=True)["events"]
+        return [event["message"] for event in events]
 
     def invocation(self, command_id: str, instance_id: str) -> dict[str, Any]:
         return self.ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)

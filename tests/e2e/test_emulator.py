@@ -139,8 +139,14 @@ class LoudNode:
 def test_output_is_truncated_to_ssm_limits_and_a_non_zero_exit_fails(world: World) -> None:
     instance_id = world.launch("loud")
     world.agent.register(instance_id, LoudNode())
+    world.settle(30)
 
-    command_id = send(world, InstanceIds=[instance_id])
+    group = "/aws/ssm/test/prefetch"
+    command_id = send(
+        world,
+        InstanceIds=[instance_id],
+        CloudWatchOutputConfig={"CloudWatchLogGroupName": group, "CloudWatchOutputEnabled": True},
+    )
     world.settle(30)
 
     answer = world.ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
@@ -148,6 +154,8 @@ def test_output_is_truncated_to_ssm_limits_and_a_non_zero_exit_fails(world: Worl
     assert (len(answer["StandardOutputContent"]), len(answer["StandardErrorContent"])) == (24_000, 8_000)
     (item,) = world.ssm.list_command_invocations(CommandId=command_id, Details=True)["CommandInvocations"]
     assert len(item["CommandPlugins"][0]["Output"]) == 2_500
+    # CloudWatch Logs (the command's CloudWatchOutputConfig) gets all of it.
+    assert world.output_log_lines(command_id, instance_id) == ["o" * 30_000]
 
 
 def test_dry_run_node_says_so_and_records_what_it_would_run(world: World) -> None:

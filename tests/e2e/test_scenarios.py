@@ -56,6 +56,8 @@ def test_push_fan_out_update_and_late_node(make_world) -> None:
         assert world.instances[node].node.images()[ecr_name(v1.digest)]["digest"] == v1.digest
         (record, summary) = outputs(world, command["CommandId"], node)
         assert (record["status"], record["digest"], summary["pulled"]) == ("pulled", v1.digest, 1)
+        # The same lines in the stack's output log group (/aws/ssm/<stack>/prefetch), as the agent ships them.
+        assert [json.loads(line) for line in world.output_log_lines(command["CommandId"], node)] == [record, summary]
     # Registered with SSM, but without the node tag: never targeted, nothing pulled.
     assert world.instances[bastion].node.images() == {}
     assert all(bastion not in c.invocations for c in world.agent.commands.values())
