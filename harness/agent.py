@@ -99,6 +99,7 @@ class AgentCommand:
     requested: datetime
     invocations: dict[str, CommandInvocation] = field(default_factory=dict)
     status: str = "Pending"
+    status_details: str = "Pending"
     done: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -308,7 +309,7 @@ class RunCommandAgent:
         invocation.response_code = 0 if status == "Success" else 1
         invocation.started = invocation.ended = now if status in TERMINAL else None
         record.invocations[instance_id] = invocation
-        record.status = status
+        record.status = record.status_details = status
         record.done.set()
         with self._lock:
             self.commands[command_id] = record
@@ -344,8 +345,15 @@ class RunCommandAgent:
                     if invocation.status in ERRORS:
                         errors += 1
         statuses = {invocation.status for invocation in command.invocations.values()}
-        final = "Success" if statuses <= {"Success"} else "Failed" if statuses & ERRORS else "Cancelled"
-        self._set_command_status(command, final)
+        # SSM's command StatusDetails: Success (every invocation), Failed (errors beyond MaxErrors), Incomplete (tried
+        # everywhere, some not Success, errors within MaxErrors); the last two report Status Failed here.
+        if statuses <= {"Success"}:
+            final, details = "Success", "Success"
+        elif errors > command.max_errors:
+            final, details = "Failed", "Failed"
+        else:
+            final, details = "Failed", "Incomplete"
+        self._set_command_status(command, final, details)
         command.done.set()
 
     def _execute(self, command: AgentCommand, invocation: CommandInvocation) -> None:
@@ -390,9 +398,10 @@ class RunCommandAgent:
             )
         )
 
-    def _set_command_status(self, command: AgentCommand, status: str) -> None:
+    def _set_command_status(self, command: AgentCommand, status: str, details: str | None = None) -> None:
         with self._lock:
             command.status = status
+            command.status_details = details or status
         self.events.put(
             event_envelope(
                 "aws.ssm",
@@ -516,7 +525,7 @@ class RunCommandAgent:
         invocations = command.invocations.values()
         return {
             "Status": command.status,
-            "StatusDetails": command.status,
+            "StatusDetails": command.status_details,
             "TargetCount": len(command.invocations),
             "CompletedCount": sum(invocation.status in TERMINAL for invocation in invocations),
             "ErrorCount": sum(invocation.status in ERRORS for invocation in invocations),
