@@ -248,3 +248,33 @@ def test_a_node_registering_after_a_push_gets_the_pushed_image() -> None:
         world.settle(60)
         (command,) = [c for c in world.commands() if c["InstanceIds"] == [late]]
     assert command["Parameters"]["images"] == [f"123456789012.dkr.ecr.us-east-1.amazonaws.com/ml/trainer@{v2.digest}"]
+
+
+class HungNode:
+    """A node whose run outlives the step's timeout (the agent kills it)."""
+
+    name = "hung"
+
+    def __init__(self) -> None:
+        self.timeouts: list[float] = []
+
+    def execute(self, content: dict[str, Any], values: dict[str, str], command_id: str, timeout: float) -> Run:
+        self.timeouts.append(timeout)
+        error = TimeoutError(f"step timed out after {timeout:.0f} s")
+        error.stdout = '{"image":"x","status":"failed"}\n'  # type: ignore[attr-defined]
+        raise error
+
+
+def test_a_step_past_its_timeout_is_timed_out_and_counts_as_an_error(world: World) -> None:
+    hung = world.launch("hung")
+    world.agent.register(hung, node := HungNode())
+    other = world.launch("other")
+
+    command_id = send(world, InstanceIds=[hung, other], MaxConcurrency="1", MaxErrors="0")
+    world.agent.wait(30)
+
+    answer = world.ssm.get_command_invocation(CommandId=command_id, InstanceId=hung)
+    assert (answer["Status"], answer["StatusDetails"]) == ("TimedOut", "ExecutionTimedOut")
+    assert answer["StandardOutputContent"] == '{"image":"x","status":"failed"}\n'
+    assert node.timeouts == [3600.0]  # the step's timeoutSeconds: {{ executionTimeout }}, its default
+    assert world.ssm.get_command_invocation(CommandId=command_id, InstanceId=other)["Status"] == "Cancelled"
