@@ -7,6 +7,7 @@ ECR. Every process started here is stopped at the end, on Ctrl-C and on failure.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import json
@@ -183,6 +184,24 @@ def fan_out(world: World, say: Narrator, digest: str) -> None:
             node_report(world, say, command.command_id, instance_id)
 
 
+_BASELINE: dict[tuple[str, str], int] = {}
+
+
+def _content_bytes(world: World, instance_id: str) -> int:
+    """Bytes in the node's containerd content store, downloads in progress included (its real disk)."""
+    node = world.instances[instance_id].node
+    if node.dry_run:
+        return 0
+    content = node.containerd.root / "io.containerd.content.v1.content"
+    total = 0
+    for path in (content / "blobs", content / "ingest"):
+        for directory, _dirs, files in os.walk(path):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.stat(os.path.join(directory, name)).st_size
+    return total
+
+
 def _progress(world: World, say: Narrator) -> None:
     running = [command for command in world.agent.commands.values() if not command.done.is_set()]
     if not running:
@@ -190,10 +209,14 @@ def _progress(world: World, say: Narrator) -> None:
     parts = []
     for command in running:
         for invocation in command.invocations.values():
-            elapsed = ""
+            key = (command.command_id, invocation.instance_id)
+            if key not in _BASELINE:
+                _BASELINE[key] = _content_bytes(world, invocation.instance_id)
+            detail = ""
             if invocation.started and invocation.status == "InProgress":
-                elapsed = f" {time.time() - invocation.started.timestamp():.0f}s"
-            parts.append(f"{invocation.instance_name} {invocation.status}{elapsed}")
+                fetched = _content_bytes(world, invocation.instance_id) - _BASELINE[key]
+                detail = f" {time.time() - invocation.started.timestamp():.0f}s {_mb(max(fetched, 0))}"
+            parts.append(f"{invocation.instance_name} {invocation.status}{detail}")
     say.progress("pulling: " + " | ".join(parts))
 
 
