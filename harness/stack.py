@@ -30,7 +30,7 @@ from typing import Any
 import boto3
 import yaml
 
-from harness.template import Resolver, Unresolved, parameter_values, template
+from harness.template import Resolver, Unresolved, deployment_parameters, template
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
@@ -248,7 +248,7 @@ class Stack:
         self.name = name
         # Names CloudFormation would generate, given instead (make invoke: the names a sample event carries).
         self.physical_names = dict(physical_names or {})
-        self.parameters = parameter_values(parameters)
+        self.parameters = deployment_parameters(parameters)
         self.resolver = Resolver(
             self.parameters,
             {

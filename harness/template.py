@@ -75,6 +75,29 @@ def resolve(value: Any, parameters: dict[str, Any]) -> Any:
     return value
 
 
+def parameter_values(**overrides: Any) -> dict[str, Any]:
+    """Every parameter at its default (a test cluster and repository for the required ones), stand-ins named after
+    the resources for their !Ref, and the overrides."""
+    parameters = template()["Parameters"]
+    values: dict[str, Any] = {name: spec.get("Default") for name, spec in parameters.items()}
+    values.update(ClusterName="ml-prod", RepositoryNames=["ml/trainer"])
+    for logical_id in template()["Resources"]:
+        values.setdefault(logical_id, f"stand-in-{logical_id}")
+    values.update(overrides)
+    return values
+
+
+def function_environment(function: str, **overrides: Any) -> dict[str, str]:
+    """The environment CloudFormation would give the function (Globals, then its own), resolved with
+    ``parameter_values(**overrides)``, plus the region Lambda sets."""
+    values = parameter_values(**overrides)
+    variables = {
+        **template()["Globals"]["Function"]["Environment"]["Variables"],
+        **resource(function)["Properties"].get("Environment", {}).get("Variables", {}),
+    }
+    return {"AWS_REGION": "us-east-1", **{name: str(resolve(value, values)) for name, value in variables.items()}}
+
+
 # --- Parameters, conditions and intrinsic functions, as CloudFormation resolves them ---------------------------------
 
 
@@ -82,8 +105,9 @@ class Unresolved(LookupError):
     """A reference to a resource that has not been created yet (the caller creates it later)."""
 
 
-def parameter_values(overrides: dict[str, str] | None = None) -> dict[str, Any]:
-    """The template's parameters with their defaults and the overrides, checked as CloudFormation checks them.
+def deployment_parameters(overrides: dict[str, str] | None = None) -> dict[str, Any]:
+    """The template's parameters with their defaults and the overrides, checked as CloudFormation checks them (the
+    emulated stack's; parameter_values above gives tests stand-ins without checks).
 
     Values are strings (as !Ref gives them, Number included); a CommaDelimitedList is a list.
     """

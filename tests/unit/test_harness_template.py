@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from harness.template import Resolver, Unresolved, parameter_values, template
+from harness.template import Resolver, Unresolved, deployment_parameters, template
 
 PSEUDO = {"AWS::Region": "us-east-1", "AWS::AccountId": "123456789012", "AWS::Partition": "aws", "AWS::StackName": "s"}
 
 
 def test_defaults_overrides_and_lists() -> None:
-    values = parameter_values({"ClusterName": "demo", "RepositoryNames": "ml/a, ml/b"})
+    values = deployment_parameters({"ClusterName": "demo", "RepositoryNames": "ml/a, ml/b"})
     assert values["RepositoryNames"] == ["ml/a", "ml/b"]
     assert values["MaxErrors"] == str(template()["Parameters"]["MaxErrors"]["Default"])
 
@@ -27,11 +27,11 @@ def test_defaults_overrides_and_lists() -> None:
 )
 def test_values_cloudformation_would_refuse_are_refused(overrides: dict[str, str]) -> None:
     with pytest.raises(ValueError):
-        parameter_values(overrides)
+        deployment_parameters(overrides)
 
 
 def test_intrinsics_resolve_against_parameters_conditions_and_created_resources() -> None:
-    resolver = Resolver(parameter_values({"ClusterName": "demo", "RepositoryNames": "ml/a,ml/b"}), PSEUDO)
+    resolver = Resolver(deployment_parameters({"ClusterName": "demo", "RepositoryNames": "ml/a,ml/b"}), PSEUDO)
     environment = template()["Globals"]["Function"]["Environment"]["Variables"]
     with pytest.raises(Unresolved):
         resolver.resolve(environment)  # the document is not created yet
