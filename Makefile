@@ -1,4 +1,4 @@
-# The project's two commands: `make test` (every gate) and, once the local harness lands, `make demo`.
+# The project's two commands: `make demo` (the application end to end on this machine) and `make test` (every gate).
 SHELL := /bin/bash
 .DEFAULT_GOAL := test
 
@@ -55,6 +55,22 @@ integration: venv
 # binaries they fail; SKIP_NODE_TESTS=1 skips them instead, and the run ends with a notice of what did not run.
 node: venv
 	$(BIN)/pytest tests/node
+
+.PHONY: demo invoke e2e
+# The application end to end on real containerd nodes, and the emulator without them. Also part of `make test`.
+e2e: venv
+	$(BIN)/pytest tests/e2e
+
+# The whole application locally: moto stack from template.yaml, real handlers, a Run Command agent, real containerd
+# nodes pulling from a registry on 127.0.0.1 (root; dry-run nodes otherwise). Stops everything it starts.
+demo: system-deps venv
+	$(PY) -m harness.demo
+
+# Docker-free counterpart of `sam local invoke FUNCTION -e EVENT`, against the emulated stack.
+FUNCTION ?= EcrPushFunction
+EVENT ?= events/ecr_push/push-tagged.json
+invoke: venv
+	$(PY) -m harness.invoke $(FUNCTION) $(EVENT)
 
 .PHONY: status
 # The operator's view of a deployed stack: per repository, the newest image, the coverage and the nodes missing it

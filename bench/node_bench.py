@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.node.harness import Containerd, Registry, build_image, missing_prerequisites, run_document
+from harness.node import Containerd, Registry, build_image, missing_prerequisites, run_document
 
 ROUNDS = 6  # even: each side goes first equally often
 LAYERS_MB = [100.0] * 5

@@ -1,6 +1,6 @@
 """Print the SSM document's script as extracted from template.yaml (for shellcheck)."""
 
-from tests.cfn import document_script
+from harness.template import document_script
 
 if __name__ == "__main__":
     print(document_script(), end="")

@@ -12,8 +12,8 @@ from pathlib import Path
 from aws_lambda_powertools.utilities.parser import parse
 
 from eks_prefetch.events import Ec2StateChangeEvent
-from tests import cfn
-from tests.routing import routed_events
+from harness import template as cfn
+from harness.routing import routed_events
 
 SAMPLE = Path(__file__).resolve().parents[2] / "events" / "node_launch" / "eventbridge-ec2-running.json"
 

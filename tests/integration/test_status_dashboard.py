@@ -17,7 +17,7 @@ from datetime import timedelta
 import pytest
 
 from eks_prefetch import aws, settings
-from tests import cfn
+from harness import template as cfn
 from tests.conftest import load_handler
 from tests.ecr import at
 from tests.integration import test_node_launch as launch_tests

@@ -1,4 +1,4 @@
-"""The status rule of template.yaml, evaluated by moto's EventBridge (tests/routing.py): which SSM events reach the
+"""The status rule of template.yaml, evaluated by moto's EventBridge (harness/routing.py): which SSM events reach the
 function. The pattern is read from template.yaml with !Ref PrefetchDocument resolved to the test deployment's name.
 """
 
@@ -12,9 +12,9 @@ import pytest
 from aws_lambda_powertools.utilities.parser import parse
 
 from eks_prefetch.events import ScheduledEvent, SsmInvocationStatusEvent
-from tests import cfn
+from harness import template as cfn
+from harness.routing import routed_events
 from tests.conftest import DOCUMENT
-from tests.routing import routed_events
 
 EVENTS = Path(__file__).resolve().parents[2] / "events" / "status"
 FINAL = ["Success", "Failed", "Cancelled", "TimedOut", "DeliveryTimedOut", "ExecutionTimedOut", "Undeliverable"]

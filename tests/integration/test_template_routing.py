@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests import cfn
+from harness import template as cfn
+from harness.routing import routed_events
 from tests.conftest import WATCHED
-from tests.routing import routed_events
 
 EVENTS = Path(__file__).resolve().parents[2] / "events" / "ecr_push"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.node.harness import Containerd, Registry, build_image, missing_prerequisites
+from harness.node import Containerd, Registry, build_image, missing_prerequisites
 
 AUTH = ("prefetch", "s3cret-pass")
 SKIP_NODE_TESTS = "SKIP_NODE_TESTS"

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cfn import document_content
+from harness.node import OUR_LABEL, PIN_LABEL, Run, basic_auth, free_port, run_document
+from harness.template import document_content
 from tests.node.conftest import AUTH, Node
-from tests.node.harness import OUR_LABEL, PIN_LABEL, Run, basic_auth, free_port, run_document
 
 pytestmark = pytest.mark.node
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from eks_prefetch.settings import Settings
-from tests import cfn
+from harness import template as cfn
 from tests.conftest import DEPLOYMENT_ENV
 
 # The function's environment variables fed from a template parameter, and which one.

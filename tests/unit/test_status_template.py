@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from eks_prefetch.settings import Settings
-from tests import cfn
+from harness import template as cfn
 
 FUNCTIONS = ("EcrPushFunction", "NodeLaunchFunction", "StatusFunction")
 DEAD_LETTER_QUEUES = ("PushDeadLetterQueue", "NodeLaunchDeadLetterQueue", "StatusDeadLetterQueue")

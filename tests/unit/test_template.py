@@ -12,7 +12,7 @@ import pytest
 from eks_prefetch.commands import image_batches, send_command_request
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.settings import Settings
-from tests import cfn
+from harness import template as cfn
 from tests.conftest import DEPLOYMENT_ENV
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4

@@ -16,11 +16,11 @@ import socket
 import subprocess
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.cfn import document_content, document_script
+from harness.template import document_content
 
 BINARIES = ("containerd", "ctr", "docker-registry", "skopeo", "umoci", "timeout", "df", "flock")
 PIN_LABEL = "io.cri-containerd.pinned"
@@ -262,11 +262,14 @@ def build_image(layout: Path, tag: str, layers_mb: list[float] | None = None, se
     shutil.rmtree(work, ignore_errors=True)
 
 
-def render_script(values: Mapping[str, str], text_interpolation: bool) -> str:
+def render_script(values: Mapping[str, str], text_interpolation: bool, content: Mapping | None = None) -> str:
     """The document's script as the SSM agent runs it. Parameters without interpolationType (executionTimeout) are
-    always pasted into the text; ENV_VAR ones too when text_interpolation (an agent older than 3.3.2746.0)."""
-    script = document_script()
-    parameters = document_content()["parameters"]
+    always pasted into the text; ENV_VAR ones too when text_interpolation (an agent older than 3.3.2746.0).
+    ``content``: the document as SSM holds it (the harness's agent); by default, template.yaml's."""
+    content = content or document_content()
+    (step,) = content["mainSteps"]
+    (script,) = step["inputs"]["runCommand"]
+    parameters = content["parameters"]
     for name, spec in parameters.items():
         value = values.get(name, spec.get("default", ""))
         if spec.get("interpolationType") == "ENV_VAR" and not text_interpolation:
@@ -306,26 +309,50 @@ def run_document(
     text_interpolation: bool = False,
     extra_env: Mapping[str, str] | None = None,
     timeout: float = 600,
+    content: Mapping | None = None,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
 ) -> Run:
     """Run the document's script like the agent: an executable file run by `sh -c <path>` (its shebang picks
     bash), SSM_<param> in the environment (or pasted into the text), a minimal environment plus containerd's."""
     workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / "_script.sh"
-    script.write_text(render_script(values, text_interpolation))
+    script.write_text(render_script(values, text_interpolation, content))
     script.chmod(0o700)
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": "/root", "LANG": "C.UTF-8"}
     env.update(containerd.env())
     if not text_interpolation:
-        parameters = document_content()["parameters"]
+        parameters = (content or document_content())["parameters"]
         for name, spec in parameters.items():
             if spec.get("interpolationType") == "ENV_VAR":
                 env[f"SSM_{name}"] = values.get(name, spec.get("default", ""))
     env.update(extra_env or {})
     started = time.monotonic()
-    proc = subprocess.run(
-        ["sh", "-c", str(script)], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    # Its own process group, so that a timeout (as the agent does) or the harness's shutdown ends all of it.
+    proc = subprocess.Popen(
+        ["sh", "-c", str(script)],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+    if on_start is not None:
+        on_start(proc)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        stdout, stderr = proc.communicate()
+        raise subprocess.TimeoutExpired(proc.args, timeout, output=stdout, stderr=stderr) from None
+    return Run(proc.returncode, stdout, stderr, time.monotonic() - started)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group a run_document script leads (by its id)."""
+    if proc.poll() is None:  # a finished one's id may belong to someone else by now
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def basic_auth(user: str, password: str) -> str:

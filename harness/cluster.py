@@ -1,0 +1,293 @@
+"""Emulated EKS nodes and ECR: each node is a real containerd (own root, state and socket) that pulls from a real
+registry on 127.0.0.1, and the registry stands in for ECR.
+
+The node script pulls `<account>.dkr.ecr.<region>.amazonaws.com/<repo>@sha256:...` after `aws ecr
+get-login-password`, through a hosts.toml it writes for `ctr --hosts-dir`. On a node, DNS and TLS take that host to
+ECR; here two small tools on the node's PATH play that part, and nothing else: `aws` answers get-login-password with
+the registry's password (the registry checks it: user AWS, as ECR does), and `ctr` points the hosts.toml it is given
+at the node's route to the registry (plain HTTP on 127.0.0.1) before running the real ctr. Everything the script
+decides (cache, disk, pins, errors) is the real script against the real containerd.
+
+Without root or the packages, a node is a DryRunNode: it says so, and records what it would have run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.node import (
+    Containerd,
+    Registry,
+    Run,
+    build_image,
+    kill_group,
+    render_script,
+    run_document,
+)
+
+DRY_RUN_MARK = "DRY RUN"
+
+_CTR_WRAPPER = """#!/bin/bash
+# The node's network for ECR hosts: hosts.toml files under --hosts-dir point at this node's route to the registry.
+route=$(cat {route_file})
+prev=
+for arg in "$@"; do
+  if [ "$prev" = --hosts-dir ]; then
+    for file in "$arg"/*/hosts.toml; do
+      [ -f "$file" ] || continue
+      sed -i -E "s#https://[0-9]{{12}}\\.dkr\\.ecr\\.[a-z0-9-]+\\.amazonaws\\.com#http://$route#g" "$file"
+    done
+  fi
+  prev=$arg
+done
+exec {ctr} "$@"
+"""
+
+_AWS_WRAPPER = """#!/bin/bash
+# The node's instance role, for the one call the script makes: an ECR token (the registry's password).
+if [ "$1 $2" = "ecr get-login-password" ]; then cat {token_file}; exit 0; fi
+echo "emulated node: aws $* is not emulated" >&2
+exit 1
+"""
+
+
+@dataclass
+class Node:
+    """A real containerd for one EC2 instance, and its route to the registry."""
+
+    name: str
+    base: Path
+    registry: EcrRegistry
+    containerd: Containerd = field(init=False)
+    dry_run: bool = False
+    _scripts: set = field(default_factory=set)  # running document scripts (Popen), killed by id on stop
+
+    def start(self) -> Node:
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.containerd = Containerd(self.base / "containerd").start()
+        bin_dir = self.base / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        self.route(self.registry.host)
+        (self.base / "ecr-token").write_text(self.registry.token)
+        (self.base / "ecr-token").chmod(0o600)
+        ctr = bin_dir / "ctr"
+        ctr.write_text(_CTR_WRAPPER.format(route_file=self.base / "route", ctr=shutil.which("ctr")))
+        aws = bin_dir / "aws"
+        aws.write_text(_AWS_WRAPPER.format(token_file=self.base / "ecr-token"))
+        for tool in (ctr, aws):
+            tool.chmod(0o755)
+        return self
+
+    def stop(self) -> None:
+        for proc in list(self._scripts):
+            kill_group(proc)
+        with contextlib.suppress(AttributeError):
+            self.containerd.stop()
+
+    def route(self, address: str) -> None:
+        """Where this node reaches the registry (host:port); a proxy in between can cut it."""
+        (self.base / "route").write_text(address)
+
+    def execute(self, content: dict[str, Any], values: dict[str, str], command_id: str, timeout: float) -> Run:
+        workdir = self.base / "ssm" / command_id
+        path = f"{self.base / 'bin'}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+        extra = {"PATH": path, "PREFETCH_LOCK_FILE": str(self.base / "prefetch.lock")}
+        try:
+            return run_document(
+                workdir,
+                self.containerd,
+                values,
+                extra_env=extra,
+                timeout=timeout,
+                content=content,
+                on_start=self._scripts.add,
+            )
+        except subprocess.TimeoutExpired as error:
+            stdout = error.stdout.decode() if isinstance(error.stdout, bytes) else error.stdout or ""
+            timed_out = TimeoutError(f"step timed out after {timeout:.0f} s")
+            timed_out.stdout = stdout  # type: ignore[attr-defined]
+            raise timed_out from error
+
+    def images(self) -> dict[str, dict]:
+        return self.containerd.images()
+
+
+@dataclass
+class DryRunNode:
+    """A node on a machine that cannot run containerd (not root, or packages missing): it runs nothing, says so,
+    and keeps what it would have run."""
+
+    name: str
+    base: Path
+    reason: str
+    dry_run: bool = True
+    would_run: list[dict[str, Any]] = field(default_factory=list)
+
+    def start(self) -> DryRunNode:
+        self.base.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def stop(self) -> None:
+        pass
+
+    def route(self, address: str) -> None:
+        pass
+
+    def execute(self, content: dict[str, Any], values: dict[str, str], command_id: str, timeout: float) -> Run:
+        script = self.base / f"{command_id}.sh"
+        script.write_text(render_script(values, False, content))
+        self.would_run.append({"command_id": command_id, "script": str(script), "parameters": dict(values)})
+        line = {"dry_run": True, "node": self.name, "reason": self.reason, "would_run": str(script), **values}
+        return Run(0, json.dumps(line) + "\n", f"{DRY_RUN_MARK}: {self.reason}; nothing was pulled\n", 0.0)
+
+    def images(self) -> dict[str, dict]:
+        return {}
+
+
+@dataclass
+class PushedImage:
+    repository: str
+    tag: str
+    digest: str
+    manifest: str
+    media_type: str
+    config_media_type: str
+    size: int
+
+
+class EcrRegistry(Registry):
+    """docker-registry on 127.0.0.1 standing in for the account's ECR registry: htpasswd user AWS, password = the
+    token `aws ecr get-login-password` gives the nodes."""
+
+    def __init__(self, base: Path) -> None:
+        self.token = secrets.token_urlsafe(24)
+        super().__init__(base, auth=("AWS", self.token))
+        self.layout = base / "layout"
+
+    def blob(self, digest: str) -> bytes:
+        hex_digest = digest.removeprefix("sha256:")
+        return (self.base / "data/docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest / "data").read_bytes()
+
+    def build_and_push(
+        self, repository: str, tag: str, layers_mb: list[float], based_on: str | None = None
+    ) -> PushedImage:
+        """Build an image (random layers, on top of the image tagged ``based_on`` if given) and push it."""
+        name = f"{repository.replace('/', '-')}-{tag}"
+        if based_on:
+            base_name = f"{repository.replace('/', '-')}-{based_on}"
+            subprocess.run(
+                ["umoci", "tag", "--image", f"{self.layout}:{base_name}", name], check=True, capture_output=True
+            )
+            _add_layers(self.layout, name, layers_mb, seed=name)
+        else:
+            build_image(self.layout, name, layers_mb, seed=name)
+        digest = self.push(self.layout, name, repository, tag)
+        manifest = self.blob(digest).decode()
+        parsed = json.loads(manifest)
+        return PushedImage(
+            repository=repository,
+            tag=tag,
+            digest=digest,
+            manifest=manifest,
+            media_type=parsed.get("mediaType", "application/vnd.oci.image.manifest.v1+json"),
+            config_media_type=parsed["config"]["mediaType"],
+            size=sum(layer["size"] for layer in parsed["layers"]) + parsed["config"]["size"],
+        )
+
+
+def _add_layers(layout: Path, name: str, layers_mb: list[float], seed: str) -> None:
+    work = layout.parent / f"{name}-work"
+    work.mkdir(parents=True, exist_ok=True)
+    for index, size_mb in enumerate([0.001, *layers_mb]):
+        payload = work / f"extra{index}"
+        with payload.open("wb") as out:
+            out.write(seed.encode())
+            out.write(os.urandom(max(1, int(size_mb * 1024 * 1024))))
+        subprocess.run(
+            ["umoci", "insert", "--image", f"{layout}:{name}", str(payload), f"/data/{name}-{index}"],
+            check=True,
+            capture_output=True,
+            timeout=900,
+        )
+    shutil.rmtree(work, ignore_errors=True)
+
+
+class CuttableProxy:
+    """A TCP proxy on 127.0.0.1 in front of the registry, for one node's route: cut() makes it drop every
+    connection after ``after_bytes`` more bytes, and refuse new ones (a registry outage in the middle of a pull)."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.budget: int | None = None
+        self.cut_done = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self, after_bytes: int = 0) -> None:
+        with self._lock:
+            self.budget = after_bytes
+
+    def _spend(self, size: int) -> bool:
+        with self._lock:
+            if self.budget is None:
+                return True
+            self.budget -= size
+            if self.budget >= 0:
+                return True
+        self._down()
+        return False
+
+    def _down(self) -> None:
+        self.cut_done.set()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in [self.listener, *sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _accept(self) -> None:
+        while not self.cut_done.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, server]
+            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if counted and not self._spend(len(data)):
+                    return
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._down()
