@@ -162,10 +162,6 @@ def run(world: World, say: Narrator) -> None:
     show_pins(world, say, {"v1": v1.digest, "v2": v2.digest})
 
     say.step(f"Scale out: node-4 starts, its SSM agent registers {LATE_AGENT_SECONDS:.0f} s later")
-    # The warm node-launch container cached "no images" when nodes 1-3 started (launch.RESOLUTION_TTL_SECONDS, 30 s),
-    # and would hand node-4 that stale answer: start it from a fresh execution environment, and say so.
-    world.stack.functions["NodeLaunchFunction"].recycle()
-    say.line("NodeLaunchFunction: fresh execution environment (a warm one reuses its image resolution for 30 s)")
     late = world.launch("node-4", register_after=LATE_AGENT_SECONDS)
     say.line(f"node-4: {late}; EC2 running -> NodeLaunchRule -> NodeLaunchQueue -> NodeLaunchFunction")
     world.settle(120, tick=lambda: _progress(world, say))

@@ -73,7 +73,6 @@ def test_push_fan_out_update_and_late_node(make_world) -> None:
         assert (record["status"], summary["unpinned"]) == ("pulled", 1)
 
     launch = world.stack.functions["NodeLaunchFunction"]
-    launch.recycle()  # its warm resolution is from before any push (see launch.RESOLUTION_TTL_SECONDS)
     late = world.launch("node-4", register_after=2.5)
     world.settle(60)
     retries = [

@@ -651,3 +651,28 @@ def test_two_deliveries_racing_past_the_claim_check_still_count_once(fake, image
     assert total(printed, "Invocations", **C) == 1
     assert total(printed, "ImagesPulled", **C, Repository=TRAINER) == 1
     assert claim(command_id, node)["via"] == "event"
+
+
+def test_push_to_cached_is_measured_against_a_push_newer_than_the_warm_resolution(
+    fake, images, handler, lambda_context, capsys, monkeypatch
+):
+    """A warm function resolved the newest trainer image before a new push; a node then reports the new digest.
+    The report of a digest other than the cached newest redoes the listing (at most every REFRESH_FLOOR_SECONDS,
+    0 here), so the latency is the new push's."""
+    monkeypatch.setattr(status, "REFRESH_FLOOR_SECONDS", 0.0)
+    old = images[TRAINER]
+    first, second = run_node(), run_node()
+    command_id = send([first], [ref(TRAINER, old)])
+    fake.set(command_id, first, Answer("Success", "Success", good_output([(ref(TRAINER, old), "pulled", old)]), ENDED))
+    invoke(handler, lambda_context, status_event(command_id, first, "Success", DOCUMENT, event_id="e-old"))
+    new = push_image(TRAINER, "trainer-v3", tag="v3", pushed_at=at(20))
+    command_id = send([second], [ref(TRAINER, new)])
+    reported = at(23)
+    fake.set(
+        command_id, second, Answer("Success", "Success", good_output([(ref(TRAINER, new), "pulled", new)]), reported)
+    )
+    capsys.readouterr()
+
+    invoke(handler, lambda_context, status_event(command_id, second, "Success", DOCUMENT, event_id="e-new"))
+
+    assert values(capsys.readouterr().out, "PushToCachedSeconds", **C, Repository=TRAINER) == [180.0]

@@ -333,7 +333,9 @@ def test_change_visibility_request(deployment_env: dict[str, str]) -> None:
         stubber.assert_no_pending_responses()
 
 
-def test_recent_newest_images_are_reused_within_the_ttl_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_newest_images_are_resolved_once_per_batch_and_never_reused_by_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     resolutions: list[int] = []
 
     def resolve(settings: Any) -> list[str]:
@@ -342,14 +344,11 @@ def test_recent_newest_images_are_reused_within_the_ttl_only(monkeypatch: pytest
 
     monkeypatch.setattr(launch, "newest_images", resolve)
     launch.forget_resolutions()
-    now = [1000.0]
     current = settings()
 
-    first = launch.recent_newest_images(current, clock=lambda: now[0])
-    now[0] += launch.RESOLUTION_TTL_SECONDS - 1
-    again = launch.recent_newest_images(current, clock=lambda: now[0])
-    now[0] += 2
-    later = launch.recent_newest_images(current, clock=lambda: now[0])
+    first = launch.batch_newest_images(current, "request-1")
+    same_batch = launch.batch_newest_images(current, "request-1")
+    next_batch = launch.batch_newest_images(current, "request-2")
     launch.forget_resolutions()
 
-    assert (first, again, later) == (["resolution-1"], ["resolution-1"], ["resolution-2"])
+    assert (first, same_batch, next_batch) == (["resolution-1"], ["resolution-1"], ["resolution-2"])

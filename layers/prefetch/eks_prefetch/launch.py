@@ -7,8 +7,7 @@ SQS delivers it again, and after the redrive budget moves it to the dead-letter 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -118,21 +117,20 @@ def newest_images(settings: Settings) -> list[ResolvedImage]:
     return images
 
 
-# A scale-out brings many launches within seconds: one resolution serves the whole burst. Kept short, so a newer push
-# is picked up quickly (and the push path reaches every registered node by tag anyway).
-RESOLUTION_TTL_SECONDS = 30.0
-_resolutions: dict[tuple[tuple[str, ...], str], tuple[float, list[ResolvedImage]]] = {}
+# A scale-out brings many launches within seconds: one resolution serves every record of a batch (one invocation),
+# never longer. A resolution kept across invocations could hand a node that registers just after a push the images
+# of before it, which the push's tag-targeted command did not reach either.
+_resolutions: dict[tuple[str, tuple[str, ...], str], list[ResolvedImage]] = {}
 
 
-def recent_newest_images(settings: Settings, clock: Callable[[], float] = time.monotonic) -> list[ResolvedImage]:
-    """newest_images, reused for RESOLUTION_TTL_SECONDS within a warm container."""
-    key = (settings.repository_names, settings.tag_filter)
-    cached = _resolutions.get(key)
-    if cached is not None and clock() - cached[0] < RESOLUTION_TTL_SECONDS:
-        return cached[1]
-    images = newest_images(settings)
-    _resolutions[key] = (clock(), images)
-    return images
+def batch_newest_images(settings: Settings, batch_id: str) -> list[ResolvedImage]:
+    """newest_images, resolved once per batch (``batch_id``: the invocation's request id)."""
+    key = (batch_id, settings.repository_names, settings.tag_filter)
+    if key not in _resolutions:
+        # Only this batch's answer is kept.
+        _resolutions.clear()
+        _resolutions[key] = newest_images(settings)
+    return _resolutions[key]
 
 
 def forget_resolutions() -> None:
@@ -212,7 +210,8 @@ def prefetch_launched_node(
     if not aws.agent_online(instance_id):
         return _not_ready("SSM agent not online", event, delivery, settings, now)
 
-    images = recent_newest_images(settings)
+    batch_id = lambda_context.aws_request_id if lambda_context is not None else f"{event.id}@{now.isoformat()}"
+    images = batch_newest_images(settings, batch_id)
     if not images:
         return _ignored("no image to prefetch in any watched repository", instance_id)
     return _send_to_node(images, instance, event, settings, delivery=delivery, lambda_context=lambda_context, now=now)

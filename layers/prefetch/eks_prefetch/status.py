@@ -134,6 +134,9 @@ class InvocationOutcome:
 # A push brings one status event per node within minutes: one resolution (a DescribeImages listing) serves a burst
 # of them in a warm container, instead of one per node. Short, so that a newer push is seen soon.
 RESOLUTION_TTL_SECONDS = 30.0
+# A report of a digest that is not the cached newest may follow a push the cache predates: the listing is redone,
+# at most this often, so that PushToCachedSeconds is measured against the push that really is the newest.
+REFRESH_FLOOR_SECONDS = 5.0
 _recent: dict[tuple[str, str], tuple[float, ResolvedImage | None, dict[str, datetime]]] = {}
 
 
@@ -151,6 +154,13 @@ class NewestImages:
 
     def get(self, repository: str) -> ResolvedImage | None:
         return self._listing(repository)[0]
+
+    def get_fresh(self, repository: str) -> ResolvedImage | None:
+        """As ``get``, but from a listing at most REFRESH_FLOOR_SECONDS old."""
+        cached = _recent.get((repository, self.settings.tag_filter))
+        if cached is not None and self.clock() - cached[0] >= REFRESH_FLOOR_SECONDS:
+            del _recent[(repository, self.settings.tag_filter)]
+        return self.get(repository)
 
     def pushed_at(self, repository: str, digest: str) -> datetime | None:
         """When a tagged image of the repository was pushed; None if the listing does not show it."""
@@ -277,6 +287,8 @@ def _held(
     if not _record_held(settings, instance_id, repository, digest, image_status, command_id, at):
         return None
     image = newest.get(repository)
+    if image is None or image.digest != digest:
+        image = newest.get_fresh(repository)
     if image is None or image.digest != digest:
         return None
     return max(0.0, (at - image.pushed_at).total_seconds())
