@@ -212,3 +212,32 @@ def test_a_lost_status_event_is_recovered_by_the_sweep(make_world) -> None:
     assert (coverage.percent, tuple(coverage.missing)) == (100.0, ())
     for node in nodes:
         assert pinned(world, node) == {image.digest: True}
+
+
+def test_a_push_whose_events_are_all_lost_is_repaired_within_one_sweep(make_world) -> None:
+    """EventBridge drops the push's event: no command goes out. The first sweep after the grace period (0 here)
+    sends the image to every online node, by instance id, and coverage reaches 100% on the real nodes."""
+    world = make_world(RepairGraceSeconds="0")
+    nodes = [world.launch(f"node-{index}") for index in (1, 2, 3)]
+    bastion = world.launch("bastion", node=False)
+    world.settle(60)
+    world.lose = lambda event: event["detail-type"] == "ECR Image Action"
+
+    image = world.push(REPOSITORY, "v1", LAYERS_MB)
+    world.settle(60)
+    assert [event["detail-type"] for event in world.lost] == ["ECR Image Action"]
+    assert world.commands() == []
+
+    (sweep,) = world.router.fire_schedules()
+    world.settle(120)
+
+    assert sweep.invocation.error is None
+    assert sweep.invocation.result["repair"]["nodes_repaired"] == 3
+    (command,) = world.commands()
+    assert sorted(command["InstanceIds"]) == sorted(nodes)
+    coverage = _coverage(world)[REPOSITORY]
+    assert coverage.newest.digest == image.digest
+    assert (coverage.percent, tuple(coverage.missing)) == (100.0, ())
+    for node in nodes:
+        assert pinned(world, node) == {image.digest: True}
+    assert world.instances[bastion].node.images() == {}
