@@ -116,6 +116,9 @@ def answer_from(
             return None
         return AWSResponse("https://simulated.invalid/", 200, {}, None), {**parsed, "ResponseMetadata": {}}
 
+    # The latest registration under a name wins (botocore ignores a second one with the same unique_id).
+    emitter.unregister(f"before-parameter-build.{service}.{operation}", unique_id=f"{name}-keep")
+    emitter.unregister(f"before-call.{service}.{operation}", unique_id=f"{name}-respond")
     emitter.register(f"before-parameter-build.{service}.{operation}", keep, unique_id=f"{name}-keep")
     emitter.register(f"before-call.{service}.{operation}", respond, unique_id=f"{name}-respond")
 
