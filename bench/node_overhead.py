@@ -92,6 +92,11 @@ def cached_rerun(base: Path, containerd: Containerd, registry: Registry) -> tupl
     return first.seconds, runs
 
 
+def ctr_call_seconds(containerd: Containerd) -> float:
+    """One `ctr images ls name==...`, the script's local look-up: what each cached image pays at least."""
+    return statistics.median(timed(lambda: containerd.ctr("images", "ls", "name==none")) for _ in range(5))
+
+
 def run_on_node(rounds: int) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="eks-prefetch-bench-", dir="/var/tmp"))
     containerd = Containerd(base / "containerd")
@@ -101,6 +106,7 @@ def run_on_node(rounds: int) -> dict[str, Any]:
         registry.start()
         results = cold_pulls(base, containerd, registry, rounds)
         results["first_run_seconds"], results["cached_rerun_seconds"] = cached_rerun(base, containerd, registry)
+        results["ctr_call_seconds"] = ctr_call_seconds(containerd)
         return results
     finally:
         registry.stop()
@@ -154,7 +160,12 @@ def measure(section: Section, quick: bool) -> None:
             f"{results['first_run_seconds']:.2f} s (the first run, pulling them)",
             f"{cached / results['first_run_seconds']:.2f}x",
             f"< {TARGET_CACHED_SECONDS} s",
-            verdict(cached < TARGET_CACHED_SECONDS, f"by {cached - TARGET_CACHED_SECONDS:.2f} s"),
+            verdict(
+                cached < TARGET_CACHED_SECONDS,
+                f"by {cached - TARGET_CACHED_SECONDS:.2f} s: a cached image still costs the script a `ctr` "
+                f"look-up and a re-pin, and one `ctr` call takes {results['ctr_call_seconds'] * 1000:.0f} ms "
+                "on this machine; fewer calls means changing the document's script, not done here",
+            ),
         ),
     ]
     differences_text = ", ".join(f"{value:+.2f}" for value in differences)
