@@ -65,9 +65,7 @@ class Settings(BaseModel):
     node_launch_retry_base_seconds: Annotated[int, Field(ge=1, le=43_200)] = Field(
         alias="NODE_LAUNCH_RETRY_BASE_SECONDS", default=10
     )
-    node_launch_fast_retries: Annotated[int, Field(ge=1, le=1000)] = Field(
-        alias="NODE_LAUNCH_FAST_RETRIES", default=14
-    )
+    node_launch_fast_retries: Annotated[int, Field(ge=1, le=1000)] = Field(alias="NODE_LAUNCH_FAST_RETRIES", default=14)
     node_launch_retry_max_seconds: Annotated[int, Field(ge=1, le=43_200)] = Field(
         alias="NODE_LAUNCH_RETRY_MAX_SECONDS", default=300
     )
