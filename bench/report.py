@@ -53,7 +53,11 @@ def verdict(met: bool, miss: str = "") -> str:
 
 
 def ratio(value: float, baseline: float) -> str:
-    return "—" if baseline == 0 else f"{value / baseline:.2f}x"
+    if baseline == 0:
+        return "—"
+    quotient = value / baseline
+    # Two significant digits for small ratios (0.001x, not 0.00x).
+    return f"{quotient:.2g}x" if 0 < quotient < 0.1 else f"{quotient:.2f}x"
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -91,7 +95,7 @@ def render(sections: Sequence[Section], command: str, quick: bool) -> str:
         verdicts = [row.verdict for row in section.rows]
         lines.append(
             f"| {section.number} | {section.title} | {len(verdicts)} | "
-            f"{sum(v == 'met' for v in verdicts)} | {sum(v.startswith('missed') for v in verdicts)} | "
+            f"{sum(v.startswith('met') for v in verdicts)} | {sum(v.startswith('missed') for v in verdicts)} | "
             f"{sum(v.startswith('not measured') for v in verdicts)} |"
         )
     for section in sections:
