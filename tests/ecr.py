@@ -16,7 +16,7 @@ def digest_of(seed: str) -> str:
     return "sha256:" + hashlib.sha256(seed.encode()).hexdigest()
 
 
-def _manifest(seed: str) -> str:
+def manifest_of(seed: str) -> str:
     return json.dumps(
         {
             "schemaVersion": 2,
@@ -44,7 +44,7 @@ def create_repository(name: str) -> None:
 def push_image(repository: str, seed: str, *, tag: str | None, pushed_at: datetime) -> str:
     """Put an image (tagged or not) and set its push time; returns its digest."""
     digest = digest_of(seed)
-    kwargs = {"repositoryName": repository, "imageManifest": _manifest(seed), "imageDigest": digest}
+    kwargs = {"repositoryName": repository, "imageManifest": manifest_of(seed), "imageDigest": digest}
     if tag is not None:
         kwargs["imageTag"] = tag
     boto3.client("ecr").put_image(**kwargs)

@@ -192,6 +192,8 @@ def env(deployment_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("NODE_LAUNCH_MAX_RECEIVES", str(MAX_RECEIVES))
     monkeypatch.setenv("NODE_TAG_GRACE_SECONDS", "300")
     monkeypatch.setenv("NODE_LAUNCH_RETRY_BASE_SECONDS", "15")
+    # Doubling from the first retry, so that a few deliveries reach the cap (the unit tests cover the fast retries).
+    monkeypatch.setenv("NODE_LAUNCH_FAST_RETRIES", "1")
     monkeypatch.setenv("NODE_LAUNCH_RETRY_MAX_SECONDS", "40")
     get_settings.cache_clear()
 

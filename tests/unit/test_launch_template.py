@@ -15,6 +15,7 @@ LAUNCH_PARAMETERS = {
     "NODE_LAUNCH_MAX_RECEIVES": "NodeLaunchMaxReceives",
     "NODE_TAG_GRACE_SECONDS": "NodeTagGraceSeconds",
     "NODE_LAUNCH_RETRY_BASE_SECONDS": "NodeLaunchRetryBaseSeconds",
+    "NODE_LAUNCH_FAST_RETRIES": "NodeLaunchFastRetries",
     "NODE_LAUNCH_RETRY_MAX_SECONDS": "NodeLaunchRetryMaxSeconds",
 }
 

@@ -90,8 +90,13 @@ def classify_instance(instance: Mapping[str, Any], settings: Settings, now: date
 
 
 def backoff_seconds(receive_count: int, settings: Settings) -> int:
-    """Delay before the next receive: doubles from the base with every receive, capped."""
-    exponent = min(max(receive_count, 1) - 1, 30)
+    """Delay before the next receive: the base for the first fast retries, then doubling from it, capped.
+
+    Agents register 20-180 s after the launch event, mostly: polling often through that window keeps a new node's
+    wait for its command short, and backing off after it keeps the total budget (and the invocations) bounded.
+    With one fast retry this is plain doubling from the base.
+    """
+    exponent = min(max(max(receive_count, 1) - settings.node_launch_fast_retries, 0), 30)
     delay = settings.node_launch_retry_base_seconds * 2**exponent
     # Settings keeps the maximum within SQS's 12-hour visibility limit. A base above the maximum (CloudFormation
     # cannot compare the two) waits the maximum: see Settings.conflicts.

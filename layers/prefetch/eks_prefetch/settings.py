@@ -57,12 +57,15 @@ class Settings(BaseModel):
     idempotency_table: str = Field(alias="IDEMPOTENCY_TABLE", min_length=3)
     idempotency_ttl_seconds: Annotated[int, Field(ge=60)] = Field(alias="IDEMPOTENCY_TTL_SECONDS", default=86_400)
     # Node launch retry budget. max_receives mirrors the queue's redrive maxReceiveCount, so that the function knows
-    # which attempt is its last; backoff doubles per receive from base to max (SQS caps visibility at 12 hours).
-    node_launch_max_receives: Annotated[int, Field(ge=1, le=1000)] = Field(alias="NODE_LAUNCH_MAX_RECEIVES", default=15)
+    # which attempt is its last; the backoff stays at base for the first fast_retries receives (the agent's usual
+    # registration window), then doubles per receive up to max (SQS caps visibility at 12 hours). The defaults are
+    # tuned by `make bench` (BENCHMARKS.md, new-node delay): about 50 minutes in all before the dead-letter queue.
+    node_launch_max_receives: Annotated[int, Field(ge=1, le=1000)] = Field(alias="NODE_LAUNCH_MAX_RECEIVES", default=27)
     node_tag_grace_seconds: Annotated[int, Field(ge=0, le=3600)] = Field(alias="NODE_TAG_GRACE_SECONDS", default=300)
     node_launch_retry_base_seconds: Annotated[int, Field(ge=1, le=43_200)] = Field(
-        alias="NODE_LAUNCH_RETRY_BASE_SECONDS", default=15
+        alias="NODE_LAUNCH_RETRY_BASE_SECONDS", default=10
     )
+    node_launch_fast_retries: Annotated[int, Field(ge=1, le=1000)] = Field(alias="NODE_LAUNCH_FAST_RETRIES", default=14)
     node_launch_retry_max_seconds: Annotated[int, Field(ge=1, le=43_200)] = Field(
         alias="NODE_LAUNCH_RETRY_MAX_SECONDS", default=300
     )

@@ -1,0 +1,126 @@
+"""AWS API calls per push, per new node and per burst of launches, counted with botocore event hooks in the real code
+paths against moto (tests/apicalls.py, the same scenarios tests/integration/test_api_calls.py asserts).
+
+Baseline: the blog recipe, where every node runs DescribeImages and GetAuthorizationToken itself (2 calls per node
+per push; per new node, one DescribeImages per repository and one GetAuthorizationToken). That is the recipe's
+definition, not a measurement: it has no code here to count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+from bench.report import Row, Section, ratio, verdict
+from tests.apicalls import CONTROL_PLANE, ApiCalls, calls_per_launch_burst, calls_per_push
+
+TARGET_PER_PUSH = 3
+
+
+def _split(calls: ApiCalls) -> str:
+    """ECR/SSM/EC2 calls, then DynamoDB apart, with the operations."""
+    control = ", ".join(f"{key.split(':')[1]} {count}" for key, count in sorted(calls.only(CONTROL_PLANE).items()))
+    return f"{calls.total()} ({control}); DynamoDB {calls.total(('dynamodb',))}"
+
+
+def measure(section: Section, quick: bool) -> None:
+    fleets = (1, 100) if quick else (1, 100, 1_000, 10_000)  # 10,000: about 100 s of moto
+    repositories_images = (10, 1_001) if quick else (10, 1_000, 1_001, 5_000)
+    watched = (1, 20) if quick else (1, 5, 20)
+    burst = 30 if quick else 100
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        pushes = {fleet: calls_per_push(fleet=fleet, images=10) for fleet in fleets}
+        listings = {images: calls_per_push(fleet=1, images=images) for images in repositories_images}
+        new_nodes = {count: calls_per_launch_burst(launches=1, repositories=count) for count in watched}
+        ready = calls_per_launch_burst(launches=1, repositories=2)
+        polled = calls_per_launch_burst(launches=1, repositories=2, not_ready_polls=3)
+        bursts = calls_per_launch_burst(launches=burst, repositories=2)
+
+    for fleet, calls in pushes.items():
+        blog = 2 * fleet
+        section.rows.append(
+            Row(
+                f"per push, fleet of {fleet:,} node{'s' if fleet > 1 else ''}, 10 images",
+                _split(calls),
+                f"{blog:,} (on the nodes)",
+                ratio(calls.total(), blog),
+                f"≤ {TARGET_PER_PUSH}, constant in fleet size",
+                verdict(calls.total() <= TARGET_PER_PUSH and calls.total() == pushes[fleets[0]].total()),
+            )
+        )
+    if 10_000 not in pushes:
+        section.rows.append(
+            Row(
+                "per push, fleet of 10,000 nodes",
+                f"{pushes[fleets[-1]].total()} (extrapolated)",
+                "20,000 (on the nodes)",
+                ratio(pushes[fleets[-1]].total(), 20_000),
+                f"≤ {TARGET_PER_PUSH}, constant in fleet size",
+                "not measured in a quick run (moto takes ~100 s for 10,000 instances); extrapolated from the counts "
+                f"above, equal from 1 to {fleets[-1]:,} nodes (tag targets: the functions never list the fleet)",
+            )
+        )
+    for images, calls in listings.items():
+        pages = -(-images // 1000)
+        met = calls.total() <= TARGET_PER_PUSH
+        section.rows.append(
+            Row(
+                f"per push, repository of {images:,} images",
+                _split(calls),
+                "2 per node",
+                "—",
+                f"≤ {TARGET_PER_PUSH}",
+                verdict(
+                    met,
+                    f"by {calls.total() - TARGET_PER_PUSH}: ECR lists at most 1,000 images a page, "
+                    f"so {pages} DescribeImages pages",
+                ),
+            )
+        )
+    for count, calls in new_nodes.items():
+        blog = count + 1
+        section.rows.append(
+            Row(
+                f"per new node, {count} watched repositor{'y' if count == 1 else 'ies'}",
+                _split(calls),
+                f"{blog} (on the node)",
+                ratio(calls.total(), blog),
+                verdict="(reported: one DescribeImages per repository, one command per 50)",
+            )
+        )
+    # Three looks before the agent is online, then the ready one: the difference from a ready node is their cost.
+    looks = polled.invocations - ready.invocations
+    section.rows.append(
+        Row(
+            "per look at a node whose agent is not online yet",
+            f"{(polled.total() - ready.total()) // looks} (DescribeInstances, DescribeInstanceInformation); "
+            f"SQS ChangeMessageVisibility {polled.counts['sqs:ChangeMessageVisibility'] // looks}",
+            "0 (the recipe waits on the node)",
+            "—",
+            verdict="(reported: times the looks of section 2)",
+        )
+    )
+    blog = burst * 3
+    section.rows.append(
+        Row(
+            f"per burst of {burst} launches, 2 repositories, one container",
+            f"{_split(bursts)}; {bursts.invocations} invocations",
+            f"{blog} (on the nodes)",
+            ratio(bursts.total(), blog),
+            verdict="(reported: DescribeImages once per repository per container and 30 s)",
+        )
+    )
+    section.notes += [
+        "Counted: every API call the functions' clients make (botocore `before-parameter-build`, one per call and "
+        "per page; no retries happen against moto), in the real handlers. ECR/SSM/EC2 first, the DynamoDB "
+        "idempotency table apart (Powertools' in-progress record and completion, and the attempt counter of the "
+        "at-most-once send: 3 per command). Fleets are real moto instances carrying the node tag: a push targets "
+        "them by tag, so SSM resolves the fleet and the functions never list it. moto ignores DescribeImages "
+        "paging, so listings are served from moto's repository in ECR's pages of 1,000.",
+        "Not counted here: what the nodes call themselves. Each node that pulls from ECR logs in once per registry "
+        "(GetAuthorizationToken, the node role's own call), so a push still costs the account one "
+        "GetAuthorizationToken per node that pulls, spread by `MaxConcurrency`; the recipe's DescribeImages per "
+        "node is gone. A burst is spread over up to 5 containers (`MaximumConcurrency: 5`), each resolving the "
+        "repositories once per 30 s: at most 5x the DescribeImages shown.",
+    ]
