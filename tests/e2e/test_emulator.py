@@ -212,7 +212,8 @@ def test_the_stack_is_created_from_the_template(world: World) -> None:
     environment = world.stack.environment("NodeLaunchFunction")
     assert environment["DOCUMENT_NAME"] == world.stack.document_name
     assert environment["NODE_TAG_VALUE"] == "demo"  # NodeTagValue empty -> ClusterName (!If)
-    assert environment["NODE_LAUNCH_MAX_RECEIVES"] == "15"
+    max_receives = template.template()["Parameters"]["NodeLaunchMaxReceives"]["Default"]
+    assert environment["NODE_LAUNCH_MAX_RECEIVES"] == str(max_receives)
     document = world.ssm.get_document(Name=world.stack.document_name, DocumentFormat="YAML")
     assert "ctr -n" in document["Content"]
     queue = world.stack.queues["NodeLaunchQueue"]
@@ -220,7 +221,7 @@ def test_the_stack_is_created_from_the_template(world: World) -> None:
     redrive = json.loads(attributes["RedrivePolicy"])
     assert redrive == {
         "deadLetterTargetArn": world.stack.queues["NodeLaunchDeadLetterQueue"]["arn"],
-        "maxReceiveCount": 15,
+        "maxReceiveCount": max_receives,
     }
     table = environment["IDEMPOTENCY_TABLE"]
     assert boto3.client("dynamodb").describe_table(TableName=table)["Table"]["KeySchema"][0]["AttributeName"] == "id"
