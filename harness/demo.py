@@ -320,6 +320,36 @@ def status_view(world: World, say: Narrator, versions: dict[str, str]) -> None:
     for instance in non_nodes:
         touched = any(instance.instance_id in command.invocations for command in world.agent.commands.values())
         say.line(f"{instance.name} (not a node): {'sent a command!' if touched else 'never sent a command'}")
+    cloudwatch_metrics(world, say)
+
+
+def emf_totals(world: World) -> dict[tuple[str, str], tuple[str, list[float]]]:
+    """(metric, dimensions) -> (unit, values) of every EMF document the functions printed: what CloudWatch would
+    turn into metrics."""
+    totals: dict[tuple[str, str], tuple[str, list[float]]] = {}
+    for function in world.stack.functions.values():
+        for invocation in function.invocations:
+            for record in invocation.records:
+                for directive in record.get("_aws", {}).get("CloudWatchMetrics", []):
+                    names = [name for dimension_set in directive["Dimensions"] for name in dimension_set]
+                    dimensions = ",".join(f"{name}={record[name]}" for name in names if name != "service")
+                    for metric in directive["Metrics"]:
+                        value = record[metric["Name"]]
+                        _unit, values = totals.setdefault((metric["Name"], dimensions), (metric.get("Unit", ""), []))
+                        values.extend(value if isinstance(value, list) else [value])
+    return totals
+
+
+def cloudwatch_metrics(world: World, say: Narrator) -> None:
+    """The metrics the functions emitted (EMF lines, no PutMetricData): sums for counts, last and max otherwise."""
+    totals = emf_totals(world)
+    say.line(f"metrics that would reach CloudWatch (namespace EksImagePrefetch), {len(totals)} series:")
+    for (name, dimensions), (unit, values) in sorted(totals.items()):
+        if unit == "Count":
+            figure = f"sum {sum(values):g}"
+        else:
+            figure = f"last {values[-1]:g}, max {max(values):g} {unit.lower()}"
+        say.line(f"  {name:<26} {dimensions or '-':<40} {figure}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from harness.demo import emf_totals
 from harness.node import PIN_LABEL
 from harness.world import World
 
@@ -85,6 +86,13 @@ def test_push_fan_out_update_and_late_node(make_world) -> None:
     assert pinned(world, late) == {v2.digest: True}
     (command,) = [c for c in world.commands() if c["InstanceIds"] == [late]]
     assert command["Status"] == "Success"
+
+    # What the demo shows as the metrics that would reach CloudWatch: the status function's EMF, by dimensions.
+    metrics = emf_totals(world)
+    per_repository = f"ClusterName=e2e,Repository={REPOSITORY}"
+    assert sum(metrics[("ImagesPulled", per_repository)][1]) == 7  # 3 nodes x 2 pushes, and the late node
+    assert metrics[("Invocations", "ClusterName=e2e,Status=Success")][1] == [1.0] * 7
+    assert metrics[("CommandsSent", "")][1] == [1.0, 1.0, 1.0]  # two pushes, the late node's launch
 
 
 def test_duplicate_push_sends_one_command(make_world) -> None:
