@@ -15,7 +15,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws, tracing
 from eks_prefetch.events import Ec2StateChangeEvent, parse_or_drop
-from eks_prefetch.launch import Delivery, prefetch_launched_node
+from eks_prefetch.launch import Delivery, describe_batch, prefetch_launched_node
 from eks_prefetch.settings import get_settings
 
 logger = Logger()
@@ -85,6 +85,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         )
         metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
         return {"batchItemFailures": []}
+    describe_batch(event["Records"], context.aws_request_id)
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
 
 

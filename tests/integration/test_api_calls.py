@@ -72,7 +72,7 @@ def test_a_burst_of_launches_resolves_each_repository_once_and_sends_one_command
 
     assert calls.only(("ecr", "ssm", "ec2")) == Counter(
         {
-            "ec2:DescribeInstances": 30,
+            "ec2:DescribeInstances": 3,  # one per batch: its instances by the instance-id filter
             "ssm:DescribeInstanceInformation": 30,
             "ecr:DescribeImages": 2,
             "ssm:SendCommand": 30,

@@ -220,9 +220,13 @@ def visibility(aws_mock: None) -> list[int]:
 @pytest.fixture
 def ec2_calls(aws_mock: None) -> list[str]:
     calls: list[str] = []
-    aws.client("ec2").meta.events.register(
-        "provide-client-params.ec2.DescribeInstances", lambda params, **_: calls.append(params["InstanceIds"][0])
-    )
+
+    def described(params: dict[str, Any], **_: Any) -> None:
+        # One instance by id, or a batch's by the instance-id filter.
+        ids = params.get("InstanceIds") or [v for f in params.get("Filters", []) for v in f["Values"]]
+        calls.extend(ids)
+
+    aws.client("ec2").meta.events.register("provide-client-params.ec2.DescribeInstances", described)
     return calls
 
 
@@ -685,7 +689,8 @@ def test_ec2_throttling_is_retried_by_botocore(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     backend = ec2_backends[ACCOUNT][REGION]
-    real = backend.get_reservations_by_instance_ids
+    # The batch's look-ahead describes by the instance-id filter (moto's describe_instances).
+    real = backend.describe_instances
     calls: list[str] = []
 
     def throttled(*args: Any, **kwargs: Any) -> Any:
@@ -694,7 +699,7 @@ def test_ec2_throttling_is_retried_by_botocore(
             raise EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
         return real(*args, **kwargs)
 
-    backend.get_reservations_by_instance_ids = throttled
+    backend.describe_instances = throttled
     instance = run_instance(node_tags())
     agents.online.add(instance)
     queue.publish(running_event(instance))
@@ -953,3 +958,31 @@ def test_more_repositories_than_one_command_takes_are_sent_in_batches_once(
     pulled = sorted(reference.split("/", 1)[1].split("@")[0] for request in sent for reference in images_of(request))
     assert pulled == repositories
     assert len(commands()) == 2
+
+
+def test_a_failed_batch_look_ahead_leaves_each_record_to_describe_its_own_instance(
+    queue: LaunchQueue,
+    agents: FakeAgents,
+    sent: list[dict[str, Any]],
+    images: dict[str, str],
+    ec2_calls: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The batch's one DescribeInstances fails (an error botocore does not retry): nothing is lost, each record
+    describes its own instance."""
+
+    def denied(instance_ids: list[str], ec2: Any = None) -> dict[str, Any]:
+        raise ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "no"}}, "DescribeInstances")
+
+    monkeypatch.setattr(aws, "describe_instances", denied)
+    instances = [run_instance(node_tags()) for _ in range(3)]
+    agents.online.update(instances)
+    for instance in instances:
+        queue.publish(running_event(instance))
+
+    assert queue.deliver() == {"batchItemFailures": []}
+
+    assert "batch DescribeInstances failed: each record describes its own" in caplog.messages
+    assert sorted(ec2_calls) == sorted(instances)  # one DescribeInstances by id per record
+    assert sorted(request["InstanceIds"][0] for request in sent) == sorted(instances)

@@ -230,6 +230,20 @@ def describe_instance(instance_id: str, ec2: Any = None) -> Mapping[str, Any] | 
     return instances[0] if instances else None
 
 
+def describe_instances(instance_ids: list[str], ec2: Any = None) -> dict[str, Mapping[str, Any]]:
+    """The instances EC2 knows among these ids, by id, in one call per 200 ids. A filter, not InstanceIds, so that
+    an unknown id is left out instead of failing the call."""
+    found: dict[str, Mapping[str, Any]] = {}
+    paginator = (ec2 or client("ec2")).get_paginator("describe_instances")
+    for start in range(0, len(instance_ids), 200):
+        pages = paginator.paginate(Filters=[{"Name": "instance-id", "Values": instance_ids[start : start + 200]}])
+        for page in pages:
+            for reservation in page["Reservations"]:
+                for instance in reservation["Instances"]:
+                    found[instance["InstanceId"]] = instance
+    return found
+
+
 def agent_online(instance_id: str, ssm: Any = None) -> bool:
     """Whether the instance's SSM agent has registered and is Online: until then SendCommand by id fails."""
     try:

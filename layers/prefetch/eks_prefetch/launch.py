@@ -7,7 +7,9 @@ SQS delivers it again, and after the redrive budget moves it to the dead-letter 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -16,11 +18,11 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from eks_prefetch import aws
 from eks_prefetch.commands import image_batches, send_command_request
-from eks_prefetch.events import Ec2StateChangeEvent
+from eks_prefetch.events import INSTANCE_ID_PATTERN, Ec2StateChangeEvent
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.resolution import resolve_newest
 from eks_prefetch.sending import SendOutcomeUnknownError, send_once
@@ -140,6 +142,54 @@ def batch_newest_images(settings: Settings, batch_id: str) -> list[ResolvedImage
 
 def forget_resolutions() -> None:
     _resolutions.clear()
+    _described.clear()
+
+
+# A batch's instances, described in one DescribeInstances before its records are handled: a scale-out makes this
+# call more than any other, and EC2 throttles it per account.
+_described: dict[str, dict[str, Mapping[str, Any]]] = {}
+
+
+def batch_id_of(lambda_context: LambdaContext | None, event: Ec2StateChangeEvent, now: datetime) -> str:
+    """What ties the records of one batch: the invocation's request id (each record alone without a context)."""
+    return lambda_context.aws_request_id if lambda_context is not None else f"{event.id}@{now.isoformat()}"
+
+
+def instance_ids_of(records: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The instance ids the SQS records' EC2 events name, for a look-ahead; malformed records are left to the
+    record handler, which drops them with a log line."""
+    found = []
+    for record in records:
+        try:
+            event = json.loads(record.get("body") or "")
+        except (ValueError, AttributeError, TypeError):
+            continue
+        detail = event.get("detail") if isinstance(event, dict) else None
+        if not isinstance(detail, dict) or event.get("source") != "aws.ec2" or detail.get("state") != "running":
+            continue
+        instance_id = detail.get("instance-id")
+        if isinstance(instance_id, str) and re.fullmatch(INSTANCE_ID_PATTERN, instance_id):
+            found.append(instance_id)
+    return sorted(set(found))
+
+
+def describe_batch(records: Iterable[Mapping[str, Any]], batch_id: str) -> None:
+    """Describe every instance of the batch in one call; a failure leaves each record to describe its own."""
+    _described.clear()
+    instance_ids = instance_ids_of(records)
+    if not instance_ids:
+        return
+    try:
+        _described[batch_id] = aws.describe_instances(instance_ids)
+    except (ClientError, BotoCoreError) as error:
+        logger.warning("batch DescribeInstances failed: each record describes its own", extra={"error": repr(error)})
+
+
+def _instance(instance_id: str, batch_id: str) -> Mapping[str, Any] | None:
+    """The instance as the batch's look-ahead described it (None: EC2 does not know it), or by its own call."""
+    if batch_id in _described:
+        return _described[batch_id].get(instance_id)
+    return aws.describe_instance(instance_id)
 
 
 def _ignored(reason: str, instance_id: str, **log_fields: Any) -> LaunchOutcome:
@@ -198,7 +248,8 @@ def prefetch_launched_node(
     if left is not None and left < RECORD_MIN_SECONDS:
         return _not_ready(f"not started: {left:.0f} s left in this invocation", event, delivery, settings, now)
 
-    instance = aws.describe_instance(instance_id)
+    batch_id = batch_id_of(lambda_context, event, now)
+    instance = _instance(instance_id, batch_id)
     if instance is None:
         return _ignored("instance not found", instance_id)
     verdict = classify_instance(instance, settings, now)
@@ -215,7 +266,6 @@ def prefetch_launched_node(
     if not aws.agent_online(instance_id):
         return _not_ready("SSM agent not online", event, delivery, settings, now)
 
-    batch_id = lambda_context.aws_request_id if lambda_context is not None else f"{event.id}@{now.isoformat()}"
     images = batch_newest_images(settings, batch_id)
     if not images:
         return _ignored("no image to prefetch in any watched repository", instance_id)
