@@ -21,6 +21,7 @@ from botocore.stub import Stubber
 from eks_prefetch import aws, repair, report, status
 from eks_prefetch.settings import get_settings
 from tests.conftest import CLUSTER, DEPLOYMENT_ENV, DOCUMENT
+from tests.ecr import at
 from tests.integration.test_status import ENDED, TRAINER, good_output, ref, run_node, send
 from tests.status_doubles import STATUS_TABLE, Answer, FakeFleet, FakeInvocations, image_line, summary_line
 
@@ -105,7 +106,8 @@ def run_report(*args: str) -> tuple[int, str, str]:
 
 def test_names_the_failed_node_with_its_reason_and_exits_non_zero(deployed, images):
     fake, fleet = deployed
-    healthy, broken, fresh = run_node(), run_node(), run_node()
+    # Two nodes launched long ago, one just now (the node-launch path's, for the repair's grace period).
+    healthy, broken, fresh = run_node(at(-120)), run_node(at(-120)), run_node()
     fleet.online = {healthy, broken, fresh}
     digest = images[TRAINER]
     ok = send([healthy], [ref(TRAINER, digest)])
@@ -127,13 +129,16 @@ def test_names_the_failed_node_with_its_reason_and_exits_non_zero(deployed, imag
     assert f"missing:  {fresh}  never reported" in trainer
     assert healthy not in trainer
     assert "coverage below 100%: ml/trainer, ml/inference" in out
-    # When self-repair sends next: the pushes are long past their grace period, and nothing was repaired yet.
-    assert trainer.count("repair due now (attempt 1)") == 2
+    # When self-repair sends next: the pushes are long past their grace period, and nothing was repaired yet; the
+    # node that just started is left to the node-launch path for the grace period.
+    failed_line = f"missing:  {broken}  last error at {status.timestamp(ENDED)}: failed to pull: 403 Forbidden"
+    assert f"{failed_line}\n            repair due now (attempt 1)" in trainer
+    assert "the node started recently, the node-launch path is at work" in trainer
 
 
 def test_shows_when_a_backed_off_node_is_repaired_next(deployed, images):
     _fake, fleet = deployed
-    node = run_node()
+    node = run_node(at(-120))
     fleet.online = {node}
     aws.update_item(
         STATUS_TABLE,
