@@ -118,6 +118,54 @@ def _count(value: str, targets: int, minimum: int) -> int:
     return max(minimum, int(value))
 
 
+@dataclass(frozen=True)
+class RolloutStep:
+    started: tuple[str, ...] = ()
+    cancelled: tuple[str, ...] = ()
+
+
+class Rollout:
+    """SSM's pacing of one command over its targets, without time or threads: the one implementation of
+    MaxConcurrency and MaxErrors, which the agent runs on real nodes and the benchmark drives with simulated time.
+
+    A sliding window: ``step()`` starts targets, in order, while fewer than ``max_concurrency`` run and the errors
+    do not exceed ``max_errors``; once they exceed it, the targets not started yet are cancelled (running ones
+    finish). ``finished()`` reports a target's end, an error (Failed, TimedOut) or not.
+    """
+
+    def __init__(self, targets: list[str], max_concurrency: int, max_errors: int) -> None:
+        self.pending = list(reversed(targets))  # popped from the end: the first target first
+        self.running: set[str] = set()
+        self.max_concurrency = max(1, max_concurrency)
+        self.max_errors = max_errors
+        self.errors = 0
+
+    @property
+    def done(self) -> bool:
+        return not self.pending and not self.running
+
+    def step(self) -> RolloutStep:
+        started = []
+        while self.pending and len(self.running) < self.max_concurrency and self.errors <= self.max_errors:
+            target = self.pending.pop()
+            self.running.add(target)
+            started.append(target)
+        cancelled: list[str] = []
+        if self.errors > self.max_errors:
+            # SSM stops sending the command to targets once the errors exceed MaxErrors.
+            cancelled = self.cancel_pending()
+        return RolloutStep(tuple(started), tuple(cancelled))
+
+    def cancel_pending(self) -> list[str]:
+        cancelled, self.pending = list(reversed(self.pending)), []
+        return cancelled
+
+    def finished(self, target: str, error: bool) -> None:
+        self.running.discard(target)
+        if error:
+            self.errors += 1
+
+
 @dataclass
 class _Managed:
     node: ManagedNode
@@ -317,33 +365,29 @@ class RunCommandAgent:
     # --- running ----------------------------------------------------------------------------------------------
 
     def _run(self, command: AgentCommand) -> None:
-        pending = list(command.invocations.values())
-        errors = 0
-        self._set_command_status(command, "InProgress" if pending else "Success")
+        rollout = Rollout(list(command.invocations), command.max_concurrency, command.max_errors)
+        self._set_command_status(command, "InProgress" if command.invocations else "Success")
         with ThreadPoolExecutor(max_workers=command.max_concurrency) as pool:
             running: dict[Future, CommandInvocation] = {}
-            while pending or running:
+            while True:
                 if self._stopping.is_set():
                     # The harness is shutting down: nothing new starts.
-                    for invocation in pending:
-                        self._set_status(command, invocation, "Cancelled", "Cancelled")
-                    pending = []
-                while pending and len(running) < command.max_concurrency and errors <= command.max_errors:
-                    invocation = pending.pop(0)
+                    for instance_id in rollout.cancel_pending():
+                        self._set_status(command, command.invocations[instance_id], "Cancelled", "Cancelled")
+                step = rollout.step()
+                for instance_id in step.cancelled:
+                    self._set_status(command, command.invocations[instance_id], "Cancelled", "Cancelled")
+                for instance_id in step.started:
+                    invocation = command.invocations[instance_id]
                     self._set_status(command, invocation, "InProgress", "InProgress")
                     running[pool.submit(self._execute, command, invocation)] = invocation
-                if errors > command.max_errors:
-                    # SSM stops sending the command to targets once the errors exceed MaxErrors.
-                    for invocation in pending:
-                        self._set_status(command, invocation, "Cancelled", "Cancelled")
-                    pending = []
                 if not running:
                     break
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     invocation = running.pop(future)
-                    if invocation.status in ERRORS:
-                        errors += 1
+                    rollout.finished(invocation.instance_id, error=invocation.status in ERRORS)
+        errors = rollout.errors
         statuses = {invocation.status for invocation in command.invocations.values()}
         # SSM's command StatusDetails: Success (every invocation), Failed (errors beyond MaxErrors), Incomplete (tried
         # everywhere, some not Success, errors within MaxErrors); the last two report Status Failed here.
