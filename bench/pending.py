@@ -8,14 +8,6 @@ from __future__ import annotations
 from bench.report import Section, not_measured
 
 
-def coverage(section: Section, quick: bool) -> None:
-    not_measured(
-        section,
-        ["time to full coverage of a fleet after a push"],
-        "needs the local harness's SSM agent semantics (delivery, MaxConcurrency, MaxErrors); not merged yet",
-    )
-
-
 def status(section: Section, quick: bool) -> None:
     not_measured(section, ["status throughput"], "needs the status function's parser; not merged yet")
 

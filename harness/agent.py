@@ -104,14 +104,14 @@ class AgentCommand:
 
     @property
     def max_concurrency(self) -> int:
-        return _count(self.request.get("MaxConcurrency") or "50", len(self.invocations), minimum=1)
+        return target_count(self.request.get("MaxConcurrency") or "50", len(self.invocations), minimum=1)
 
     @property
     def max_errors(self) -> int:
-        return _count(self.request.get("MaxErrors") or "0", len(self.invocations), minimum=0)
+        return target_count(self.request.get("MaxErrors") or "0", len(self.invocations), minimum=0)
 
 
-def _count(value: str, targets: int, minimum: int) -> int:
+def target_count(value: str, targets: int, minimum: int) -> int:
     """An absolute count, or a percentage of the targets (rounded down; at least one target runs at a time)."""
     if value.endswith("%"):
         return max(minimum, math.floor(targets * int(value[:-1]) / 100))

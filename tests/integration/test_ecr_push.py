@@ -98,7 +98,7 @@ def test_new_image_sends_one_digest_pinned_fleet_command(handler, sent, api_call
     assert request["Parameters"]["images"] == [f"{REGISTRY}/ml/trainer@{trainer['v2']}"]
     assert request["Parameters"]["pin"] == ["true"]
     assert request["Parameters"]["keepPinned"] == ["2"]
-    assert request["MaxConcurrency"] == "10%"
+    assert request["MaxConcurrency"] == "100"
     assert request["MaxErrors"] == "25%"
     assert request["TimeoutSeconds"] == 600
     assert request["CloudWatchOutputConfig"] == {"CloudWatchLogGroupName": LOG_GROUP, "CloudWatchOutputEnabled": True}

@@ -266,7 +266,7 @@ def test_ready_node_gets_one_command_with_the_newest_image_of_every_repository(
     assert "Targets" not in request
     assert request["DocumentName"] == DOCUMENT
     assert request["DocumentVersion"] == "1"
-    assert request["MaxConcurrency"] == "10%"
+    assert request["MaxConcurrency"] == "100"
     assert request["MaxErrors"] == "25%"
     assert request["TimeoutSeconds"] == 600
     assert request["CloudWatchOutputConfig"] == {"CloudWatchLogGroupName": LOG_GROUP, "CloudWatchOutputEnabled": True}

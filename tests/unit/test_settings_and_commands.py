@@ -67,7 +67,7 @@ def test_fleet_request_targets_the_tag_and_sets_every_safety_knob():
     assert request["Targets"] == [{"Key": "tag:eks:cluster-name", "Values": ["ml-prod"]}]
     assert "InstanceIds" not in request
     assert request["MaxErrors"] == "3"
-    assert request["MaxConcurrency"] == "10%"
+    assert request["MaxConcurrency"] == "100"
     assert request["DocumentVersion"] == "1"
     assert request["Parameters"] == {
         "images": ["123456789012.dkr.ecr.us-east-1.amazonaws.com/ml/trainer@sha256:" + "a" * 64],

@@ -41,7 +41,7 @@ class Settings(BaseModel):
     tag_filter: str = Field(alias="TAG_FILTER", default=r"^(?!sha256-).+$")
     document_name: str = Field(alias="DOCUMENT_NAME", min_length=3)
     document_version: str = Field(alias="DOCUMENT_VERSION", default="1", pattern=r"^([0-9]+|\$LATEST|\$DEFAULT)$")
-    max_concurrency: str = Field(alias="MAX_CONCURRENCY", default="10%", pattern=_CONCURRENCY)
+    max_concurrency: str = Field(alias="MAX_CONCURRENCY", default="100", pattern=_CONCURRENCY)
     max_errors: str = Field(alias="MAX_ERRORS", default="25%", pattern=_ERRORS)
     delivery_timeout_seconds: Annotated[int, Field(ge=30, le=2_592_000)] = Field(
         alias="DELIVERY_TIMEOUT_SECONDS", default=600
