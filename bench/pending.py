@@ -8,10 +8,6 @@ from __future__ import annotations
 from bench.report import Section, not_measured
 
 
-def status(section: Section, quick: bool) -> None:
-    not_measured(section, ["status throughput"], "needs the status function's parser; not merged yet")
-
-
 def end_to_end(section: Section, quick: bool) -> None:
     not_measured(
         section, ["end-to-end overhead (push to image on the node)"], "needs the local harness; not merged yet"

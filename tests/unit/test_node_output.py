@@ -161,3 +161,19 @@ def test_omitted_records_are_all_held_only_when_every_failure_and_skip_was_print
     assert all_held.omitted_all_held
     assert not some_failed.omitted_all_held
     assert not nothing_omitted.omitted_all_held
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("[1]", OutputProblem.NOT_JSON),
+        ("42", OutputProblem.NOT_JSON),
+        ('"text"', OutputProblem.NOT_JSON),
+        ("{not json", OutputProblem.NOT_JSON),
+        ('{"image": "registry/repo:tag"}', OutputProblem.BAD_RECORD),
+        ('{"image": "registry/repo:tag", "status": "pulled", "seconds": NaN}', OutputProblem.BAD_RECORD),
+    ],
+)
+def test_a_record_line_is_classified_as_before_the_one_pass_parse(line: str, problem: OutputProblem) -> None:
+    output = parse_node_output(line + '\n{"summary": true}')
+    assert problem in output.problems and output.bad_lines == 1 and not output.records

@@ -122,6 +122,11 @@ def _as_object(line: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _not_an_object(error: ValidationError) -> bool:
+    """The line is not JSON, or JSON but not an object: not a record that fails the contract."""
+    return any(item["type"] in {"json_invalid", "model_type"} and not item["loc"] for item in error.errors())
+
+
 def parse_node_output(text: str | None) -> NodeOutput:
     """Typed records and summary of a node's stdout, and what is wrong with it. Never raises."""
     lines = [line.strip() for line in (text or "").splitlines()]
@@ -134,6 +139,15 @@ def parse_node_output(text: str | None) -> NodeOutput:
     problems: set[OutputProblem] = set()
     bad_lines = 0
     for index, line in enumerate(lines):
+        if '"summary"' not in line:
+            # A per-image record, the bulk of every output: parsed and validated in one pass by pydantic-core,
+            # without a Python dict in between (twice the throughput of json.loads then model_validate).
+            try:
+                records.append(ImageRecord.model_validate_json(line))
+            except ValidationError as error:
+                problems.add(OutputProblem.NOT_JSON if _not_an_object(error) else OutputProblem.BAD_RECORD)
+                bad_lines += 1
+            continue
         value = _as_object(line)
         if value is None:
             problems.add(OutputProblem.NOT_JSON)
