@@ -14,6 +14,7 @@ against the service model, so the code under test, including the adapters in ``e
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import uuid
@@ -24,14 +25,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import boto3
+import pytest
 from botocore.awsrequest import AWSResponse
 from moto import mock_aws
 from moto.ec2.models import ec2_backends
 from moto.ecr.models import Image, ecr_backends
 
-from eks_prefetch import aws, idempotency, launch, settings
+from eks_prefetch import aws, idempotency, launch, repair, settings, status
 from tests.conftest import ACCOUNT, CLUSTER, DEPLOYMENT_ENV, REGION, TABLE, FakeLambdaContext, load_handler
 from tests.ecr import digest_of, manifest_of
+from tests.status_doubles import REGISTRY, STATUS_TABLE, Answer, FakeFleet, FakeInvocations, create_status_table
+
+_REAL_LIST_INVOCATIONS = aws.list_command_invocations
+_REAL_ONLINE_NODES = aws.online_managed_nodes
 
 SERVICES = ("ecr", "ssm", "ec2", "dynamodb", "sqs")
 # How the report groups them: the state store apart from the calls that reach ECR, SSM and EC2.
@@ -418,3 +424,116 @@ def calls_per_launch_burst(*, launches: int, repositories: int, not_ready_polls:
             raise AssertionError(f"{len(unsent)} nodes got no command")
         calls.invocations = queue.invocations
         return calls
+
+
+# --- the status sweep and self-repair ------------------------------------------------------------------------------
+
+
+def _paged(items: list[Any], params: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """One page of SSM's answer (at most 50 items), with its token."""
+    start = int(params.get("NextToken") or 0)
+    size = min(int(params.get("MaxResults") or 50), 50)
+    page: dict[str, Any] = {key: items[start : start + size]}
+    if start + size < len(items):
+        page["NextToken"] = str(start + size)
+    return page
+
+
+def serve_pages(invocations: FakeInvocations, fleet: FakeFleet) -> None:
+    """The doubles' answers (tests/status_doubles.py) to ListCommandInvocations and DescribeInstanceInformation,
+    given at botocore's level in SSM's pages of 50 rather than by replacing the adapters: the real adapters page,
+    and each page is counted like any call."""
+    answer_from(
+        "ssm",
+        "ListCommandInvocations",
+        lambda params: _paged(
+            list(invocations.list_command_invocations(params["CommandId"])), params, "CommandInvocations"
+        ),
+        "fake-invocations-pages",
+    )
+    answer_from(
+        "ssm",
+        "DescribeInstanceInformation",
+        lambda params: _paged(list(fleet.online_managed_nodes("", "")), params, "InstanceInformationList"),
+        "fake-fleet-pages",
+    )
+
+
+def _batch_put(items: list[dict[str, Any]]) -> None:
+    """Setup writes straight to the status table (not counted), 25 a request."""
+    dynamodb = boto3.client("dynamodb")
+    for start in range(0, len(items), 25):
+        batch = [{"PutRequest": {"Item": aws._item(item)}} for item in items[start : start + 25]]
+        dynamodb.batch_write_item(RequestItems={STATUS_TABLE: batch})
+
+
+def calls_per_sweep(*, invocations: int, events_lost: bool = False, missing: int = 0) -> ApiCalls:
+    """One scheduled run of the status function (`repair.sweep_and_repair`, self-repair on) over a fleet command of
+    ``invocations`` nodes that all succeeded, with one watched repository.
+
+    events_lost=False: every invocation was already counted from its event (the steady state); True: none was, and
+    the sweep counts them all. missing: that many more online nodes lack the newest image, with no command in
+    flight for them, past the repair grace period: the sweep repairs them, at most RepairMaxNodesPerSweep (200).
+    """
+    repository = "ml/trainer"
+    with deployment(REPOSITORY_NAMES=repository, STATUS_TABLE=STATUS_TABLE, REPAIR_ENABLED="true"):
+        create_status_table()
+        status.forget_resolutions()
+        digest = fill_repository(repository, 2)  # the newest pushed on 2026-11-01: long past the grace period
+        reference = f"{REGISTRY}/{repository}@{digest}"
+        nodes = [f"i-{number:017x}" for number in range(invocations)]
+        lacking = [f"i-{number:017x}" for number in range(invocations, invocations + missing)]
+        patch = pytest.MonkeyPatch()
+        try:
+            fake = FakeInvocations().install(patch)
+            fleet = FakeFleet(online=set(nodes) | set(lacking)).install(patch)
+            serve_pages(fake, fleet)
+            # Adapters back to the real ones: their calls are answered (and counted) at botocore's level.
+            patch.setattr(aws, "list_command_invocations", _REAL_LIST_INVOCATIONS)
+            patch.setattr(aws, "online_managed_nodes", _REAL_ONLINE_NODES)
+            command_id = ""
+            if nodes:
+                command_id = boto3.client("ssm").send_command(
+                    DocumentName=DEPLOYMENT_ENV["DOCUMENT_NAME"],
+                    InstanceIds=nodes,
+                    Parameters={"images": [reference]},
+                )["Command"]["CommandId"]
+            output = "\n".join(
+                [
+                    json.dumps({"image": reference, "status": "pulled", "digest": digest, "seconds": 90.0}),
+                    json.dumps({"summary": True, "images": 1, "pulled": 1}),
+                ]
+            )
+            ended = datetime.now(UTC)
+            for node in nodes:
+                fake.set(command_id, node, Answer(stdout=output, ended=ended))
+            if not events_lost:
+                now = status.timestamp(ended)
+                expires = int(ended.timestamp()) + 86_400
+                _batch_put(
+                    [
+                        {**status.claim_key(command_id, node), "status": "Success", "expires_at": expires}
+                        for node in nodes
+                    ]
+                    + [
+                        {
+                            **status.node_key(node, repository),
+                            "instance_id": node,
+                            "repository": repository,
+                            "digest": digest,
+                            "cached_at": now,
+                            "expires_at": expires + 7 * 86_400,
+                        }
+                        for node in nodes
+                    ]
+                )
+            settings.get_settings.cache_clear()
+            with contextlib.redirect_stdout(io.StringIO()), ApiCalls().counting() as calls:
+                result = repair.sweep_and_repair(settings.get_settings(), now=datetime.now(UTC))
+            expected = 0 if not events_lost else invocations
+            if result["counted"] != expected or result["repair"]["nodes_repaired"] != min(missing, 200):
+                raise AssertionError(f"unexpected sweep: {result}")
+            return calls
+        finally:
+            patch.undo()
+            status.forget_resolutions()

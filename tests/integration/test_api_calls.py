@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from tests.apicalls import calls_per_launch_burst, calls_per_push
+from tests.apicalls import calls_per_launch_burst, calls_per_push, calls_per_sweep
 
 # What one send costs in the idempotency table: Powertools' in-progress record and its completion, and sending's
 # attempt counter (see eks_prefetch.sending).
@@ -80,3 +80,49 @@ def test_a_burst_of_launches_resolves_each_repository_once_and_sends_one_command
     )
     assert calls.only(("dynamodb",)) == Counter({key: 30 * count for key, count in DYNAMODB_PER_SEND.items()})
     assert calls.invocations == 3  # batches of 10
+
+
+def pages(items: int, size: int) -> int:
+    return -(-items // size)
+
+
+@pytest.mark.parametrize("invocations", [10, 120])
+def test_a_status_sweep_costs_pages_not_calls_per_node(invocations: int) -> None:
+    """Every invocation already counted from its event (the steady state): SSM is read in pages of 50, the claims
+    and the nodes' rows in DynamoDB batches of 100; nothing is called once per node."""
+    calls = calls_per_sweep(invocations=invocations)
+
+    assert calls.only(("ecr", "ssm", "ec2")) == Counter(
+        {
+            "ssm:ListCommands": 1,
+            "ssm:ListCommandInvocations": pages(invocations, 50),
+            "ssm:DescribeInstanceInformation": pages(invocations, 50),
+            "ecr:DescribeImages": 1,
+        }
+    )
+    assert calls.only(("dynamodb",)) == Counter(
+        {
+            "dynamodb:GetItem": 1,  # the watermark
+            "dynamodb:PutItem": 1,  # the watermark moved
+            "dynamodb:BatchGetItem": pages(invocations, 100) * 2,  # the claims, then the nodes' rows (1 repository)
+        }
+    )
+
+
+def test_a_sweep_that_counts_lost_events_reads_each_invocation_once() -> None:
+    calls = calls_per_sweep(invocations=60, events_lost=True)
+
+    assert calls.counts["ssm:GetCommandInvocation"] == 60
+    assert calls.counts["ec2:DescribeInstances"] == 60  # launch-to-cached, once per node's first report
+    assert calls.counts["ssm:ListCommandInvocations"] == 2
+
+
+def test_a_repairing_sweep_is_bounded_by_the_per_sweep_limit() -> None:
+    """500 online nodes lack the newest image: 200 are repaired (the default bound), in commands of 50 ids."""
+    calls = calls_per_sweep(invocations=0, missing=500)
+
+    assert calls.counts["ssm:SendCommand"] == 4
+    assert calls.counts["ssm:DescribeInstanceInformation"] == pages(500, 50)
+    # The repair rows of the 200 nodes sent to, and each send's at-most-once records: bounded by the limit.
+    assert calls.counts["dynamodb:UpdateItem"] == 200 + 4 * 2
+    assert calls.total() == 1 + pages(500, 50) + 1 + 4
