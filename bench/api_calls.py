@@ -12,7 +12,7 @@ import contextlib
 import io
 
 from bench.report import Row, Section, ratio, verdict
-from tests.apicalls import CONTROL_PLANE, ApiCalls, calls_per_launch_burst, calls_per_push
+from tests.apicalls import CONTROL_PLANE, ApiCalls, calls_per_launch_burst, calls_per_push, calls_per_sweep
 
 TARGET_PER_PUSH = 3
 
@@ -28,6 +28,8 @@ def measure(section: Section, quick: bool) -> None:
     repositories_images = (10, 1_001) if quick else (10, 1_000, 1_001, 5_000)
     watched = (1, 20) if quick else (1, 5, 20)
     burst = 30 if quick else 100
+    sweep_sizes = (10, 1_000) if quick else (10, 100, 1_000, 10_000)
+    lost_size = 100 if quick else 1_000
 
     with contextlib.redirect_stdout(io.StringIO()):
         pushes = {fleet: calls_per_push(fleet=fleet, images=10) for fleet in fleets}
@@ -36,6 +38,9 @@ def measure(section: Section, quick: bool) -> None:
         ready = calls_per_launch_burst(launches=1, repositories=2)
         polled = calls_per_launch_burst(launches=1, repositories=2, not_ready_polls=3)
         bursts = calls_per_launch_burst(launches=burst, repositories=2)
+        sweeps = {count: calls_per_sweep(invocations=count) for count in sweep_sizes}
+        lost = calls_per_sweep(invocations=lost_size, events_lost=True)
+        repairing = calls_per_sweep(invocations=0, missing=500)
 
     for fleet, calls in pushes.items():
         blog = 2 * fleet
@@ -108,7 +113,42 @@ def measure(section: Section, quick: bool) -> None:
             f"{_split(bursts)}; {bursts.invocations} invocations",
             f"{blog} (on the nodes)",
             ratio(bursts.total(), blog),
-            verdict="(reported: DescribeImages once per repository per container and 30 s)",
+            verdict="(reported: DescribeImages once per repository per invocation, a batch of up to 10 records)",
+        )
+    )
+    for count, calls in sweeps.items():
+        pages = -(-count // 50)
+        linear = calls.total() == 2 + 2 * pages and calls.total(("dynamodb",)) == 2 + 2 * -(-count // 100)
+        # The per-node alternative: one GetCommandInvocation (SSM) and one claim read (DynamoDB) per invocation.
+        section.rows.append(
+            Row(
+                f"per status sweep, {count:,} invocations already counted, 1 repository",
+                _split(calls),
+                f"{2 * count:,} (by definition: a GetCommandInvocation and a claim read per node)",
+                ratio(calls.total() + calls.total(("dynamodb",)), 2 * count),
+                "linear in pages (50 SSM, 100 DynamoDB), never per node",
+                verdict(linear, "calls grow per node"),
+            )
+        )
+    section.rows.append(
+        Row(
+            f"per status sweep, {lost_size:,} invocations whose events were lost",
+            _split(lost),
+            f"{lost_size:,} invocations counted",
+            "—",
+            verdict="(reported: each lost invocation read once, GetCommandInvocation and DescribeInstances, "
+            "as its event would have)",
+        )
+    )
+    bound = repairing.counts["ssm:SendCommand"]
+    section.rows.append(
+        Row(
+            "per repairing sweep, 500 online nodes missing the newest image (bound 200 a sweep)",
+            _split(repairing),
+            "500 nodes missing",
+            "—",
+            "bounded: ≤ 200 nodes, commands of ≤ 50 ids",
+            verdict(bound == 4 and repairing.counts["dynamodb:UpdateItem"] <= 200 + 2 * bound, "unbounded"),
         )
     )
     section.notes += [
@@ -121,6 +161,17 @@ def measure(section: Section, quick: bool) -> None:
         "Not counted here: what the nodes call themselves. Each node that pulls from ECR logs in once per registry "
         "(GetAuthorizationToken, the node role's own call), so a push still costs the account one "
         "GetAuthorizationToken per node that pulls, spread by `MaxConcurrency`; the recipe's DescribeImages per "
-        "node is gone. A burst is spread over up to 5 containers (`MaximumConcurrency: 5`), each resolving the "
-        "repositories once per 30 s: at most 5x the DescribeImages shown.",
+        "node is gone. The node-launch path resolves the repositories once per invocation (a batch of up to 10 "
+        "records, each invocation its own request id), never across invocations: a resolution kept for 30 s could "
+        "hand a node registering right after a push the images of before it. A burst therefore costs one "
+        "DescribeImages per repository per batch, whichever of the (at most 5, `MaximumConcurrency: 5`) containers "
+        "runs it, plus the looks at nodes not ready yet (one batch each time they come back).",
+        "Sweeps: one scheduled run of the status function (`repair.sweep_and_repair`, self-repair on) over one fleet "
+        "command whose invocations all succeeded, against moto with the doubles of tests/status_doubles.py "
+        "(FakeInvocations, FakeFleet) answering ListCommandInvocations and DescribeInstanceInformation in SSM's "
+        "pages of 50 at botocore's level, so that the real adapters page and every page is counted. The steady "
+        "state (events received) reads SSM in pages and DynamoDB in batches of 100 (the claims, then the nodes' "
+        "rows); before this benchmark the claims were read one GetItem per invocation (10,000 reads a sweep at "
+        "10,000 nodes). A repairing sweep sends at most `RepairMaxNodesPerSweep` (200) nodes, 50 ids a command, "
+        "and writes one repair row per node sent to.",
     ]

@@ -354,7 +354,10 @@ class SimulatedQueue:
             self.outcomes[key].invocations += 1
             records.append(self._record(message))
         self.invocations += 1
-        response = self.handler({"Records": records}, FakeLambdaContext())
+        # Each invocation has its own request id, as Lambda gives it (the node-launch path resolves once per batch).
+        context = FakeLambdaContext()
+        context.aws_request_id = str(uuid.uuid4())
+        response = self.handler({"Records": records}, context)
         failed = {item["itemIdentifier"] for item in response["batchItemFailures"]}
         for key in keys:
             message = self.messages[key]

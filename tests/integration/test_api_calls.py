@@ -67,14 +67,14 @@ def test_each_look_at_a_node_not_ready_yet_costs_two_describes_and_a_visibility_
     assert calls.invocations == 4
 
 
-def test_a_burst_of_launches_resolves_each_repository_once_and_sends_one_command_per_node() -> None:
+def test_a_burst_of_launches_resolves_each_repository_once_per_batch_and_sends_one_command_per_node() -> None:
     calls = calls_per_launch_burst(launches=30, repositories=2)
 
     assert calls.only(("ecr", "ssm", "ec2")) == Counter(
         {
             "ec2:DescribeInstances": 3,  # one per batch: its instances by the instance-id filter
             "ssm:DescribeInstanceInformation": 30,
-            "ecr:DescribeImages": 2,
+            "ecr:DescribeImages": 2 * 3,  # 2 repositories, once per batch (invocation) of 10
             "ssm:SendCommand": 30,
         }
     )
