@@ -20,6 +20,7 @@ from pathlib import Path
 from bench.node_overhead import REAL_PULL_SECONDS
 from bench.node_overhead import RESULTS as NODE_RESULTS
 from bench.report import Row, Section, not_measured, ratio, verdict
+from eks_prefetch.settings import Settings
 from harness.agent import Rollout, target_count
 
 IMAGE_BYTES = 3.5e9
@@ -28,8 +29,11 @@ IMAGE_BYTES = 3.5e9
 CAP_GBITS = 50.0
 CAP_BYTES = CAP_GBITS * 1e9 / 8
 BASELINE = "50"  # SSM's default MaxConcurrency: the blog recipe's fan-out
-CURRENT_DEFAULT = "100"  # template.yaml's MaxConcurrency, set from this section
-SETTINGS = ("10%", "25%", BASELINE, CURRENT_DEFAULT, "100%", "200")
+# The deployed defaults (template.yaml's, which Settings mirrors; a test keeps them equal). MaxConcurrency's was set
+# from this section.
+CURRENT_DEFAULT = str(Settings.model_fields["max_concurrency"].default)
+MAX_ERRORS = str(Settings.model_fields["max_errors"].default)
+SETTINGS = tuple(dict.fromkeys(("10%", "25%", BASELINE, CURRENT_DEFAULT, "100%", "200")))
 FLEETS = (10, 100, 1_000, 10_000)
 TARGET_FLEET = 100
 TARGET_FACTOR = 2.0
@@ -44,7 +48,7 @@ class Coverage:
     cancelled: int
 
 
-def simulate(durations: list[float], max_concurrency: str, max_errors: str = "25%") -> Coverage:
+def simulate(durations: list[float], max_concurrency: str, max_errors: str = MAX_ERRORS) -> Coverage:
     """One command over len(durations) nodes: node i's pull takes durations[i] s alone (no failures)."""
     nodes = len(durations)
     rollout = Rollout(
@@ -155,7 +159,8 @@ def measure(section: Section, quick: bool) -> None:
         f"{_gbits(IMAGE_BYTES / single)} at the median); the registry and NAT together are capped at "
         f"{CAP_GBITS:.0f} Gbit/s (an assumption: half of a NAT gateway's 100 Gbit/s ceiling; ECR publishes no pull "
         "throughput); above it every running pull slows in proportion. No node fails here (MaxErrors 25% is never "
-        "reached), SSM's delivery latency and the nodes' logins are not in the clock.",
+        "reached), SSM's delivery latency and the nodes' logins are not in the clock; nor are SSM's delivery "
+        "timeouts, which the harness does not emulate.",
         "Reading it: percentages make the time grow with the fleet only through the spread of the pulls, but the "
         "load grows with the fleet (10% of 10,000 nodes is 1,000 pulls at once, far over any NAT); an absolute count "
         "keeps the load fixed and makes the time grow with the fleet. Once the cap is reached, more concurrency "

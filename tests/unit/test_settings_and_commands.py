@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from eks_prefetch.commands import send_command_request
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.settings import Settings
+from harness import template as cfn
 from tests.conftest import DEPLOYMENT_ENV
 
 
@@ -102,3 +103,11 @@ def test_comment_stays_within_the_ssm_limit():
 def test_no_images_is_a_programming_error():
     with pytest.raises(ValueError):
         send_command_request([], settings())
+
+
+def test_the_safety_defaults_are_the_templates() -> None:
+    """MaxConcurrency's default was chosen from the coverage benchmark (bench/coverage.py reads it from Settings):
+    the template, the settings and that benchmark must say the same."""
+    parameters = cfn.template()["Parameters"]
+    assert Settings.model_fields["max_concurrency"].default == parameters["MaxConcurrency"]["Default"] == "100"
+    assert Settings.model_fields["max_errors"].default == parameters["MaxErrors"]["Default"]
