@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import coverage
 from bench.__main__ import SECTIONS, main, run
 from bench.report import Row, Section, SectionSpec, percentile, ratio, render
 
@@ -26,15 +27,31 @@ def test_every_section_of_issue_11_is_listed_in_order() -> None:
     assert len({spec.key for spec in SECTIONS}) == len(SECTIONS)
 
 
-@pytest.mark.parametrize("key", ["coverage", "status", "end-to-end"])
-def test_sections_not_built_yet_say_so(key: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_every_section_is_measured_by_its_own_module_and_a_partial_run_only_prints(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert all(spec.measure.__module__ != "bench.pending" for spec in SECTIONS)
     output = tmp_path / "BENCHMARKS.md"
 
-    assert main(["--only", key, "--output", str(output)]) == 0
+    assert main(["--only", "coverage", "--quick", "--output", str(output)]) == 0
 
     printed = capsys.readouterr().out
-    assert "not measured: needs the" in printed
+    assert "## 1. Time to full coverage" in printed
     assert not output.exists()  # a partial run prints; only a full run writes the file
+
+
+def test_the_coverage_simulation_paces_by_max_concurrency_and_shares_the_cap() -> None:
+    """Deterministic: 100 equal pulls of 100 s. The agent's Rollout starts a node as one finishes; above the cap,
+    every running pull slows in proportion."""
+    pulls = [100.0] * 100
+    assert coverage.simulate(pulls, "50").last_warm == pytest.approx(200.0)
+    assert coverage.simulate(pulls, "10%").last_warm == pytest.approx(1000.0)
+    alone = coverage.IMAGE_BYTES / 100.0  # bytes/s of one pull at full speed
+    fleet = coverage.simulate(pulls, "100%")
+    assert fleet.peak_running == 100 and fleet.peak_demand == pytest.approx(100 * alone)
+    # 100 pulls ask for more than the cap: they all end when the cap has carried every byte.
+    expected = max(100.0, 100 * coverage.IMAGE_BYTES / coverage.CAP_BYTES)
+    assert fleet.last_warm == pytest.approx(expected)
 
 
 def test_render_counts_verdicts_and_shows_every_column() -> None:
