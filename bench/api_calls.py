@@ -173,5 +173,6 @@ def measure(section: Section, quick: bool) -> None:
         "state (events received) reads SSM in pages and DynamoDB in batches of 100 (the claims, then the nodes' "
         "rows); before this benchmark the claims were read one GetItem per invocation (10,000 reads a sweep at "
         "10,000 nodes). A repairing sweep sends at most `RepairMaxNodesPerSweep` (200) nodes, 50 ids a command, "
-        "and writes one repair row per node sent to.",
+        "and writes one repair row per node sent to; it reads the missing nodes' EC2 launch times (200 a "
+        "DescribeInstances) where SSM gives no registration date, as here.",
     ]

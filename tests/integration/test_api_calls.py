@@ -125,4 +125,6 @@ def test_a_repairing_sweep_is_bounded_by_the_per_sweep_limit() -> None:
     assert calls.counts["ssm:DescribeInstanceInformation"] == pages(500, 50)
     # The repair rows of the 200 nodes sent to, and each send's at-most-once records: bounded by the limit.
     assert calls.counts["dynamodb:UpdateItem"] == 200 + 4 * 2
-    assert calls.total() == 1 + pages(500, 50) + 1 + 4
+    # The nodes' start times (no SSM registration date here): EC2 launch times, 200 instances a DescribeInstances.
+    assert calls.counts["ec2:DescribeInstances"] == pages(500, 200)
+    assert calls.total() == 1 + pages(500, 50) + 1 + pages(500, 200) + 4
