@@ -27,12 +27,11 @@ from typing import Any
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
-from moto import mock_aws
 from moto.ec2.models import ec2_backends
 from moto.ecr.models import Image, ecr_backends
 
-from eks_prefetch import aws, idempotency, launch, repair, settings, status
-from tests.conftest import ACCOUNT, CLUSTER, DEPLOYMENT_ENV, REGION, TABLE, FakeLambdaContext, load_handler
+from eks_prefetch import aws, repair, settings, status
+from tests.conftest import ACCOUNT, CLUSTER, DEPLOYMENT_ENV, REGION, FakeLambdaContext, load_handler, mocked_aws
 from tests.ecr import digest_of, manifest_of
 from tests.status_doubles import REGISTRY, STATUS_TABLE, Answer, FakeFleet, FakeInvocations, create_status_table
 
@@ -84,21 +83,9 @@ def deployment(**overrides: str) -> Iterator[None]:
     os.environ.update({**DEPLOYMENT_ENV, **overrides})
     settings.get_settings.cache_clear()
     try:
-        with mock_aws():
-            aws.reset_clients()
-            idempotency.reset_persistence()
-            launch.forget_resolutions()
-            boto3.client("dynamodb").create_table(
-                TableName=TABLE,
-                KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-                AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-                BillingMode="PAY_PER_REQUEST",
-            )
+        with mocked_aws():
             yield
     finally:
-        aws.reset_clients()
-        idempotency.reset_persistence()
-        launch.forget_resolutions()
         os.environ.clear()
         os.environ.update(saved)
         settings.get_settings.cache_clear()

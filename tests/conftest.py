@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import sys
@@ -102,9 +103,10 @@ def botocore_clock(aws_mock: None, monkeypatch: pytest.MonkeyPatch) -> FakeClock
     return clock
 
 
-@pytest.fixture
-def aws_mock(deployment_env: dict[str, str], no_retry_sleep: None) -> Iterator[None]:
-    """moto for every AWS call, with the idempotency table the template defines, and fresh cached clients."""
+@contextlib.contextmanager
+def mocked_aws() -> Iterator[None]:
+    """moto for every AWS call, with the idempotency table the template defines, and fresh cached clients (for the
+    fixtures, and for the benchmark, which is not a test)."""
     with mock_aws():
         aws.reset_clients()
         idempotency.reset_persistence()
@@ -115,9 +117,18 @@ def aws_mock(deployment_env: dict[str, str], no_retry_sleep: None) -> Iterator[N
             AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
             BillingMode="PAY_PER_REQUEST",
         )
+        try:
+            yield
+        finally:
+            aws.reset_clients()
+            idempotency.reset_persistence()
+            launch.forget_resolutions()
+
+
+@pytest.fixture
+def aws_mock(deployment_env: dict[str, str], no_retry_sleep: None) -> Iterator[None]:
+    with mocked_aws():
         yield
-        aws.reset_clients()
-        idempotency.reset_persistence()
 
 
 @pytest.fixture
