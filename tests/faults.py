@@ -103,3 +103,26 @@ def reset_first_connection(client: Any, operation: str) -> list[str]:
 
     client.meta.events.register_first(event, reset_first)
     return resets
+
+
+class InvalidInstanceId(ServiceException):
+    code = "InvalidInstanceId"
+    message = "Instances not in a valid state for account"
+
+
+def refuse_instances(backend: Any, refused: set[str]) -> list[list[str]]:
+    """Make moto's SSM refuse, as SSM does, a whole SendCommand naming an instance it does not accept
+    (InvalidInstanceId), through botocore's real error path. Returns the instance ids of every SendCommand that
+    reached it."""
+    calls: list[list[str]] = []
+    real = backend.send_command
+
+    def send_command(*args: Any, **kwargs: Any) -> Any:
+        instance_ids = list(kwargs.get("instance_ids") or [])
+        calls.append(instance_ids)
+        if refused & set(instance_ids):
+            raise InvalidInstanceId()
+        return real(*args, **kwargs)
+
+    backend.send_command = send_command
+    return calls

@@ -16,11 +16,13 @@ from typing import Any
 
 import boto3
 import pytest
+from moto.ssm.models import ssm_backends
 
 from eks_prefetch import aws, repair, settings, status
 from eks_prefetch.settings import get_settings
-from tests.conftest import DOCUMENT
+from tests.conftest import ACCOUNT, DOCUMENT, REGION
 from tests.ecr import at, push_image
+from tests.faults import refuse_instances
 from tests.integration.conftest import INFERENCE, TRAINER
 from tests.status_doubles import (
     REGISTRY,
@@ -237,3 +239,30 @@ def test_repair_disabled_sends_nothing(fake, fleet, images, sent, monkeypatch):
 
     assert result["repair"] == {"enabled": False}
     assert sent == []
+
+
+def test_one_node_ssm_refuses_does_not_hold_back_its_group(fake, fleet, images, sent):
+    """SSM refuses a whole SendCommand for one instance id it does not accept (InvalidInstanceId, raised inside moto):
+    the group is split until the other nodes are sent their repair; the refused node backs off like a failed one."""
+    nodes = node_ids(8)
+    fleet.online = set(nodes)
+    bad = nodes[5]
+    calls = refuse_instances(ssm_backends[ACCOUNT][REGION], {bad})
+    now = at(10) + GRACE + timedelta(minutes=1)
+
+    result = run_sweep(now)
+
+    repaired = sorted(
+        node for command in boto3.client("ssm").list_commands()["Commands"] for node in command["InstanceIds"]
+    )
+    assert repaired == sorted(set(nodes) - {bad})
+    assert len(calls) <= 2 * len(nodes) - 1  # halving: bounded
+    assert result["repair"]["errors"] == 1
+    row = aws.get_item(STATUS_TABLE, repair.repair_key(bad))
+    assert row["repair_attempts"] == 1
+    assert "repair_sent_at" not in row  # nothing in flight: only the backoff
+    calls.clear()
+    run_sweep(now + timedelta(minutes=5))
+    assert calls == []  # the refused node backs off, and the others have their repair in flight
+    run_sweep(now + timedelta(minutes=11))
+    assert calls == [[bad]]  # its backoff over, it is tried again, alone

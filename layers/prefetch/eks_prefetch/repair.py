@@ -26,6 +26,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import ClientError
 
 from eks_prefetch import aws
 from eks_prefetch import status_metrics as m
@@ -240,22 +241,23 @@ def _short_hash(values: Sequence[str]) -> str:
     return hashlib.sha256(",".join(values).encode()).hexdigest()[:16]
 
 
-def _record_sent(settings: Settings, gap: NodeGap, previous: RepairState, command_id: str, now: datetime) -> None:
+def _record_attempt(
+    settings: Settings, gap: NodeGap, previous: RepairState, now: datetime, command_id: str | None
+) -> None:
+    """Count a repair attempt on the node's row and set when the next may come. ``command_id`` None: SSM refused
+    the node, so nothing is in flight and only the backoff is recorded."""
     attempts = previous.for_gap(gap.digests).attempts + 1
-    aws.update_item(
-        settings.status_table,
-        repair_key(gap.instance_id),
-        "SET repair_digests = :g, repair_attempts = :a, repair_sent_at = :s, repair_next_at = :n, "
-        "repair_command_id = :c, expires_at = :e",
-        {
-            ":g": gap.digests,
-            ":a": attempts,
-            ":s": timestamp(now),
-            ":n": timestamp(now + timedelta(seconds=backoff_seconds(attempts, settings))),
-            ":c": command_id,
-            ":e": int(now.timestamp()) + settings.node_state_ttl_seconds,
-        },
-    )
+    values: dict[str, Any] = {
+        ":g": gap.digests,
+        ":a": attempts,
+        ":n": timestamp(now + timedelta(seconds=backoff_seconds(attempts, settings))),
+        ":e": int(now.timestamp()) + settings.node_state_ttl_seconds,
+    }
+    update = "SET repair_digests = :g, repair_attempts = :a, repair_next_at = :n, expires_at = :e"
+    if command_id is not None:
+        update += ", repair_sent_at = :s, repair_command_id = :c"
+        values.update({":s": timestamp(now), ":c": command_id})
+    aws.update_item(settings.status_table, repair_key(gap.instance_id), update, values)
 
 
 @dataclass(frozen=True)
@@ -340,7 +342,9 @@ def repair(
     plan = plan_from_sweep(swept, settings, now)
     sent = repaired = errors = 0
     window = _window(now)
-    for images, nodes in plan.commands:
+    work = list(plan.commands)
+    while work:
+        images, nodes = work.pop(0)
         if time_left is not None and time_left() < SEND_RESERVE_SECONDS:
             logger.warning("repair out of time: the next sweep sends the rest", extra={"nodes_left": len(nodes)})
             break
@@ -354,6 +358,22 @@ def repair(
                 lambda_context=lambda_context,
                 log_fields={"repair": True, "instance_ids": list(nodes), "images": references},
             )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "InvalidInstanceId":
+                logger.exception("repair command failed", extra={"instance_ids": list(nodes), "images": references})
+                errors += 1
+                continue
+            if len(nodes) > 1:
+                # SSM refuses the whole command for one id it does not accept (deregistered, terminated since the
+                # listing): the halves go separately, so that one node cannot hold back the group.
+                half = len(nodes) // 2
+                work[0:0] = [(images, nodes[:half]), (images, nodes[half:])]
+                continue
+            # Recorded as an attempt, so that a node SSM refuses backs off like one that fails.
+            logger.warning("SSM does not accept the node for a repair", extra={"instance_id": nodes[0]})
+            _record_attempt(settings, plan.gaps[nodes[0]], plan.repair_states.get(nodes[0], RepairState()), now, None)
+            errors += 1
+            continue
         except Exception:
             # Not sent (or not known to be): these nodes stay missing, and the next sweep plans them again.
             logger.exception("repair command failed", extra={"instance_ids": list(nodes), "images": references})
@@ -363,7 +383,7 @@ def repair(
             previous = plan.repair_states.get(node, RepairState())
             if not sent_now and previous.command_id == command_id:
                 continue  # a repeated sweep: already recorded
-            _record_sent(settings, plan.gaps[node], previous, command_id, now)
+            _record_attempt(settings, plan.gaps[node], previous, now, command_id)
         if sent_now:
             sent += 1
             repaired += len(nodes)
