@@ -31,6 +31,7 @@ from moto.ec2.models import ec2_backends
 from moto.ecr.models import Image, ecr_backends
 
 from eks_prefetch import aws, repair, settings, status
+from harness.routing import event_envelope
 from tests.conftest import ACCOUNT, CLUSTER, DEPLOYMENT_ENV, REGION, FakeLambdaContext, load_handler, mocked_aws
 from tests.ecr import digest_of, manifest_of
 from tests.status_doubles import REGISTRY, STATUS_TABLE, Answer, FakeFleet, FakeInvocations, create_status_table
@@ -188,37 +189,23 @@ def fill_repository(name: str, images: int) -> str:
 
 
 def push_event(repository: str, digest: str, tag: str) -> dict[str, Any]:
-    return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "ECR Image Action",
-        "source": "aws.ecr",
-        "account": ACCOUNT,
-        "time": "2026-11-01T12:00:00Z",
-        "region": REGION,
-        "resources": [],
-        "detail": {
-            "result": "SUCCESS",
-            "repository-name": repository,
-            "image-digest": digest,
-            "action-type": "PUSH",
-            "image-tag": tag,
-        },
+    detail = {
+        "result": "SUCCESS",
+        "repository-name": repository,
+        "image-digest": digest,
+        "action-type": "PUSH",
+        "image-tag": tag,
     }
+    return event_envelope("aws.ecr", "ECR Image Action", detail)
 
 
 def running_event(instance_id: str) -> dict[str, Any]:
-    return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "EC2 Instance State-change Notification",
-        "source": "aws.ec2",
-        "account": ACCOUNT,
-        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "region": REGION,
-        "resources": [f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/{instance_id}"],
-        "detail": {"instance-id": instance_id, "state": "running"},
-    }
+    return event_envelope(
+        "aws.ec2",
+        "EC2 Instance State-change Notification",
+        {"instance-id": instance_id, "state": "running"},
+        [f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/{instance_id}"],
+    )
 
 
 # --- SSM agents and the launch queue, on a simulated clock --------------------------------------------------------
