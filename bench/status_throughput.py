@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable
 
 from bench.report import Row, Section, median, ratio, verdict
+from eks_prefetch.invocations import InvocationOutcome, final_status
 from eks_prefetch.node_output import parse_node_output
 from eks_prefetch.settings import Settings
-from eks_prefetch.status import InvocationOutcome, emit_invocation_metrics, final_status
+from eks_prefetch.status_metrics import emit_invocation_metrics
 from tests.conftest import DEPLOYMENT_ENV
 
 IMAGES = 20

@@ -275,9 +275,10 @@ def status_function_view(world: World, say: Narrator) -> bool:
             )
     with function.container(fresh=True):  # `make status` is a process of its own
         report = importlib.import_module("eks_prefetch.report")
-        status = importlib.import_module("eks_prefetch.status")
+        coverage = importlib.import_module("eks_prefetch.coverage")
+        resolution = importlib.import_module("eks_prefetch.resolution")
         settings = importlib.import_module("eks_prefetch.settings").get_settings()
-        coverages, _states = status.fleet_coverage(settings)
+        coverages = coverage.look_at_fleet(settings, resolution.NewestImages(settings)).coverages
         text = io.StringIO()
         report.render(coverages, settings.cluster_name, text)
     say.line("make status (the status function's code, on the emulated stack):")

@@ -30,14 +30,14 @@ from botocore.awsrequest import AWSResponse
 from moto.ec2.models import ec2_backends
 from moto.ecr.models import Image, ecr_backends
 
-from eks_prefetch import aws, repair, settings, status
+from eks_prefetch import aws, settings, status_table, sweep
 from harness.routing import event_envelope
 from tests.conftest import ACCOUNT, CLUSTER, DEPLOYMENT_ENV, REGION, FakeLambdaContext, load_handler, mocked_aws
 from tests.ecr import digest_of, manifest_of
 from tests.status_doubles import REGISTRY, STATUS_TABLE, Answer, FakeFleet, FakeInvocations, create_status_table
 
-_REAL_LIST_INVOCATIONS = aws.list_command_invocations
-_REAL_ONLINE_NODES = aws.online_managed_nodes
+_REAL_LIST_INVOCATIONS = aws.ssm.list_command_invocations
+_REAL_ONLINE_NODES = aws.ssm.online_managed_nodes
 
 SERVICES = ("ecr", "ssm", "ec2", "dynamodb", "sqs")
 # How the report groups them: the state store apart from the calls that reach ECR, SSM and EC2.
@@ -440,12 +440,12 @@ def _batch_put(items: list[dict[str, Any]]) -> None:
     """Setup writes straight to the status table (not counted), 25 a request."""
     dynamodb = boto3.client("dynamodb")
     for start in range(0, len(items), 25):
-        batch = [{"PutRequest": {"Item": aws._item(item)}} for item in items[start : start + 25]]
+        batch = [{"PutRequest": {"Item": aws.dynamodb.to_item(item)}} for item in items[start : start + 25]]
         dynamodb.batch_write_item(RequestItems={STATUS_TABLE: batch})
 
 
 def calls_per_sweep(*, invocations: int, events_lost: bool = False, missing: int = 0) -> ApiCalls:
-    """One scheduled run of the status function (`repair.sweep_and_repair`, self-repair on) over a fleet command of
+    """One scheduled run of the status function (`sweep.sweep_and_repair`, self-repair on) over a fleet command of
     ``invocations`` nodes that all succeeded, with one watched repository.
 
     events_lost=False: every invocation was already counted from its event (the steady state); True: none was, and
@@ -455,7 +455,6 @@ def calls_per_sweep(*, invocations: int, events_lost: bool = False, missing: int
     repository = "ml/trainer"
     with deployment(REPOSITORY_NAMES=repository, STATUS_TABLE=STATUS_TABLE, REPAIR_ENABLED="true"):
         create_status_table()
-        status.forget_resolutions()
         digest = fill_repository(repository, 2)  # the newest pushed on 2026-11-01: long past the grace period
         reference = f"{REGISTRY}/{repository}@{digest}"
         nodes = [f"i-{number:017x}" for number in range(invocations)]
@@ -466,8 +465,8 @@ def calls_per_sweep(*, invocations: int, events_lost: bool = False, missing: int
             fleet = FakeFleet(online=set(nodes) | set(lacking)).install(patch)
             serve_pages(fake, fleet)
             # Adapters back to the real ones: their calls are answered (and counted) at botocore's level.
-            patch.setattr(aws, "list_command_invocations", _REAL_LIST_INVOCATIONS)
-            patch.setattr(aws, "online_managed_nodes", _REAL_ONLINE_NODES)
+            patch.setattr(aws.ssm, "list_command_invocations", _REAL_LIST_INVOCATIONS)
+            patch.setattr(aws.ssm, "online_managed_nodes", _REAL_ONLINE_NODES)
             command_id = ""
             if nodes:
                 command_id = boto3.client("ssm").send_command(
@@ -485,16 +484,16 @@ def calls_per_sweep(*, invocations: int, events_lost: bool = False, missing: int
             for node in nodes:
                 fake.set(command_id, node, Answer(stdout=output, ended=ended))
             if not events_lost:
-                now = status.timestamp(ended)
+                now = status_table.timestamp(ended)
                 expires = int(ended.timestamp()) + 86_400
                 _batch_put(
                     [
-                        {**status.claim_key(command_id, node), "status": "Success", "expires_at": expires}
+                        {**status_table.claim_key(command_id, node), "status": "Success", "expires_at": expires}
                         for node in nodes
                     ]
                     + [
                         {
-                            **status.node_key(node, repository),
+                            **status_table.node_key(node, repository),
                             "instance_id": node,
                             "repository": repository,
                             "digest": digest,
@@ -506,11 +505,10 @@ def calls_per_sweep(*, invocations: int, events_lost: bool = False, missing: int
                 )
             settings.get_settings.cache_clear()
             with contextlib.redirect_stdout(io.StringIO()), ApiCalls().counting() as calls:
-                result = repair.sweep_and_repair(settings.get_settings(), now=datetime.now(UTC))
+                result = sweep.sweep_and_repair(settings.get_settings(), now=datetime.now(UTC))
             expected = 0 if not events_lost else invocations
             if result["counted"] != expected or result["repair"]["nodes_repaired"] != min(missing, 200):
                 raise AssertionError(f"unexpected sweep: {result}")
             return calls
         finally:
             patch.undo()
-            status.forget_resolutions()

@@ -16,7 +16,7 @@ import pytest
 from botocore.retries.standard import ExponentialBackoff
 from moto import mock_aws
 
-from eks_prefetch import aws, idempotency, launch, settings
+from eks_prefetch import aws, idempotency, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
@@ -94,7 +94,7 @@ def botocore_clock(aws_mock: None, monkeypatch: pytest.MonkeyPatch) -> FakeClock
     exponential delay, capped at 20 s), so that the time retries take is the longest they can take."""
     clock = FakeClock()
     monkeypatch.setattr("botocore.endpoint.time.sleep", clock.sleep)
-    monkeypatch.setattr(aws, "_clock", clock.time)
+    monkeypatch.setattr(aws.clients, "_clock", clock.time)
     monkeypatch.setattr(
         ExponentialBackoff,
         "delay_amount",
@@ -110,7 +110,6 @@ def mocked_aws() -> Iterator[None]:
     with mock_aws():
         aws.reset_clients()
         idempotency.reset_persistence()
-        launch.forget_resolutions()
         boto3.client("dynamodb").create_table(
             TableName=TABLE,
             KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
@@ -122,7 +121,6 @@ def mocked_aws() -> Iterator[None]:
         finally:
             aws.reset_clients()
             idempotency.reset_persistence()
-            launch.forget_resolutions()
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ moto gaps, and the double for each:
   ``get_command_invocation`` (the real HTTP path through botocore stays) to answer a chosen Status, StatusDetails
   and stdout per (command, node);
 - moto does not implement ``ssm:ListCommandInvocations``: ``FakeInvocations`` also replaces the adapter
-  ``aws.list_command_invocations`` with a listing of the same invocations (its request is tested with a Stubber);
+  ``aws.ssm.list_command_invocations`` with a listing of the same invocations (its request is tested with a Stubber);
 - moto does not implement ``ssm:DescribeInstanceInformation``: ``FakeFleet`` replaces the adapter
-  ``aws.online_managed_nodes`` with the set of nodes the test says are Online (its request: Stubber test).
+  ``aws.ssm.online_managed_nodes`` with the set of nodes the test says are Online (its request: Stubber test).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class FakeInvocations:
 
         # On the backend instance, which moto discards when its mock ends: nothing outlives the test.
         backend.get_command_invocation = get_command_invocation
-        monkeypatch.setattr(aws, "list_command_invocations", self.list_command_invocations)
+        monkeypatch.setattr(aws.ssm, "list_command_invocations", self.list_command_invocations)
         return self
 
     def list_command_invocations(self, command_id: str, ssm: Any = None) -> Iterator[Mapping[str, Any]]:
@@ -124,7 +124,7 @@ class FakeFleet:
     registered: dict[str, datetime] = field(default_factory=dict)
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeFleet:
-        monkeypatch.setattr(aws, "online_managed_nodes", self.online_managed_nodes)
+        monkeypatch.setattr(aws.ssm, "online_managed_nodes", self.online_managed_nodes)
         return self
 
     def online_managed_nodes(self, tag_key: str, tag_value: str, ssm: Any = None) -> Iterator[Mapping[str, Any]]:

@@ -5,6 +5,7 @@ Consumes the node-launch SQS queue with partial batch responses: each record suc
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -15,7 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws, tracing
 from eks_prefetch.events import Ec2StateChangeEvent, parse_or_drop
-from eks_prefetch.launch import Delivery, describe_batch, prefetch_launched_node
+from eks_prefetch.launch import Delivery, LaunchBatch, prefetch_launched_node
 from eks_prefetch.settings import get_settings
 
 logger = Logger()
@@ -36,7 +37,7 @@ class NodeNotReadyError(Exception):
     """Fails the record: SQS delivers it again after the visibility it was given, or dead-letters it."""
 
 
-def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> dict[str, Any]:
+def record_handler(record: SQSRecord, lambda_context: LambdaContext, *, batch: LaunchBatch) -> dict[str, Any]:
     logger.set_correlation_id(record.message_id)
     launch = parse_or_drop(
         record.body, Ec2StateChangeEvent, what="EC2 event", logger=logger, metrics=metrics, message_id=record.message_id
@@ -51,7 +52,7 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> dict[str
         receive_count=receive_count(record),
     )
     try:
-        outcome = prefetch_launched_node(launch, get_settings(), delivery=delivery, lambda_context=lambda_context)
+        outcome = prefetch_launched_node(launch, batch, delivery=delivery, lambda_context=lambda_context)
     except Exception:
         # Not lost: the record fails and SQS delivers it again after the queue's visibility timeout.
         logger.exception("node launch failed, returned to the queue", extra={"instance_id": launch.detail.instance_id})
@@ -85,8 +86,13 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         )
         metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
         return {"batchItemFailures": []}
-    describe_batch(event["Records"], context.aws_request_id)
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+    batch = LaunchBatch.of(event["Records"], get_settings())
+    return process_partial_response(
+        event=event,
+        record_handler=functools.partial(record_handler, batch=batch),
+        processor=processor,
+        context=context,
+    )
 
 
 def is_sqs_batch(event: Any) -> bool:

@@ -10,12 +10,24 @@ from pydantic import Field
 
 from eks_prefetch import aws, tracing
 from eks_prefetch.events import ScheduledEvent, SsmInvocationStatusEvent, parse_or_drop
-from eks_prefetch.repair import sweep_and_repair
-from eks_prefetch.settings import get_settings
-from eks_prefetch.status import record_status_event
+from eks_prefetch.invocations import RecordingScope, record_status_event
+from eks_prefetch.settings import Settings, get_settings
+from eks_prefetch.sweep import sweep_and_repair
 
 logger = Logger()
 metrics = Metrics()
+
+# What status events share in a warm container (a push's burst resolves the newest images once). Rebuilt when the
+# settings change, which happens only in tests.
+_event_scope: RecordingScope | None = None
+
+
+def event_scope(settings: Settings) -> RecordingScope:
+    global _event_scope  # noqa: PLW0603 - one invocation at a time per Lambda container
+    if _event_scope is None or _event_scope.settings is not settings:
+        _event_scope = RecordingScope.for_events(settings)
+    return _event_scope
+
 
 StatusFunctionEvent = Annotated[SsmInvocationStatusEvent | ScheduledEvent, Field(discriminator="source")]
 
@@ -31,7 +43,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         return {"result": "ignored", "reason": "malformed event"}
 
     if isinstance(parsed, SsmInvocationStatusEvent):
-        return record_status_event(parsed, get_settings()).as_dict()
+        return record_status_event(parsed, event_scope(get_settings())).as_dict()
     return sweep_and_repair(
         get_settings(), time_left=lambda: context.get_remaining_time_in_millis() / 1000, lambda_context=context
     )

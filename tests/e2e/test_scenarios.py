@@ -188,9 +188,10 @@ def _coverage(world: World) -> dict[str, Any]:
     import importlib  # noqa: PLC0415 - the function's modules, loaded inside its environment
 
     with world.stack.functions["StatusFunction"].container(fresh=True):
-        status = importlib.import_module("eks_prefetch.status")
+        coverage = importlib.import_module("eks_prefetch.coverage")
+        resolution = importlib.import_module("eks_prefetch.resolution")
         settings = importlib.import_module("eks_prefetch.settings").get_settings()
-        coverages, _states = status.fleet_coverage(settings)
+        coverages = coverage.look_at_fleet(settings, resolution.NewestImages(settings)).coverages
     return {coverage.repository: coverage for coverage in coverages}
 
 

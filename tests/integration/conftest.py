@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from eks_prefetch import settings, status
+from eks_prefetch import settings
 from tests.ecr import at, create_repository, push_image
 from tests.status_doubles import STATUS_TABLE, FakeFleet, FakeInvocations, create_status_table
 
@@ -20,11 +20,9 @@ def status_env(aws_mock: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None
     """The status function's deployment: its table (as template.yaml defines it) and fresh resolutions."""
     monkeypatch.setenv("STATUS_TABLE", STATUS_TABLE)
     settings.get_settings.cache_clear()
-    status.forget_resolutions()
     create_status_table()
     yield
     settings.get_settings.cache_clear()
-    status.forget_resolutions()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ delete what did not fail).
 
 Test doubles, and why:
 - moto does not implement ssm:DescribeInstanceInformation, so the SSM agent's registration state is a fake of
-  ``aws.agent_online`` (``FakeAgents``) that the test controls and that counts how often it is asked. The real
+  ``aws.ssm.agent_online`` (``FakeAgents``) that the test controls and that counts how often it is asked. The real
   adapter's request and its reading of the response are tested with botocore's Stubber in tests/unit.
 - moto accepts every SendCommand parameter unvalidated and targets every instance when given InstanceIds, so the
   tests capture the SendCommand request the code hands to botocore and assert on that.
@@ -201,7 +201,7 @@ def env(deployment_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.fixture
 def agents(monkeypatch: pytest.MonkeyPatch) -> FakeAgents:
     fake = FakeAgents()
-    monkeypatch.setattr(aws, "agent_online", fake)
+    monkeypatch.setattr(aws.ssm, "agent_online", fake)
     return fake
 
 
@@ -743,7 +743,7 @@ def test_exhausted_throttling_fails_the_record_which_returns_to_the_queue(
     stubber.add_client_error("send_command", service_error_code="ThrottlingException", http_status_code=400)
     stubber.activate()
     real_client = aws.client
-    monkeypatch.setattr(aws, "client", lambda service: stubbed if service == "ssm" else real_client(service))
+    monkeypatch.setattr(aws.clients, "client", lambda service: stubbed if service == "ssm" else real_client(service))
     instance = run_instance(node_tags())
     agents.online.add(instance)
     queue.publish(running_event(instance))
@@ -762,7 +762,7 @@ def test_exhausted_throttling_fails_the_record_which_returns_to_the_queue(
     assert isinstance(failures[0].exc_info[1], ClientError)
 
     # Throttling over: the same message is delivered again and the command goes out.
-    monkeypatch.setattr(aws, "client", real_client)
+    monkeypatch.setattr(aws.clients, "client", real_client)
     assert queue.deliver() == {"batchItemFailures": []}
     assert len(commands()) == 1
 
@@ -975,7 +975,7 @@ def test_a_failed_batch_look_ahead_leaves_each_record_to_describe_its_own_instan
     def denied(instance_ids: list[str], ec2: Any = None) -> dict[str, Any]:
         raise ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "no"}}, "DescribeInstances")
 
-    monkeypatch.setattr(aws, "describe_instances", denied)
+    monkeypatch.setattr(aws.ec2, "describe_instances", denied)
     instances = [run_instance(node_tags()) for _ in range(3)]
     agents.online.update(instances)
     for instance in instances:

@@ -18,7 +18,8 @@ import boto3
 import pytest
 from moto.ssm.models import ssm_backends
 
-from eks_prefetch import aws, repair, settings, status
+from eks_prefetch import aws, repair, settings, status_table, sweep
+from eks_prefetch.invocations import RecordingScope
 from eks_prefetch.settings import get_settings
 from tests.conftest import ACCOUNT, DOCUMENT, REGION
 from tests.ecr import at, push_image
@@ -53,16 +54,16 @@ def ref(repository: str, digest: str) -> str:
 
 def holds(instance_id: str, repository: str, digest: str, when: datetime) -> None:
     """The node reported this digest pulled (what the status function writes on a report)."""
-    aws.update_item(
+    aws.dynamodb.update_item(
         STATUS_TABLE,
-        status.node_key(instance_id, repository),
+        status_table.node_key(instance_id, repository),
         "SET instance_id = :i, repository = :r, digest = :d, image_status = :s, cached_at = :t",
-        {":i": instance_id, ":r": repository, ":d": digest, ":s": "pulled", ":t": status.timestamp(when)},
+        {":i": instance_id, ":r": repository, ":d": digest, ":s": "pulled", ":t": status_table.timestamp(when)},
     )
 
 
 def run_sweep(now: datetime) -> dict[str, Any]:
-    return repair.sweep_and_repair(get_settings(), now=now)
+    return sweep.sweep_and_repair(get_settings(), now=now)
 
 
 def targets(requests: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -161,7 +162,7 @@ def test_a_node_that_keeps_failing_backs_off_and_is_not_sent_a_command_every_swe
             fake.set(command_id, node, Answer("Success", "Success", failed, ended=now + timedelta(minutes=1)))
 
     assert sweeps_with_a_repair == [0, 2, 6, 14, 30]  # sent, then 10, 20, 40, 80 minutes after each send
-    row = aws.get_item(STATUS_TABLE, repair.repair_key(node))
+    row = aws.dynamodb.get_item(STATUS_TABLE, status_table.node_row_key(node))
     assert row["repair_attempts"] == 5
     assert total(capsys.readouterr().out, "NodesBackedOff", ClusterName="ml-prod") > 0
 
@@ -185,9 +186,11 @@ def test_a_repeated_or_overlapping_sweep_sends_nothing_twice(fake, fleet, images
     now = at(10) + GRACE + timedelta(minutes=1)
 
     # Two sweeps that planned on the same view before either sent (overlapping invocations of the schedule).
-    swept = status.sweep(get_settings(), now=now)
-    first = repair.repair(swept, get_settings(), now=now)
-    second = repair.repair(swept, get_settings(), now=now)
+    scope = RecordingScope.for_sweep(get_settings())
+    swept, fleet = sweep.sweep(get_settings(), now=now, scope=scope)
+    inputs = repair.RepairInputs(fleet, swept.in_flight, scope.newest)
+    first = repair.repair(inputs, get_settings(), now=now)
+    second = repair.repair(inputs, get_settings(), now=now)
     # And the schedule's event delivered again a minute later.
     again = run_sweep(now + timedelta(minutes=1))
 
@@ -258,7 +261,7 @@ def test_one_node_ssm_refuses_does_not_hold_back_its_group(fake, fleet, images, 
     assert repaired == sorted(set(nodes) - {bad})
     assert len(calls) <= 2 * len(nodes) - 1  # halving: bounded
     assert result["repair"]["errors"] == 1
-    row = aws.get_item(STATUS_TABLE, repair.repair_key(bad))
+    row = aws.dynamodb.get_item(STATUS_TABLE, status_table.node_row_key(bad))
     assert row["repair_attempts"] == 1
     assert "repair_sent_at" not in row  # nothing in flight: only the backoff
     calls.clear()

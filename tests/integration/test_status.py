@@ -17,7 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto.ec2.models import ec2_backends
 
-from eks_prefetch import aws, settings, status
+from eks_prefetch import aws, coverage, invocations, resolution, settings, status_table
 from tests.conftest import ACCOUNT, CLUSTER, DOCUMENT, REGION, load_handler
 from tests.ecr import at, create_repository, push_image
 from tests.integration.conftest import INFERENCE, TRAINER
@@ -88,11 +88,11 @@ def good_output(records: list[tuple[str, str, str | None]], **extra_summary: Any
 
 
 def row(instance_id: str, repository: str) -> dict[str, Any] | None:
-    return aws.get_item(STATUS_TABLE, status.node_key(instance_id, repository))
+    return aws.dynamodb.get_item(STATUS_TABLE, status_table.node_key(instance_id, repository))
 
 
 def claim(command_id: str, instance_id: str) -> dict[str, Any] | None:
-    return aws.get_item(STATUS_TABLE, status.claim_key(command_id, instance_id))
+    return aws.dynamodb.get_item(STATUS_TABLE, status_table.claim_key(command_id, instance_id))
 
 
 def invoke(handler, lambda_context, event: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +175,7 @@ def test_every_outcome_is_counted_under_its_own_status_and_reason(
         assert state["digest"] == digest
     elif not clean:
         assert state["last_error"], state
-        assert state["last_error_at"] == status.timestamp(ENDED)
+        assert state["last_error_at"] == status_table.timestamp(ENDED)
         assert state["last_error_digest"] == digest or output == "failed image"
 
 
@@ -265,7 +265,7 @@ def test_push_to_cached_only_for_the_newest_digest_and_only_when_it_is_new_on_th
     printed = capsys.readouterr().out
     assert values(printed, "PushToCachedSeconds", **C, Repository=TRAINER) == [300.0]
     assert row(node, TRAINER)["digest"] == newest
-    assert row(node, TRAINER)["cached_at"] == status.timestamp(at(9))
+    assert row(node, TRAINER)["cached_at"] == status_table.timestamp(at(9))
 
 
 def test_an_older_report_never_overwrites_a_newer_one(fake, images, handler, lambda_context):
@@ -382,7 +382,7 @@ def test_unfinished_invocation_is_not_counted_and_holds_the_watermark(
     assert early["result"] == "pending"
     swept = invoke(handler, lambda_context, scheduled_event())
     assert swept["counted"] == 1
-    assert swept["next_watermark"] <= status.timestamp(
+    assert swept["next_watermark"] <= status_table.timestamp(
         boto3.client("ssm").list_commands(CommandId=command_id)["Commands"][0]["RequestedDateTime"]
     )
 
@@ -401,13 +401,13 @@ def test_sweep_leaves_an_invocation_it_could_not_record_for_the_next_sweep(
     digest = images[TRAINER]
     command_id = send([node], [ref(TRAINER, digest)])
     fake.set(command_id, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)])))
-    real = aws.get_command_invocation
-    monkeypatch.setattr(aws, "get_command_invocation", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    real = aws.ssm.get_command_invocation
+    monkeypatch.setattr(aws.ssm, "get_command_invocation", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
 
     failed = invoke(handler, lambda_context, scheduled_event())
     assert (failed["counted"], failed["errors"]) == (0, 1)
 
-    monkeypatch.setattr(aws, "get_command_invocation", real)
+    monkeypatch.setattr(aws.ssm, "get_command_invocation", real)
     recovered = invoke(handler, lambda_context, scheduled_event())
     assert recovered["counted"] == 1
 
@@ -492,7 +492,9 @@ def test_coverage_as_nodes_join_leave_fail_and_catch_up(fake, fleet, images, han
 
     fleet.online.add(c)  # a node joins
     assert sweep()[:2] == (pytest.approx(100 / 3), 2)
-    coverages, _states = status.fleet_coverage(settings.get_settings())
+    coverages = coverage.look_at_fleet(
+        settings.get_settings(), resolution.NewestImages(settings.get_settings())
+    ).coverages
     trainer = next(coverage for coverage in coverages if coverage.repository == TRAINER)
     missing = {state.instance_id: state for state in trainer.missing}
     assert set(missing) == {b, c}
@@ -596,20 +598,20 @@ def test_a_sweep_that_cannot_list_a_command_retries_it_next_time(
     digest = images[TRAINER]
     command_id = send([node], [ref(TRAINER, digest)])
     fake.set(command_id, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)])))
-    listing = aws.list_command_invocations
+    listing = aws.ssm.list_command_invocations
 
     def throttled(command_id: str, ssm: Any = None):
         raise ClientError(
             {"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "ListCommandInvocations"
         )
 
-    monkeypatch.setattr(aws, "list_command_invocations", throttled)
+    monkeypatch.setattr(aws.ssm, "list_command_invocations", throttled)
     failed = invoke(handler, lambda_context, scheduled_event())
     assert (failed["counted"], failed["errors"]) == (0, 1)
     requested = boto3.client("ssm").list_commands(CommandId=command_id)["Commands"][0]["RequestedDateTime"]
-    assert failed["next_watermark"] <= status.timestamp(requested)
+    assert failed["next_watermark"] <= status_table.timestamp(requested)
 
-    monkeypatch.setattr(aws, "list_command_invocations", listing)
+    monkeypatch.setattr(aws.ssm, "list_command_invocations", listing)
     assert invoke(handler, lambda_context, scheduled_event())["counted"] == 1
 
 
@@ -640,11 +642,11 @@ def test_two_deliveries_racing_past_the_claim_check_still_count_once(fake, image
     digest = images[TRAINER]
     command_id = send([node], [ref(TRAINER, digest)])
     fake.set(command_id, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)])))
-    monkeypatch.setattr(status, "is_claimed", lambda *_args: False)
+    monkeypatch.setattr(status_table, "is_claimed", lambda *_args: False)
     capsys.readouterr()
 
-    first = status.record_invocation(command_id, node, settings.get_settings(), via="event")
-    second = status.record_invocation(command_id, node, settings.get_settings(), via="sweep")
+    first = invocations.record_invocation(command_id, node, settings.get_settings(), via="event")
+    second = invocations.record_invocation(command_id, node, settings.get_settings(), via="sweep")
 
     assert (first.result, second.result) == ("counted", "duplicate")
     printed = capsys.readouterr().out
@@ -659,7 +661,7 @@ def test_push_to_cached_is_measured_against_a_push_newer_than_the_warm_resolutio
     """A warm function resolved the newest trainer image before a new push; a node then reports the new digest.
     The report of a digest other than the cached newest redoes the listing (at most every REFRESH_FLOOR_SECONDS,
     0 here), so the latency is the new push's."""
-    monkeypatch.setattr(status, "REFRESH_FLOOR_SECONDS", 0.0)
+    monkeypatch.setattr(invocations, "REFRESH_FLOOR_SECONDS", 0.0)
     old = images[TRAINER]
     first, second = run_node(), run_node()
     command_id = send([first], [ref(TRAINER, old)])

@@ -18,7 +18,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from eks_prefetch import aws, repair, report, status
+from eks_prefetch import aws, invocations, report, status_table
 from eks_prefetch.settings import get_settings
 from tests.conftest import CLUSTER, DEPLOYMENT_ENV, DOCUMENT
 from tests.ecr import at
@@ -116,7 +116,7 @@ def test_names_the_failed_node_with_its_reason_and_exits_non_zero(deployed, imag
     output = image_line(ref(TRAINER, digest), "failed", error="failed to pull: 403 Forbidden") + "\n"
     fake.set(failed, broken, Answer("Failed", "Failed", output + summary_line(failed=1), ENDED))
     for command_id, node in ((ok, healthy), (failed, broken)):
-        status.record_invocation(command_id, node, get_settings(), via="event")
+        invocations.record_invocation(command_id, node, get_settings(), via="event")
 
     code, out, err = run_report()
 
@@ -125,13 +125,15 @@ def test_names_the_failed_node_with_its_reason_and_exits_non_zero(deployed, imag
     assert f"newest:   v2 {digest}" in out
     assert "coverage: 33.3% (1/3 nodes)" in out
     trainer = out[out.index("\nml/trainer\n") : out.index("\nml/inference\n")]
-    assert f"missing:  {broken}  last error at {status.timestamp(ENDED)}: failed to pull: 403 Forbidden" in trainer
+    assert (
+        f"missing:  {broken}  last error at {status_table.timestamp(ENDED)}: failed to pull: 403 Forbidden" in trainer
+    )
     assert f"missing:  {fresh}  never reported" in trainer
     assert healthy not in trainer
     assert "coverage below 100%: ml/trainer, ml/inference" in out
     # When self-repair sends next: the pushes are long past their grace period, and nothing was repaired yet; the
     # node that just started is left to the node-launch path for the grace period.
-    failed_line = f"missing:  {broken}  last error at {status.timestamp(ENDED)}: failed to pull: 403 Forbidden"
+    failed_line = f"missing:  {broken}  last error at {status_table.timestamp(ENDED)}: failed to pull: 403 Forbidden"
     assert f"{failed_line}\n            repair due now (attempt 1)" in trainer
     assert "the node started recently, the node-launch path is at work" in trainer
 
@@ -140,9 +142,9 @@ def test_shows_when_a_backed_off_node_is_repaired_next(deployed, images):
     _fake, fleet = deployed
     node = run_node(at(-120))
     fleet.online = {node}
-    aws.update_item(
+    aws.dynamodb.update_item(
         STATUS_TABLE,
-        repair.repair_key(node),
+        status_table.node_row_key(node),
         "SET repair_digests = :g, repair_attempts = :a, repair_sent_at = :s, repair_next_at = :n",
         {
             ":g": ",".join(sorted(images.values())),
@@ -166,7 +168,7 @@ def test_full_coverage_exits_zero(deployed, images):
     records = [(ref(TRAINER, images[TRAINER]), "cached", images[TRAINER])]
     records.append((ref("ml/inference", images["ml/inference"]), "pulled", images["ml/inference"]))
     fake.set(command_id, node, Answer("Success", "Success", good_output(records), ENDED))
-    status.record_invocation(command_id, node, get_settings(), via="event")
+    invocations.record_invocation(command_id, node, get_settings(), via="event")
 
     code, out, _err = run_report("--region", "us-east-1")
 

@@ -276,21 +276,21 @@ def test_agent_online_asks_for_the_one_instance_and_reads_its_ping_status(
             {"InstanceInformationList": listing},
             {"Filters": [{"Key": "InstanceIds", "Values": [INSTANCE]}]},
         )
-        assert aws.agent_online(INSTANCE, ssm=ssm) is online
+        assert aws.ssm.agent_online(INSTANCE, ssm=ssm) is online
         stubber.assert_no_pending_responses()
 
 
 def test_agent_online_treats_an_unknown_instance_as_not_registered(ssm: Any) -> None:
     with Stubber(ssm) as stubber:
         stubber.add_client_error("describe_instance_information", service_error_code="InvalidInstanceId")
-        assert aws.agent_online(INSTANCE, ssm=ssm) is False
+        assert aws.ssm.agent_online(INSTANCE, ssm=ssm) is False
 
 
 def test_agent_online_propagates_other_errors(ssm: Any) -> None:
     with Stubber(ssm) as stubber:
         stubber.add_client_error("describe_instance_information", service_error_code="ThrottlingException")
         with pytest.raises(ClientError, match="ThrottlingException"):
-            aws.agent_online(INSTANCE, ssm=ssm)
+            aws.ssm.agent_online(INSTANCE, ssm=ssm)
 
 
 def test_describe_instance_returns_the_instance_or_none(deployment_env: dict[str, str]) -> None:
@@ -305,10 +305,10 @@ def test_describe_instance_returns_the_instance_or_none(deployment_env: dict[str
         stubber.add_client_error("describe_instances", service_error_code="InvalidInstanceID.NotFound")
         stubber.add_client_error("describe_instances", service_error_code="UnauthorizedOperation")
 
-        assert aws.describe_instance(INSTANCE, ec2=ec2)["LaunchTime"] == described["LaunchTime"]
-        assert aws.describe_instance(INSTANCE, ec2=ec2) is None
+        assert aws.ec2.describe_instance(INSTANCE, ec2=ec2)["LaunchTime"] == described["LaunchTime"]
+        assert aws.ec2.describe_instance(INSTANCE, ec2=ec2) is None
         with pytest.raises(ClientError, match="UnauthorizedOperation"):
-            aws.describe_instance(INSTANCE, ec2=ec2)
+            aws.ec2.describe_instance(INSTANCE, ec2=ec2)
 
 
 @pytest.mark.parametrize(
@@ -325,7 +325,7 @@ def test_describe_instance_returns_the_instance_or_none(deployment_env: dict[str
     ],
 )
 def test_queue_url_from_arn(arn: str, url: str) -> None:
-    assert aws.queue_url(arn) == url
+    assert aws.sqs.queue_url(arn) == url
 
 
 def test_change_visibility_request(deployment_env: dict[str, str]) -> None:
@@ -340,26 +340,36 @@ def test_change_visibility_request(deployment_env: dict[str, str]) -> None:
                 "VisibilityTimeout": 60,
             },
         )
-        aws.change_visibility("arn:aws:sqs:us-east-1:123456789012:q", "receipt-1", 60, sqs=sqs)
+        aws.sqs.change_visibility("arn:aws:sqs:us-east-1:123456789012:q", "receipt-1", 60, sqs=sqs)
         stubber.assert_no_pending_responses()
 
 
 def test_newest_images_are_resolved_once_per_batch_and_never_reused_by_the_next(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    resolutions: list[int] = []
+    listings: list[str] = []
 
-    def resolve(settings: Any) -> list[str]:
-        resolutions.append(1)
-        return [f"resolution-{len(resolutions)}"]
+    def describe_tagged_images(repository: str) -> list[dict[str, Any]]:
+        listings.append(repository)
+        return [
+            {
+                "imageDigest": "sha256:" + f"{len(listings):064x}",
+                "imageTags": ["v1"],
+                "imagePushedAt": datetime(2026, 1, 1, tzinfo=UTC),
+                "registryId": "123456789012",
+                "repositoryName": repository,
+                "imageManifestMediaType": "application/vnd.oci.image.manifest.v1+json",
+            }
+        ]
 
-    monkeypatch.setattr(launch, "newest_images", resolve)
-    launch.forget_resolutions()
+    monkeypatch.setattr(aws.ecr, "describe_tagged_images", describe_tagged_images)
     current = settings()
 
-    first = launch.batch_newest_images(current, "request-1")
-    same_batch = launch.batch_newest_images(current, "request-1")
-    next_batch = launch.batch_newest_images(current, "request-2")
-    launch.forget_resolutions()
+    batch = launch.LaunchBatch.of([], current)
+    first = batch.newest.every_repository()
+    same_batch = batch.newest.every_repository()
+    next_batch = launch.LaunchBatch.of([], current).newest.every_repository()
 
-    assert (first, same_batch, next_batch) == (["resolution-1"], ["resolution-1"], ["resolution-2"])
+    assert first == same_batch
+    assert first != next_batch
+    assert listings == list(current.repository_names) * 2

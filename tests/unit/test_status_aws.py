@@ -40,7 +40,7 @@ def test_list_command_invocations_pages_through_every_node(ssm):
         {**expected, "NextToken": "t"},
     )
 
-    listed = list(aws.list_command_invocations(COMMAND, ssm=client))
+    listed = list(aws.ssm.list_command_invocations(COMMAND, ssm=client))
 
     assert [(item["InstanceId"], item["Status"]) for item in listed] == [("i-1", "Success"), ("i-2", "Pending")]
 
@@ -68,7 +68,7 @@ def test_online_managed_nodes_filters_by_tag_and_ping_status(ssm):
         {"Filters": filters, "MaxResults": 50, "NextToken": "t"},
     )
 
-    nodes = [info["InstanceId"] for info in aws.online_managed_nodes("eks:cluster-name", "ml-prod", ssm=client)]
+    nodes = [info["InstanceId"] for info in aws.ssm.online_managed_nodes("eks:cluster-name", "ml-prod", ssm=client)]
 
     assert nodes == ["i-1", "i-3"]
 
@@ -87,7 +87,7 @@ def test_list_document_commands_filters_by_document_and_time(ssm):
         },
     )
 
-    commands = list(aws.list_document_commands("doc", datetime(2026, 11, 1, 12, tzinfo=UTC), ssm=client))
+    commands = list(aws.ssm.list_document_commands("doc", datetime(2026, 11, 1, 12, tzinfo=UTC), ssm=client))
 
     assert [command["CommandId"] for command in commands] == [COMMAND]
 
@@ -97,7 +97,7 @@ def test_get_command_invocation_unknown_is_none(ssm, code):
     client, stubber = ssm
     stubber.add_client_error("get_command_invocation", service_error_code=code, http_status_code=400)
 
-    assert aws.get_command_invocation(COMMAND, "i-1", ssm=client) is None
+    assert aws.ssm.get_command_invocation(COMMAND, "i-1", ssm=client) is None
 
 
 def test_get_command_invocation_throttling_propagates(ssm):
@@ -105,4 +105,4 @@ def test_get_command_invocation_throttling_propagates(ssm):
     stubber.add_client_error("get_command_invocation", service_error_code="ThrottlingException", http_status_code=400)
 
     with pytest.raises(client.exceptions.ClientError):
-        aws.get_command_invocation(COMMAND, "i-1", ssm=client)
+        aws.ssm.get_command_invocation(COMMAND, "i-1", ssm=client)

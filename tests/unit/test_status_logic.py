@@ -6,8 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from eks_prefetch.coverage import coverage_of
 from eks_prefetch.images import ResolvedImage
-from eks_prefetch.status import NodeState, coverage_of, final_status, parse_time, timestamp
+from eks_prefetch.invocations import final_status
+from eks_prefetch.status_table import NodeState, parse_time, timestamp
 
 NEWEST = ResolvedImage("r", "ml/trainer", "sha256:" + "a" * 64, "v2", datetime(2026, 11, 1, tzinfo=UTC))
 OLD = "sha256:" + "b" * 64

@@ -18,13 +18,12 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.exceptions import BotoCoreError, ClientError
 
 from eks_prefetch import aws
 from eks_prefetch.commands import image_batches, send_command_request
 from eks_prefetch.events import INSTANCE_ID_PATTERN, Ec2StateChangeEvent
 from eks_prefetch.images import ResolvedImage
-from eks_prefetch.resolution import resolve_newest
+from eks_prefetch.resolution import NewestImages
 from eks_prefetch.sending import SendOutcomeUnknownError, send_once
 from eks_prefetch.settings import Settings
 
@@ -105,56 +104,6 @@ def backoff_seconds(receive_count: int, settings: Settings) -> int:
     return min(delay, settings.node_launch_retry_max_seconds)
 
 
-def newest_images(settings: Settings) -> list[ResolvedImage]:
-    """The newest matching image of every watched repository; a missing or empty repository contributes nothing."""
-    images: list[ResolvedImage] = []
-    for repository in settings.repository_names:
-        try:
-            newest = resolve_newest(repository, settings)
-        except ClientError as error:
-            if error.response["Error"]["Code"] != "RepositoryNotFoundException":
-                raise
-            # One deleted repository must not keep the others from the node.
-            logger.warning("watched repository does not exist", extra={"repository": repository})
-            continue
-        if newest is None:
-            logger.info("no tagged image matches the filter", extra={"repository": repository})
-            continue
-        images.append(newest)
-    return images
-
-
-# A scale-out brings many launches within seconds: one resolution serves every record of a batch (one invocation),
-# never longer. A resolution kept across invocations could hand a node that registers just after a push the images
-# of before it, which the push's tag-targeted command did not reach either.
-_resolutions: dict[tuple[str, tuple[str, ...], str], list[ResolvedImage]] = {}
-
-
-def batch_newest_images(settings: Settings, batch_id: str) -> list[ResolvedImage]:
-    """newest_images, resolved once per batch (``batch_id``: the invocation's request id)."""
-    key = (batch_id, settings.repository_names, settings.tag_filter)
-    if key not in _resolutions:
-        # Only this batch's answer is kept.
-        _resolutions.clear()
-        _resolutions[key] = newest_images(settings)
-    return _resolutions[key]
-
-
-def forget_resolutions() -> None:
-    _resolutions.clear()
-    _described.clear()
-
-
-# A batch's instances, described in one DescribeInstances before its records are handled: a scale-out makes this
-# call more than any other, and EC2 throttles it per account.
-_described: dict[str, dict[str, Mapping[str, Any]]] = {}
-
-
-def batch_id_of(lambda_context: LambdaContext | None, event: Ec2StateChangeEvent, now: datetime) -> str:
-    """What ties the records of one batch: the invocation's request id (each record alone without a context)."""
-    return lambda_context.aws_request_id if lambda_context is not None else f"{event.id}@{now.isoformat()}"
-
-
 def instance_ids_of(records: Iterable[Mapping[str, Any]]) -> list[str]:
     """The instance ids the SQS records' EC2 events name, for a look-ahead; malformed records are left to the
     record handler, which drops them with a log line."""
@@ -173,23 +122,38 @@ def instance_ids_of(records: Iterable[Mapping[str, Any]]) -> list[str]:
     return sorted(set(found))
 
 
-def describe_batch(records: Iterable[Mapping[str, Any]], batch_id: str) -> None:
-    """Describe every instance of the batch in one call; a failure leaves each record to describe its own."""
-    _described.clear()
-    instance_ids = instance_ids_of(records)
-    if not instance_ids:
-        return
-    try:
-        _described[batch_id] = aws.describe_instances(instance_ids)
-    except (ClientError, BotoCoreError) as error:
-        logger.warning("batch DescribeInstances failed: each record describes its own", extra={"error": repr(error)})
+@dataclass
+class LaunchBatch:
+    """What the records of one batch (one invocation) share, built by the handler before the records are handled:
+    their instances, described in one call (a scale-out makes this call more than any other, and EC2 throttles it
+    per account), and one resolution of the newest images."""
 
+    settings: Settings
+    # None: the look-ahead failed or was not made, and each record describes its own instance.
+    described: Mapping[str, Mapping[str, Any]] | None
+    newest: NewestImages
 
-def _instance(instance_id: str, batch_id: str) -> Mapping[str, Any] | None:
-    """The instance as the batch's look-ahead described it (None: EC2 does not know it), or by its own call."""
-    if batch_id in _described:
-        return _described[batch_id].get(instance_id)
-    return aws.describe_instance(instance_id)
+    @classmethod
+    def of(cls, records: Iterable[Mapping[str, Any]], settings: Settings) -> LaunchBatch:
+        """Describe every instance of the batch in one call; a failure leaves each record to describe its own."""
+        described = None
+        instance_ids = instance_ids_of(records)
+        if instance_ids:
+            try:
+                described = aws.ec2.describe_instances(instance_ids)
+            except aws.AWS_ERRORS as error:
+                logger.warning(
+                    "batch DescribeInstances failed: each record describes its own", extra={"error": repr(error)}
+                )
+        # Resolved once for the batch, never longer: a resolution kept across invocations could hand a node that
+        # registers just after a push the images of before it, which the push's tag-targeted command missed too.
+        return cls(settings, described, NewestImages(settings))
+
+    def instance(self, instance_id: str) -> Mapping[str, Any] | None:
+        """The instance as the look-ahead described it (None: EC2 does not know it), or by its own call."""
+        if self.described is not None:
+            return self.described.get(instance_id)
+        return aws.ec2.describe_instance(instance_id)
 
 
 def _ignored(reason: str, instance_id: str, **log_fields: Any) -> LaunchOutcome:
@@ -218,7 +182,7 @@ def _not_ready(
         )
         return LaunchOutcome(status="gave_up", reason=reason, instance_id=instance_id)
     delay = backoff_seconds(attempt, settings)
-    aws.change_visibility(delivery.queue_arn, delivery.receipt_handle, delay)
+    aws.sqs.change_visibility(delivery.queue_arn, delivery.receipt_handle, delay)
     logger.info(
         "node not ready, retrying later",
         extra={"instance_id": instance_id, "reason": reason, "attempt": attempt, "retry_in_seconds": delay},
@@ -228,7 +192,7 @@ def _not_ready(
 
 def prefetch_launched_node(
     event: Ec2StateChangeEvent,
-    settings: Settings,
+    batch: LaunchBatch,
     *,
     delivery: Delivery,
     lambda_context: LambdaContext | None = None,
@@ -241,6 +205,7 @@ def prefetch_launched_node(
     AWS errors that survive botocore's retries propagate, so that the record fails and returns to the queue.
     """
     now = now or datetime.now(UTC)
+    settings = batch.settings
     instance_id = event.detail.instance_id
     if event.detail.state != "running":
         return _ignored("not a running state", instance_id, state=event.detail.state)
@@ -248,8 +213,7 @@ def prefetch_launched_node(
     if left is not None and left < RECORD_MIN_SECONDS:
         return _not_ready(f"not started: {left:.0f} s left in this invocation", event, delivery, settings, now)
 
-    batch_id = batch_id_of(lambda_context, event, now)
-    instance = _instance(instance_id, batch_id)
+    instance = batch.instance(instance_id)
     if instance is None:
         return _ignored("instance not found", instance_id)
     verdict = classify_instance(instance, settings, now)
@@ -263,10 +227,10 @@ def prefetch_launched_node(
         return _ignored(verdict.value, instance_id, state=instance["State"]["Name"])
 
     # Until the agent registers, SendCommand by instance id fails with InvalidInstanceId.
-    if not aws.agent_online(instance_id):
+    if not aws.ssm.agent_online(instance_id):
         return _not_ready("SSM agent not online", event, delivery, settings, now)
 
-    images = batch_newest_images(settings, batch_id)
+    images = batch.newest.every_repository()
     if not images:
         return _ignored("no image to prefetch in any watched repository", instance_id)
     return _send_to_node(images, instance, event, settings, delivery=delivery, lambda_context=lambda_context, now=now)
@@ -306,9 +270,7 @@ def _send_to_node(
         except SendOutcomeUnknownError:
             # The next delivery looks for the command before sending: soon, not after the queue's visibility timeout.
             return _not_ready("SendCommand outcome unknown", event, delivery, settings, now)
-        except ClientError as error:
-            if error.response["Error"]["Code"] != "InvalidInstanceId":
-                raise
+        except aws.InstanceNotAcceptedError:
             # Online in DescribeInstanceInformation moments before SendCommand accepts the node: a short race.
             return _not_ready("SSM does not accept the instance yet", event, delivery, settings, now)
         command_ids.append(command_id)

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.exceptions import ClientError
 
 from eks_prefetch import aws
 from eks_prefetch.commands import send_command_request
 from eks_prefetch.events import EcrImageActionEvent
 from eks_prefetch.images import is_image_artifact
-from eks_prefetch.resolution import resolve_newest
+from eks_prefetch.resolution import NewestImages
 from eks_prefetch.sending import send_once
 from eks_prefetch.settings import Settings
 
@@ -65,14 +63,12 @@ def prefetch_pushed_image(
     if not settings.tag_pattern.search(detail.image_tag):
         return _ignored("tag does not match the filter", tag=detail.image_tag, tag_filter=settings.tag_filter)
 
-    listed: dict[str, datetime] = {}
-    try:
-        newest = resolve_newest(repository, settings, seen=listed)
-    except ClientError as error:
-        if error.response["Error"]["Code"] == "RepositoryNotFoundException":
-            return _ignored("repository does not exist", repository=repository)
-        raise
-    if detail.image_digest not in listed and not aws.image_exists(repository, detail.image_digest):
+    # One event, one resolution: nothing outlives the invocation.
+    listing = NewestImages(settings).listing(repository)
+    if not listing.exists:
+        return _ignored("repository does not exist", repository=repository)
+    newest = listing.newest
+    if detail.image_digest not in listing.pushed and not aws.ecr.image_exists(repository, detail.image_digest):
         # Not stale (it would be listed, tagged or not): the push is not visible yet, or the image was deleted.
         # Failing lets Lambda retry with backoff, and dead-letter it if it never appears; nothing is lost silently.
         logger.warning("pushed image not found in the repository", extra={"digest": detail.image_digest})

@@ -26,23 +26,17 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.exceptions import ClientError
 
 from eks_prefetch import aws
 from eks_prefetch import status_metrics as m
+from eks_prefetch import status_table as table
 from eks_prefetch.commands import image_batches, send_command_request
+from eks_prefetch.coverage import FleetView, RepositoryCoverage
 from eks_prefetch.images import ResolvedImage
+from eks_prefetch.resolution import NewestImages
 from eks_prefetch.sending import send_once
 from eks_prefetch.settings import Settings
-from eks_prefetch.status import (
-    NewestImages,
-    NodeState,
-    RepositoryCoverage,
-    SweepResult,
-    parse_time,
-    sweep,
-    timestamp,
-)
+from eks_prefetch.status_table import NodeState, RepairState, parse_time, timestamp
 
 logger = Logger(child=True)
 
@@ -54,37 +48,6 @@ MAX_INSTANCES_PER_COMMAND = 50
 REPAIR_WINDOW_SECONDS = 300
 # A repair is not started with less time left than this: one send, its look-ups, and the state update.
 SEND_RESERVE_SECONDS = 20.0
-
-
-def repair_key(instance_id: str) -> dict[str, str]:
-    """The node's own row in the status table (beside its per-repository rows)."""
-    return {"pk": f"NODE#{instance_id}", "sk": "NODE"}
-
-
-@dataclass(frozen=True)
-class RepairState:
-    """What the node's row records of repairs: for which digests, how often, when last sent, when next allowed."""
-
-    digests: str = ""
-    attempts: int = 0
-    sent_at: str = ""
-    next_at: str = ""
-    command_id: str = ""
-
-    @classmethod
-    def from_item(cls, item: Mapping[str, Any] | None) -> RepairState:
-        item = item or {}
-        return cls(
-            digests=str(item.get("repair_digests", "")),
-            attempts=int(item.get("repair_attempts") or 0),
-            sent_at=str(item.get("repair_sent_at", "")),
-            next_at=str(item.get("repair_next_at", "")),
-            command_id=str(item.get("repair_command_id", "")),
-        )
-
-    def for_gap(self, digests: str) -> RepairState:
-        """The state that applies to this gap: a new gap (another set of digests) starts without backoff."""
-        return self if self.digests == digests else RepairState()
 
 
 def backoff_seconds(attempts: int, settings: Settings) -> int:
@@ -220,16 +183,11 @@ def node_starts(nodes: Iterable[str], online: Mapping[str, Mapping[str, Any]]) -
     }
     rest = sorted(set(nodes) - set(starts))
     if rest:
-        for node, instance in aws.describe_instances(rest).items():
+        for node, instance in aws.ec2.describe_instances(rest).items():
             launched = parse_time(instance.get("LaunchTime"))
             if launched is not None:
                 starts[node] = launched
     return starts
-
-
-def read_repair_states(settings: Settings, nodes: Iterable[str]) -> dict[str, RepairState]:
-    items = aws.batch_get_items(settings.status_table, [repair_key(node) for node in nodes])
-    return {str(item["pk"]).removeprefix("NODE#"): RepairState.from_item(item) for item in items}
 
 
 def _window(now: datetime) -> str:
@@ -247,17 +205,15 @@ def _record_attempt(
     """Count a repair attempt on the node's row and set when the next may come. ``command_id`` None: SSM refused
     the node, so nothing is in flight and only the backoff is recorded."""
     attempts = previous.for_gap(gap.digests).attempts + 1
-    values: dict[str, Any] = {
-        ":g": gap.digests,
-        ":a": attempts,
-        ":n": timestamp(now + timedelta(seconds=backoff_seconds(attempts, settings))),
-        ":e": int(now.timestamp()) + settings.node_state_ttl_seconds,
-    }
-    update = "SET repair_digests = :g, repair_attempts = :a, repair_next_at = :n, expires_at = :e"
-    if command_id is not None:
-        update += ", repair_sent_at = :s, repair_command_id = :c"
-        values.update({":s": timestamp(now), ":c": command_id})
-    aws.update_item(settings.status_table, repair_key(gap.instance_id), update, values)
+    table.record_repair_attempt(
+        settings,
+        gap.instance_id,
+        digests=gap.digests,
+        attempts=attempts,
+        next_at=now + timedelta(seconds=backoff_seconds(attempts, settings)),
+        now=now,
+        command_id=command_id,
+    )
 
 
 @dataclass(frozen=True)
@@ -281,29 +237,26 @@ class RepairResult:
         }
 
 
-def plan_from_sweep(swept: SweepResult, settings: Settings, now: datetime) -> RepairPlan:
-    """The repair plan for what a sweep saw."""
-    newest = swept.newest or NewestImages(settings)
-    return plan_for(swept.coverages, swept.states, swept.online, swept.in_flight, newest, settings, now)
+@dataclass(frozen=True)
+class RepairInputs:
+    """What repair plans from: the fleet as the sweep saw it, the nodes with a command in flight, and the newest
+    images (with their push times) of the same resolution."""
+
+    fleet: FleetView
+    in_flight: frozenset[str]
+    newest: NewestImages
 
 
-def plan_for(
-    coverages: Iterable[RepositoryCoverage],
-    states: Mapping[tuple[str, str], NodeState],
-    online: Mapping[str, Mapping[str, Any]],
-    in_flight: Iterable[str],
-    newest: NewestImages,
-    settings: Settings,
-    now: datetime,
-) -> RepairPlan:
+def plan_for(inputs: RepairInputs, settings: Settings, now: datetime) -> RepairPlan:
     """The repair plan for a view of the fleet (the sweep's, or `make status`'s), with the nodes' repair rows."""
-    gaps = find_gaps(coverages, newest.pushed_at, settings, now)
+    fleet = inputs.fleet
+    gaps = find_gaps(fleet.coverages, inputs.newest.pushed_at, settings, now)
     return plan_repairs(
         gaps,
-        started_at=node_starts(gaps, online) if gaps else {},
-        states=states,
-        repair_states=read_repair_states(settings, gaps) if gaps else {},
-        in_flight=in_flight,
+        started_at=node_starts(gaps, fleet.online) if gaps else {},
+        states=fleet.states,
+        repair_states=table.read_repair_states(settings, gaps) if gaps else {},
+        in_flight=inputs.in_flight,
         settings=settings,
         now=now,
     )
@@ -329,7 +282,7 @@ def next_repair(plan: RepairPlan, instance_id: str, settings: Settings) -> str:
 
 
 def repair(
-    swept: SweepResult,
+    inputs: RepairInputs,
     settings: Settings,
     *,
     now: datetime,
@@ -339,7 +292,7 @@ def repair(
     """Send what the plan says; record each sent node's backoff; emit the repair metrics."""
     if not settings.repair_enabled:
         return RepairResult(enabled=False)
-    plan = plan_from_sweep(swept, settings, now)
+    plan = plan_for(inputs, settings, now)
     sent = repaired = errors = 0
     window = _window(now)
     work = list(plan.commands)
@@ -358,11 +311,7 @@ def repair(
                 lambda_context=lambda_context,
                 log_fields={"repair": True, "instance_ids": list(nodes), "images": references},
             )
-        except ClientError as error:
-            if error.response["Error"]["Code"] != "InvalidInstanceId":
-                logger.exception("repair command failed", extra={"instance_ids": list(nodes), "images": references})
-                errors += 1
-                continue
+        except aws.InstanceNotAcceptedError:
             if len(nodes) > 1:
                 # SSM refuses the whole command for one id it does not accept (deregistered, terminated since the
                 # listing): the halves go separately, so that one node cannot hold back the group.
@@ -408,17 +357,3 @@ def repair(
         ],
     )
     return RepairResult(True, sent, repaired, backed_off, waiting, errors)
-
-
-def sweep_and_repair(
-    settings: Settings,
-    *,
-    now: datetime | None = None,
-    time_left: Callable[[], float] | None = None,
-    lambda_context: LambdaContext | None = None,
-) -> dict[str, Any]:
-    """The scheduled run: count what events missed and measure coverage, then repair the gaps it found."""
-    now = now or datetime.now(UTC)
-    swept = sweep(settings, now=now, time_left=time_left)
-    repaired = repair(swept, settings, now=now, time_left=time_left, lambda_context=lambda_context)
-    return {**swept.as_dict(), "repair": repaired.as_dict()}

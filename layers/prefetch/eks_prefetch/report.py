@@ -1,7 +1,7 @@
 """The operator's view of a deployed stack: ``make status STACK=<name>`` (or ``python -m eks_prefetch.report``).
 
 It reads the stack with the same code the status function runs: the stack's outputs name the status function, whose
-environment becomes the Settings; coverage is ``status.fleet_coverage``, exactly what the sweep measures. It prints,
+environment becomes the Settings; coverage is ``coverage.look_at_fleet``, exactly what the sweep measures. It prints,
 per watched repository, the newest image, the coverage and the online nodes missing it with their last error and
 when self-repair will next send to them.
 
@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TextIO
 
-from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
 from eks_prefetch import aws, repair
+from eks_prefetch.coverage import RepositoryCoverage, look_at_fleet
+from eks_prefetch.resolution import NewestImages
 from eks_prefetch.settings import Settings
-from eks_prefetch.status import NewestImages, RepositoryCoverage, fleet_coverage, online_nodes
 
 STATUS_FUNCTION_OUTPUT = "StatusFunctionName"
 
@@ -34,12 +34,12 @@ class StackError(RuntimeError):
 
 def settings_of_stack(stack_name: str, region: str | None = None) -> Settings:
     """The status function's Settings, read from the deployed stack (CloudFormation outputs, Lambda environment)."""
-    outputs = aws.stack_outputs(stack_name)
+    outputs = aws.stack.stack_outputs(stack_name)
     function = outputs.get(STATUS_FUNCTION_OUTPUT)
     if not function:
         raise StackError(f"stack {stack_name} has no {STATUS_FUNCTION_OUTPUT} output: is it deployed with issue 8?")
-    environment = aws.function_environment(function)
-    region = region or aws.current_region() or os.environ.get("AWS_REGION")
+    environment = aws.stack.function_environment(function)
+    region = region or aws.stack.current_region() or os.environ.get("AWS_REGION")
     try:
         return Settings.from_env({**environment, "AWS_REGION": region or ""})
     except ValidationError as error:
@@ -87,13 +87,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
             os.environ["AWS_DEFAULT_REGION"] = args.region
         settings = settings_of_stack(args.stack, args.region)
         newest = NewestImages(settings)
-        online = online_nodes(settings)
-        coverages, states = fleet_coverage(settings, newest, online)
+        fleet = look_at_fleet(settings, newest)
         # Commands in flight are known to the sweep only; this view sees the repairs the rows record.
-        plan = repair.plan_for(coverages, states, online, (), newest, settings, datetime.now(UTC))
-    except (StackError, ClientError, BotoCoreError) as error:
+        plan = repair.plan_for(repair.RepairInputs(fleet, frozenset(), newest), settings, datetime.now(UTC))
+    except (StackError, *aws.AWS_ERRORS) as error:
         err.write(f"cannot read the stack {args.stack}: {error}\n")
         return 2
+    coverages = fleet.coverages
     render(coverages, settings.cluster_name, out, lambda node: repair.next_repair(plan, node, settings))
     below = [coverage.repository for coverage in coverages if coverage.percent < 100.0]
     if below:

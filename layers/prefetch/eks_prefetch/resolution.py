@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from aws_lambda_powertools import Logger
 
 from eks_prefetch import aws
 from eks_prefetch.images import ResolvedImage, pick_newest
 from eks_prefetch.settings import Settings
+
+logger = Logger(child=True)
 
 
 def resolve_newest(
@@ -19,9 +25,9 @@ def resolve_newest(
     """The newest image of the repository whose tag matches the filter, or None if it has none.
 
     ``seen``, if given, receives the push time of every tagged image listed, by digest (from the same listing: no
-    extra call). Raises the ECR client's RepositoryNotFoundException for a repository that does not exist.
+    extra call). Raises RepositoryNotFoundError for a repository that does not exist.
     """
-    details = aws.describe_tagged_images(repository)
+    details = aws.ecr.describe_tagged_images(repository)
     if seen is not None:
         details = _noting(details, seen)
     return pick_newest(details, settings.tag_pattern, settings.region)
@@ -31,3 +37,77 @@ def _noting(details: Iterable[Mapping[str, Any]], seen: dict[str, datetime]) -> 
     for detail in details:
         seen[detail["imageDigest"]] = detail["imagePushedAt"]
         yield detail
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One resolution of a repository: its newest matching image, and when each tagged image was pushed."""
+
+    exists: bool
+    newest: ResolvedImage | None = None
+    pushed: Mapping[str, datetime] = field(default_factory=dict)
+
+
+@dataclass
+class NewestImages:
+    """The newest image of each watched repository, resolved once per repository for ``lifetime_seconds``.
+
+    The caller owns it and decides its scope: the push path one event, the node-launch path one batch (a scale-out's
+    records share one resolution, never longer: a node registering just after a push must see it), the status
+    function a warm container for a few seconds (a push's burst of status events), the sweep one run.
+    ``lifetime_seconds`` None keeps a resolution as long as the object lives.
+    """
+
+    settings: Settings
+    lifetime_seconds: float | None = None
+    # A report of a digest that is not the cached newest may follow a push the cache predates: ``get_fresh`` lists
+    # again, at most this often.
+    refresh_floor_seconds: float = 5.0
+    clock: Callable[[], float] = time.monotonic
+    _listings: dict[str, tuple[float, Listing]] = field(default_factory=dict, repr=False)
+
+    def listing(self, repository: str) -> Listing:
+        cached = self._listings.get(repository)
+        if cached is not None and (self.lifetime_seconds is None or self.clock() - cached[0] < self.lifetime_seconds):
+            return cached[1]
+        listing = self._resolve(repository)
+        self._listings[repository] = (self.clock(), listing)
+        return listing
+
+    def get(self, repository: str) -> ResolvedImage | None:
+        """The newest image; None for a repository not watched, missing, or with no matching image."""
+        return self.listing(repository).newest
+
+    def get_fresh(self, repository: str) -> ResolvedImage | None:
+        """As ``get``, but from a listing at most ``refresh_floor_seconds`` old."""
+        cached = self._listings.get(repository)
+        if cached is not None and self.clock() - cached[0] >= self.refresh_floor_seconds:
+            del self._listings[repository]
+        return self.get(repository)
+
+    def pushed_at(self, repository: str, digest: str) -> datetime | None:
+        """When a tagged image of the repository was pushed; None if the listing does not show it."""
+        return self.listing(repository).pushed.get(digest)
+
+    def every_repository(self) -> list[ResolvedImage]:
+        """The newest image of every watched repository; a missing or empty repository contributes nothing."""
+        images = []
+        for repository in self.settings.repository_names:
+            listing = self.listing(repository)
+            if listing.newest is not None:
+                images.append(listing.newest)
+            elif listing.exists:
+                logger.info("no tagged image matches the filter", extra={"repository": repository})
+        return images
+
+    def _resolve(self, repository: str) -> Listing:
+        if repository not in self.settings.repository_names:
+            return Listing(exists=False)
+        pushed: dict[str, datetime] = {}
+        try:
+            newest = resolve_newest(repository, self.settings, seen=pushed)
+        except aws.RepositoryNotFoundError:
+            # One deleted repository must not keep the others from the nodes.
+            logger.warning("watched repository does not exist", extra={"repository": repository})
+            return Listing(exists=False)
+        return Listing(exists=True, newest=newest, pushed=pushed)

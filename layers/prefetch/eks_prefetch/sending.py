@@ -63,9 +63,7 @@ def send_once(
 
     def send() -> dict[str, Any]:
         started = now or datetime.now(UTC)
-        attempt, first_attempt_at = aws.record_send_attempt(
-            settings.idempotency_table, f"send-attempt#{marker}", started, settings.idempotency_ttl_seconds
-        )
+        attempt, first_attempt_at = record_send_attempt(marker, started, settings)
         if attempt > 1:
             earlier = _earlier_command(marker, first_attempt_at, settings)
             if earlier is not None:
@@ -75,7 +73,7 @@ def send_once(
                 )
                 return {"command_id": earlier}
         try:
-            command_id = aws.send_command(marked)
+            command_id = aws.ssm.send_command(marked)
         except Exception as error:
             if not aws.is_ambiguous_error(error):
                 raise
@@ -106,5 +104,25 @@ def send_once(
     return result["command_id"], ran_now
 
 
+def record_send_attempt(marker: str, now: datetime, settings: Settings) -> tuple[int, datetime]:
+    """Count an attempt to send for this marker (in the idempotency table, beside Powertools' records); return
+    (the attempt's number, when the first attempt began)."""
+    item = aws.dynamodb.update_item(
+        settings.idempotency_table,
+        {"id": f"send-attempt#{marker}"},
+        "SET attempts = if_not_exists(attempts, :zero) + :one, "
+        "first_attempt_at = if_not_exists(first_attempt_at, :now), expiration = :expiration",
+        {
+            ":zero": 0,
+            ":one": 1,
+            ":now": now.isoformat(),
+            ":expiration": int(now.timestamp()) + settings.idempotency_ttl_seconds,
+        },
+        returning="ALL_NEW",
+    )
+    assert item is not None  # unconditional: only a condition makes update_item return None
+    return int(item["attempts"]), datetime.fromisoformat(item["first_attempt_at"])
+
+
 def _earlier_command(marker: str, first_attempt_at: datetime, settings: Settings) -> str | None:
-    return aws.find_command(settings.document_name, marker, first_attempt_at - _LOOKUP_SKEW)
+    return aws.ssm.find_command(settings.document_name, marker, first_attempt_at - _LOOKUP_SKEW)

@@ -1,0 +1,43 @@
+"""ECR: the images of a repository."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from eks_prefetch.aws import clients
+from eks_prefetch.aws.clients import error_code
+from eks_prefetch.aws.errors import RepositoryNotFoundError
+
+
+def describe_tagged_images(repository: str, ecr: Any = None) -> Iterator[Mapping[str, Any]]:
+    """Every tagged image of a repository, page by page (ECR neither sorts nor returns more than 1,000 a page).
+    Raises RepositoryNotFoundError."""
+    paginator = (ecr or clients.client("ecr")).get_paginator("describe_images")
+    pages = paginator.paginate(
+        repositoryName=repository,
+        filter={"tagStatus": "TAGGED"},
+        PaginationConfig={"PageSize": 1000},
+    )
+    try:
+        for page in pages:
+            yield from page["imageDetails"]
+    except ClientError as error:
+        if error_code(error) == "RepositoryNotFoundException":
+            raise RepositoryNotFoundError(repository) from error
+        raise
+
+
+def image_exists(repository: str, digest: str, ecr: Any = None) -> bool:
+    """Whether the repository holds an image with this digest, tagged or not."""
+    try:
+        (ecr or clients.client("ecr")).describe_images(repositoryName=repository, imageIds=[{"imageDigest": digest}])
+    except ClientError as error:
+        if error_code(error) == "ImageNotFoundException":
+            return False
+        if error_code(error) == "RepositoryNotFoundException":
+            raise RepositoryNotFoundError(repository) from error
+        raise
+    return True

@@ -1,0 +1,284 @@
+"""The status table: the only module that knows its keys and update expressions.
+
+One table, ``pk``/``sk``, TTL on ``expires_at``:
+- ``NODE#<instance>`` / ``REPO#<repository>`` (``NodeState``): the digest last pulled or cached there and when; the
+  last failure with its reason and time.
+- ``NODE#<instance>`` / ``NODE`` (``NodeRow``): the launch whose first report was measured (LaunchToCachedSeconds
+  once per launch), and the node's self-repair record (for which digests, how often, when next).
+- ``INVOCATION#<command>`` / ``<instance>``: the claim of a counted invocation, with its final status.
+- ``SWEEP`` / ``WATERMARK``: where the next sweep starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from eks_prefetch import aws
+from eks_prefetch.settings import Settings
+
+WATERMARK_KEY = {"pk": "SWEEP", "sk": "WATERMARK"}
+
+
+def node_key(instance_id: str, repository: str) -> dict[str, str]:
+    return {"pk": f"NODE#{instance_id}", "sk": f"REPO#{repository}"}
+
+
+def node_row_key(instance_id: str) -> dict[str, str]:
+    """The node's own row, beside its per-repository rows."""
+    return {"pk": f"NODE#{instance_id}", "sk": "NODE"}
+
+
+def claim_key(command_id: str, instance_id: str) -> dict[str, str]:
+    return {"pk": f"INVOCATION#{command_id}", "sk": instance_id}
+
+
+def timestamp(moment: datetime) -> str:
+    """One fixed ISO format, so that stored times compare as strings."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class StatusTableMissingError(RuntimeError):
+    """STATUS_TABLE is not set: a deployment error, loud rather than counting nothing."""
+
+
+def require_status_table(settings: Settings) -> None:
+    if not settings.status_table:
+        raise StatusTableMissingError("STATUS_TABLE is not set in the function's environment")
+
+
+def _node_expiry(settings: Settings, at: datetime) -> int:
+    return int(at.timestamp()) + settings.node_state_ttl_seconds
+
+
+# --- a node's image state, per repository ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """A node's row for one repository (or the absence of one: it never reported)."""
+
+    instance_id: str
+    repository: str
+    digest: str = ""
+    cached_at: str = ""
+    last_error: str = ""
+    last_error_at: str = ""
+    expires_at: int = 0
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> NodeState:
+        return cls(
+            instance_id=str(item.get("instance_id", "")),
+            repository=str(item.get("repository", "")),
+            digest=str(item.get("digest", "")),
+            cached_at=str(item.get("cached_at", "")),
+            last_error=str(item.get("last_error", "")),
+            last_error_at=str(item.get("last_error_at", "")),
+            expires_at=int(item.get("expires_at") or 0),
+        )
+
+
+def record_held(
+    settings: Settings, instance_id: str, repository: str, digest: str, status: str, command_id: str, at: datetime
+) -> bool:
+    """The node holds this digest as of ``at``; True if that is new (another digest, or no row, before)."""
+    old = aws.dynamodb.update_item(
+        settings.status_table,
+        node_key(instance_id, repository),
+        "SET instance_id = :i, repository = :r, digest = :d, image_status = :s, cached_at = :t, "
+        "command_id = :c, expires_at = :e",
+        {
+            ":i": instance_id,
+            ":r": repository,
+            ":d": digest,
+            ":s": status,
+            ":t": timestamp(at),
+            ":c": command_id,
+            ":e": _node_expiry(settings, at),
+        },
+        # An older report (a late event, the sweep) never overwrites a newer one.
+        condition="attribute_not_exists(cached_at) OR cached_at <= :t",
+    )
+    return old is not None and old.get("digest") != digest
+
+
+def record_failure(
+    settings: Settings,
+    instance_id: str,
+    repository: str,
+    *,
+    reason: str,
+    kind: str,
+    digest: str,
+    command_id: str,
+    at: datetime,
+) -> None:
+    aws.dynamodb.update_item(
+        settings.status_table,
+        node_key(instance_id, repository),
+        "SET instance_id = :i, repository = :r, last_error = :m, last_error_kind = :k, last_error_digest = :d, "
+        "last_error_command = :c, last_error_at = :t, expires_at = :e",
+        {
+            ":i": instance_id,
+            ":r": repository,
+            ":m": reason[:500],
+            ":k": kind,
+            ":d": digest,
+            ":c": command_id,
+            ":t": timestamp(at),
+            ":e": _node_expiry(settings, at),
+        },
+        # An older failure never overwrites a newer one.
+        condition="attribute_not_exists(last_error_at) OR last_error_at <= :t",
+    )
+
+
+def read_node_states(
+    settings: Settings, nodes: Iterable[str], repositories: Iterable[str]
+) -> dict[tuple[str, str], NodeState]:
+    """The rows of these nodes for these repositories, by (instance, repository); absent rows are left out."""
+    keys = [node_key(node, repository) for node in nodes for repository in repositories]
+    states = {}
+    for item in aws.dynamodb.batch_get_items(settings.status_table, keys):
+        state = NodeState.from_item(item)
+        states[(state.instance_id, state.repository)] = state
+    return states
+
+
+def refresh_expiry(settings: Settings, state: NodeState, now: datetime) -> None:
+    """Push back the expiry of a row that still exists."""
+    aws.dynamodb.update_item(
+        settings.status_table,
+        node_key(state.instance_id, state.repository),
+        "SET expires_at = :e",
+        {":e": _node_expiry(settings, now)},
+        condition="attribute_exists(pk)",
+    )
+
+
+# --- the node's own row: first report of a launch, self-repair ------------------------------------------------------
+
+
+def record_first_report(settings: Settings, instance_id: str, launched: datetime, at: datetime) -> bool:
+    """Note the node's first report since this launch; True if it is the first (measured once per launch)."""
+    first = aws.dynamodb.update_item(
+        settings.status_table,
+        node_row_key(instance_id),
+        "SET first_report_launch = :l, first_report_at = :t, expires_at = :e",
+        {":l": timestamp(launched), ":t": timestamp(at), ":e": _node_expiry(settings, at)},
+        condition="attribute_not_exists(first_report_launch) OR first_report_launch <> :l",
+    )
+    return first is not None
+
+
+@dataclass(frozen=True)
+class RepairState:
+    """What the node's row records of repairs: for which digests, how often, when last sent, when next allowed."""
+
+    digests: str = ""
+    attempts: int = 0
+    sent_at: str = ""
+    next_at: str = ""
+    command_id: str = ""
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any] | None) -> RepairState:
+        item = item or {}
+        return cls(
+            digests=str(item.get("repair_digests", "")),
+            attempts=int(item.get("repair_attempts") or 0),
+            sent_at=str(item.get("repair_sent_at", "")),
+            next_at=str(item.get("repair_next_at", "")),
+            command_id=str(item.get("repair_command_id", "")),
+        )
+
+    def for_gap(self, digests: str) -> RepairState:
+        """The state that applies to this gap: a new gap (another set of digests) starts without backoff."""
+        return self if self.digests == digests else RepairState()
+
+
+def read_repair_states(settings: Settings, nodes: Iterable[str]) -> dict[str, RepairState]:
+    items = aws.dynamodb.batch_get_items(settings.status_table, [node_row_key(node) for node in nodes])
+    return {str(item["pk"]).removeprefix("NODE#"): RepairState.from_item(item) for item in items}
+
+
+def record_repair_attempt(
+    settings: Settings,
+    instance_id: str,
+    *,
+    digests: str,
+    attempts: int,
+    next_at: datetime,
+    now: datetime,
+    command_id: str | None,
+) -> None:
+    """Count a repair attempt on the node's row. ``command_id`` None: SSM refused the node, so nothing is in flight
+    and only the backoff is recorded."""
+    values: dict[str, Any] = {
+        ":g": digests,
+        ":a": attempts,
+        ":n": timestamp(next_at),
+        ":e": _node_expiry(settings, now),
+    }
+    update = "SET repair_digests = :g, repair_attempts = :a, repair_next_at = :n, expires_at = :e"
+    if command_id is not None:
+        update += ", repair_sent_at = :s, repair_command_id = :c"
+        values.update({":s": timestamp(now), ":c": command_id})
+    aws.dynamodb.update_item(settings.status_table, node_row_key(instance_id), update, values)
+
+
+# --- claims: each (command, node) invocation counted once -----------------------------------------------------------
+
+
+def is_claimed(settings: Settings, command_id: str, instance_id: str) -> bool:
+    return aws.dynamodb.get_item(settings.status_table, claim_key(command_id, instance_id)) is not None
+
+
+def claimed_nodes(settings: Settings, command_id: str, instance_ids: Iterable[str]) -> set[str]:
+    """The nodes whose invocation of the command is already counted (BatchGetItem, 100 keys a request)."""
+    keys = [claim_key(command_id, instance_id) for instance_id in instance_ids]
+    if not keys:
+        return set()
+    return {str(item["sk"]) for item in aws.dynamodb.batch_get_items(settings.status_table, keys)}
+
+
+def claim(settings: Settings, command_id: str, instance_id: str, *, status: str, via: str, now: datetime) -> bool:
+    """Claim the invocation for counting; False if it was already claimed (the first writer wins)."""
+    return aws.dynamodb.put_new_item(
+        settings.status_table,
+        {
+            **claim_key(command_id, instance_id),
+            "status": status,
+            "via": via,
+            "counted_at": timestamp(now),
+            # Outlives the sweep's reach, so that the sweep never counts it again.
+            "expires_at": int(now.timestamp()) + settings.sweep_max_lookback_seconds + 86_400,
+        },
+    )
+
+
+# --- the sweep's watermark ------------------------------------------------------------------------------------------
+
+
+def read_watermark(settings: Settings) -> datetime | None:
+    item = aws.dynamodb.get_item(settings.status_table, WATERMARK_KEY)
+    return parse_time(item.get("watermark")) if item else None
+
+
+def write_watermark(settings: Settings, watermark: datetime) -> None:
+    aws.dynamodb.put_item(settings.status_table, {**WATERMARK_KEY, "watermark": timestamp(watermark)})
