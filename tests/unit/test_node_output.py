@@ -146,7 +146,8 @@ def test_summary_not_last_is_not_trusted():
 
 
 def test_unknown_fields_are_tolerated():
-    output = parse_node_output(line(image=REF, status="cached", digest=DIGEST, layers=7) + "\n" + SUMMARY)
+    summary = line(summary=True, images=1, cached=1, seconds=0.2, checked_by="a newer script")
+    output = parse_node_output(line(image=REF, status="cached", digest=DIGEST, layers=7) + "\n" + summary)
 
     assert output.problem is None
     assert output.records[0].status == "cached"

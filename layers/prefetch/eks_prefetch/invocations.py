@@ -10,6 +10,7 @@ crash before the claim leaves it uncounted, so a retry or the sweep counts it; d
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,7 +62,7 @@ def final_status(status: str, details: str | None) -> str:
 class InvocationOutcome:
     command_id: str
     instance_id: str
-    result: str  # counted | duplicate | pending | missing | foreign
+    result: str  # counted | duplicate | in_progress | pending | missing | foreign
     status: str = ""
     via: str = ""
     output: NodeOutput | None = None
@@ -151,8 +152,19 @@ def _held(
     command_id: str,
     at: datetime,
 ) -> float | None:
-    """Record that the node holds the digest; push-to-cached seconds if that is new and the digest is the newest."""
-    if not table.record_held(scope.settings, instance_id, repository, digest, image_status, command_id, at):
+    """Record that the node holds the digest; push-to-cached seconds if this report is the one that brought it, and
+    the digest is the newest."""
+    brought = table.record_held(
+        scope.settings,
+        instance_id,
+        repository,
+        digest=digest,
+        status=image_status,
+        command_id=command_id,
+        at=at,
+        pushed_at=scope.newest.push_time(repository, digest),
+    )
+    if not brought:
         return None
     image = scope.newest.get(repository)
     if image is None or image.digest != digest:
@@ -243,7 +255,9 @@ def _record_unreported_failures(
         )
 
 
-def _launch_to_cached(settings: Settings, instance_id: str, output: NodeOutput | None, at: datetime) -> float | None:
+def _launch_to_cached(
+    settings: Settings, command_id: str, instance_id: str, output: NodeOutput | None, at: datetime
+) -> float | None:
     """Seconds from the instance's launch to its first report of a pulled or cached image, once per launch."""
     if output is None or not any(record.status in {"pulled", "cached"} for record in output.records):
         return None
@@ -251,7 +265,7 @@ def _launch_to_cached(settings: Settings, instance_id: str, output: NodeOutput |
     launched = parse_time(instance.get("LaunchTime")) if instance else None
     if launched is None:
         return None
-    if not table.record_first_report(settings, instance_id, launched, at):
+    if not table.record_first_report(settings, instance_id, launched=launched, at=at, command_id=command_id):
         return None
     return max(0.0, (at - launched).total_seconds())
 
@@ -267,14 +281,24 @@ def record_invocation(
 ) -> InvocationOutcome:
     """Count one (command, node) invocation exactly once: node state, then the claim, then metrics.
 
-    Never raises for what SSM or the node reported (any status, any output); AWS errors propagate.
+    Every step before the claim is idempotent (a retry, a duplicate delivery or the sweep gets the same answers), and
+    the metrics are built before it: a recording that fails or dies anywhere before its claim is finished by the
+    next one. The claim carries this recording's token, so that a lost reply to its write is told apart from a claim
+    by someone else; it is final once the metrics are out, and a claim left unfinished past any function's timeout
+    is taken over. Never raises for what SSM or the node reported (any status, any output); AWS errors propagate.
     """
     now = now or datetime.now(UTC)
     scope = scope or RecordingScope.for_sweep(settings)
     fields = {"command_id": command_id, "instance_id": instance_id, "via": via}
-    if table.is_claimed(settings, command_id, instance_id):
+    earlier = table.read_claim(settings, command_id, instance_id)
+    standing = earlier.standing(now) if earlier else None
+    if standing is table.Standing.COUNTED:
         logger.info("invocation already counted", extra=fields)
         return InvocationOutcome(command_id, instance_id, "duplicate", via=via)
+    if standing is table.Standing.IN_PROGRESS:
+        # Another recording claimed it moments ago; if it died, the sweep takes the claim over once it is stale.
+        logger.info("invocation being counted by another delivery", extra=fields)
+        return InvocationOutcome(command_id, instance_id, "in_progress", via=via)
 
     invocation = aws.ssm.get_command_invocation(command_id, instance_id)
     if invocation is None:
@@ -296,15 +320,9 @@ def record_invocation(
     stdout = invocation.get("StandardOutputContent") or ""
     # Cancelled or timed out before it started, a run prints nothing: that is its status, not bad output.
     not_run = status in NOT_RUN or (status in MAY_NOT_HAVE_RUN and not stdout.strip())
-    output = None if not_run else parse_node_output(stdout)
+    output = None if not_run else parse_node_output(stdout, watched=settings.repository_names)
     push_to_cached = _update_node_state(scope, command_id, instance_id, status, output, at)
-    launch_to_cached = _launch_to_cached(settings, instance_id, output, at)
-
-    claimed = table.claim(settings, command_id, instance_id, status=status, via=via, now=now)
-    if not claimed:
-        logger.info("invocation counted concurrently by another delivery", extra=fields)
-        return InvocationOutcome(command_id, instance_id, "duplicate", status=status, via=via)
-
+    launch_to_cached = _launch_to_cached(settings, command_id, instance_id, output, at)
     outcome = InvocationOutcome(
         command_id,
         instance_id,
@@ -315,8 +333,20 @@ def record_invocation(
         push_to_cached=tuple(push_to_cached),
         launch_to_cached=launch_to_cached,
     )
+    metrics = m.invocation_metrics(outcome, settings)
+
+    token = uuid.uuid4().hex
+    replacing = earlier if standing is table.Standing.STALE else None
+    if replacing is not None:
+        logger.warning("taking over a claim left unfinished", extra={**fields, "claimed_at": replacing.claimed_at})
+    if not table.claim(
+        settings, command_id, instance_id, token=token, status=status, via=via, now=now, replacing=replacing
+    ):
+        logger.info("invocation counted concurrently by another delivery", extra=fields)
+        return InvocationOutcome(command_id, instance_id, "duplicate", status=status, via=via)
     _log_outcome(outcome, invocation)
-    m.emit_invocation_metrics(outcome, settings)
+    m.emit_all(metrics)
+    table.mark_counted(settings, command_id, instance_id, token)
     return outcome
 
 

@@ -9,6 +9,7 @@ it is classified, so that callers can count it under its own reason.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
@@ -26,6 +27,9 @@ class OutputProblem(StrEnum):
     NO_SUMMARY = "NoSummary"  # truncated by SSM, or the run was killed before its summary
     NOT_JSON = "NotJson"  # a line that is not a JSON object
     BAD_RECORD = "BadRecord"  # a JSON object that fits neither a per-image record nor the summary
+    DUPLICATE_RECORD = "DuplicateRecord"  # the same image reported twice: counted once
+    SUMMARY_MISMATCH = "SummaryMismatch"  # the records and the summary's counts disagree
+    UNWATCHED_REPOSITORY = "UnwatchedRepository"  # a record of a repository this stack does not watch: ignored
 
 
 def repository_of(reference: str) -> str:
@@ -99,13 +103,14 @@ class NodeOutput:
 
     @property
     def omitted_all_held(self) -> bool:
-        """Records were left out to fit SSM's limit, and the summary's counts show that every one of them was pulled
-        or cached (all failures and skips are among the records printed)."""
+        """Records were left out to fit SSM's limit, and the summary's counts, consistent with the records, show that
+        every one of them was pulled or cached (all failures and skips are among the records printed)."""
         summary = self.summary
         return (
             summary is not None
             and summary.omitted > 0
             and not summary.error
+            and OutputProblem.SUMMARY_MISMATCH not in self.problems
             and summary.failed == len(self.by_status("failed"))
             and summary.skipped == len(self.by_status("skipped"))
         )
@@ -127,8 +132,12 @@ def _not_an_object(error: ValidationError) -> bool:
     return any(item["type"] in {"json_invalid", "model_type"} and not item["loc"] for item in error.errors())
 
 
-def parse_node_output(text: str | None) -> NodeOutput:
-    """Typed records and summary of a node's stdout, and what is wrong with it. Never raises."""
+def parse_node_output(text: str | None, watched: Collection[str] | None = None) -> NodeOutput:
+    """Typed records and summary of a node's stdout, and what is wrong with it. Never raises.
+
+    The records are cross-checked with the summary (each image once, counts that add up), and, with ``watched``,
+    records of other repositories are left out: a node's output never reaches beyond what this stack asked for.
+    """
     lines = [line.strip() for line in (text or "").splitlines()]
     lines = [line for line in lines if line]
     if not lines:
@@ -169,4 +178,43 @@ def parse_node_output(text: str | None) -> NodeOutput:
             bad_lines += 1
     if summary is None:
         problems.add(OutputProblem.NO_SUMMARY)
+    records = _cross_checked(records, summary, problems, watched)
     return NodeOutput(records=tuple(records), summary=summary, problems=frozenset(problems), bad_lines=bad_lines)
+
+
+def _cross_checked(
+    records: list[ImageRecord], summary: Summary | None, problems: set[OutputProblem], watched: Collection[str] | None
+) -> list[ImageRecord]:
+    records = _each_image_once(records, problems)
+    if summary is not None and not summary.error and not _adds_up(records, summary):
+        problems.add(OutputProblem.SUMMARY_MISMATCH)
+    if watched is not None:
+        kept = [record for record in records if record.repository in watched]
+        if len(kept) < len(records):
+            problems.add(OutputProblem.UNWATCHED_REPOSITORY)
+        records = kept
+    return records
+
+
+def _each_image_once(records: list[ImageRecord], problems: set[OutputProblem]) -> list[ImageRecord]:
+    """The script reports each image once: a repeated record is counted once (the first), and marked."""
+    seen: set[str] = set()
+    unique = []
+    for record in records:
+        if record.image in seen:
+            problems.add(OutputProblem.DUPLICATE_RECORD)
+            continue
+        seen.add(record.image)
+        unique.append(record)
+    return unique
+
+
+def _adds_up(records: list[ImageRecord], summary: Summary) -> bool:
+    """The summary counts every image once by status, including the records omitted to fit SSM's limit."""
+    by_status = {status: sum(1 for record in records if record.status == status) for status in IMAGE_STATUSES}
+    counted = {status: getattr(summary, status) for status in IMAGE_STATUSES}
+    return (
+        sum(counted.values()) == summary.images
+        and len(records) + summary.omitted == summary.images
+        and all(by_status[status] <= counted[status] for status in IMAGE_STATUSES)
+    )

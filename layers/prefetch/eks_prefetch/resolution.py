@@ -65,6 +65,7 @@ class NewestImages:
     refresh_floor_seconds: float = 5.0
     clock: Callable[[], float] = time.monotonic
     _listings: dict[str, tuple[float, Listing]] = field(default_factory=dict, repr=False)
+    _untagged: dict[tuple[str, str], datetime | None] = field(default_factory=dict, repr=False)
 
     def listing(self, repository: str) -> Listing:
         cached = self._listings.get(repository)
@@ -88,6 +89,20 @@ class NewestImages:
     def pushed_at(self, repository: str, digest: str) -> datetime | None:
         """When a tagged image of the repository was pushed; None if the listing does not show it."""
         return self.listing(repository).pushed.get(digest)
+
+    def push_time(self, repository: str, digest: str) -> datetime | None:
+        """When the image was pushed, tagged or not (an untagged one is looked up once, by digest); None if ECR
+        does not hold it (any more)."""
+        pushed = self.pushed_at(repository, digest)
+        if pushed is not None or not self.listing(repository).exists:
+            return pushed
+        if (repository, digest) not in self._untagged:
+            try:
+                image = aws.ecr.describe_image(repository, digest)
+            except aws.RepositoryNotFoundError:
+                image = None
+            self._untagged[(repository, digest)] = image["imagePushedAt"] if image else None
+        return self._untagged[(repository, digest)]
 
     def every_repository(self) -> list[ResolvedImage]:
         """The newest image of every watched repository; a missing or empty repository contributes nothing."""

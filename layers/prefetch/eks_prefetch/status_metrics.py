@@ -7,6 +7,7 @@ EphemeralMetrics (isolated state, unlike Metrics, whose state is shared by every
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -41,15 +42,29 @@ NODES_REPAIRED = "NodesRepaired"
 NODES_BACKED_OFF = "NodesBackedOff"
 
 Metric = tuple[str, MetricUnit, float]
+# One EMF document: a dimension set and its metrics.
+Document = tuple[dict[str, str], list[Metric]]
+
+
+def finite(value: float) -> float | None:
+    """The value as a float CloudWatch accepts, or None: EMF is JSON, which has no Infinity or NaN, and a value
+    too large for a float must not raise while metrics are emitted."""
+    try:
+        number = float(value)
+    except (OverflowError, TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def emit(dimensions: dict[str, str], metrics: Iterable[Metric]) -> None:
-    """One EMF document for one dimension set.
+    """One EMF document for one dimension set; a value that is not a finite number is left out.
 
     No ``service`` dimension (Powertools adds one from POWERTOOLS_SERVICE_NAME unless the service is empty): the
     dashboard and alarms select these metrics by ClusterName, Repository, Status and Reason only.
     """
-    batch: Sequence[Metric] = list(metrics)
+    batch: Sequence[Metric] = [
+        (name, unit, number) for name, unit, value in metrics if (number := finite(value)) is not None
+    ]
     if not batch:
         return
     emf = EphemeralMetrics(service="")
@@ -60,9 +75,19 @@ def emit(dimensions: dict[str, str], metrics: Iterable[Metric]) -> None:
     emf.flush_metrics()
 
 
+def emit_all(documents: Iterable[Document]) -> None:
+    for dimensions, metrics in documents:
+        emit(dimensions, metrics)
+
+
 def emit_invocation_metrics(outcome: InvocationOutcome, settings: Settings) -> None:
+    emit_all(invocation_metrics(outcome, settings))
+
+
+def invocation_metrics(outcome: InvocationOutcome, settings: Settings) -> list[Document]:
+    """The metrics of one counted invocation, built (and checked: finite values only) before it is claimed."""
     cluster = {"ClusterName": settings.cluster_name}
-    emit({**cluster, "Status": outcome.status}, [(INVOCATIONS, MetricUnit.Count, 1)])
+    documents: list[Document] = [({**cluster, "Status": outcome.status}, [(INVOCATIONS, MetricUnit.Count, 1)])]
     totals: list[Metric] = [
         (INVOCATIONS, MetricUnit.Count, 1),
         (INVOCATIONS_FAILED, MetricUnit.Count, 1 if outcome.failed else 0),
@@ -74,9 +99,9 @@ def emit_invocation_metrics(outcome: InvocationOutcome, settings: Settings) -> N
     output = outcome.output
     if output is not None and output.summary is not None and output.summary.omitted:
         totals.append((IMAGES_OMITTED, MetricUnit.Count, output.summary.omitted))
-    emit(cluster, totals)
+    documents.append((cluster, totals))
     if outcome.problem is not None:
-        emit({**cluster, "Reason": outcome.problem.value}, [(BAD_OUTPUT, MetricUnit.Count, 1)])
+        documents.append(({**cluster, "Reason": outcome.problem.value}, [(BAD_OUTPUT, MetricUnit.Count, 1)]))
 
     per_repository: dict[str, list[Metric]] = {}
     for record in output.records if output else ():
@@ -88,7 +113,11 @@ def emit_invocation_metrics(outcome: InvocationOutcome, settings: Settings) -> N
     for repository, seconds in outcome.push_to_cached:
         per_repository.setdefault(repository, []).append((PUSH_TO_CACHED, MetricUnit.Seconds, seconds))
     for repository, batch in sorted(per_repository.items()):
-        emit({**cluster, "Repository": repository}, batch)
+        documents.append(({**cluster, "Repository": repository}, batch))
+    return [
+        (dimensions, [(name, unit, number) for name, unit, value in metrics if (number := finite(value)) is not None])
+        for dimensions, metrics in documents
+    ]
 
 
 def emit_coverage_metrics(coverages: Iterable[RepositoryCoverage], settings: Settings) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 from eks_prefetch import aws
@@ -94,27 +95,69 @@ class NodeState:
 
 
 def record_held(
-    settings: Settings, instance_id: str, repository: str, digest: str, status: str, command_id: str, at: datetime
+    settings: Settings,
+    instance_id: str,
+    repository: str,
+    *,
+    digest: str,
+    status: str,
+    command_id: str,
+    at: datetime,
+    pushed_at: datetime | None,
 ) -> bool:
-    """The node holds this digest as of ``at``; True if that is new (another digest, or no row, before)."""
-    old = aws.dynamodb.update_item(
-        settings.status_table,
-        node_key(instance_id, repository),
-        "SET instance_id = :i, repository = :r, digest = :d, image_status = :s, cached_at = :t, "
-        "command_id = :c, expires_at = :e",
-        {
-            ":i": instance_id,
-            ":r": repository,
-            ":d": digest,
-            ":s": status,
-            ":t": timestamp(at),
-            ":c": command_id,
-            ":e": _node_expiry(settings, at),
-        },
-        # An older report (a late event, the sweep) never overwrites a newer one.
-        condition="attribute_not_exists(cached_at) OR cached_at <= :t",
-    )
-    return old is not None and old.get("digest") != digest
+    """The node holds this digest as of ``at``. The row moves only to a newer image (by push time, ``pushed_at``:
+    None when ECR no longer knows the image), never back to an older one, whatever order the reports come in.
+
+    True if this command's report is the one that moved the row to this digest. Idempotent: a retry after a lost
+    reply, a duplicate delivery or the sweep recording the same invocation again get the same answer, so that a
+    latency measured from it survives any of them.
+    """
+    key = node_key(instance_id, repository)
+    values = {
+        ":i": instance_id,
+        ":r": repository,
+        ":d": digest,
+        ":s": status,
+        ":t": timestamp(at),
+        ":c": command_id,
+        ":e": _node_expiry(settings, at),
+        ":p": timestamp(pushed_at) if pushed_at else "",
+    }
+
+    def move() -> bool:
+        old = aws.dynamodb.update_item(
+            settings.status_table,
+            key,
+            "SET instance_id = :i, repository = :r, digest = :d, image_status = :s, cached_at = :t, "
+            "command_id = :c, expires_at = :e, image_pushed_at = :p, held_since_command = :c",
+            values,
+            condition="attribute_not_exists(digest) OR (digest <> :d AND (attribute_not_exists(image_pushed_at) "
+            "OR image_pushed_at < :p OR (image_pushed_at = :p AND cached_at <= :t)))",
+        )
+        return old is not None
+
+    def refresh() -> dict[str, Any] | None:
+        # The same digest again: a newer report refreshes the row, an older one leaves it.
+        return aws.dynamodb.update_item(
+            settings.status_table,
+            key,
+            "SET image_status = :s, cached_at = :t, command_id = :c, expires_at = :e",
+            {name: values[name] for name in (":d", ":s", ":t", ":c", ":e")},
+            condition="digest = :d AND cached_at <= :t",
+            returning="ALL_NEW",
+        )
+
+    # A pulled image is usually new on the node, a cached one usually not: the likelier write goes first.
+    if status == "pulled" and move():
+        return True
+    refreshed = refresh()
+    if refreshed is not None:
+        return refreshed.get("held_since_command") == command_id
+    if status != "pulled" and move():
+        return True
+    # Neither: an older image than the row's, or an older report of the same digest (after our own move, maybe).
+    row = aws.dynamodb.get_item(settings.status_table, key) or {}
+    return row.get("digest") == digest and row.get("held_since_command") == command_id
 
 
 def record_failure(
@@ -174,16 +217,23 @@ def refresh_expiry(settings: Settings, state: NodeState, now: datetime) -> None:
 # --- the node's own row: first report of a launch, self-repair ------------------------------------------------------
 
 
-def record_first_report(settings: Settings, instance_id: str, launched: datetime, at: datetime) -> bool:
-    """Note the node's first report since this launch; True if it is the first (measured once per launch)."""
+def record_first_report(
+    settings: Settings, instance_id: str, *, launched: datetime, at: datetime, command_id: str
+) -> bool:
+    """Note the node's first report since this launch. True if this command's report is that first one (measured
+    once per launch); idempotent like ``record_held``."""
+    key = node_row_key(instance_id)
     first = aws.dynamodb.update_item(
         settings.status_table,
-        node_row_key(instance_id),
-        "SET first_report_launch = :l, first_report_at = :t, expires_at = :e",
-        {":l": timestamp(launched), ":t": timestamp(at), ":e": _node_expiry(settings, at)},
+        key,
+        "SET first_report_launch = :l, first_report_at = :t, first_report_command = :c, expires_at = :e",
+        {":l": timestamp(launched), ":t": timestamp(at), ":c": command_id, ":e": _node_expiry(settings, at)},
         condition="attribute_not_exists(first_report_launch) OR first_report_launch <> :l",
     )
-    return first is not None
+    if first is not None:
+        return True
+    row = aws.dynamodb.get_item(settings.status_table, key) or {}
+    return row.get("first_report_launch") == timestamp(launched) and row.get("first_report_command") == command_id
 
 
 @dataclass(frozen=True)
@@ -245,30 +295,108 @@ def record_repair_attempt(
 # --- claims: each (command, node) invocation counted once -----------------------------------------------------------
 
 
-def is_claimed(settings: Settings, command_id: str, instance_id: str) -> bool:
-    return aws.dynamodb.get_item(settings.status_table, claim_key(command_id, instance_id)) is not None
+class Standing(Enum):
+    COUNTED = "counted"
+    # Claimed by a recording that has not said it emitted its metrics yet: still at work, or dead.
+    IN_PROGRESS = "in progress"
+    # Claimed so long ago that the recording cannot be alive (a function outlives none of its timeouts): taken over.
+    STALE = "stale"
 
 
-def claimed_nodes(settings: Settings, command_id: str, instance_ids: Iterable[str]) -> set[str]:
-    """The nodes whose invocation of the command is already counted (BatchGetItem, 100 keys a request)."""
+# Beyond the status function's timeout (300 s in template.yaml, a test checks), so that a claim in progress that is
+# this old was left by a recording that died between its claim and its metrics.
+CLAIM_STALE_SECONDS = 900
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The claim of an invocation: whose recording wrote it (``token``), and whether its metrics were emitted."""
+
+    token: str
+    state: str
+    claimed_at: str
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> Claim:
+        # Claims written before tokens were recorded counted before they were written.
+        return cls(str(item.get("token", "")), str(item.get("state", "counted")), str(item.get("counted_at", "")))
+
+    def standing(self, now: datetime) -> Standing:
+        if self.state == "counted":
+            return Standing.COUNTED
+        claimed_at = parse_time(self.claimed_at)
+        if claimed_at is not None and (now - claimed_at).total_seconds() < CLAIM_STALE_SECONDS:
+            return Standing.IN_PROGRESS
+        return Standing.STALE
+
+
+def read_claim(settings: Settings, command_id: str, instance_id: str) -> Claim | None:
+    item = aws.dynamodb.get_item(settings.status_table, claim_key(command_id, instance_id))
+    return Claim.from_item(item) if item else None
+
+
+def read_claims(settings: Settings, command_id: str, instance_ids: Iterable[str]) -> dict[str, Claim]:
+    """The claims of the command's invocations on these nodes, by node (BatchGetItem, 100 keys a request)."""
     keys = [claim_key(command_id, instance_id) for instance_id in instance_ids]
     if not keys:
-        return set()
-    return {str(item["sk"]) for item in aws.dynamodb.batch_get_items(settings.status_table, keys)}
+        return {}
+    items = aws.dynamodb.batch_get_items(settings.status_table, keys)
+    return {str(item["sk"]): Claim.from_item(item) for item in items}
 
 
-def claim(settings: Settings, command_id: str, instance_id: str, *, status: str, via: str, now: datetime) -> bool:
-    """Claim the invocation for counting; False if it was already claimed (the first writer wins)."""
-    return aws.dynamodb.put_new_item(
+def claim(
+    settings: Settings,
+    command_id: str,
+    instance_id: str,
+    *,
+    token: str,
+    status: str,
+    via: str,
+    now: datetime,
+    replacing: Claim | None = None,
+) -> bool:
+    """Claim the invocation for counting, or take over a stale claim (``replacing``); True if the claim is this
+    recording's (``token``), also when the reply to its write was lost and the retry found its own claim."""
+    key = claim_key(command_id, instance_id)
+    values = {
+        "status": status,
+        "via": via,
+        "token": token,
+        "state": "claimed",
+        "counted_at": timestamp(now),
+        # Outlives the sweep's reach, so that the sweep never counts it again.
+        "expires_at": int(now.timestamp()) + settings.sweep_max_lookback_seconds + 86_400,
+    }
+    if replacing is None:
+        written = aws.dynamodb.put_new_item(settings.status_table, {**key, **values})
+    else:
+        written = (
+            aws.dynamodb.update_item(
+                settings.status_table,
+                key,
+                "SET #status = :status, via = :via, #token = :token, #state = :state, counted_at = :counted_at, "
+                "expires_at = :expires_at",
+                {f":{name}": value for name, value in values.items()} | {":old": replacing.token},
+                condition="#token = :old AND #state = :state",
+                names={"#status": "status", "#token": "token", "#state": "state"},
+            )
+            is not None
+        )
+    if written:
+        return True
+    mine = read_claim(settings, command_id, instance_id)
+    return mine is not None and mine.token == token
+
+
+def mark_counted(settings: Settings, command_id: str, instance_id: str, token: str) -> None:
+    """The claimant emitted the metrics: the claim is final."""
+    aws.dynamodb.update_item(
         settings.status_table,
-        {
-            **claim_key(command_id, instance_id),
-            "status": status,
-            "via": via,
-            "counted_at": timestamp(now),
-            # Outlives the sweep's reach, so that the sweep never counts it again.
-            "expires_at": int(now.timestamp()) + settings.sweep_max_lookback_seconds + 86_400,
-        },
+        claim_key(command_id, instance_id),
+        "SET #state = :counted",
+        {":counted": "counted", ":token": token},
+        condition="#token = :token",
+        names={"#state": "state", "#token": "token"},
     )
 
 

@@ -87,7 +87,7 @@ def _sweep_command(command: Mapping[str, Any], scope: RecordingScope, now: datet
         finished = [
             invocation["InstanceId"] for invocation in invocations if invocation.get("Status") not in NON_TERMINAL
         ]
-        claimed = table.claimed_nodes(settings, command_id, finished)
+        claims = table.read_claims(settings, command_id, finished)
     except Exception:
         logger.exception("sweep could not read a command's claims", extra={"command_id": command_id})
         tally.errors += 1
@@ -99,8 +99,13 @@ def _sweep_command(command: Mapping[str, Any], scope: RecordingScope, now: datet
             tally.still_open = True
             tally.in_flight.add(instance_id)
             continue
-        if instance_id in claimed:
+        standing = claims[instance_id].standing(now) if instance_id in claims else None
+        if standing is table.Standing.COUNTED:
             tally.already += 1
+            continue
+        if standing is table.Standing.IN_PROGRESS:
+            # Being counted right now, or by a recording that died: looked at again until it is final.
+            tally.still_open = True
             continue
         try:
             outcome = record_invocation(command_id, instance_id, settings, via="sweep", scope=scope, now=now)
@@ -115,7 +120,7 @@ def _sweep_command(command: Mapping[str, Any], scope: RecordingScope, now: datet
         if outcome.counted:
             tally.counted += 1
             logger.info("sweep counted an invocation whose event never came", extra=outcome.as_dict())
-        elif outcome.result == "pending":
+        elif outcome.result in {"pending", "in_progress"}:
             tally.still_open = True
         elif outcome.result == "duplicate":
             tally.already += 1

@@ -53,6 +53,7 @@ def update_item(
     values: Mapping[str, Any],
     *,
     condition: str | None = None,
+    names: Mapping[str, str] | None = None,
     returning: str = "ALL_OLD",
     dynamodb: Any = None,
 ) -> dict[str, Any] | None:
@@ -67,6 +68,8 @@ def update_item(
     }
     if condition:
         request["ConditionExpression"] = condition
+    if names:
+        request["ExpressionAttributeNames"] = dict(names)
     try:
         response = (dynamodb or clients.client("dynamodb")).update_item(**request)
     except ClientError as error:
