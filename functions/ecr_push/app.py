@@ -22,6 +22,8 @@ metrics = Metrics()
 @metrics.log_metrics
 @aws.within_invocation_time
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    # Several stacks (clusters) may share an account and the namespace: every metric names its cluster.
+    metrics.set_default_dimensions(ClusterName=get_settings().cluster_name)
     event_id = event.get("id") if isinstance(event, dict) else None
     push = parse_or_drop(
         event, EcrImageActionEvent, what="ECR event", logger=logger, metrics=metrics, event_id=event_id

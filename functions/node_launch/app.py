@@ -78,6 +78,8 @@ def receive_count(record: SQSRecord) -> int:
 @metrics.log_metrics
 @aws.within_invocation_time
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    # Several stacks (clusters) may share an account and the namespace: every metric names its cluster.
+    metrics.set_default_dimensions(ClusterName=get_settings().cluster_name)
     if not is_sqs_batch(event):
         # Wired to something other than the queue, or invoked by hand: nothing to retry, so say so and acknowledge.
         logger.error(

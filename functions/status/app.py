@@ -37,6 +37,8 @@ StatusFunctionEvent = Annotated[SsmInvocationStatusEvent | ScheduledEvent, Field
 @metrics.log_metrics
 @aws.within_invocation_time
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    # Several stacks (clusters) may share an account and the namespace: every metric names its cluster.
+    metrics.set_default_dimensions(ClusterName=get_settings().cluster_name)
     event_id = event.get("id") if isinstance(event, dict) else None
     parsed = parse_or_drop(event, StatusFunctionEvent, what="event", logger=logger, metrics=metrics, event_id=event_id)
     if parsed is None:

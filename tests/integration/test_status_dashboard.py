@@ -152,8 +152,14 @@ def test_the_dashboard_shows_the_whole_contract(everything_emitted):
 
     assert everything_emitted >= CONTRACT
     assert shown >= CONTRACT
-    assert ("NodesNotReady", frozenset({"service"})) in shown & everything_emitted
-    assert ("NodesGivenUp", frozenset({"service"})) in shown & everything_emitted
+    assert ("NodesNotReady", frozenset({"ClusterName", "service"})) in shown & everything_emitted
+    assert ("NodesGivenUp", frozenset({"ClusterName", "service"})) in shown & everything_emitted
+
+
+def test_every_metric_names_its_cluster(everything_emitted):
+    """Two stacks in one account share the namespace: no metric may mix their numbers."""
+    assert everything_emitted
+    assert [(name, dims) for name, dims in everything_emitted if "ClusterName" not in dims] == []
 
 
 def test_the_service_dimension_of_node_launch_metrics_matches_the_template():
@@ -162,4 +168,4 @@ def test_the_service_dimension_of_node_launch_metrics_matches_the_template():
     service = cfn.resource("NodeLaunchFunction")["Properties"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
 
     assert node_rows
-    assert all(row[2:4] == ["service", service] for row in node_rows)
+    assert all(row[2:6] == ["ClusterName", "STANDIN-ClusterName", "service", service] for row in node_rows)
