@@ -1,0 +1,415 @@
+#!/bin/bash
+# EKS Image Prefetch node script. Runs as root under the SSM agent, on bash >= 4.2 (Amazon Linux 2).
+# Prints one JSON object per image, then a summary object; exits 0 only if no image failed.
+set -euo pipefail
+umask 077
+export LC_ALL=C
+
+# Parameters arrive as SSM_<name> (interpolationType ENV_VAR). An older agent instead pastes them into the text
+# below; a quoted here-document keeps that text inert, and allowedPattern forbids the newline that could end it.
+if [ -z "${SSM_images+x}" ]; then SSM_images=$(cat <<'SSM_PARAM_END'
+{{ images }}
+SSM_PARAM_END
+); fi
+if [ -z "${SSM_pin+x}" ]; then SSM_pin=$(cat <<'SSM_PARAM_END'
+{{ pin }}
+SSM_PARAM_END
+); fi
+if [ -z "${SSM_keepPinned+x}" ]; then SSM_keepPinned=$(cat <<'SSM_PARAM_END'
+{{ keepPinned }}
+SSM_PARAM_END
+); fi
+if [ -z "${SSM_maxDiskUsagePercent+x}" ]; then SSM_maxDiskUsagePercent=$(cat <<'SSM_PARAM_END'
+{{ maxDiskUsagePercent }}
+SSM_PARAM_END
+); fi
+if [ -z "${SSM_pullTimeoutSeconds+x}" ]; then SSM_pullTimeoutSeconds=$(cat <<'SSM_PARAM_END'
+{{ pullTimeoutSeconds }}
+SSM_PARAM_END
+); fi
+# executionTimeout has no interpolationType: every agent pastes it here (it is the step's timeoutSeconds too).
+execution_timeout=$(cat <<'SSM_PARAM_END'
+{{ executionTimeout }}
+SSM_PARAM_END
+)
+
+NS=k8s.io
+PIN_LABEL=io.cri-containerd.pinned
+OUR_LABEL=eks-image-prefetch/pinned-at
+export CONTAINERD_ADDRESS="${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}"
+unset CONTAINERD_NAMESPACE
+ref_re='^([a-z0-9][a-z0-9.-]{0,252}(:[0-9]{1,5})?)/([a-z0-9][a-z0-9._/-]{0,255})(@sha256:[a-f0-9]{64}|:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})$'
+digest_re='^sha256:[a-f0-9]{64}$'
+pin_re='[ ,]io\.cri-containerd\.pinned=pinned([ ,]|$)'
+ours_re='[ ,]eks-image-prefetch/pinned-at=([0-9]+)([ ,]|$)'
+ecr_re='^[0-9]{12}\.dkr[.-]ecr(-fips)?\.([a-z0-9-]+)\.(amazonaws\.com|amazonaws\.com\.cn|on\.aws)$'
+started_ns=$(date +%s%N)
+JSON=''
+
+# GetCommandInvocation returns the first 24,000 characters of stdout (all of ours is ASCII). Records print only
+# while they fit under OUT_LIMIT with SUMMARY_ROOM held back, so the summary is always last and whole.
+# RECORD_ROOM bounds a record without its detail text, beyond its image name.
+OUT_LIMIT=23500
+SUMMARY_ROOM=600
+RECORD_ROOM=200
+out_chars=0
+# Records go to fd 3, the real stdout; once $tmp exists, anything else written to stdout joins stderr.
+exec 3>&1
+
+# A JSON string: anything but printable ASCII becomes "?", then \ and " are escaped, then it is cut to $2 chars.
+json_str() {
+  local s=${1//[^[:print:]]/?}
+  [ "${#s}" -le "$2" ] || s="${s:0:$2}..."
+  s=${s//\\/\\\\}
+  JSON="\"${s//\"/\\\"}\""
+}
+
+emit() { # one JSON object from its members
+  printf '{%s}\n' "$1" >&3
+  out_chars=$((out_chars + ${#1} + 3))
+}
+fits() { [ $((out_chars + $1 + SUMMARY_ROOM)) -le "$OUT_LIMIT" ]; } # a record of $1 more characters
+
+# The image as a record names it: a valid reference whole (a reader matches records to what it sent), anything
+# else cut to 400.
+image_json() {
+  if [[ "$1" =~ $ref_re ]]; then json_str "$1" 700; else json_str "$1" 400; fi
+}
+
+elapsed() { # seconds since $1 (date +%s%N), as a decimal
+  local ms=$((($(date +%s%N) - $1) / 1000000))
+  printf '%d.%03d' $((ms / 1000)) $((ms % 1000))
+}
+
+fatal() { # a run-level failure: a summary with the reason, no image touched
+  json_str "$1" 300
+  emit "\"summary\":true,\"images\":0,\"failed\":0,\"omitted\":0,\"error\":$JSON,\"seconds\":$(elapsed "$started_ns")"
+  exit 2
+}
+
+[[ "$SSM_pin" =~ ^(true|false)$ ]] || fatal "invalid parameter pin"
+[[ "$SSM_keepPinned" =~ ^[1-9][0-9]?$ ]] || fatal "invalid parameter keepPinned"
+[[ "$SSM_maxDiskUsagePercent" =~ ^[1-9][0-9]$ ]] || fatal "invalid parameter maxDiskUsagePercent"
+[[ "$SSM_pullTimeoutSeconds" =~ ^[1-9][0-9]{1,5}$ ]] || fatal "invalid parameter pullTimeoutSeconds"
+[[ "$execution_timeout" =~ ^[1-9][0-9]{1,5}$ ]] || execution_timeout=3600
+command -v ctr >/dev/null 2>&1 || fatal "ctr not found on PATH"
+
+# The whole run ends before the agent's executionTimeout kills it, leaving time to report.
+margin=$((execution_timeout / 10))
+[ "$margin" -ge 5 ] || margin=5
+[ "$margin" -le 60 ] || margin=60
+deadline=$((SECONDS + execution_timeout - margin))
+remaining() { echo $((deadline - SECONDS)); }
+
+# Private scratch space (tmpfs /run when possible); it may hold an ECR token, so it goes on exit.
+tmp=$(mktemp -d /run/eks-image-prefetch.XXXXXX 2>/dev/null || mktemp -d)
+# SSM keeps 8,000 characters of stderr: it is collected here, with any stray stdout, and its start passed on at exit.
+exec 4>&2 >>"$tmp/stderr" 2>&1
+finish() {
+  local size
+  size=$(stat -c %s "$tmp/stderr" 2>/dev/null) || size=0
+  head -c 7000 "$tmp/stderr" >&4 2>/dev/null || true
+  [ "$size" -le 7000 ] || printf '\n(%d more bytes of stderr not shown)\n' $((size - 7000)) >&4 || true
+  rm -rf "$tmp"
+}
+trap finish EXIT
+trap 'exit 143' TERM INT
+
+# At-least-once delivery can start two runs on one node; they take turns.
+if command -v flock >/dev/null 2>&1; then
+  if ! { exec 9>"${PREFETCH_LOCK_FILE:-/run/lock/eks-image-prefetch.lock}"; } 2>/dev/null; then exec 9>"$tmp/lock"; fi
+  flock -w "$(remaining)" 9 || fatal "another prefetch run held the lock until the deadline"
+fi
+
+# ctr calls that only talk to the local containerd: bounded all the same.
+ctr_local() { timeout -k 5 60 ctr -n "$NS" "$@"; }
+
+# containerd's root filesystem, for the disk guard: CONTAINERD_ROOT, else root = "..." from the top of
+# /etc/containerd/config.toml (keys before the first [table]), else the default; the nearest existing directory.
+disk_path=${CONTAINERD_ROOT:-}
+if [ -z "$disk_path" ]; then
+  disk_path=/var/lib/containerd
+  if [ -r /etc/containerd/config.toml ]; then
+    root_re="^[[:space:]]*root[[:space:]]*=[[:space:]]*[\"']([^\"']+)[\"']"
+    while IFS= read -r line || [ -n "$line" ]; do
+      case $line in \[*) break ;; esac
+      if [[ "$line" =~ $root_re ]]; then disk_path=${BASH_REMATCH[1]}; fi
+    done </etc/containerd/config.toml
+  fi
+fi
+while [ ! -d "$disk_path" ] && [ "$disk_path" != / ]; do disk_path=$(dirname "$disk_path"); done
+
+# Sets DISK_PCT to the usage (kubelet's way: 100 - available/capacity) after $1 more KiB; fails above the limit.
+DISK_PCT=0
+disk_ok() {
+  local line _fs total _used avail _rest
+  line=$(df -P -k "$disk_path" 2>/dev/null | tail -n 1) || return 0
+  read -r _fs total _used avail _rest <<<"$line"
+  [[ "$total" =~ ^[0-9]+$ && "$avail" =~ ^[0-9]+$ && "$total" -gt 0 ]] || return 0
+  DISK_PCT=$((((total - avail + $1) * 100 + total - 1) / total))
+  [ "$DISK_PCT" -le "$SSM_maxDiskUsagePercent" ]
+}
+
+# Local image record by exact name: sets L_DIGEST and L_PINNED (none|ours|theirs). Local only, no network.
+lookup() {
+  local line name _type digest rest
+  L_DIGEST='' L_PINNED=none
+  line=$(ctr_local images ls "name==$1" 2>/dev/null | tail -n +2 | head -n 1) || return 1
+  [ -n "$line" ] || return 1
+  read -r name _type digest rest <<<"$line"
+  [ "$name" = "$1" ] && [[ "$digest" =~ $digest_re ]] || return 1
+  L_DIGEST=$digest
+  if [[ " $rest" =~ $pin_re ]]; then
+    L_PINNED=theirs
+    if [[ " $rest" =~ $ours_re ]]; then L_PINNED=ours; fi
+  fi
+}
+
+# ECR: one login per registry and run, with the node's instance role. The token goes into a hosts.toml
+# Authorization header under $tmp (0700), read by ctr --hosts-dir: never in argv, never printed. (ctr --user
+# takes the password only in argv, or prompts on a terminal the agent does not have.) Go drops the header on the
+# redirect of layer downloads to S3, another domain.
+declare -A login_error=()
+ecr_login() { # host region -> 0, or 1 with login_error[host]
+  local host=$1 region=$2 token b64 dir="$tmp/hosts/$1" t
+  [ -f "$dir/hosts.toml" ] && return 0
+  [ -z "${login_error[$host]:-}" ] || return 1
+  t=$(remaining)
+  [ "$t" -le 60 ] || t=60
+  if ! command -v aws >/dev/null 2>&1; then
+    login_error[$host]="ECR login failed: aws CLI not found"
+    return 1
+  fi
+  if ! token=$(timeout -k 5 "$t" aws ecr get-login-password --region "$region" 2>"$tmp/aws.err") || [ -z "$token" ]; then
+    login_error[$host]="ECR login failed: $(tail -n 3 "$tmp/aws.err" | paste -sd " " -)"
+    return 1
+  fi
+  b64=$(printf 'AWS:%s' "$token" | base64 -w0)
+  mkdir -p "$dir"
+  printf 'server = "https://%s"\n[host."https://%s"]\n  capabilities = ["pull", "resolve"]\n  [host."https://%s".header]\n    Authorization = ["Basic %s"]\n' \
+    "$host" "$host" "$host" "$b64" >"$dir/hosts.toml"
+}
+
+ctr_error() { # the reason of a failed ctr call, from its stderr file $1 and exit code $2
+  local line
+  if [ "$2" -eq 124 ] || [ "$2" -eq 137 ]; then
+    printf 'timed out after %ss' "$3"
+    return
+  fi
+  line=$(grep -a '^ctr: ' "$1" | tail -n 1) || true
+  [ -n "$line" ] || line=$(tail -n 1 "$1")
+  printf '%s' "${line#ctr: }"
+}
+
+arch=$(uname -m)
+case $arch in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; esac
+
+# Size estimate (compressed bytes of this node's platform manifest) and the manifest digest, from the registry
+# before pulling: E_BYTES, E_DIGEST. Fails with E_ERROR when the registry refuses the reference (the pull would).
+fetch_manifest() { # ref file t
+  local rc
+  set +e
+  timeout -k 5 "$3" ctr -n "$NS" content fetch-object ${reg_args[@]+"${reg_args[@]}"} "$1" 2>"$tmp/fetch.err" | head -c 4194304 >"$2"
+  rc=${PIPESTATUS[0]}
+  set -e
+  if [ "$rc" -ne 0 ]; then
+    E_ERROR=$(ctr_error "$tmp/fetch.err" "$rc" "$3")
+    return 1
+  fi
+}
+estimate() { # ref base t
+  local ref=$1 base=$2 manifest entry child rest n size_re entry_re
+  E_BYTES='' E_DIGEST='' E_ERROR=''
+  fetch_manifest "$ref" "$tmp/manifest" "$3" || return 1
+  E_DIGEST="sha256:$(sha256sum "$tmp/manifest" | cut -c1-64)"
+  manifest=$(tr -d '\n\r' <"$tmp/manifest")
+  if [[ "$manifest" =~ \"manifests\"[[:space:]]*: ]]; then
+    # An index: the entry for this node's platform (ctr's default), then its manifest.
+    entry_re='\{[^{}]*(\{[^{}]*\}[^{}]*)*\}'
+    rest=$manifest child=''
+    while [[ "$rest" =~ $entry_re ]]; do
+      entry=${BASH_REMATCH[0]}
+      rest=${rest#*"$entry"}
+      if [[ "$entry" =~ \"architecture\"[[:space:]]*:[[:space:]]*\"$arch\" && "$entry" =~ \"os\"[[:space:]]*:[[:space:]]*\"linux\" && "$entry" =~ \"digest\"[[:space:]]*:[[:space:]]*\"(sha256:[a-f0-9]{64})\" ]]; then
+        child=${BASH_REMATCH[1]}
+        break
+      fi
+    done
+    [ -n "$child" ] || return 0
+    fetch_manifest "$base@$child" "$tmp/manifest" "$3" || return 1
+    manifest=$(tr -d '\n\r' <"$tmp/manifest")
+  fi
+  size_re='"size"[[:space:]]*:[[:space:]]*([0-9]{1,15})'
+  n=0
+  while [[ "$manifest" =~ $size_re ]]; do
+    n=$((n + BASH_REMATCH[1]))
+    manifest=${manifest#*"${BASH_REMATCH[0]}"}
+  done
+  [ "$n" -eq 0 ] || E_BYTES=$n
+}
+
+# Pin: our two labels, unless someone else pinned this image (then it is theirs and we never unpin it).
+# pinned-at is refreshed on every request, so retention keeps the most recently requested versions.
+declare -A pinned_repos=()
+pin() { # ref repo -> PINNED
+  PINNED=false
+  [ "$SSM_pin" = true ] || return 0
+  if [ "$L_PINNED" = theirs ]; then PINNED=true; return 0; fi
+  if ctr_local images label "$1" "$PIN_LABEL=pinned" "$OUR_LABEL=$(date +%s%N)" >/dev/null 2>"$tmp/label.err"; then
+    PINNED=true
+    pinned_repos[$2]=1
+  fi
+}
+
+# Retention: per repository pinned in this run, our pins beyond the keepPinned most recent digests lose both labels
+# (kubelet GC may then reclaim them). Images pinned by anyone else are not listed: they lack our label.
+unpinned=0
+retain() {
+  local repo name _type digest rest _at host path kept=' ' n=0
+  [ "${#pinned_repos[@]}" -gt 0 ] || return 0
+  ctr_local images ls "labels.\"$OUR_LABEL\"" 2>/dev/null | tail -n +2 >"$tmp/ours" || return 0
+  for repo in "${!pinned_repos[@]}"; do
+    kept=' ' n=0
+    while read -r _at digest name; do
+      if [[ "$kept" == *" $digest "* ]]; then continue; fi
+      if [ "$n" -lt "$SSM_keepPinned" ]; then kept+="$digest " n=$((n + 1)); continue; fi
+      if ctr_local images label "$name" "$PIN_LABEL=" "$OUR_LABEL=" >/dev/null 2>&1; then unpinned=$((unpinned + 1)); fi
+    done < <(while read -r name _type digest rest; do
+      host=${name%%/*} path=${name#*/}
+      path=${path%%@*} path=${path%%:*}
+      [ "$host/$path" = "$repo" ] || continue
+      [[ " $rest" =~ $ours_re ]] || continue
+      echo "${BASH_REMATCH[1]} $digest $name"
+    done <"$tmp/ours" | sort -rn)
+  done
+}
+
+declare -A count=([pulled]=0 [cached]=0 [skipped]=0 [failed]=0)
+# Room for the records not reported yet, without their detail text (set before the first one, below).
+rest_room=0
+omitted=0
+# One record: image status digest seconds bytes pinned detail-key detail. Detail text goes first: a record keeps
+# it only if every later record still fits without its own. A record that does not fit even without it is left
+# out, and counted in the summary's "omitted".
+report() {
+  local body detail=''
+  count[$2]=$((count[$2] + 1))
+  image_json "$1"
+  rest_room=$((rest_room - ${#JSON} - RECORD_ROOM))
+  body="\"image\":$JSON,\"status\":\"$2\""
+  [ -z "$3" ] || body+=",\"digest\":\"$3\""
+  body+=",\"seconds\":$4"
+  [ -z "$5" ] || body+=",\"bytes\":$5"
+  [ -z "$6" ] || body+=",\"pinned\":$6"
+  if [ -n "$8" ]; then
+    json_str "$8" 240
+    detail=",\"$7\":$JSON"
+  fi
+  if [ -n "$detail" ] && fits $((${#body} + ${#detail} + 3 + rest_room)); then
+    body+=$detail
+  elif ! fits $((${#body} + 3)); then
+    omitted=$((omitted + 1))
+    return
+  fi
+  emit "$body"
+}
+
+process() { # ref
+  local ref=$1 t0 host repo base t rc needed region
+  t0=$(date +%s%N)
+  if ! [[ "$ref" =~ $ref_re ]]; then
+    report "$ref" failed '' "$(elapsed "$t0")" '' '' error "invalid image reference"
+    return
+  fi
+  host=${BASH_REMATCH[1]} repo=${BASH_REMATCH[3]}
+  base="$host/$repo"
+  # A digest reference already present under its own name is done: local lookup only. A tag is mutable, so it
+  # is resolved against the registry first, and is cached only if it still names the digest present.
+  if [[ "$ref" == *@sha256:* ]] && lookup "$ref" && [ "$L_DIGEST" = "${ref#*@}" ]; then
+    pin "$ref" "$base"
+    report "$ref" cached "$L_DIGEST" "$(elapsed "$t0")" '' "$PINNED" '' ''
+    return
+  fi
+  t=$(remaining)
+  if [ "$t" -lt 5 ]; then
+    report "$ref" failed '' "$(elapsed "$t0")" '' '' error "execution deadline reached before the pull"
+    return
+  fi
+  [ "$t" -le "$SSM_pullTimeoutSeconds" ] || t=$SSM_pullTimeoutSeconds
+  reg_args=()
+  case ${host%:*} in
+  localhost | 127.*) reg_args+=(--plain-http) ;;
+  esac
+  if [[ "$host" =~ $ecr_re ]]; then
+    region=${BASH_REMATCH[2]}
+    if ! ecr_login "$host" "$region"; then
+      report "$ref" failed '' "$(elapsed "$t0")" '' '' error "${login_error[$host]}"
+      return
+    fi
+    reg_args+=(--hosts-dir "$tmp/hosts")
+  fi
+  # Disk guard. The estimate is the platform manifest's compressed size, times 3: ctr keeps the compressed blobs
+  # and unpacks them into a snapshot, typically twice their size. Layers already present count again, which errs
+  # on the safe side. Without an estimate (an unreadable manifest), the current usage must be below the limit, and
+  # usage is re-checked after the pull.
+  if ! estimate "$ref" "$base" "$t"; then
+    report "$ref" failed '' "$(elapsed "$t0")" '' '' error "$E_ERROR"
+    return
+  fi
+  if [[ "$ref" != *@sha256:* ]] && lookup "$ref" && [ "$L_DIGEST" = "$E_DIGEST" ]; then
+    pin "$ref" "$base"
+    report "$ref" cached "$L_DIGEST" "$(elapsed "$t0")" "$E_BYTES" "$PINNED" '' ''
+    return
+  fi
+  needed=$(((${E_BYTES:-0} * 3 + 1023) / 1024))
+  if ! disk_ok "$needed"; then
+    report "$ref" skipped '' "$(elapsed "$t0")" "$E_BYTES" '' reason \
+      "disk: ${DISK_PCT}% used after this pull > maxDiskUsagePercent ${SSM_maxDiskUsagePercent} on $disk_path"
+    return
+  fi
+  t=$(remaining)
+  [ "$t" -le "$SSM_pullTimeoutSeconds" ] || t=$SSM_pullTimeoutSeconds
+  # The pin labels go on with the pull itself: one ctr call fewer than labelling afterwards.
+  pull_labels=()
+  if [ "$SSM_pin" = true ]; then
+    pull_labels=(--label "$PIN_LABEL=pinned" --label "$OUR_LABEL=$(date +%s%N)")
+  fi
+  set +e
+  timeout -k 5 "$t" ctr -n "$NS" images pull ${reg_args[@]+"${reg_args[@]}"} \
+    ${pull_labels[@]+"${pull_labels[@]}"} "$ref" >/dev/null 2>"$tmp/pull.err"
+  rc=$?
+  set -e
+  if [ "$rc" -ne 0 ]; then
+    report "$ref" failed '' "$(elapsed "$t0")" "$E_BYTES" '' error "$(ctr_error "$tmp/pull.err" "$rc" "$t")"
+    return
+  fi
+  PINNED=$SSM_pin
+  [ "$PINNED" = false ] || pinned_repos[$base]=1
+  # A digest reference names its digest; what a tag resolved to is read back from containerd.
+  if [[ "$ref" == *@sha256:* ]]; then
+    L_DIGEST=${ref#*@}
+  elif ! lookup "$ref"; then
+    report "$ref" failed '' "$(elapsed "$t0")" "$E_BYTES" '' error "pulled, but containerd has no image of that name"
+    return
+  fi
+  if disk_ok 0; then
+    report "$ref" pulled "$L_DIGEST" "$(elapsed "$t0")" "$E_BYTES" "$PINNED" '' ''
+  else
+    report "$ref" pulled "$L_DIGEST" "$(elapsed "$t0")" "$E_BYTES" "$PINNED" warning \
+      "disk: ${DISK_PCT}% used after this pull > maxDiskUsagePercent ${SSM_maxDiskUsagePercent}"
+  fi
+}
+
+refs=()
+if [ -n "$SSM_images" ]; then IFS=',' read -r -a refs <<<"$SSM_images"; fi
+for ref in ${refs[@]+"${refs[@]}"}; do
+  image_json "$ref"
+  rest_room=$((rest_room + ${#JSON} + RECORD_ROOM))
+done
+for ref in ${refs[@]+"${refs[@]}"}; do
+  process "$ref"
+done
+retain
+disk_ok 0 || true
+emit "\"summary\":true,\"images\":${#refs[@]},\"pulled\":${count[pulled]},\"cached\":${count[cached]},\"skipped\":${count[skipped]},\"failed\":${count[failed]},\"unpinned\":$unpinned,\"disk_used_percent\":$DISK_PCT,\"seconds\":$(elapsed "$started_ns"),\"omitted\":$omitted"
+[ "${count[failed]}" -eq 0 ]
