@@ -1,5 +1,6 @@
 """`make template`: writes the PrefetchDocument's content into template.yaml, from document/content.yaml (the
-document's parameters and step) and document/prefetch.sh (the node script).
+document's parameters and step) and document/prefetch.sh (the node script), with the values they share with the
+functions (eks_prefetch/node_contract.py) in place of their @NAME@ placeholders.
 
 Only the text between the two marker lines changes; the rest of template.yaml stays byte for byte. template.yaml is
 committed as generated, so that `sam deploy` needs no extra step; a unit test fails when it differs from this output.
@@ -15,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from eks_prefetch import node_contract
+
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE.parent / "template.yaml"
 CONTENT = HERE / "content.yaml"
@@ -25,6 +28,59 @@ END = "      # END GENERATED PrefetchDocument content"
 # Where the block sits: PrefetchDocument's Properties (6 spaces), Content's members 2 deeper.
 CONTENT_INDENT = " " * 8
 SCRIPT_LINE = re.compile(r'^(?P<indent> *)- "@SCRIPT@"$', re.MULTILINE)
+PLACEHOLDER = re.compile(r"@([A-Z][A-Z0-9_]*)@")
+
+
+def ere_literal(text: str) -> str:
+    """``text`` matched literally in a bash ERE. Label-like text only, where dots are all that needs escaping."""
+    if not all(char.isalnum() or char in "._/-" for char in text):
+        raise ValueError(f"not label-like text: {text!r}")
+    return text.replace(".", r"\.")
+
+
+def values() -> dict[str, str]:
+    """Each placeholder of document/ and its value, from node_contract."""
+    contract = node_contract
+    return {
+        "SCRIPT_REFERENCE_RE": contract.SCRIPT_REFERENCE_RE,
+        "DIGEST_RE": f"^{contract.DIGEST_PATTERN}$",
+        "IMAGES_ALLOWED_PATTERN": contract.IMAGES_ALLOWED_PATTERN,
+        "MAX_IMAGES_PER_COMMAND": str(contract.MAX_IMAGES_PER_COMMAND),
+        "PIN_LABEL": contract.PIN_LABEL,
+        "PIN_VALUE": contract.PIN_VALUE,
+        "OUR_PIN_LABEL": contract.OUR_PIN_LABEL,
+        "PIN_LABEL_RE": ere_literal(contract.PIN_LABEL),
+        "PIN_VALUE_RE": ere_literal(contract.PIN_VALUE),
+        "OUR_PIN_LABEL_RE": ere_literal(contract.OUR_PIN_LABEL),
+        "DEADLINE_MARGIN_DIVISOR": str(contract.DEADLINE_MARGIN_DIVISOR),
+        "DEADLINE_MARGIN_MIN_SECONDS": str(contract.DEADLINE_MARGIN_MIN_SECONDS),
+        "DEADLINE_MARGIN_MAX_SECONDS": str(contract.DEADLINE_MARGIN_MAX_SECONDS),
+    }
+
+
+def _substitute(text: str, source: Path, forbidden: str, keep: str = "") -> str:
+    """``text`` with its placeholders but ``keep`` filled in. A value may not hold a character of ``forbidden``: the
+    quoting around its placeholder (single quotes in the script, double quotes in the YAML) would not hold it."""
+    known = values()
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name == keep:
+            return match.group(0)
+        if name not in known:
+            raise ValueError(f"{source.name}: unknown placeholder @{name}@")
+        value = known[name]
+        if any(char in value for char in forbidden):
+            raise ValueError(f"{source.name}: the value of @{name}@ cannot go where its placeholder is: {value!r}")
+        return value
+
+    return PLACEHOLDER.sub(one, text)
+
+
+def unused_values() -> set[str]:
+    """Values no file of document/ asks for (a placeholder renamed on one side only)."""
+    used = set(PLACEHOLDER.findall(SCRIPT.read_text())) | set(PLACEHOLDER.findall(CONTENT.read_text()))
+    return set(values()) - used
 
 
 def _indented(text: str, indent: str) -> str:
@@ -34,7 +90,7 @@ def _indented(text: str, indent: str) -> str:
 
 def render_script() -> str:
     """The node script as the document runs it."""
-    script = SCRIPT.read_text()
+    script = _substitute(SCRIPT.read_text(), SCRIPT, "'\n")
     if not script.startswith("#!") or not script.endswith("\n") or script.endswith("\n\n"):
         # A literal block takes its indentation from the first line, and `|` keeps exactly one final newline.
         raise ValueError(f"{SCRIPT} must start with #! and end with exactly one newline")
@@ -43,7 +99,7 @@ def render_script() -> str:
 
 def render_content() -> str:
     """The document's content as YAML text, at indentation 0, with the script as a literal block."""
-    content = CONTENT.read_text()
+    content = _content_text()
     match = SCRIPT_LINE.search(content)
     if match is None:
         raise ValueError(f'{CONTENT} has no `- "@SCRIPT@"` line')
@@ -51,9 +107,14 @@ def render_content() -> str:
     return content[: match.start()] + script_block + content[match.end() + 1 :]
 
 
+def _content_text() -> str:
+    # The script goes in as a literal block (render_content), not as a value.
+    return _substitute(CONTENT.read_text(), CONTENT, '"\\\n', keep="SCRIPT")
+
+
 def expected_content() -> dict[str, Any]:
     """The content as a YAML parser reads document/: what template.yaml's block must parse to."""
-    content = yaml.safe_load(CONTENT.read_text())
+    content = yaml.safe_load(_content_text())
     (step,) = content["mainSteps"]
     step["inputs"]["runCommand"] = [render_script()]
     return content
@@ -65,6 +126,9 @@ def render_template(template: str) -> str:
     stripped = [line.rstrip("\n") for line in lines]
     if stripped.count(BEGIN) != 1 or stripped.count(END) != 1:
         raise ValueError("template.yaml must hold each marker line exactly once:\n" + BEGIN + "\n" + END)
+    unused = unused_values()
+    if unused:
+        raise ValueError(f"values that no file of document/ uses: {sorted(unused)}")
     begin, end = stripped.index(BEGIN), stripped.index(END)
     if end < begin:
         raise ValueError("the END marker comes before the BEGIN marker")

@@ -34,14 +34,19 @@ SSM_PARAM_END
 )
 
 NS=k8s.io
-PIN_LABEL=io.cri-containerd.pinned
-OUR_LABEL=eks-image-prefetch/pinned-at
+# Values shared with the functions, from eks_prefetch/node_contract.py (make template writes them in).
+PIN_LABEL='@PIN_LABEL@'
+PIN_VALUE='@PIN_VALUE@'
+OUR_LABEL='@OUR_PIN_LABEL@'
+ref_re='@SCRIPT_REFERENCE_RE@'
+digest_re='@DIGEST_RE@'
+pin_re='[ ,]@PIN_LABEL_RE@=@PIN_VALUE_RE@([ ,]|$)'
+ours_re='[ ,]@OUR_PIN_LABEL_RE@=([0-9]+)([ ,]|$)'
+margin_divisor='@DEADLINE_MARGIN_DIVISOR@'
+margin_min='@DEADLINE_MARGIN_MIN_SECONDS@'
+margin_max='@DEADLINE_MARGIN_MAX_SECONDS@'
 export CONTAINERD_ADDRESS="${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}"
 unset CONTAINERD_NAMESPACE
-ref_re='^([a-z0-9][a-z0-9.-]{0,252}(:[0-9]{1,5})?)/([a-z0-9][a-z0-9._/-]{0,255})(@sha256:[a-f0-9]{64}|:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})$'
-digest_re='^sha256:[a-f0-9]{64}$'
-pin_re='[ ,]io\.cri-containerd\.pinned=pinned([ ,]|$)'
-ours_re='[ ,]eks-image-prefetch/pinned-at=([0-9]+)([ ,]|$)'
 ecr_re='^[0-9]{12}\.dkr[.-]ecr(-fips)?\.([a-z0-9-]+)\.(amazonaws\.com|amazonaws\.com\.cn|on\.aws)$'
 started_ns=$(date +%s%N)
 JSON=''
@@ -95,9 +100,9 @@ fatal() { # a run-level failure: a summary with the reason, no image touched
 command -v ctr >/dev/null 2>&1 || fatal "ctr not found on PATH"
 
 # The whole run ends before the agent's executionTimeout kills it, leaving time to report.
-margin=$((execution_timeout / 10))
-[ "$margin" -ge 5 ] || margin=5
-[ "$margin" -le 60 ] || margin=60
+margin=$((execution_timeout / margin_divisor))
+[ "$margin" -ge "$margin_min" ] || margin=$margin_min
+[ "$margin" -le "$margin_max" ] || margin=$margin_max
 deadline=$((SECONDS + execution_timeout - margin))
 remaining() { echo $((deadline - SECONDS)); }
 
@@ -255,7 +260,7 @@ pin() { # ref repo -> PINNED
   PINNED=false
   [ "$SSM_pin" = true ] || return 0
   if [ "$L_PINNED" = theirs ]; then PINNED=true; return 0; fi
-  if ctr_local images label "$1" "$PIN_LABEL=pinned" "$OUR_LABEL=$(date +%s%N)" >/dev/null 2>"$tmp/label.err"; then
+  if ctr_local images label "$1" "$PIN_LABEL=$PIN_VALUE" "$OUR_LABEL=$(date +%s%N)" >/dev/null 2>"$tmp/label.err"; then
     PINNED=true
     pinned_repos[$2]=1
   fi
@@ -372,7 +377,7 @@ process() { # ref
   # The pin labels go on with the pull itself: one ctr call fewer than labelling afterwards.
   pull_labels=()
   if [ "$SSM_pin" = true ]; then
-    pull_labels=(--label "$PIN_LABEL=pinned" --label "$OUR_LABEL=$(date +%s%N)")
+    pull_labels=(--label "$PIN_LABEL=$PIN_VALUE" --label "$OUR_LABEL=$(date +%s%N)")
   fi
   set +e
   timeout -k 5 "$t" ctr -n "$NS" images pull ${reg_args[@]+"${reg_args[@]}"} \

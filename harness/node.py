@@ -20,11 +20,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eks_prefetch import node_contract
 from harness.template import document_content
 
 BINARIES = ("containerd", "ctr", "docker-registry", "skopeo", "umoci", "timeout", "df", "flock")
-PIN_LABEL = "io.cri-containerd.pinned"
-OUR_LABEL = "eks-image-prefetch/pinned-at"
+PIN_LABEL = node_contract.PIN_LABEL
+OUR_LABEL = node_contract.OUR_PIN_LABEL
 NAMESPACE = "k8s.io"
 
 
