@@ -49,7 +49,6 @@ export CONTAINERD_ADDRESS="${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock
 unset CONTAINERD_NAMESPACE
 ecr_re='^[0-9]{12}\.dkr[.-]ecr(-fips)?\.([a-z0-9-]+)\.(amazonaws\.com|amazonaws\.com\.cn|on\.aws)$'
 started_ns=$(date +%s%N)
-JSON=''
 
 # GetCommandInvocation returns the first 24,000 characters of stdout (all of ours is ASCII). Records print only
 # while they fit under OUT_LIMIT with SUMMARY_ROOM held back, so the summary is always last and whole.
@@ -61,12 +60,15 @@ out_chars=0
 # Records go to fd 3, the real stdout; once $tmp exists, anything else written to stdout joins stderr.
 exec 3>&1
 
-# A JSON string: anything but printable ASCII becomes "?", then \ and " are escaped, then it is cut to $2 chars.
-json_str() {
-  local s=${1//[^[:print:]]/?}
-  [ "${#s}" -le "$2" ] || s="${s:0:$2}..."
-  s=${s//\\/\\\\}
-  JSON="\"${s//\"/\\\"}\""
+# Functions give their results in variables their caller names (printf -v; bash 4.2 has no nameref), not in
+# globals, and without the subshell of $(...). Their own locals start with _ so as not to hide the caller's.
+
+# A JSON string into $1: anything but printable ASCII becomes "?", then \ and " are escaped, then it is cut to $3 chars.
+json_str() { # var text max
+  local _s=${2//[^[:print:]]/?}
+  [ "${#_s}" -le "$3" ] || _s="${_s:0:$3}..."
+  _s=${_s//\\/\\\\}
+  printf -v "$1" '"%s"' "${_s//\"/\\\"}"
 }
 
 emit() { # one JSON object from its members
@@ -75,20 +77,24 @@ emit() { # one JSON object from its members
 }
 fits() { [ $((out_chars + $1 + SUMMARY_ROOM)) -le "$OUT_LIMIT" ]; } # a record of $1 more characters
 
-# The image as a record names it: a valid reference whole (a reader matches records to what it sent), anything
-# else cut to 400.
-image_json() {
-  if [[ "$1" =~ $ref_re ]]; then json_str "$1" 700; else json_str "$1" 400; fi
+# The image as a record names it, into $1: a valid reference whole (a reader matches records to what it sent),
+# anything else cut to 400.
+image_json() { # var ref
+  if [[ "$2" =~ $ref_re ]]; then json_str "$1" "$2" 700; else json_str "$1" "$2" 400; fi
 }
 
-elapsed() { # seconds since $1 (date +%s%N), as a decimal
-  local ms=$((($(date +%s%N) - $1) / 1000000))
-  printf '%d.%03d' $((ms / 1000)) $((ms % 1000))
+elapsed() { # var start: the seconds since start (date +%s%N) into var, as a decimal
+  local _now _ms
+  _now=$(date +%s%N)
+  _ms=$(((_now - $2) / 1000000))
+  printf -v "$1" '%d.%03d' $((_ms / 1000)) $((_ms % 1000))
 }
 
 fatal() { # a run-level failure: a summary with the reason, no image touched
-  json_str "$1" 300
-  emit "\"summary\":true,\"images\":0,\"failed\":0,\"omitted\":0,\"error\":$JSON,\"seconds\":$(elapsed "$started_ns")"
+  local reason seconds
+  json_str reason "$1" 300
+  elapsed seconds "$started_ns"
+  emit "\"summary\":true,\"images\":0,\"failed\":0,\"omitted\":0,\"error\":$reason,\"seconds\":$seconds"
   exit 2
 }
 
@@ -104,7 +110,7 @@ margin=$((execution_timeout / margin_divisor))
 [ "$margin" -ge "$margin_min" ] || margin=$margin_min
 [ "$margin" -le "$margin_max" ] || margin=$margin_max
 deadline=$((SECONDS + execution_timeout - margin))
-remaining() { echo $((deadline - SECONDS)); }
+remaining() { printf -v "$1" %d $((deadline - SECONDS)); } # var: the seconds left until the deadline
 
 # Private scratch space (tmpfs /run when possible); it may hold an ECR token, so it goes on exit.
 tmp=$(mktemp -d /run/eks-image-prefetch.XXXXXX 2>/dev/null || mktemp -d)
@@ -123,7 +129,9 @@ trap 'exit 143' TERM INT
 # At-least-once delivery can start two runs on one node; they take turns.
 if command -v flock >/dev/null 2>&1; then
   if ! { exec 9>"${PREFETCH_LOCK_FILE:-/run/lock/eks-image-prefetch.lock}"; } 2>/dev/null; then exec 9>"$tmp/lock"; fi
-  flock -w "$(remaining)" 9 || fatal "another prefetch run held the lock until the deadline"
+  lock_wait=0
+  remaining lock_wait
+  flock -w "$lock_wait" 9 || fatal "another prefetch run held the lock until the deadline"
 fi
 
 # ctr calls that only talk to the local containerd: bounded all the same.
@@ -144,30 +152,32 @@ if [ -z "$disk_path" ]; then
 fi
 while [ ! -d "$disk_path" ] && [ "$disk_path" != / ]; do disk_path=$(dirname "$disk_path"); done
 
-# Sets DISK_PCT to the usage (kubelet's way: 100 - available/capacity) after $1 more KiB; fails above the limit.
-DISK_PCT=0
-disk_ok() {
-  local line _fs total _used avail _rest
-  line=$(df -P -k "$disk_path" 2>/dev/null | tail -n 1) || return 0
-  read -r _fs total _used avail _rest <<<"$line"
-  [[ "$total" =~ ^[0-9]+$ && "$avail" =~ ^[0-9]+$ && "$total" -gt 0 ]] || return 0
-  DISK_PCT=$((((total - avail + $1) * 100 + total - 1) / total))
-  [ "$DISK_PCT" -le "$SSM_maxDiskUsagePercent" ]
+# The usage of containerd's filesystem (kubelet's way: 100 - available/capacity) after $2 more KiB, into $1; fails
+# above maxDiskUsagePercent. When df cannot tell, $1 is left as it is and the guard lets the pull go.
+disk_ok() { # var kib
+  local _line _fs _total _used _avail _rest _pct
+  _line=$(df -P -k "$disk_path" 2>/dev/null | tail -n 1) || return 0
+  read -r _fs _total _used _avail _rest <<<"$_line"
+  [[ "$_total" =~ ^[0-9]+$ && "$_avail" =~ ^[0-9]+$ && "$_total" -gt 0 ]] || return 0
+  _pct=$((((_total - _avail + $2) * 100 + _total - 1) / _total))
+  printf -v "$1" %d "$_pct"
+  [ "$_pct" -le "$SSM_maxDiskUsagePercent" ]
 }
 
-# Local image record by exact name: sets L_DIGEST and L_PINNED (none|ours|theirs). Local only, no network.
-lookup() {
-  local line name _type digest rest
-  L_DIGEST='' L_PINNED=none
-  line=$(ctr_local images ls "name==$1" 2>/dev/null | tail -n +2 | head -n 1) || return 1
-  [ -n "$line" ] || return 1
-  read -r name _type digest rest <<<"$line"
-  [ "$name" = "$1" ] && [[ "$digest" =~ $digest_re ]] || return 1
-  L_DIGEST=$digest
-  if [[ " $rest" =~ $pin_re ]]; then
-    L_PINNED=theirs
-    if [[ " $rest" =~ $ours_re ]]; then L_PINNED=ours; fi
+# The local image of exactly this name (no network): its digest into $2 and who pinned it (none|ours|theirs) into
+# $3. Fails when containerd has none.
+local_image() { # ref digest_var pinned_var
+  local _line _name _type _digest _rest _pinned=none
+  _line=$(ctr_local images ls "name==$1" 2>/dev/null | tail -n +2 | head -n 1) || return 1
+  [ -n "$_line" ] || return 1
+  read -r _name _type _digest _rest <<<"$_line"
+  [ "$_name" = "$1" ] && [[ "$_digest" =~ $digest_re ]] || return 1
+  if [[ " $_rest" =~ $pin_re ]]; then
+    _pinned=theirs
+    if [[ " $_rest" =~ $ours_re ]]; then _pinned=ours; fi
   fi
+  printf -v "$2" %s "$_digest"
+  printf -v "$3" %s "$_pinned"
 }
 
 # ECR: one login per registry and run, with the node's instance role. The token goes into a hosts.toml
@@ -179,7 +189,7 @@ ecr_login() { # host region -> 0, or 1 with login_error[host]
   local host=$1 region=$2 token b64 dir="$tmp/hosts/$1" t
   [ -f "$dir/hosts.toml" ] && return 0
   [ -z "${login_error[$host]:-}" ] || return 1
-  t=$(remaining)
+  remaining t
   [ "$t" -le 60 ] || t=60
   if ! command -v aws >/dev/null 2>&1; then
     login_error[$host]="ECR login failed: aws CLI not found"
@@ -209,61 +219,69 @@ ctr_error() { # the reason of a failed ctr call, from its stderr file $1 and exi
 arch=$(uname -m)
 case $arch in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; esac
 
-# Size estimate (compressed bytes of this node's platform manifest) and the manifest digest, from the registry
-# before pulling: E_BYTES, E_DIGEST. Fails with E_ERROR when the registry refuses the reference (the pull would).
-fetch_manifest() { # ref file t
-  local rc
+# A manifest from the registry into a file, with ctr's registry arguments. Fails with the reason in error_var.
+fetch_manifest() { # ref file t error_var registry-args...
+  local _ref=$1 _file=$2 _t=$3 _error_var=$4 _rc
+  shift 4
   set +e
-  timeout -k 5 "$3" ctr -n "$NS" content fetch-object ${reg_args[@]+"${reg_args[@]}"} "$1" 2>"$tmp/fetch.err" | head -c 4194304 >"$2"
-  rc=${PIPESTATUS[0]}
+  timeout -k 5 "$_t" ctr -n "$NS" content fetch-object "$@" "$_ref" 2>"$tmp/fetch.err" | head -c 4194304 >"$_file"
+  _rc=${PIPESTATUS[0]}
   set -e
-  if [ "$rc" -ne 0 ]; then
-    E_ERROR=$(ctr_error "$tmp/fetch.err" "$rc" "$3")
+  if [ "$_rc" -ne 0 ]; then
+    printf -v "$_error_var" %s "$(ctr_error "$tmp/fetch.err" "$_rc" "$_t")"
     return 1
   fi
 }
-estimate() { # ref base t
-  local ref=$1 base=$2 manifest entry child rest n size_re entry_re
-  E_BYTES='' E_DIGEST='' E_ERROR=''
-  fetch_manifest "$ref" "$tmp/manifest" "$3" || return 1
-  E_DIGEST="sha256:$(sha256sum "$tmp/manifest" | cut -c1-64)"
-  manifest=$(tr -d '\n\r' <"$tmp/manifest")
-  if [[ "$manifest" =~ \"manifests\"[[:space:]]*: ]]; then
+# The size estimate (compressed bytes of this node's platform manifest, or nothing) into bytes_var and the manifest
+# digest into digest_var, from the registry before pulling. Fails with the reason in error_var when the registry
+# refuses the reference (the pull would).
+estimate() { # ref base t bytes_var digest_var error_var registry-args...
+  local _ref=$1 _base=$2 _t=$3 _bytes_var=$4 _digest_var=$5 _error_var=$6
+  local _manifest _entry _child _rest _n _size_re _entry_re
+  shift 6
+  fetch_manifest "$_ref" "$tmp/manifest" "$_t" "$_error_var" "$@" || return 1
+  printf -v "$_digest_var" 'sha256:%s' "$(sha256sum "$tmp/manifest" | cut -c1-64)"
+  _manifest=$(tr -d '\n\r' <"$tmp/manifest")
+  if [[ "$_manifest" =~ \"manifests\"[[:space:]]*: ]]; then
     # An index: the entry for this node's platform (ctr's default), then its manifest.
-    entry_re='\{[^{}]*(\{[^{}]*\}[^{}]*)*\}'
-    rest=$manifest child=''
-    while [[ "$rest" =~ $entry_re ]]; do
-      entry=${BASH_REMATCH[0]}
-      rest=${rest#*"$entry"}
-      if [[ "$entry" =~ \"architecture\"[[:space:]]*:[[:space:]]*\"$arch\" && "$entry" =~ \"os\"[[:space:]]*:[[:space:]]*\"linux\" && "$entry" =~ \"digest\"[[:space:]]*:[[:space:]]*\"(sha256:[a-f0-9]{64})\" ]]; then
-        child=${BASH_REMATCH[1]}
+    _entry_re='\{[^{}]*(\{[^{}]*\}[^{}]*)*\}'
+    _rest=$_manifest _child=''
+    while [[ "$_rest" =~ $_entry_re ]]; do
+      _entry=${BASH_REMATCH[0]}
+      _rest=${_rest#*"$_entry"}
+      if [[ "$_entry" =~ \"architecture\"[[:space:]]*:[[:space:]]*\"$arch\" && "$_entry" =~ \"os\"[[:space:]]*:[[:space:]]*\"linux\" && "$_entry" =~ \"digest\"[[:space:]]*:[[:space:]]*\"(sha256:[a-f0-9]{64})\" ]]; then
+        _child=${BASH_REMATCH[1]}
         break
       fi
     done
-    [ -n "$child" ] || return 0
-    fetch_manifest "$base@$child" "$tmp/manifest" "$3" || return 1
-    manifest=$(tr -d '\n\r' <"$tmp/manifest")
+    [ -n "$_child" ] || return 0
+    fetch_manifest "$_base@$_child" "$tmp/manifest" "$_t" "$_error_var" "$@" || return 1
+    _manifest=$(tr -d '\n\r' <"$tmp/manifest")
   fi
-  size_re='"size"[[:space:]]*:[[:space:]]*([0-9]{1,15})'
-  n=0
-  while [[ "$manifest" =~ $size_re ]]; do
-    n=$((n + BASH_REMATCH[1]))
-    manifest=${manifest#*"${BASH_REMATCH[0]}"}
+  _size_re='"size"[[:space:]]*:[[:space:]]*([0-9]{1,15})'
+  _n=0
+  while [[ "$_manifest" =~ $_size_re ]]; do
+    _n=$((_n + BASH_REMATCH[1]))
+    _manifest=${_manifest#*"${BASH_REMATCH[0]}"}
   done
-  [ "$n" -eq 0 ] || E_BYTES=$n
+  [ "$_n" -eq 0 ] || printf -v "$_bytes_var" %d "$_n"
 }
 
 # Pin: our two labels, unless someone else pinned this image (then it is theirs and we never unpin it).
 # pinned-at is refreshed on every request, so retention keeps the most recently requested versions.
 declare -A pinned_repos=()
-pin() { # ref repo -> PINNED
-  PINNED=false
-  [ "$SSM_pin" = true ] || return 0
-  if [ "$L_PINNED" = theirs ]; then PINNED=true; return 0; fi
-  if ctr_local images label "$1" "$PIN_LABEL=$PIN_VALUE" "$OUR_LABEL=$(date +%s%N)" >/dev/null 2>"$tmp/label.err"; then
-    PINNED=true
-    pinned_repos[$2]=1
+pin_cached() { # ref repo pinned_by var: pins a cached image (pinned_by: none|ours|theirs); var says if it is pinned
+  local _pinned=false
+  if [ "$SSM_pin" = true ]; then
+    if [ "$3" = theirs ]; then
+      _pinned=true
+    elif ctr_local images label "$1" "$PIN_LABEL=$PIN_VALUE" "$OUR_LABEL=$(date +%s%N)" \
+      >/dev/null 2>"$tmp/label.err"; then
+      _pinned=true
+      pinned_repos[$2]=1
+    fi
   fi
+  printf -v "$4" %s "$_pinned"
 }
 
 # Retention: per repository pinned in this run, our pins beyond the keepPinned most recent digests lose both labels
@@ -293,22 +311,23 @@ declare -A count=([pulled]=0 [cached]=0 [skipped]=0 [failed]=0)
 # Room for the records not reported yet, without their detail text (set before the first one, below).
 rest_room=0
 omitted=0
-# One record: image status digest seconds bytes pinned detail-key detail. Detail text goes first: a record keeps
-# it only if every later record still fits without its own. A record that does not fit even without it is left
-# out, and counted in the summary's "omitted".
-report() {
-  local body detail=''
-  count[$2]=$((count[$2] + 1))
-  image_json "$1"
-  rest_room=$((rest_room - ${#JSON} - RECORD_ROOM))
-  body="\"image\":$JSON,\"status\":\"$2\""
-  [ -z "$3" ] || body+=",\"digest\":\"$3\""
-  body+=",\"seconds\":$4"
+# One record: image, start (date +%s%N), status, digest, bytes, pinned, detail-key, detail. Detail text goes first: a
+# record keeps it only if every later record still fits without its own. A record that does not fit even without it
+# is left out, and counted in the summary's "omitted".
+report() { # ref t0 status digest bytes pinned detail-key detail
+  local body detail='' image seconds text
+  count[$3]=$((count[$3] + 1))
+  image_json image "$1"
+  rest_room=$((rest_room - ${#image} - RECORD_ROOM))
+  elapsed seconds "$2"
+  body="\"image\":$image,\"status\":\"$3\""
+  [ -z "$4" ] || body+=",\"digest\":\"$4\""
+  body+=",\"seconds\":$seconds"
   [ -z "$5" ] || body+=",\"bytes\":$5"
   [ -z "$6" ] || body+=",\"pinned\":$6"
   if [ -n "$8" ]; then
-    json_str "$8" 240
-    detail=",\"$7\":$JSON"
+    json_str text "$8" 240
+    detail=",\"$7\":$text"
   fi
   if [ -n "$detail" ] && fits $((${#body} + ${#detail} + 3 + rest_room)); then
     body+=$detail
@@ -319,102 +338,118 @@ report() {
   emit "$body"
 }
 
+# One image, one record. A digest reference already present under its own name is done: local lookup only. A tag is
+# mutable, so it is resolved against the registry first (pull_image), and is cached only if it still names the
+# digest present.
 process() { # ref
-  local ref=$1 t0 host repo base t rc needed region
+  local ref=$1 t0 host repo base digest pinned_by pinned t
   t0=$(date +%s%N)
   if ! [[ "$ref" =~ $ref_re ]]; then
-    report "$ref" failed '' "$(elapsed "$t0")" '' '' error "invalid image reference"
+    report "$ref" "$t0" failed '' '' '' error "invalid image reference"
     return
   fi
   host=${BASH_REMATCH[1]} repo=${BASH_REMATCH[3]}
   base="$host/$repo"
-  # A digest reference already present under its own name is done: local lookup only. A tag is mutable, so it
-  # is resolved against the registry first, and is cached only if it still names the digest present.
-  if [[ "$ref" == *@sha256:* ]] && lookup "$ref" && [ "$L_DIGEST" = "${ref#*@}" ]; then
-    pin "$ref" "$base"
-    report "$ref" cached "$L_DIGEST" "$(elapsed "$t0")" '' "$PINNED" '' ''
+  if [[ "$ref" == *@sha256:* ]] && local_image "$ref" digest pinned_by && [ "$digest" = "${ref#*@}" ]; then
+    pin_cached "$ref" "$base" "$pinned_by" pinned
+    report "$ref" "$t0" cached "$digest" '' "$pinned" '' ''
     return
   fi
-  t=$(remaining)
+  remaining t
   if [ "$t" -lt 5 ]; then
-    report "$ref" failed '' "$(elapsed "$t0")" '' '' error "execution deadline reached before the pull"
+    report "$ref" "$t0" failed '' '' '' error "execution deadline reached before the pull"
     return
   fi
   [ "$t" -le "$SSM_pullTimeoutSeconds" ] || t=$SSM_pullTimeoutSeconds
-  reg_args=()
+  from_registry "$ref" "$host" "$base" "$t0" "$t"
+}
+
+# How ctr reaches the registry: plain HTTP on loopback; for ECR, after a login, through its hosts.toml. Then the pull.
+from_registry() { # ref host base t0 t
+  local ref=$1 host=$2 region
+  local -a reg_args=()
   case ${host%:*} in
   localhost | 127.*) reg_args+=(--plain-http) ;;
   esac
   if [[ "$host" =~ $ecr_re ]]; then
     region=${BASH_REMATCH[2]}
     if ! ecr_login "$host" "$region"; then
-      report "$ref" failed '' "$(elapsed "$t0")" '' '' error "${login_error[$host]}"
+      report "$ref" "$4" failed '' '' '' error "${login_error[$host]}"
       return
     fi
     reg_args+=(--hosts-dir "$tmp/hosts")
   fi
-  # Disk guard. The estimate is the platform manifest's compressed size, times 3: ctr keeps the compressed blobs
-  # and unpacks them into a snapshot, typically twice their size. Layers already present count again, which errs
-  # on the safe side. Without an estimate (an unreadable manifest), the current usage must be below the limit, and
-  # usage is re-checked after the pull.
-  if ! estimate "$ref" "$base" "$t"; then
-    report "$ref" failed '' "$(elapsed "$t0")" '' '' error "$E_ERROR"
+  pull_image "$ref" "$3" "$4" "$5" ${reg_args[@]+"${reg_args[@]}"}
+}
+
+# Disk guard, then the pull. The estimate is the platform manifest's compressed size, times 3: ctr keeps the
+# compressed blobs and unpacks them into a snapshot, typically twice their size. Layers already present count again,
+# which errs on the safe side. Without an estimate (an unreadable manifest), the current usage must be below the
+# limit, and usage is re-checked after the pull.
+pull_image() { # ref base t0 t registry-args...
+  local ref=$1 base=$2 t0=$3 t=$4 bytes='' manifest_digest='' error='' digest='' pinned_by pinned pct=0 needed rc
+  local -a labels=()
+  shift 4
+  if ! estimate "$ref" "$base" "$t" bytes manifest_digest error "$@"; then
+    report "$ref" "$t0" failed '' '' '' error "$error"
     return
   fi
-  if [[ "$ref" != *@sha256:* ]] && lookup "$ref" && [ "$L_DIGEST" = "$E_DIGEST" ]; then
-    pin "$ref" "$base"
-    report "$ref" cached "$L_DIGEST" "$(elapsed "$t0")" "$E_BYTES" "$PINNED" '' ''
+  if [[ "$ref" != *@sha256:* ]] && local_image "$ref" digest pinned_by && [ "$digest" = "$manifest_digest" ]; then
+    pin_cached "$ref" "$base" "$pinned_by" pinned
+    report "$ref" "$t0" cached "$digest" "$bytes" "$pinned" '' ''
     return
   fi
-  needed=$(((${E_BYTES:-0} * 3 + 1023) / 1024))
-  if ! disk_ok "$needed"; then
-    report "$ref" skipped '' "$(elapsed "$t0")" "$E_BYTES" '' reason \
-      "disk: ${DISK_PCT}% used after this pull > maxDiskUsagePercent ${SSM_maxDiskUsagePercent} on $disk_path"
+  needed=$(((${bytes:-0} * 3 + 1023) / 1024))
+  if ! disk_ok pct "$needed"; then
+    report "$ref" "$t0" skipped '' "$bytes" '' reason \
+      "disk: ${pct}% used after this pull > maxDiskUsagePercent ${SSM_maxDiskUsagePercent} on $disk_path"
     return
   fi
-  t=$(remaining)
+  remaining t
   [ "$t" -le "$SSM_pullTimeoutSeconds" ] || t=$SSM_pullTimeoutSeconds
   # The pin labels go on with the pull itself: one ctr call fewer than labelling afterwards.
-  pull_labels=()
   if [ "$SSM_pin" = true ]; then
-    pull_labels=(--label "$PIN_LABEL=$PIN_VALUE" --label "$OUR_LABEL=$(date +%s%N)")
+    labels=(--label "$PIN_LABEL=$PIN_VALUE" --label "$OUR_LABEL=$(date +%s%N)")
   fi
   set +e
-  timeout -k 5 "$t" ctr -n "$NS" images pull ${reg_args[@]+"${reg_args[@]}"} \
-    ${pull_labels[@]+"${pull_labels[@]}"} "$ref" >/dev/null 2>"$tmp/pull.err"
+  timeout -k 5 "$t" ctr -n "$NS" images pull "$@" ${labels[@]+"${labels[@]}"} "$ref" >/dev/null 2>"$tmp/pull.err"
   rc=$?
   set -e
   if [ "$rc" -ne 0 ]; then
-    report "$ref" failed '' "$(elapsed "$t0")" "$E_BYTES" '' error "$(ctr_error "$tmp/pull.err" "$rc" "$t")"
+    report "$ref" "$t0" failed '' "$bytes" '' error "$(ctr_error "$tmp/pull.err" "$rc" "$t")"
     return
   fi
-  PINNED=$SSM_pin
-  [ "$PINNED" = false ] || pinned_repos[$base]=1
+  [ "$SSM_pin" = false ] || pinned_repos[$base]=1
   # A digest reference names its digest; what a tag resolved to is read back from containerd.
   if [[ "$ref" == *@sha256:* ]]; then
-    L_DIGEST=${ref#*@}
-  elif ! lookup "$ref"; then
-    report "$ref" failed '' "$(elapsed "$t0")" "$E_BYTES" '' error "pulled, but containerd has no image of that name"
+    digest=${ref#*@}
+  elif ! local_image "$ref" digest pinned_by; then
+    report "$ref" "$t0" failed '' "$bytes" '' error "pulled, but containerd has no image of that name"
     return
   fi
-  if disk_ok 0; then
-    report "$ref" pulled "$L_DIGEST" "$(elapsed "$t0")" "$E_BYTES" "$PINNED" '' ''
+  if disk_ok pct 0; then
+    report "$ref" "$t0" pulled "$digest" "$bytes" "$SSM_pin" '' ''
   else
-    report "$ref" pulled "$L_DIGEST" "$(elapsed "$t0")" "$E_BYTES" "$PINNED" warning \
-      "disk: ${DISK_PCT}% used after this pull > maxDiskUsagePercent ${SSM_maxDiskUsagePercent}"
+    report "$ref" "$t0" pulled "$digest" "$bytes" "$SSM_pin" warning \
+      "disk: ${pct}% used after this pull > maxDiskUsagePercent ${SSM_maxDiskUsagePercent}"
   fi
 }
 
 refs=()
 if [ -n "$SSM_images" ]; then IFS=',' read -r -a refs <<<"$SSM_images"; fi
+ref_json=''
 for ref in ${refs[@]+"${refs[@]}"}; do
-  image_json "$ref"
-  rest_room=$((rest_room + ${#JSON} + RECORD_ROOM))
+  image_json ref_json "$ref"
+  rest_room=$((rest_room + ${#ref_json} + RECORD_ROOM))
 done
 for ref in ${refs[@]+"${refs[@]}"}; do
   process "$ref"
 done
 retain
-disk_ok 0 || true
-emit "\"summary\":true,\"images\":${#refs[@]},\"pulled\":${count[pulled]},\"cached\":${count[cached]},\"skipped\":${count[skipped]},\"failed\":${count[failed]},\"unpinned\":$unpinned,\"disk_used_percent\":$DISK_PCT,\"seconds\":$(elapsed "$started_ns"),\"omitted\":$omitted"
+# The usage now: 0 when df cannot tell.
+disk_pct=0
+disk_ok disk_pct 0 || true
+run_seconds=0
+elapsed run_seconds "$started_ns"
+emit "\"summary\":true,\"images\":${#refs[@]},\"pulled\":${count[pulled]},\"cached\":${count[cached]},\"skipped\":${count[skipped]},\"failed\":${count[failed]},\"unpinned\":$unpinned,\"disk_used_percent\":$disk_pct,\"seconds\":$run_seconds,\"omitted\":$omitted"
 [ "${count[failed]}" -eq 0 ]
