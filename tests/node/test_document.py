@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from harness.node import OUR_LABEL, PIN_LABEL, Run, basic_auth, free_port, run_document
@@ -26,6 +27,10 @@ from tests.node.conftest import AUTH, Node
 pytestmark = pytest.mark.node
 
 HEX = "0123456789abcdef" * 4
+# The written contract of every line the script prints.
+OUTPUT_SCHEMA = jsonschema.Draft202012Validator(
+    json.loads((Path(__file__).resolve().parents[2] / "document" / "output.schema.json").read_text())
+)
 
 
 def run(node: Node, workdir: Path, images: list[str] | str, text: bool = False, env=None, **params: str) -> Run:
@@ -36,13 +41,13 @@ def run(node: Node, workdir: Path, images: list[str] | str, text: bool = False, 
 
 
 def assert_well_formed(result: Run) -> None:
-    """Every stdout line is a JSON object, within what SSM keeps; the last one is the summary and agrees with the
-    per-image records, counting the ones left out for space ("omitted") too."""
+    """Every stdout line is a JSON object of document/output.schema.json, within what SSM keeps; the last one is the
+    summary and agrees with the per-image records, counting the ones left out for space ("omitted") too."""
     assert len(result.stdout) < 24000
     lines = result.stdout.splitlines()
     assert lines, result.stderr
     for line in lines:
-        assert isinstance(json.loads(line), dict), line
+        assert not [error.message for error in OUTPUT_SCHEMA.iter_errors(json.loads(line))], line
     summary = json.loads(lines[-1])
     assert summary["summary"] is True
     assert summary["omitted"] >= 0
