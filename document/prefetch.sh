@@ -48,7 +48,6 @@ margin_max='@DEADLINE_MARGIN_MAX_SECONDS@'
 export CONTAINERD_ADDRESS="${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}"
 unset CONTAINERD_NAMESPACE
 ecr_re='^[0-9]{12}\.dkr[.-]ecr(-fips)?\.([a-z0-9-]+)\.(amazonaws\.com|amazonaws\.com\.cn|on\.aws)$'
-started_ns=$(date +%s%N)
 
 # GetCommandInvocation returns the first 24,000 characters of stdout (all of ours is ASCII). Records print only
 # while they fit under OUT_LIMIT with SUMMARY_ROOM held back, so the summary is always last and whole.
@@ -83,17 +82,32 @@ image_json() { # var ref
   if [[ "$2" =~ $ref_re ]]; then json_str "$1" "$2" 700; else json_str "$1" "$2" 400; fi
 }
 
-elapsed() { # var start: the seconds since start (date +%s%N) into var, as a decimal
-  local _now _ms
-  _now=$(date +%s%N)
-  _ms=$(((_now - $2) / 1000000))
-  printf -v "$1" '%d.%03d' $((_ms / 1000)) $((_ms % 1000))
+# Elapsed times come from /proc/uptime: monotonic, where date's wall clock steps back when chrony corrects it at boot
+# (a negative time made records like "seconds":0.-498, not JSON). PREFETCH_UPTIME_FILE stands in for it in tests.
+uptime_file=${PREFETCH_UPTIME_FILE:-/proc/uptime}
+clock() { # var: now, in centiseconds (of uptime; of the wall clock where /proc/uptime cannot be read)
+  local _up _rest
+  if { read -r _up _rest <"$uptime_file"; } 2>/dev/null && [[ "$_up" =~ ^[0-9]+\.[0-9][0-9]$ ]]; then
+    printf -v "$1" %d "$((10#${_up/./}))"
+  else
+    _up=$(date +%s%N)
+    printf -v "$1" %d "$((_up / 10000000))"
+  fi
 }
+elapsed() { # var start: the seconds since start (clock) into var, as a decimal; never negative, always a JSON number
+  local _now _cs
+  clock _now
+  _cs=$((_now - $2))
+  [ "$_cs" -ge 0 ] || _cs=0
+  printf -v "$1" '%d.%02d' $((_cs / 100)) $((_cs % 100))
+}
+started=0
+clock started
 
 fatal() { # a run-level failure: a summary with the reason, no image touched
   local reason seconds
   json_str reason "$1" 300
-  elapsed seconds "$started_ns"
+  elapsed seconds "$started"
   emit "\"summary\":true,\"images\":0,\"failed\":0,\"omitted\":0,\"error\":$reason,\"seconds\":$seconds"
   exit 2
 }
@@ -311,7 +325,7 @@ declare -A count=([pulled]=0 [cached]=0 [skipped]=0 [failed]=0)
 # Room for the records not reported yet, without their detail text (set before the first one, below).
 rest_room=0
 omitted=0
-# One record: image, start (date +%s%N), status, digest, bytes, pinned, detail-key, detail. Detail text goes first: a
+# One record: image, start (clock), status, digest, bytes, pinned, detail-key, detail. Detail text goes first: a
 # record keeps it only if every later record still fits without its own. A record that does not fit even without it
 # is left out, and counted in the summary's "omitted".
 report() { # ref t0 status digest bytes pinned detail-key detail
@@ -343,7 +357,7 @@ report() { # ref t0 status digest bytes pinned detail-key detail
 # digest present.
 process() { # ref
   local ref=$1 t0 host repo base digest pinned_by pinned t
-  t0=$(date +%s%N)
+  clock t0
   if ! [[ "$ref" =~ $ref_re ]]; then
     report "$ref" "$t0" failed '' '' '' error "invalid image reference"
     return
@@ -450,6 +464,6 @@ retain
 disk_pct=0
 disk_ok disk_pct 0 || true
 run_seconds=0
-elapsed run_seconds "$started_ns"
+elapsed run_seconds "$started"
 emit "\"summary\":true,\"images\":${#refs[@]},\"pulled\":${count[pulled]},\"cached\":${count[cached]},\"skipped\":${count[skipped]},\"failed\":${count[failed]},\"unpinned\":$unpinned,\"disk_used_percent\":$disk_pct,\"seconds\":$run_seconds,\"omitted\":$omitted"
 [ "${count[failed]}" -eq 0 ]

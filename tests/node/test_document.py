@@ -590,3 +590,47 @@ def test_stderr_stays_within_what_ssm_keeps(node: Node, workdir: Path, lock_env:
     assert len(result.stderr) < 8000
     assert result.stderr.startswith("noisenoise")
     assert result.stderr.rstrip().endswith("(13000 more bytes of stderr not shown)")
+
+
+@pytest.fixture
+def clock_stepping_back(tmp_path: Path) -> dict[str, str]:
+    """A `date` double first on PATH whose `+%s%N` steps back a second at every call (chrony correcting the wall
+    clock at boot); any other use goes to the real date. The environment for a run that uses it."""
+    bin_dir = tmp_path / "date-double"
+    bin_dir.mkdir()
+    real_date = subprocess.run(["bash", "-c", "command -v date"], capture_output=True, text=True, check=True)
+    (bin_dir / "date").write_text(
+        "#!/bin/bash\n"
+        f"state={tmp_path}/date-state\n"
+        'now=$(cat "$state" 2>/dev/null || echo 1800000000000000000)\n'
+        'echo $((now - 1000000000)) >"$state"\n'
+        'if [ "$*" = "+%s%N" ]; then echo "$now"; exit 0; fi\n'
+        f'exec {real_date.stdout.strip()} "$@"\n'
+    )
+    (bin_dir / "date").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_elapsed_times_ignore_the_wall_clock_stepping_back(
+    node: Node, workdir: Path, lock_env: dict, clock_stepping_back: dict
+) -> None:
+    """Seconds come from the monotonic /proc/uptime: the wall clock stepping back leaves every record valid JSON
+    (assert_well_formed validates each line against the schema) with its real, non-negative duration."""
+    image = node.images["app-v1"]
+    env = {**lock_env, **clock_stepping_back}
+    result = run(node, workdir, ["not a reference", image.by_digest, image.by_digest], env=env)
+    assert [record["status"] for record in result.images] == ["failed", "pulled", "cached"]
+    assert all(0 <= record["seconds"] < 60 for record in [*result.images, result.summary])
+    assert 0 < result.summary["seconds"] <= result.seconds
+
+
+def test_elapsed_times_without_uptime_are_clamped_at_zero(
+    node: Node, workdir: Path, lock_env: dict, clock_stepping_back: dict
+) -> None:
+    """Where /proc/uptime cannot be read, the wall clock is the fallback: stepping back, it gives 0, never a
+    negative or malformed number."""
+    image = node.images["app-v1"]
+    env = {**lock_env, **clock_stepping_back, "PREFETCH_UPTIME_FILE": str(workdir / "no-uptime")}
+    result = run(node, workdir, ["not a reference", image.by_digest], env=env)
+    assert [record["status"] for record in result.images] == ["failed", "pulled"]
+    assert [record["seconds"] for record in [*result.images, result.summary]] == [0, 0, 0]
