@@ -241,10 +241,12 @@ def test_whole_run_deadline_stops_pulls_before_the_execution_timeout(
 
 
 def test_runs_on_one_node_take_turns(node: Node, workdir: Path, lock_env: dict) -> None:
-    """While another run holds the node's lock, a run waits for it until its deadline (executionTimeout 10 leaves
-    5 s), then stops with a run-level error, having touched no image. Once the lock is free, the same run pulls."""
+    """While another run holds the node's lock, a run waits for it until its deadline (executionTimeout 12 leaves
+    7 s), then stops with a run-level error, having touched no image. Once the lock is free, the same run pulls.
+    (Not 10, leaving 5 s: the script counts whole seconds, so a tick before its first image left 4, less than the
+    5 s a pull needs, and the free run failed now and then.)"""
     image = node.images["app-v1"]
-    values = {"images": image.by_digest, "executionTimeout": "10"}
+    values = {"images": image.by_digest, "executionTimeout": "12"}
     with Path(lock_env["PREFETCH_LOCK_FILE"]).open("w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         blocked = run_document(workdir, node.containerd, values, extra_env=lock_env, timeout=60)
