@@ -16,7 +16,7 @@ SAM_PATH := $(if $(PY313_DIR),$(PY313_DIR)/bin:,)$(PATH)
 system-deps:
 	bash scripts/system-deps.sh
 
-.PHONY: system-deps test venv lint cfn-lint sam-validate sam-build shellcheck unit integration node lock clean
+.PHONY: system-deps test venv lint cfn-lint sam-validate sam-build shellcheck unit integration node lock clean template
 
 $(VENV)/.installed: requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -42,9 +42,13 @@ sam-validate: venv
 sam-build: venv
 	PATH="$(SAM_PATH)" $(BIN)/sam build --parallel
 
-shellcheck: venv
-	mkdir -p .aws-sam && $(PY) -m tests.document_script > .aws-sam/prefetch-document.sh
-	shellcheck --shell=bash .aws-sam/prefetch-document.sh
+shellcheck:
+	shellcheck --shell=bash document/prefetch.sh
+
+# The SSM document's content in template.yaml, from document/ (content.yaml, prefetch.sh) and the values the script
+# shares with the functions (eks_prefetch/node_contract.py). Commit the result: `sam deploy` reads template.yaml.
+template: venv
+	PYTHONPATH=layers/prefetch $(PY) -m document.generate
 
 unit: venv
 	$(BIN)/pytest tests/unit

@@ -20,11 +20,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eks_prefetch import node_contract
 from harness.template import document_content
 
 BINARIES = ("containerd", "ctr", "docker-registry", "skopeo", "umoci", "timeout", "df", "flock")
-PIN_LABEL = "io.cri-containerd.pinned"
-OUR_LABEL = "eks-image-prefetch/pinned-at"
+PIN_LABEL = node_contract.PIN_LABEL
+OUR_LABEL = node_contract.OUR_PIN_LABEL
 NAMESPACE = "k8s.io"
 
 
@@ -312,12 +313,11 @@ def run_document(
     content: Mapping | None = None,
     on_start: Callable[[subprocess.Popen], None] | None = None,
 ) -> Run:
-    """Run the document's script like the agent: an executable file run by `sh -c <path>` (its shebang picks
-    bash), SSM_<param> in the environment (or pasted into the text), a minimal environment plus containerd's."""
+    """Run the document's script like the agent: a file under the command's directory run by bash (its shebang's
+    shell), SSM_<param> in the environment (or pasted into the text), a minimal environment plus containerd's."""
     workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / "_script.sh"
     script.write_text(render_script(values, text_interpolation, content))
-    script.chmod(0o700)
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": "/root", "LANG": "C.UTF-8"}
     env.update(containerd.env())
     if not text_interpolation:
@@ -327,9 +327,11 @@ def run_document(
                 env[f"SSM_{name}"] = values.get(name, spec.get("default", ""))
     env.update(extra_env or {})
     started = time.monotonic()
+    # bash reads the file rather than the kernel exec'ing it: a child another thread forks while the file is being
+    # written holds it open for writing until that child execs, and exec'ing it then fails "Text file busy".
     # Its own process group, so that a timeout (as the agent does) or the harness's shutdown ends all of it.
     proc = subprocess.Popen(
-        ["sh", "-c", str(script)],
+        ["bash", str(script)],
         cwd=workdir,
         env=env,
         stdout=subprocess.PIPE,

@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from harness.node import OUR_LABEL, PIN_LABEL, Run, basic_auth, free_port, run_document
@@ -26,6 +27,10 @@ from tests.node.conftest import AUTH, Node
 pytestmark = pytest.mark.node
 
 HEX = "0123456789abcdef" * 4
+# The written contract of every line the script prints.
+OUTPUT_SCHEMA = jsonschema.Draft202012Validator(
+    json.loads((Path(__file__).resolve().parents[2] / "document" / "output.schema.json").read_text())
+)
 
 
 def run(node: Node, workdir: Path, images: list[str] | str, text: bool = False, env=None, **params: str) -> Run:
@@ -36,13 +41,13 @@ def run(node: Node, workdir: Path, images: list[str] | str, text: bool = False, 
 
 
 def assert_well_formed(result: Run) -> None:
-    """Every stdout line is a JSON object, within what SSM keeps; the last one is the summary and agrees with the
-    per-image records, counting the ones left out for space ("omitted") too."""
+    """Every stdout line is a JSON object of document/output.schema.json, within what SSM keeps; the last one is the
+    summary and agrees with the per-image records, counting the ones left out for space ("omitted") too."""
     assert len(result.stdout) < 24000
     lines = result.stdout.splitlines()
     assert lines, result.stderr
     for line in lines:
-        assert isinstance(json.loads(line), dict), line
+        assert not [error.message for error in OUTPUT_SCHEMA.iter_errors(json.loads(line))], line
     summary = json.loads(lines[-1])
     assert summary["summary"] is True
     assert summary["omitted"] >= 0
@@ -236,10 +241,12 @@ def test_whole_run_deadline_stops_pulls_before_the_execution_timeout(
 
 
 def test_runs_on_one_node_take_turns(node: Node, workdir: Path, lock_env: dict) -> None:
-    """While another run holds the node's lock, a run waits for it until its deadline (executionTimeout 10 leaves
-    5 s), then stops with a run-level error, having touched no image. Once the lock is free, the same run pulls."""
+    """While another run holds the node's lock, a run waits for it until its deadline (executionTimeout 12 leaves
+    7 s), then stops with a run-level error, having touched no image. Once the lock is free, the same run pulls.
+    (Not 10, leaving 5 s: the script counts whole seconds, so a tick before its first image left 4, less than the
+    5 s a pull needs, and the free run failed now and then.)"""
     image = node.images["app-v1"]
-    values = {"images": image.by_digest, "executionTimeout": "10"}
+    values = {"images": image.by_digest, "executionTimeout": "12"}
     with Path(lock_env["PREFETCH_LOCK_FILE"]).open("w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         blocked = run_document(workdir, node.containerd, values, extra_env=lock_env, timeout=60)
@@ -585,3 +592,47 @@ def test_stderr_stays_within_what_ssm_keeps(node: Node, workdir: Path, lock_env:
     assert len(result.stderr) < 8000
     assert result.stderr.startswith("noisenoise")
     assert result.stderr.rstrip().endswith("(13000 more bytes of stderr not shown)")
+
+
+@pytest.fixture
+def clock_stepping_back(tmp_path: Path) -> dict[str, str]:
+    """A `date` double first on PATH whose `+%s%N` steps back a second at every call (chrony correcting the wall
+    clock at boot); any other use goes to the real date. The environment for a run that uses it."""
+    bin_dir = tmp_path / "date-double"
+    bin_dir.mkdir()
+    real_date = subprocess.run(["bash", "-c", "command -v date"], capture_output=True, text=True, check=True)
+    (bin_dir / "date").write_text(
+        "#!/bin/bash\n"
+        f"state={tmp_path}/date-state\n"
+        'now=$(cat "$state" 2>/dev/null || echo 1800000000000000000)\n'
+        'echo $((now - 1000000000)) >"$state"\n'
+        'if [ "$*" = "+%s%N" ]; then echo "$now"; exit 0; fi\n'
+        f'exec {real_date.stdout.strip()} "$@"\n'
+    )
+    (bin_dir / "date").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_elapsed_times_ignore_the_wall_clock_stepping_back(
+    node: Node, workdir: Path, lock_env: dict, clock_stepping_back: dict
+) -> None:
+    """Seconds come from the monotonic /proc/uptime: the wall clock stepping back leaves every record valid JSON
+    (assert_well_formed validates each line against the schema) with its real, non-negative duration."""
+    image = node.images["app-v1"]
+    env = {**lock_env, **clock_stepping_back}
+    result = run(node, workdir, ["not a reference", image.by_digest, image.by_digest], env=env)
+    assert [record["status"] for record in result.images] == ["failed", "pulled", "cached"]
+    assert all(0 <= record["seconds"] < 60 for record in [*result.images, result.summary])
+    assert 0 < result.summary["seconds"] <= result.seconds
+
+
+def test_elapsed_times_without_uptime_are_clamped_at_zero(
+    node: Node, workdir: Path, lock_env: dict, clock_stepping_back: dict
+) -> None:
+    """Where /proc/uptime cannot be read, the wall clock is the fallback: stepping back, it gives 0, never a
+    negative or malformed number."""
+    image = node.images["app-v1"]
+    env = {**lock_env, **clock_stepping_back, "PREFETCH_UPTIME_FILE": str(workdir / "no-uptime")}
+    result = run(node, workdir, ["not a reference", image.by_digest], env=env)
+    assert [record["status"] for record in result.images] == ["failed", "pulled"]
+    assert [record["seconds"] for record in [*result.images, result.summary]] == [0, 0, 0]

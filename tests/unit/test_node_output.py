@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -178,3 +179,100 @@ def test_omitted_records_are_all_held_only_when_every_failure_and_skip_was_print
 def test_a_record_line_is_classified_as_before_the_one_pass_parse(line: str, problem: OutputProblem) -> None:
     output = parse_node_output(line + '\n{"summary": true}')
     assert problem in output.problems and output.bad_lines == 1 and not output.records
+
+
+# --- The bounds of document/output.schema.json: whatever a node prints, out of bounds is a problem, never raised ---
+
+HUGE = "x" * 100_000
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def _record(**fields) -> str:
+    return line(**{"image": REF, "status": "pulled", "digest": DIGEST, "seconds": 1.5, **fields})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        _record(seconds=-1),
+        _record().replace('"seconds": 1.5', '"seconds": 1e400'),  # json reads inf; EMF would print Infinity
+        _record().replace('"seconds": 1.5', '"seconds": -1e400'),
+        _record().replace('"seconds": 1.5', '"seconds": NaN'),
+        _record().replace('"seconds": 1.5', '"seconds": Infinity'),
+        _record().replace('"seconds": 1.5', '"seconds": 0.-498'),  # what the wall clock stepping back printed
+        _record(seconds=10**400),
+        _record(seconds=2_000_000),
+        _record(bytes=10**400),
+        _record(bytes=-5),
+        _record(bytes=2**53),
+        _record(digest="sha256:short"),
+        _record(image=HUGE),
+        _record(image=""),
+        _record(status="failed", error=HUGE),
+        _record(status="skipped", reason=HUGE),
+        _record(warning=HUGE),
+        '{"image": ' + DEEP + "}",
+        '{"image": "' + "9" * 5000 + '"' + ', "status": "pulled", "bytes": ' + "9" * 5000 + "}",
+    ],
+    ids=lambda text: text[:60],
+)
+def test_out_of_bounds_records_are_bad_records_not_exceptions(bad: str) -> None:
+    output = parse_node_output(bad + "\n" + SUMMARY)
+
+    assert output.records == ()
+    assert output.problem in {OutputProblem.BAD_RECORD, OutputProblem.NOT_JSON}
+    assert output.bad_lines == 1
+    assert output.summary is not None
+
+
+def _summary(**fields) -> str:
+    return line(**{"summary": True, "images": 1, "pulled": 1, "failed": 0, "omitted": 0, "seconds": 2.0, **fields})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        _summary(omitted=int("9" * 400)),  # a 400-digit count: rejected here, no OverflowError later
+        _summary(images=10_001),
+        _summary(failed=-1),
+        _summary(seconds=-1),
+        _summary().replace('"seconds": 2.0', '"seconds": 1e400'),
+        _summary().replace('"seconds": 2.0', '"seconds": NaN'),
+        _summary().replace('"seconds": 2.0', '"seconds": -Infinity'),
+        _summary(disk_used_percent=101),
+        _summary().replace('"omitted": 0', '"omitted": ' + "9" * 5000),  # beyond what json converts to int
+        _summary(error=HUGE),
+        '{"summary": true, "images": ' + DEEP + "}",
+    ],
+    ids=lambda text: text[:60],
+)
+def test_out_of_bounds_summaries_are_bad_records_not_exceptions(bad: str) -> None:
+    output = parse_node_output(line(image=REF, status="cached", digest=DIGEST, seconds=0.1) + "\n" + bad)
+
+    assert output.summary is None
+    assert OutputProblem.NO_SUMMARY in output.problems
+    assert output.problems & {OutputProblem.BAD_RECORD, OutputProblem.NOT_JSON}
+    assert len(output.records) == 1
+
+
+def test_values_at_the_bounds_are_accepted():
+    record = _record(seconds=1_000_000, bytes=2**53 - 1, image="r/" + "x" * 1022, warning="w" * 1024)
+    summary = _summary(images=10_000, pulled=10_000, omitted=10_000, disk_used_percent=100, seconds=0)
+
+    output = parse_node_output(record + "\n" + summary)
+
+    assert output.problem is None
+    assert output.records[0].bytes == 2**53 - 1
+    assert output.summary.omitted == 10_000
+
+
+def test_nothing_a_node_prints_raises():
+    """Random lines, and valid lines cut or spliced at random places: every output is classified."""
+    rng = random.Random(15)  # noqa: S311 - a reproducible fuzz, not a secret
+    pieces = [GOOD, SUMMARY, _record(), DEEP[:3000], '"summary"', "1e400", "NaN", "\x00", "\ud800", "é", "{", "}"]
+    for _ in range(2000):
+        text = "".join(rng.choice(pieces)[: rng.randrange(1, 300)] for _ in range(rng.randrange(1, 6)))
+        if rng.random() < 0.3:
+            text = "".join(chr(rng.randrange(0, 0x3000)) for _ in range(rng.randrange(0, 200)))
+        output = parse_node_output(text)
+        assert output.problem is not None or output.summary is not None

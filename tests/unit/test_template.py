@@ -11,6 +11,7 @@ import pytest
 
 from eks_prefetch.commands import image_batches, send_command_request
 from eks_prefetch.images import ResolvedImage
+from eks_prefetch.node_contract import deadline_margin_seconds
 from eks_prefetch.settings import Settings
 from harness import template as cfn
 from tests.conftest import DEPLOYMENT_ENV
@@ -156,7 +157,8 @@ def test_template_extremes_load_working_settings(function: str, overrides: dict[
         request = send_command_request(batch, loaded, instance_ids=["i-0123456789abcdef0"])
         sent = {name: int(value) for name, (value,) in request["Parameters"].items() if value.isdigit()}
         # The node's own deadline ends the run a margin before the agent's timeout: a pull must end before that.
-        assert sent["pullTimeoutSeconds"] <= sent["executionTimeout"] - min(max(sent["executionTimeout"] // 10, 5), 60)
+        deadline = sent["executionTimeout"] - deadline_margin_seconds(sent["executionTimeout"])
+        assert sent["pullTimeoutSeconds"] <= deadline
         for name, (value,) in request["Parameters"].items():
             spec = document_parameters[name]
             assert (

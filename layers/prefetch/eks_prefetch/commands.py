@@ -6,12 +6,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from eks_prefetch.images import ResolvedImage
+from eks_prefetch.node_contract import MAX_IMAGES_PER_COMMAND
 from eks_prefetch.settings import Settings
 
 # SSM's limit on a command's Comment.
 _COMMENT_LIMIT = 100
-# The document's images parameter takes at most 50 references (its allowedPattern).
-MAX_IMAGES_PER_COMMAND = 50
 
 
 def document_parameters(images: Sequence[ResolvedImage], settings: Settings) -> dict[str, list[str]]:

@@ -8,12 +8,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from eks_prefetch import node_contract
+
 # ECR repository names: lowercase path segments (the registry's own rule).
 REPOSITORY_PATTERN = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*"
 # Tags as ECR accepts them: the OCI character rule, but up to 300 characters (OCI says 128). Images are pulled by
 # digest, so a tag is only matched against the filter and shown, never sent to a node.
 TAG_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,299}"
-DIGEST_PATTERN = r"sha256:[a-f0-9]{64}"
+# The digest rule, as the node script checks it.
+DIGEST_PATTERN = node_contract.DIGEST_PATTERN
 
 # Config media types of runnable images; any other artifact type (signatures, SBOMs, Helm charts) is not pulled.
 IMAGE_CONFIG_MEDIA_TYPES = frozenset(

@@ -1,7 +1,8 @@
 """The node script's output: one parser, pure, shared by everything that reads what a node printed.
 
-The document prints one JSON object per image, then LAST a summary object (see template.yaml). What arrives here
-may be anything else too: SSM keeps only the first 24,000 characters of stdout (the summary is then cut off), an
+The document prints one JSON object per image, then LAST a summary object: document/output.schema.json is that
+contract, and the models below hold its fields and bounds (a unit test compares them). What arrives here may be
+anything else too: SSM keeps only the first 24,000 characters of stdout (the summary is then cut off), an
 agent kill leaves a partial run, and a broken node prints nothing or text. Nothing in here raises on bad output:
 it is classified, so that callers can count it under its own reason.
 """
@@ -15,6 +16,8 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from eks_prefetch.node_contract import DIGEST_PATTERN
 
 ImageStatus = Literal["pulled", "cached", "skipped", "failed"]
 IMAGE_STATUSES: tuple[ImageStatus, ...] = ("pulled", "cached", "skipped", "failed")
@@ -45,16 +48,36 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+# Bounds of document/output.schema.json. Whatever a node prints, a value outside them is a bad record, never a
+# number that breaks a reader later: 1e400 parses as inf (EMF would print Infinity), a 400-digit count overflows.
+_MAX_TEXT = 1024
+_MAX_COUNT = 10_000
+_MAX_SECONDS = 1_000_000
+_MAX_BYTES = 2**53 - 1  # what a JSON number (a double) holds exactly
+
+
+def _seconds() -> Any:
+    return Field(default=None, ge=0, le=_MAX_SECONDS, allow_inf_nan=False)
+
+
+def _count() -> Any:
+    return Field(default=0, ge=0, le=_MAX_COUNT)
+
+
+def _text() -> Any:
+    return Field(default=None, max_length=_MAX_TEXT)
+
+
 class ImageRecord(_Lenient):
-    image: str = Field(min_length=1, max_length=1024)
+    image: str = Field(min_length=1, max_length=_MAX_TEXT)
     status: ImageStatus
-    digest: str | None = None
-    seconds: float | None = Field(default=None, ge=0)
-    bytes: int | None = Field(default=None, ge=0)
+    digest: str | None = Field(default=None, pattern=f"^{DIGEST_PATTERN}$")
+    seconds: float | None = _seconds()
+    bytes: int | None = Field(default=None, ge=0, le=_MAX_BYTES)
     pinned: bool | None = None
-    error: str | None = None
-    reason: str | None = None
-    warning: str | None = None
+    error: str | None = _text()
+    reason: str | None = _text()
+    warning: str | None = _text()
 
     @property
     def repository(self) -> str:
@@ -68,18 +91,18 @@ class ImageRecord(_Lenient):
 
 class Summary(_Lenient):
     summary: Literal[True]
-    images: int = Field(default=0, ge=0)
-    pulled: int = Field(default=0, ge=0)
-    cached: int = Field(default=0, ge=0)
-    skipped: int = Field(default=0, ge=0)
-    failed: int = Field(default=0, ge=0)
-    unpinned: int = Field(default=0, ge=0)
-    disk_used_percent: float | None = None
-    seconds: float | None = None
+    images: int = _count()
+    pulled: int = _count()
+    cached: int = _count()
+    skipped: int = _count()
+    failed: int = _count()
+    unpinned: int = _count()
+    disk_used_percent: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
+    seconds: float | None = _seconds()
     # Per-image records left out to fit SSM's stdout limit; older scripts do not print it.
-    omitted: int = Field(default=0, ge=0)
+    omitted: int = _count()
     # A run-level failure (bad parameter, no ctr, lock not acquired): no image was touched.
-    error: str | None = None
+    error: str | None = _text()
 
 
 @dataclass(frozen=True)
@@ -122,7 +145,7 @@ class NodeOutput:
 def _as_object(line: str) -> dict[str, Any] | None:
     try:
         value = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the interpreter's stack
         return None
     return value if isinstance(value, dict) else None
 

@@ -12,6 +12,7 @@ from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from eks_prefetch.images import REPOSITORY_PATTERN
+from eks_prefetch.node_contract import deadline_margin_seconds
 
 logger = Logger(child=True)
 
@@ -136,7 +137,7 @@ class Settings(BaseModel):
     def effective_pull_timeout_seconds(self) -> int:
         """The pull timeout, below the whole run's deadline (the script ends its run a margin before the agent's
         execution timeout: a tenth of it, 5 to 60 s), so that a hung pull is reported, not killed."""
-        margin = min(max(self.execution_timeout_seconds // 10, 5), 60)
+        margin = deadline_margin_seconds(self.execution_timeout_seconds)
         return min(self.pull_timeout_seconds, self.execution_timeout_seconds - margin)
 
     @classmethod

@@ -1,0 +1,1 @@
+"""The SSM Command document's sources (content.yaml, prefetch.sh) and their generator into template.yaml."""

@@ -1,0 +1,43 @@
+"""Values the node script and the functions must agree on: one source for both.
+
+`make template` (document/generate.py) writes them into the SSM document in template.yaml, its script and its
+parameters' patterns; the functions, the harness and the tests import them from here.
+"""
+
+from __future__ import annotations
+
+# --- Image references the document accepts (its `images` allowedPattern, and the script's own check) ------------
+# registry host[:port] / repository path, then @digest or :tag. Narrower than OCI's grammar on purpose: no character
+# a shell treats specially, no newline (it would end the script's here-document on an agent that pastes parameters).
+REGISTRY_PATTERN = r"[a-z0-9][a-z0-9.-]{0,252}(:[0-9]{1,5})?"
+REPOSITORY_PATH_PATTERN = r"[a-z0-9][a-z0-9._/-]{0,255}"
+DIGEST_PATTERN = r"sha256:[a-f0-9]{64}"
+# OCI's tag rule (128 characters); ECR allows longer tags, but the functions send digests, never tags.
+REFERENCE_TAG_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
+REFERENCE_PATTERN = f"{REGISTRY_PATTERN}/{REPOSITORY_PATH_PATTERN}(@{DIGEST_PATTERN}|:{REFERENCE_TAG_PATTERN})"
+
+# The document's images parameter takes at most this many references (its allowedPattern counts them).
+MAX_IMAGES_PER_COMMAND = 50
+IMAGES_ALLOWED_PATTERN = f"^{REFERENCE_PATTERN}(,{REFERENCE_PATTERN}){{0,{MAX_IMAGES_PER_COMMAND - 1}}}$"
+# The script's check of one reference, as a bash ERE: groups 1 registry, 3 repository path.
+SCRIPT_REFERENCE_RE = f"^({REGISTRY_PATTERN})/({REPOSITORY_PATH_PATTERN})(@{DIGEST_PATTERN}|:{REFERENCE_TAG_PATTERN})$"
+
+# --- Pins ---------------------------------------------------------------------------------------------------------
+# containerd's CRI exempts an image with this label (value PIN_VALUE) from kubelet's image GC.
+PIN_LABEL = "io.cri-containerd.pinned"
+PIN_VALUE = "pinned"
+# Our mark on the pins we made (value: when, in ns since the epoch): retention only ever unpins images carrying it.
+OUR_PIN_LABEL = "eks-image-prefetch/pinned-at"
+
+# --- The run's deadline ---------------------------------------------------------------------------------------------
+# The script ends its run this margin before the agent's executionTimeout kills it, to report: a tenth of the
+# timeout, 5 to 60 s. A pull timeout must fit before that deadline.
+DEADLINE_MARGIN_DIVISOR = 10
+DEADLINE_MARGIN_MIN_SECONDS = 5
+DEADLINE_MARGIN_MAX_SECONDS = 60
+
+
+def deadline_margin_seconds(execution_timeout_seconds: int) -> int:
+    """The margin the script keeps before the agent's execution timeout (the script computes it the same way)."""
+    margin = execution_timeout_seconds // DEADLINE_MARGIN_DIVISOR
+    return min(max(margin, DEADLINE_MARGIN_MIN_SECONDS), DEADLINE_MARGIN_MAX_SECONDS)
