@@ -257,13 +257,15 @@ def test_out_of_bounds_summaries_are_bad_records_not_exceptions(bad: str) -> Non
 
 def test_values_at_the_bounds_are_accepted():
     record = _record(seconds=1_000_000, bytes=2**53 - 1, image="r/" + "x" * 1022, warning="w" * 1024)
-    summary = _summary(images=10_000, pulled=10_000, omitted=10_000, disk_used_percent=100, seconds=0)
+    summary = _summary(images=10_000, pulled=10_000, omitted=9_999, disk_used_percent=100, seconds=0)
+    all_omitted = _summary(images=10_000, pulled=10_000, omitted=10_000, disk_used_percent=100, seconds=0)
 
     output = parse_node_output(record + "\n" + summary)
 
     assert output.problem is None
     assert output.records[0].bytes == 2**53 - 1
-    assert output.summary.omitted == 10_000
+    assert parse_node_output(all_omitted).summary.omitted == 10_000
+    assert parse_node_output(all_omitted).problem is None
 
 
 def test_nothing_a_node_prints_raises():
