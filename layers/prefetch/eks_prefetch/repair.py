@@ -95,14 +95,9 @@ def _last_report(instance_id: str, repositories: Iterable[str], states: Mapping[
     return max(stamps, default="")
 
 
-def find_gaps(
-    coverages: Iterable[RepositoryCoverage],
-    pushed_at: Callable[[str, str], datetime | None],
-    settings: Settings,
-    now: datetime,
-) -> dict[str, NodeGap]:
-    """Per online node, the newest images it lacks: past the grace period after their push, and never an image
-    older than the one the node holds."""
+def find_gaps(coverages: Iterable[RepositoryCoverage], settings: Settings, now: datetime) -> dict[str, NodeGap]:
+    """Per online node, the newest images it lacks, past the grace period after their push. A node holding a newer
+    image than the newest (tagged or not) is not missing it (``coverage_of``): it is never sent an older image."""
     grace = timedelta(seconds=settings.repair_grace_seconds)
     lacking: dict[str, list[ResolvedImage]] = defaultdict(list)
     for coverage in coverages:
@@ -110,10 +105,6 @@ def find_gaps(
         if newest is None or now - newest.pushed_at < grace:
             continue
         for state in coverage.missing:
-            held = pushed_at(coverage.repository, state.digest) if state.digest else None
-            if held is not None and held > newest.pushed_at:
-                # The node holds a newer image than the resolution's (a tag moved back, a filter changed).
-                continue
             lacking[state.instance_id].append(newest)
     return {
         node: NodeGap(node, tuple(images), since=min(image.pushed_at for image in images))
@@ -239,8 +230,9 @@ class RepairResult:
 
 @dataclass(frozen=True)
 class RepairInputs:
-    """What repair plans from: the fleet as the sweep saw it, the nodes with a command in flight, and the newest
-    images (with their push times) of the same resolution."""
+    """What repair plans from: the fleet as the sweep saw it (its coverage already tells a node that lacks the newest
+    image from one that holds a newer one), the nodes with a command in flight, and the resolution the fleet was
+    measured against."""
 
     fleet: FleetView
     in_flight: frozenset[str]
@@ -250,7 +242,7 @@ class RepairInputs:
 def plan_for(inputs: RepairInputs, settings: Settings, now: datetime) -> RepairPlan:
     """The repair plan for a view of the fleet (the sweep's, or `make status`'s), with the nodes' repair rows."""
     fleet = inputs.fleet
-    gaps = find_gaps(fleet.coverages, inputs.newest.pushed_at, settings, now)
+    gaps = find_gaps(fleet.coverages, settings, now)
     return plan_repairs(
         gaps,
         started_at=node_starts(gaps, fleet.online) if gaps else {},
