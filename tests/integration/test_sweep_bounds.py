@@ -10,7 +10,7 @@ Time: every AWS call the code makes through botocore advances a fake clock by a 
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -132,12 +132,14 @@ def test_an_invocation_listed_as_finished_but_still_pending_holds_the_watermark(
 
     monkeypatch.setattr(aws.ssm, "list_command_invocations", listed_finished)
 
-    pending = sweep.sweep_and_repair(get_settings())
+    # Past the watermark's safety lag after the command, so that only the pending invocation can hold it there.
+    later = datetime.now(UTC) + timedelta(minutes=10)
+    pending = sweep.sweep_and_repair(get_settings(), now=later)
 
     assert pending["counted"] == 0
     assert pending["next_watermark"] <= requested_at(command_id)
     fake.set(command_id, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)])))
-    assert sweep.sweep_and_repair(get_settings())["counted"] == 1
+    assert sweep.sweep_and_repair(get_settings(), now=later)["counted"] == 1
 
 
 # --- 13: the TTL refresh, bounded per run ---------------------------------------------------------------------------
