@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+from aws_lambda_powertools import Logger
 
 from eks_prefetch import aws
 from eks_prefetch import status_table as table
+from eks_prefetch.deadline import TimeLeft, running_out
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.resolution import NewestImages
 from eks_prefetch.settings import Settings
 from eks_prefetch.status_table import NodeState
+
+logger = Logger(child=True)
 
 
 @dataclass(frozen=True)
@@ -20,57 +26,95 @@ class RepositoryCoverage:
     newest: ResolvedImage | None
     online: tuple[str, ...]
     missing: tuple[NodeState, ...]
+    # Online nodes holding an image of the repository pushed after the newest one (its tag moved back, or the filter
+    # rejects the newer image's tag): covered, and never sent the older image.
+    ahead: tuple[NodeState, ...] = ()
 
     @property
     def percent(self) -> float:
-        """Online nodes holding the newest digest over all online nodes; 100 when there is none to hold it."""
+        """Online nodes holding the newest digest (or a newer one) over all online nodes; 100 when there is none
+        to hold it."""
         if not self.online or self.newest is None:
             return 100.0
         return 100.0 * (len(self.online) - len(self.missing)) / len(self.online)
 
 
 def coverage_of(
-    repository: str, newest: ResolvedImage | None, online: Iterable[str], states: Mapping[tuple[str, str], NodeState]
+    repository: str,
+    newest: ResolvedImage | None,
+    online: Iterable[str],
+    states: Mapping[tuple[str, str], NodeState],
+    pushed: Mapping[str, datetime] | None = None,
 ) -> RepositoryCoverage:
-    """Pure: which online nodes do not hold the newest digest of a repository, with what they last reported."""
+    """Pure: which online nodes do not hold the newest digest of a repository, with what they last reported; and
+    which hold a newer one, by ``pushed`` (when the digests the nodes hold were pushed, tagged or not)."""
     nodes = tuple(sorted(set(online)))
-    missing: tuple[NodeState, ...] = ()
+    missing: list[NodeState] = []
+    ahead: list[NodeState] = []
     if newest is not None:
-        missing = tuple(
-            states.get((node, repository), NodeState(node, repository))
-            for node in nodes
-            if states.get((node, repository), NodeState(node, repository)).digest != newest.digest
-        )
-    return RepositoryCoverage(repository, newest, nodes, missing)
+        for node in nodes:
+            state = states.get((node, repository), NodeState(node, repository))
+            if state.digest == newest.digest:
+                continue
+            held = (pushed or {}).get(state.digest) if state.digest else None
+            (ahead if held is not None and held > newest.pushed_at else missing).append(state)
+    return RepositoryCoverage(repository, newest, nodes, tuple(missing), tuple(ahead))
 
 
-def online_nodes(settings: Settings) -> dict[str, Mapping[str, Any]]:
-    """The online cluster nodes, by instance id, as DescribeInstanceInformation describes them."""
-    nodes = {
-        info["InstanceId"]: info
-        for info in aws.ssm.online_managed_nodes(settings.node_tag_key, settings.node_tag_value)
-    }
+def online_nodes(
+    settings: Settings, *, time_left: TimeLeft = None, reserve: float = 0.0
+) -> dict[str, Mapping[str, Any]] | None:
+    """The online cluster nodes, by instance id, as DescribeInstanceInformation describes them; None if less than
+    ``reserve`` seconds were left before the last page."""
+    nodes: dict[str, Mapping[str, Any]] = {}
+    for info in aws.ssm.online_managed_nodes(settings.node_tag_key, settings.node_tag_value):
+        if running_out(time_left, reserve):
+            return None
+        nodes[info["InstanceId"]] = info
     return dict(sorted(nodes.items()))
 
 
 @dataclass(frozen=True)
 class FleetView:
-    """The fleet as one look saw it: the online nodes, their rows, and each repository's coverage."""
+    """The fleet as one look saw it: the online nodes, their rows, and each repository's coverage. ``complete``
+    False: the look ran out of time, and ``coverages`` holds only the repositories it measured."""
 
     online: Mapping[str, Mapping[str, Any]]
     states: Mapping[tuple[str, str], NodeState]
     coverages: tuple[RepositoryCoverage, ...]
+    complete: bool = True
 
     @property
     def percent_by_repository(self) -> dict[str, float]:
         return {coverage.repository: round(coverage.percent, 2) for coverage in self.coverages if coverage.newest}
 
 
-def look_at_fleet(settings: Settings, newest: NewestImages) -> FleetView:
-    """Coverage of every watched repository over the online cluster nodes: what the sweep and `make status` show."""
-    online = online_nodes(settings)
-    states = table.read_node_states(settings, online, settings.repository_names)
-    coverages = tuple(
-        coverage_of(repository, newest.get(repository), online, states) for repository in settings.repository_names
-    )
-    return FleetView(online, states, coverages)
+def look_at_fleet(
+    settings: Settings, newest: NewestImages, *, time_left: TimeLeft = None, reserve: float = 0.0
+) -> FleetView:
+    """Coverage of every watched repository over the online cluster nodes: what the sweep and `make status` show.
+
+    With ``time_left``, no step (a page of nodes, a repository's rows) starts with less than ``reserve`` seconds
+    left: the repositories measured so far are returned, the others wait for the next look."""
+    online = online_nodes(settings, time_left=time_left, reserve=reserve)
+    if online is None:
+        # Coverage over part of the fleet would be wrong: nothing is measured.
+        logger.warning("no time left to list the online nodes: coverage waits for the next sweep")
+        return FleetView({}, {}, (), complete=False)
+    states: dict[tuple[str, str], NodeState] = {}
+    coverages: list[RepositoryCoverage] = []
+    for repository in settings.repository_names:
+        if running_out(time_left, reserve):
+            logger.warning(
+                "no time left to measure every repository's coverage",
+                extra={"measured": len(coverages), "repositories": len(settings.repository_names)},
+            )
+            return FleetView(online, states, tuple(coverages), complete=False)
+        image = newest.get(repository)
+        rows = table.read_node_states(settings, online, [repository])
+        states.update(rows)
+        # Only the digests other than the newest that a node holds: few, asked once a resolution.
+        others = {state.digest for state in rows.values() if state.digest and image and state.digest != image.digest}
+        pushed = newest.push_times(repository, others) if others else {}
+        coverages.append(coverage_of(repository, image, online, states, pushed))
+    return FleetView(online, states, tuple(coverages))

@@ -32,6 +32,7 @@ from eks_prefetch import status_metrics as m
 from eks_prefetch import status_table as table
 from eks_prefetch.commands import image_batches, send_command_request
 from eks_prefetch.coverage import FleetView, RepositoryCoverage
+from eks_prefetch.deadline import running_out
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.resolution import NewestImages
 from eks_prefetch.sending import send_once
@@ -48,6 +49,9 @@ MAX_INSTANCES_PER_COMMAND = 50
 REPAIR_WINDOW_SECONDS = 300
 # A repair is not started with less time left than this: one send, its look-ups, and the state update.
 SEND_RESERVE_SECONDS = 20.0
+# Refused sends a sweep makes at most. Halving isolates one refused node in about 2 x log2(50) = 12 sends; a refusal
+# of every node (the document or the role, not a node) would cost 2 x 50 - 1 sends a group: the rest waits.
+MAX_REFUSED_SENDS_PER_SWEEP = 100
 
 
 def backoff_seconds(attempts: int, settings: Settings) -> int:
@@ -95,14 +99,9 @@ def _last_report(instance_id: str, repositories: Iterable[str], states: Mapping[
     return max(stamps, default="")
 
 
-def find_gaps(
-    coverages: Iterable[RepositoryCoverage],
-    pushed_at: Callable[[str, str], datetime | None],
-    settings: Settings,
-    now: datetime,
-) -> dict[str, NodeGap]:
-    """Per online node, the newest images it lacks: past the grace period after their push, and never an image
-    older than the one the node holds."""
+def find_gaps(coverages: Iterable[RepositoryCoverage], settings: Settings, now: datetime) -> dict[str, NodeGap]:
+    """Per online node, the newest images it lacks, past the grace period after their push. A node holding a newer
+    image than the newest (tagged or not) is not missing it (``coverage_of``): it is never sent an older image."""
     grace = timedelta(seconds=settings.repair_grace_seconds)
     lacking: dict[str, list[ResolvedImage]] = defaultdict(list)
     for coverage in coverages:
@@ -110,10 +109,6 @@ def find_gaps(
         if newest is None or now - newest.pushed_at < grace:
             continue
         for state in coverage.missing:
-            held = pushed_at(coverage.repository, state.digest) if state.digest else None
-            if held is not None and held > newest.pushed_at:
-                # The node holds a newer image than the resolution's (a tag moved back, a filter changed).
-                continue
             lacking[state.instance_id].append(newest)
     return {
         node: NodeGap(node, tuple(images), since=min(image.pushed_at for image in images))
@@ -239,8 +234,9 @@ class RepairResult:
 
 @dataclass(frozen=True)
 class RepairInputs:
-    """What repair plans from: the fleet as the sweep saw it, the nodes with a command in flight, and the newest
-    images (with their push times) of the same resolution."""
+    """What repair plans from: the fleet as the sweep saw it (its coverage already tells a node that lacks the newest
+    image from one that holds a newer one), the nodes with a command in flight, and the resolution the fleet was
+    measured against."""
 
     fleet: FleetView
     in_flight: frozenset[str]
@@ -250,7 +246,7 @@ class RepairInputs:
 def plan_for(inputs: RepairInputs, settings: Settings, now: datetime) -> RepairPlan:
     """The repair plan for a view of the fleet (the sweep's, or `make status`'s), with the nodes' repair rows."""
     fleet = inputs.fleet
-    gaps = find_gaps(fleet.coverages, inputs.newest.pushed_at, settings, now)
+    gaps = find_gaps(fleet.coverages, settings, now)
     return plan_repairs(
         gaps,
         started_at=node_starts(gaps, fleet.online) if gaps else {},
@@ -293,13 +289,16 @@ def repair(
     if not settings.repair_enabled:
         return RepairResult(enabled=False)
     plan = plan_for(inputs, settings, now)
-    sent = repaired = errors = 0
+    sent = repaired = errors = refused = 0
     window = _window(now)
     work = list(plan.commands)
     while work:
         images, nodes = work.pop(0)
-        if time_left is not None and time_left() < SEND_RESERVE_SECONDS:
+        if running_out(time_left, SEND_RESERVE_SECONDS):
             logger.warning("repair out of time: the next sweep sends the rest", extra={"nodes_left": len(nodes)})
+            break
+        if refused >= MAX_REFUSED_SENDS_PER_SWEEP:
+            logger.warning("SSM refused too many repairs: the next sweep sends the rest", extra={"refused": refused})
             break
         references = [image.reference for image in images]
         key = {"repair_window": window, "images": _short_hash(references), "nodes": _short_hash(nodes)}
@@ -311,15 +310,18 @@ def repair(
                 lambda_context=lambda_context,
                 log_fields={"repair": True, "instance_ids": list(nodes), "images": references},
             )
-        except aws.InstanceNotAcceptedError:
+        except aws.CommandRefusedError as refusal:
+            refused += 1
             if len(nodes) > 1:
-                # SSM refuses the whole command for one id it does not accept (deregistered, terminated since the
-                # listing): the halves go separately, so that one node cannot hold back the group.
+                # SSM refuses the whole command for one node it does not accept, whatever its code (InvalidInstanceId
+                # for a node deregistered since the listing, AccessDeniedException for a hybrid mi- node outside the
+                # policy's resources...): the halves go separately, so that one node cannot hold back the group.
+                # Throttling and 5xx are not refusals: they fail the group, unsplit, until the next sweep.
                 half = len(nodes) // 2
                 work[0:0] = [(images, nodes[:half]), (images, nodes[half:])]
                 continue
             # Recorded as an attempt, so that a node SSM refuses backs off like one that fails.
-            logger.warning("SSM does not accept the node for a repair", extra={"instance_id": nodes[0]})
+            logger.warning("SSM refuses a repair for the node", extra={"instance_id": nodes[0], "code": refusal.code})
             _record_attempt(settings, plan.gaps[nodes[0]], plan.repair_states.get(nodes[0], RepairState()), now, None)
             errors += 1
             continue

@@ -67,7 +67,8 @@ def render(
             if state.last_error:
                 why = f"last error at {state.last_error_at}: {state.last_error}"
             elif state.digest:
-                why = f"holds an older digest {state.digest} (since {state.cached_at}), no error reported"
+                # Not a newer one: a node holding a newer image than the newest is covered (coverage_of).
+                why = f"holds digest {state.digest}, not the newest (since {state.cached_at}), no error reported"
             else:
                 why = "never reported (no prefetch result yet)"
             out.write(f"  missing:  {state.instance_id}  {why}\n")

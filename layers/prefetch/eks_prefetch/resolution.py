@@ -65,6 +65,7 @@ class NewestImages:
     refresh_floor_seconds: float = 5.0
     clock: Callable[[], float] = time.monotonic
     _listings: dict[str, tuple[float, Listing]] = field(default_factory=dict, repr=False)
+    # Push times of digests the tagged listings do not show (None: not in the repository), by (repository, digest).
     _untagged: dict[tuple[str, str], datetime | None] = field(default_factory=dict, repr=False)
 
     def listing(self, repository: str) -> Listing:
@@ -91,18 +92,26 @@ class NewestImages:
         return self.listing(repository).pushed.get(digest)
 
     def push_time(self, repository: str, digest: str) -> datetime | None:
-        """When the image was pushed, tagged or not (an untagged one is looked up once, by digest); None if ECR
-        does not hold it (any more)."""
-        pushed = self.pushed_at(repository, digest)
-        if pushed is not None or not self.listing(repository).exists:
-            return pushed
-        if (repository, digest) not in self._untagged:
+        """When the image was pushed, tagged or not; None if ECR does not hold it (any more)."""
+        return self.push_times(repository, [digest]).get(digest)
+
+    def push_times(self, repository: str, digests: Iterable[str]) -> dict[str, datetime]:
+        """When each of these images of the repository was pushed, tagged or not: from the tagged listing, and for
+        the digests it does not show (an image whose tag moved away, or that never had one), by image id (one
+        DescribeImages per 100 such digests, each asked once in this object's life). A digest the repository does
+        not hold is left out."""
+        digests = set(digests)
+        pushed = self.listing(repository).pushed
+        times = {digest: pushed[digest] for digest in digests if digest in pushed}
+        unknown = {digest for digest in digests if digest not in pushed and (repository, digest) not in self._untagged}
+        if unknown and repository in self.settings.repository_names:
             try:
-                image = aws.ecr.describe_image(repository, digest)
+                found = aws.ecr.pushed_at(repository, unknown)
             except aws.RepositoryNotFoundError:
-                image = None
-            self._untagged[(repository, digest)] = image["imagePushedAt"] if image else None
-        return self._untagged[(repository, digest)]
+                found = {}
+            self._untagged.update({(repository, digest): found.get(digest) for digest in unknown})
+        times.update({digest: at for digest in digests if (at := self._untagged.get((repository, digest))) is not None})
+        return times
 
     def every_repository(self) -> list[ResolvedImage]:
         """The newest image of every watched repository; a missing or empty repository contributes nothing."""

@@ -7,6 +7,7 @@ then sends the nodes that lack a newest image what they lack (``repair``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from eks_prefetch import aws
 from eks_prefetch import status_metrics as m
 from eks_prefetch import status_table as table
 from eks_prefetch.coverage import FleetView, look_at_fleet
+from eks_prefetch.deadline import TimeLeft, running_out
 from eks_prefetch.invocations import NON_TERMINAL, RecordingScope, record_invocation
 from eks_prefetch.repair import RepairInputs, repair
 from eks_prefetch.settings import Settings
@@ -30,8 +32,20 @@ logger = Logger(child=True)
 WATERMARK_SAFETY = timedelta(minutes=5)
 # A fresh deployment's first sweep looks back this far (not the whole history).
 FIRST_SWEEP_LOOKBACK = timedelta(hours=1)
-# The sweep stops taking new commands when the Lambda has less than this left; the watermark keeps the rest.
+# No step of the sweep (an invocation, a repository's coverage, a TTL write) starts with less than this left; what is
+# not done is left to the next sweep (repair, after it, sends while SEND_RESERVE_SECONDS are left).
 SWEEP_RESERVE_SECONDS = 30.0
+# Counting invocations stops when this share of the time the sweep started with is left: the look at the fleet
+# (coverage: at 10,000 nodes and 20 repositories, 200 DescribeInstanceInformation pages and 2,000 BatchGetItems,
+# about 70 s in-Region), the TTL refresh and repair come after it, every sweep. What was not counted, the next sweeps
+# count (the watermark stays).
+FLEET_SHARE = 0.4
+# The sweep's schedule (template.yaml, Sweep: rate(5 minutes)): the pace of the TTL refresh.
+SWEEP_INTERVAL_SECONDS = 300
+# The TTL refresh rewrites at most this many rows a sweep, or more in a fleet too large for it (see refreshes_per_run).
+MIN_REFRESHES_PER_SWEEP = 100
+# Claims are read 100 a request (BatchGetItem's limit): the sweep looks at its deadline between reads.
+_CLAIMS_PER_READ = 100
 
 
 @dataclass(frozen=True)
@@ -65,66 +79,99 @@ class _CommandTally:
     already: int = 0
     errors: int = 0
     still_open: bool = False
+    # The sweep ran out of time within this command: it is looked at again, and so is every command after it.
+    out_of_time: bool = False
     # Nodes with an invocation of this command not finished yet.
     in_flight: set[str] = field(default_factory=set)
 
+    def stop(self) -> _CommandTally:
+        self.out_of_time = self.still_open = True
+        return self
 
-def _sweep_command(command: Mapping[str, Any], scope: RecordingScope, now: datetime) -> _CommandTally:
-    """Count the final, unclaimed invocations of one command; whether it must be looked at again."""
+
+def _sweep_command(
+    command: Mapping[str, Any], scope: RecordingScope, now: datetime, time_left: TimeLeft, reserve: float
+) -> _CommandTally:
+    """Count the final, unclaimed invocations of one command; whether it must be looked at again. No call starts
+    with less than ``reserve`` seconds left."""
     settings = scope.settings
     command_id = command["CommandId"]
     tally = _CommandTally(still_open=command.get("Status") in {"Pending", "InProgress", "Cancelling"})
+    invocations: list[Mapping[str, Any]] = []
     try:
-        invocations = list(aws.ssm.list_command_invocations(command_id))
+        for invocation in aws.ssm.list_command_invocations(command_id):
+            if running_out(time_left, reserve):
+                return tally.stop()
+            invocations.append(invocation)
     except Exception:
         # Throttled past botocore's retries, or the like: the next sweep looks again (one retry per schedule).
         logger.exception("sweep could not list a command's invocations", extra={"command_id": command_id})
         tally.errors += 1
         tally.still_open = True
         return tally
-    try:
-        # The claims of the finished invocations, 100 a request: a sweep's reads grow with pages, not one per node.
-        finished = [
-            invocation["InstanceId"] for invocation in invocations if invocation.get("Status") not in NON_TERMINAL
-        ]
-        claims = table.read_claims(settings, command_id, finished)
-    except Exception:
-        logger.exception("sweep could not read a command's claims", extra={"command_id": command_id})
-        tally.errors += 1
-        tally.still_open = True
-        return tally
+    finished = []
     for invocation in invocations:
-        instance_id = invocation["InstanceId"]
         if invocation.get("Status") in NON_TERMINAL:
             tally.still_open = True
-            tally.in_flight.add(instance_id)
-            continue
-        standing = claims[instance_id].standing(now) if instance_id in claims else None
-        if standing is table.Standing.COUNTED:
-            tally.already += 1
-            continue
-        if standing is table.Standing.IN_PROGRESS:
-            # Being counted right now, or by a recording that died: looked at again until it is final.
-            tally.still_open = True
-            continue
+            tally.in_flight.add(invocation["InstanceId"])
+        else:
+            finished.append(invocation["InstanceId"])
+    for start in range(0, len(finished), _CLAIMS_PER_READ):
+        chunk = finished[start : start + _CLAIMS_PER_READ]
+        if running_out(time_left, reserve):
+            return tally.stop()
         try:
-            outcome = record_invocation(command_id, instance_id, settings, via="sweep", scope=scope, now=now)
+            # The claims of the finished invocations, 100 a request: a sweep's reads grow with pages, not nodes.
+            claims = table.read_claims(settings, command_id, chunk)
         except Exception:
-            # Left for the next sweep: the watermark stays at this command.
-            logger.exception(
-                "sweep could not record an invocation", extra={"command_id": command_id, "instance_id": instance_id}
-            )
+            logger.exception("sweep could not read a command's claims", extra={"command_id": command_id})
             tally.errors += 1
             tally.still_open = True
-            continue
-        if outcome.counted:
-            tally.counted += 1
-            logger.info("sweep counted an invocation whose event never came", extra=outcome.as_dict())
-        elif outcome.result in {"pending", "in_progress"}:
-            tally.still_open = True
-        elif outcome.result == "duplicate":
-            tally.already += 1
+            return tally
+        for instance_id in chunk:
+            if _claimed(claims.get(instance_id), now, tally):
+                continue
+            if running_out(time_left, reserve):
+                return tally.stop()
+            _record(command_id, instance_id, scope, now, tally)
     return tally
+
+
+def _claimed(claim: table.Claim | None, now: datetime, tally: _CommandTally) -> bool:
+    """Whether an invocation's claim leaves nothing to record now (counted, or being counted)."""
+    standing = claim.standing(now) if claim is not None else None
+    if standing is table.Standing.COUNTED:
+        tally.already += 1
+        return True
+    if standing is table.Standing.IN_PROGRESS:
+        # Being counted right now, or by a recording that died: looked at again until it is final.
+        tally.still_open = True
+        return True
+    return False
+
+
+def _record(command_id: str, instance_id: str, scope: RecordingScope, now: datetime, tally: _CommandTally) -> None:
+    try:
+        outcome = record_invocation(command_id, instance_id, scope.settings, via="sweep", scope=scope, now=now)
+    except Exception:
+        # Left for the next sweep: the watermark stays at this command.
+        logger.exception(
+            "sweep could not record an invocation", extra={"command_id": command_id, "instance_id": instance_id}
+        )
+        tally.errors += 1
+        tally.still_open = True
+        return
+    if outcome.counted:
+        tally.counted += 1
+        logger.info("sweep counted an invocation whose event never came", extra=outcome.as_dict())
+    elif outcome.result == "pending":
+        # Listed as finished, but GetCommandInvocation still says otherwise: its final status comes later.
+        tally.still_open = True
+        tally.in_flight.add(instance_id)
+    elif outcome.result == "in_progress":
+        tally.still_open = True
+    elif outcome.result == "duplicate":
+        tally.already += 1
 
 
 def load_watermark(settings: Settings, now: datetime) -> datetime:
@@ -134,15 +181,33 @@ def load_watermark(settings: Settings, now: datetime) -> datetime:
     return max(start, floor)
 
 
-def refresh_ttl(settings: Settings, states: Iterable[NodeState], now: datetime) -> int:
-    """Push back the expiry of the rows of nodes seen online, once half their TTL has passed (few writes)."""
-    refreshed = 0
+def refreshes_per_run(settings: Settings, rows: int) -> int:
+    """How many rows one sweep's TTL refresh rewrites at most: enough that, were every row to fall due at once (half
+    its TTL left), all are rewritten within half of what is left, at the sweep's schedule; never fewer than
+    MIN_REFRESHES_PER_SWEEP. At 10,000 nodes and 20 repositories (200,000 rows) and the 7-day default TTL: 397."""
+    sweeps_before_expiry = max(settings.node_state_ttl_seconds // 2 // SWEEP_INTERVAL_SECONDS, 1)
+    return max(MIN_REFRESHES_PER_SWEEP, math.ceil(2 * rows / sweeps_before_expiry))
+
+
+def refresh_ttl(settings: Settings, states: Iterable[NodeState], now: datetime, *, time_left: TimeLeft = None) -> int:
+    """Push back the expiry of the rows of nodes seen online, once half their TTL has passed: the rows nearest their
+    expiry first, at most ``refreshes_per_run`` a sweep and none with less than SWEEP_RESERVE_SECONDS left. A row
+    refreshed now expires a whole TTL later, so that rows that fell due together spread over the sweeps."""
+    states = list(states)
     horizon = int(now.timestamp()) + settings.node_state_ttl_seconds // 2
-    for state in states:
-        if state.expires_at >= horizon:
-            continue
+    due = sorted(
+        (state for state in states if state.expires_at < horizon),
+        key=lambda state: (state.expires_at, state.instance_id, state.repository),
+    )
+    bound = refreshes_per_run(settings, len(states))
+    refreshed = 0
+    for state in due[:bound]:
+        if running_out(time_left, SWEEP_RESERVE_SECONDS):
+            break
         table.refresh_expiry(settings, state, now)
         refreshed += 1
+    if refreshed < len(due):
+        logger.info("TTL refresh: the rest falls to the next sweeps", extra={"refreshed": refreshed, "due": len(due)})
     return refreshed
 
 
@@ -166,32 +231,40 @@ def sweep(
     oldest_open: datetime | None = None
     commands = counted = already = errors = 0
     in_flight: set[str] = set()
+    # Counting leaves the rest of the time to the fleet's look, the TTL refresh and repair.
+    counting_reserve = max(SWEEP_RESERVE_SECONDS, FLEET_SHARE * time_left()) if time_left else 0.0
+    out_of_time = False
 
     for command in aws.ssm.list_document_commands(settings.document_name, watermark):
         # The filters are the server's; checked again, so that nothing of another document is ever counted.
         requested = parse_time(command.get("RequestedDateTime"))
         if command.get("DocumentName") != settings.document_name or requested is None or requested < watermark:
             continue
-        if time_left is not None and time_left() < SWEEP_RESERVE_SECONDS:
-            # ListCommands promises no order: the watermark cannot move past commands not looked at.
-            oldest_open = watermark
-            logger.warning("sweep out of time, the watermark stays", extra={"watermark": timestamp(watermark)})
+        if running_out(time_left, counting_reserve):
+            out_of_time = True
             break
         commands += 1
-        tally = _sweep_command(command, scope, now)
+        tally = _sweep_command(command, scope, now, time_left, counting_reserve)
         counted += tally.counted
         already += tally.already
         errors += tally.errors
         in_flight |= tally.in_flight
         if tally.still_open:
             oldest_open = min(filter(None, [oldest_open, requested]))
+        if tally.out_of_time:
+            out_of_time = True
+            break
+    if out_of_time:
+        # ListCommands promises no order: the watermark cannot move past commands not looked at.
+        oldest_open = watermark
+        logger.warning("sweep out of time, the watermark stays", extra={"watermark": timestamp(watermark)})
 
     next_watermark = max(min(filter(None, [oldest_open, now - WATERMARK_SAFETY])), watermark)
     table.write_watermark(settings, next_watermark)
 
-    fleet = look_at_fleet(settings, scope.newest)
+    fleet = look_at_fleet(settings, scope.newest, time_left=time_left, reserve=SWEEP_RESERVE_SECONDS)
     m.emit_coverage_metrics(fleet.coverages, settings)
-    refresh_ttl(settings, fleet.states.values(), now)
+    refresh_ttl(settings, fleet.states.values(), now, time_left=time_left)
     result = SweepResult(
         watermark=watermark,
         next_watermark=next_watermark,

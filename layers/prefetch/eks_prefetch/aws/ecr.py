@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -50,3 +51,37 @@ def describe_image(repository: str, digest: str, ecr: Any = None) -> Mapping[str
 def image_exists(repository: str, digest: str, ecr: Any = None) -> bool:
     """Whether the repository holds an image with this digest, tagged or not."""
     return describe_image(repository, digest, ecr) is not None
+
+
+# DescribeImages takes at most 100 image ids a request.
+MAX_IMAGE_IDS = 100
+
+
+def pushed_at(repository: str, digests: Iterable[str], ecr: Any = None) -> dict[str, datetime]:
+    """When each image of the repository with one of these digests was pushed, tagged or not (DescribeImages by
+    image id, 100 a request). A digest the repository does not hold (deleted since) is left out. Raises
+    RepositoryNotFoundError."""
+    client = ecr or clients.client("ecr")
+    wanted = sorted(set(digests))
+    found: dict[str, datetime] = {}
+    for start in range(0, len(wanted), MAX_IMAGE_IDS):
+        found.update(_pushed_at(client, repository, wanted[start : start + MAX_IMAGE_IDS]))
+    return found
+
+
+def _pushed_at(client: Any, repository: str, digests: list[str]) -> dict[str, datetime]:
+    try:
+        details = client.describe_images(
+            repositoryName=repository, imageIds=[{"imageDigest": digest} for digest in digests]
+        )["imageDetails"]
+    except ClientError as error:
+        if error_code(error) == "RepositoryNotFoundException":
+            raise RepositoryNotFoundError(repository) from error
+        if error_code(error) != "ImageNotFoundException":
+            raise
+        # One missing id fails the whole request: halved until the missing one is alone (few calls for few).
+        if len(digests) == 1:
+            return {}
+        half = len(digests) // 2
+        return {**_pushed_at(client, repository, digests[:half]), **_pushed_at(client, repository, digests[half:])}
+    return {detail["imageDigest"]: detail["imagePushedAt"] for detail in details if detail.get("imagePushedAt")}
