@@ -45,6 +45,8 @@ sam-build: venv
 shellcheck: venv
 	mkdir -p .aws-sam && $(PY) -m tests.document_script > .aws-sam/prefetch-document.sh
 	shellcheck --shell=bash .aws-sam/prefetch-document.sh
+	$(PY) -m tests.unpin_script > .aws-sam/unpin-document.sh
+	shellcheck --shell=bash .aws-sam/unpin-document.sh
 
 unit: venv
 	$(BIN)/pytest tests/unit
@@ -81,6 +83,14 @@ status: venv
 	@test -n "$(STACK)" || { echo "usage: make status STACK=<stack name> [REGION=<region>]" >&2; exit 2; }
 	@$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION) PYTHONPATH=layers/prefetch \
 	  $(PY) -m eks_prefetch.report --stack "$(STACK)" $(if $(REGION),--region "$(REGION)")
+
+.PHONY: unpin
+# What deleting the stack does, on demand: one command, by the node tag, that removes this application's pins (and
+# no one else's) from every node. `make unpin STACK=<name> [REGION=<region>]`.
+unpin: venv
+	@test -n "$(STACK)" || { echo "usage: make unpin STACK=<stack name> [REGION=<region>]" >&2; exit 2; }
+	@$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION) PYTHONPATH=layers/prefetch \
+	  $(PY) -m eks_prefetch.uninstall --stack "$(STACK)" $(if $(REGION),--region "$(REGION)")
 
 .PHONY: bench bench-node
 # Every figure next to its target and its baseline, measured in the same run: writes BENCHMARKS.md (commit it).
