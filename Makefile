@@ -84,6 +84,15 @@ status: venv
 	@$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION) PYTHONPATH=layers/prefetch \
 	  $(PY) -m eks_prefetch.report --stack "$(STACK)" $(if $(REGION),--region "$(REGION)")
 
+.PHONY: preflight
+# The deployed stack against the account: repositories and their images, nodes online in SSM, the node roles'
+# policies, the ECR/S3 endpoints. Exits 0 ready, 1 findings (each with what to do), 2 cannot read.
+# `make preflight STACK=<name> [REGION=<region>]`.
+preflight: venv
+	@test -n "$(STACK)" || { echo "usage: make preflight STACK=<stack name> [REGION=<region>]" >&2; exit 2; }
+	@$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION) PYTHONPATH=layers/prefetch \
+	  $(PY) -m eks_prefetch.preflight --stack "$(STACK)" $(if $(REGION),--region "$(REGION)")
+
 .PHONY: unpin
 # What deleting the stack does, on demand: one command, by the node tag, that removes this application's pins (and
 # no one else's) from every node. `make unpin STACK=<name> [REGION=<region>]`.

@@ -10,6 +10,8 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from eks_prefetch import aws
 
 RESPONSE_TIMEOUT_SECONDS = 10
@@ -42,3 +44,66 @@ def describe_stack(stack_name: str, cloudformation: Any = None) -> tuple[dict[st
         p["ParameterKey"]: p.get("ResolvedValue", p.get("ParameterValue", "")) for p in stack.get("Parameters", [])
     }
     return outputs, parameters
+
+
+# --- make preflight: what the deployed stack meets in the account -------------------------------------------------
+
+
+def repository_images(repository: str, ecr: Any = None) -> list[Mapping[str, Any]] | None:
+    """Every tagged image of a repository, or None if the repository does not exist."""
+    try:
+        return list(aws.describe_tagged_images(repository, ecr=ecr))
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "RepositoryNotFoundException":
+            return None
+        raise
+
+
+def running_instances(tag_key: str, tag_value: str, ec2: Any = None) -> list[Mapping[str, Any]]:
+    """Running EC2 instances carrying the node tag."""
+    paginator = (ec2 or aws.client("ec2")).get_paginator("describe_instances")
+    pages = paginator.paginate(
+        Filters=[
+            {"Name": f"tag:{tag_key}", "Values": [tag_value]},
+            {"Name": "instance-state-name", "Values": ["running"]},
+        ]
+    )
+    return [instance for page in pages for reservation in page["Reservations"] for instance in reservation["Instances"]]
+
+
+def managed_instances(tag_key: str, tag_value: str, ssm: Any = None) -> list[Mapping[str, Any]]:
+    """Managed nodes SSM knows with the node tag, whatever their PingStatus (Online, ConnectionLost, Inactive)."""
+    paginator = (ssm or aws.client("ssm")).get_paginator("describe_instance_information")
+    pages = paginator.paginate(
+        Filters=[{"Key": f"tag:{tag_key}", "Values": [tag_value]}], PaginationConfig={"PageSize": 50}
+    )
+    return [info for page in pages for info in page["InstanceInformationList"]]
+
+
+def instance_profile_policies(profile_arn: str, iam: Any = None) -> tuple[list[str], set[str]] | None:
+    """The roles of an instance profile and the managed policies attached to them, or None if it does not exist."""
+    iam = iam or aws.client("iam")
+    try:
+        profile = iam.get_instance_profile(InstanceProfileName=profile_arn.rsplit("/", 1)[-1])["InstanceProfile"]
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "NoSuchEntity":
+            return None
+        raise
+    roles = [role["RoleName"] for role in profile.get("Roles", [])]
+    attached: set[str] = set()
+    for role in roles:
+        for page in iam.get_paginator("list_attached_role_policies").paginate(RoleName=role):
+            attached.update(policy["PolicyArn"] for policy in page["AttachedPolicies"])
+    return roles, attached
+
+
+def vpc_endpoint_services(vpc_id: str, ec2: Any = None) -> set[str]:
+    """The service names of the VPC's endpoints that are (or are becoming) usable."""
+    paginator = (ec2 or aws.client("ec2")).get_paginator("describe_vpc_endpoints")
+    pages = paginator.paginate(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])
+    return {
+        endpoint["ServiceName"]
+        for page in pages
+        for endpoint in page["VpcEndpoints"]
+        if endpoint.get("State", "available").lower() in {"available", "pending", "pendingacceptance"}
+    }
