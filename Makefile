@@ -77,12 +77,13 @@ invoke: venv
 
 .PHONY: status
 # The operator's view of a deployed stack: per repository, the newest image, the coverage and the nodes missing it
-# with their last error. Exits 1 when coverage is below 100%. `make status STACK=<name> [REGION=<region>]`.
+# with their last error. `make status STACK=<name> [REGION=<region>]`. make exits 2 on any failure; for the command's
+# own status (0 at 100%, 1 below, 2 cannot read), run scripts/operator.sh status --stack <name>.
 # The region comes from REGION, else the AWS configuration: the us-east-1 default above is for the tests only.
 status: venv
 	@test -n "$(STACK)" || { echo "usage: make status STACK=<stack name> [REGION=<region>]" >&2; exit 2; }
-	@$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION) PYTHONPATH=layers/prefetch \
-	  $(PY) -m eks_prefetch.report --stack "$(STACK)" $(if $(REGION),--region "$(REGION)")
+	@$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION) PYTHON=$(PY) \
+	  scripts/operator.sh status --stack "$(STACK)" $(if $(REGION),--region "$(REGION)")
 
 .PHONY: preflight
 # The deployed stack against the account: repositories and their images, nodes online in SSM, the node roles'
@@ -90,16 +91,16 @@ status: venv
 # `make preflight STACK=<name> [REGION=<region>]`.
 preflight: venv
 	@test -n "$(STACK)" || { echo "usage: make preflight STACK=<stack name> [REGION=<region>]" >&2; exit 2; }
-	@$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION) PYTHONPATH=layers/prefetch \
-	  $(PY) -m eks_prefetch.preflight --stack "$(STACK)" $(if $(REGION),--region "$(REGION)")
+	@$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION) PYTHON=$(PY) \
+	  scripts/operator.sh preflight --stack "$(STACK)" $(if $(REGION),--region "$(REGION)")
 
 .PHONY: unpin
 # What deleting the stack does, on demand: one command, by the node tag, that removes this application's pins (and
 # no one else's) from every node. `make unpin STACK=<name> [REGION=<region>]`.
 unpin: venv
 	@test -n "$(STACK)" || { echo "usage: make unpin STACK=<stack name> [REGION=<region>]" >&2; exit 2; }
-	@$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION) PYTHONPATH=layers/prefetch \
-	  $(PY) -m eks_prefetch.uninstall --stack "$(STACK)" $(if $(REGION),--region "$(REGION)")
+	@$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION) PYTHON=$(PY) \
+	  scripts/operator.sh unpin --stack "$(STACK)" $(if $(REGION),--region "$(REGION)")
 
 .PHONY: bench bench-node
 # Every figure next to its target and its baseline, measured in the same run: writes BENCHMARKS.md (commit it).

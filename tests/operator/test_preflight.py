@@ -240,23 +240,3 @@ def test_an_unreadable_stack_exits_two(aws_mock: None) -> None:
 
     assert (code, out) == (2, "")
     assert err.startswith(f"cannot read the stack {STACK}: ")
-
-
-def test_no_credentials_and_no_region_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    from eks_prefetch import aws  # noqa: PLC0415
-
-    aws.reset_clients()
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.delenv("AWS_REGION", raising=False)
-    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
-
-    assert run() == (2, "", "no region (set REGION=<the stack's region>)\n")
-    aws.reset_clients()
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    code, _out, err = run()
-    aws.reset_clients()
-    assert (code, err) == (2, "no AWS credentials: configure them (aws configure, AWS_PROFILE, or aws sso login)\n")

@@ -10,7 +10,8 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from botocore.exceptions import ClientError
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
 
 from eks_prefetch import aws
 
@@ -106,4 +107,34 @@ def vpc_endpoint_services(vpc_id: str, ec2: Any = None) -> set[str]:
         for page in pages
         for endpoint in page["VpcEndpoints"]
         if endpoint.get("State", "available").lower() in {"available", "pending", "pendingacceptance"}
+    }
+
+
+# --- The operator's commands: what is missing before any call ------------------------------------------------------
+
+
+def session_problem() -> str | None:
+    """Why no AWS call can be made from this shell (no region, no credentials), in the operator's words, or None.
+
+    Checked before the first call, so the message names the cause rather than the last link of botocore's credential
+    chain (the instance metadata lookup, which behind a proxy fails with a proxy error)."""
+    session = boto3.Session()
+    if not session.region_name:
+        return "no region (set REGION=<the stack's region>)"
+    try:
+        credentials = session.get_credentials()
+    except BotoCoreError as error:
+        return f"no AWS credentials (the last place looked, failed: {error})"
+    if credentials is None:
+        return "no AWS credentials: configure them (aws configure, AWS_PROFILE=<profile>, or aws sso login)"
+    return None
+
+
+def private_dns_names(instance_ids: list[str]) -> dict[str, str]:
+    """Instance id -> private DNS name, the name EKS gives the node in Kubernetes (empty if EC2 has none)."""
+    if not instance_ids:
+        return {}
+    return {
+        instance_id: instance.get("PrivateDnsName") or ""
+        for instance_id, instance in aws.describe_instances(instance_ids).items()
     }

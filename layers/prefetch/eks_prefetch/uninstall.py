@@ -145,6 +145,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     args = parser.parse_args(argv)
     if args.region:
         os.environ["AWS_DEFAULT_REGION"] = args.region
+    problem = aws_operator.session_problem()
+    if problem:
+        err.write(problem + "\n")
+        return 2
     try:
         outputs, parameters = aws_operator.describe_stack(args.stack)
         target = target_of_stack(outputs, parameters)
