@@ -70,10 +70,11 @@ demo: system-deps venv
 	$(PY) -m harness.demo
 
 # Docker-free counterpart of `sam local invoke FUNCTION -e EVENT`, against the emulated stack.
+# PARAMS="Key=Value ...": parameter overrides of the emulated stack, as `sam deploy --parameter-overrides`.
 FUNCTION ?= EcrPushFunction
 EVENT ?= events/ecr_push/push-tagged.json
 invoke: venv
-	$(PY) -m harness.invoke $(FUNCTION) $(EVENT)
+	@$(PY) -m harness.invoke "$(FUNCTION)" "$(EVENT)" $(if $(PARAMS),--parameter-overrides $(PARAMS))
 
 .PHONY: status
 # The operator's view of a deployed stack: per repository, the newest image, the coverage and the nodes missing it
