@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
+from eks_prefetch import aws, aws_operator
 from eks_prefetch.images import pick_newest
 
 READY, FINDINGS, UNREADABLE = 0, 1, 2
@@ -418,8 +419,6 @@ def observe(deployment: Deployment, api: Any) -> Observed:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    from eks_prefetch import aws, aws_operator  # noqa: PLC0415 - keeps the module's checks importable without boto3
-
     out, err = out or sys.stdout, err or sys.stderr
     parser = argparse.ArgumentParser(prog="make preflight", description=__doc__.splitlines()[0])
     parser.add_argument("--stack", required=True)

@@ -20,6 +20,8 @@ from typing import Any, Literal, TextIO
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 from pydantic import BaseModel, Field
 
+from eks_prefetch import aws, aws_operator
+
 # The command's Comment (ListCommands shows it): what sent it.
 COMMENT = "eks-image-prefetch uninstall: remove this application's pins"
 # Unpinning is local to each node (no registry traffic), so every node at once; a failing node stops nobody else.
@@ -137,8 +139,6 @@ def target_of_stack(outputs: Mapping[str, str], parameters: Mapping[str, str]) -
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """``make unpin STACK=<name>``: exit 0 when the command was sent, 2 when the stack cannot be read or SSM refused."""
     out, err = out or sys.stdout, err or sys.stderr
-    from eks_prefetch import aws, aws_operator  # noqa: PLC0415 - the Lambda path needs neither at import
-
     parser = argparse.ArgumentParser(prog="make unpin", description="Remove this application's pins from every node.")
     parser.add_argument("--stack", required=True)
     parser.add_argument("--region", default=None)
