@@ -44,7 +44,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         request.stack_id,
         request.logical_resource_id,
         target=UnpinTarget.from_env,
-        send=aws.send_command,
+        send=aws.ssm.send_command,
     )
     logger.info("custom resource answered", extra={"request_type": request.request_type, **outcome.as_dict()})
     body = response_body(outcome, request.stack_id, request.request_id, request.logical_resource_id)

@@ -149,7 +149,7 @@ def test_a_failure_to_send_still_reports_success(stack: Stack, endpoint: CloudFo
     assert invocation.error is None
     (body,) = endpoint.bodies
     assert body["Status"] == "SUCCESS"
-    assert body["Reason"].startswith("unpin command not sent (AccessDeniedException: ")
+    assert body["Reason"].startswith("unpin command not sent (CommandRefusedError: AccessDeniedException: ")
     assert body["Data"] == {"CommandId": ""}
 
 

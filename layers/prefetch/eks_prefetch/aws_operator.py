@@ -1,6 +1,7 @@
 """Adapters for the operator's features (uninstall, preflight): boto3 and the CloudFormation response, nothing else.
 
-Kept apart from ``aws.py`` while that module is reorganised; clients come from ``aws.client`` (one retry policy).
+To be folded into the ``aws`` package (iam, cloudformation, ec2, ssm); clients come from ``aws.client`` (one retry
+and deadline policy).
 """
 
 from __future__ import annotations
@@ -53,11 +54,9 @@ def describe_stack(stack_name: str, cloudformation: Any = None) -> tuple[dict[st
 def repository_images(repository: str, ecr: Any = None) -> list[Mapping[str, Any]] | None:
     """Every tagged image of a repository, or None if the repository does not exist."""
     try:
-        return list(aws.describe_tagged_images(repository, ecr=ecr))
-    except ClientError as error:
-        if error.response["Error"]["Code"] == "RepositoryNotFoundException":
-            return None
-        raise
+        return list(aws.ecr.describe_tagged_images(repository, ecr=ecr))
+    except aws.RepositoryNotFoundError:
+        return None
 
 
 def running_instances(tag_key: str, tag_value: str, ec2: Any = None) -> list[Mapping[str, Any]]:
@@ -87,7 +86,7 @@ def instance_profile_policies(profile_arn: str, iam: Any = None) -> tuple[list[s
     try:
         profile = iam.get_instance_profile(InstanceProfileName=profile_arn.rsplit("/", 1)[-1])["InstanceProfile"]
     except ClientError as error:
-        if error.response["Error"]["Code"] == "NoSuchEntity":
+        if aws.clients.error_code(error) == "NoSuchEntity":
             return None
         raise
     roles = [role["RoleName"] for role in profile.get("Roles", [])]
@@ -136,5 +135,5 @@ def private_dns_names(instance_ids: list[str]) -> dict[str, str]:
         return {}
     return {
         instance_id: instance.get("PrivateDnsName") or ""
-        for instance_id, instance in aws.describe_instances(instance_ids).items()
+        for instance_id, instance in aws.ec2.describe_instances(instance_ids).items()
     }

@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
-
 from eks_prefetch import aws, aws_operator
 from eks_prefetch.images import pick_newest
 
@@ -368,7 +366,7 @@ def observe(deployment: Deployment, api: Any) -> Observed:
     for name in deployment.repositories:
         try:
             details = api.repository_images(name)
-        except ClientError as error:
+        except aws.AWS_ERRORS as error:
             observed.unreadable.append(_denied(f"repository {name} (ecr:DescribeImages)", error))
             continue
         if details is None:
@@ -384,7 +382,7 @@ def observe(deployment: Deployment, api: Any) -> Observed:
             info["InstanceId"]: info
             for info in api.managed_instances(deployment.node_tag_key, deployment.node_tag_value)
         }
-    except ClientError as error:
+    except aws.AWS_ERRORS as error:
         observed.unreadable.append(_denied("the nodes (ec2:DescribeInstances, ssm:DescribeInstanceInformation)", error))
         return observed
     for instance in instances:
@@ -403,7 +401,7 @@ def observe(deployment: Deployment, api: Any) -> Observed:
     for arn in sorted({node.profile_arn for node in observed.nodes if node.profile_arn}):
         try:
             policies = api.instance_profile_policies(arn)
-        except ClientError as error:
+        except aws.AWS_ERRORS as error:
             observed.unreadable.append(_denied(f"instance profile {arn} (iam:GetInstanceProfile)", error))
             continue
         observed.profiles[arn] = (
@@ -413,7 +411,7 @@ def observe(deployment: Deployment, api: Any) -> Observed:
     for vpc_id in sorted({node.vpc_id for node in observed.nodes if node.vpc_id}):
         try:
             observed.endpoints[vpc_id] = frozenset(api.vpc_endpoint_services(vpc_id))
-        except ClientError as error:
+        except aws.AWS_ERRORS as error:
             observed.unreadable.append(_denied(f"endpoints of {vpc_id} (ec2:DescribeVpcEndpoints)", error))
     return observed
 
@@ -435,13 +433,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         outputs, parameters = aws_operator.describe_stack(args.stack)
         deployment = Deployment.of_stack(args.stack, region, outputs, parameters)
         observed = observe(deployment, aws_operator)
-    except NoCredentialsError:
-        err.write("no AWS credentials: configure them (aws configure, AWS_PROFILE, or aws sso login)\n")
-        return UNREADABLE
-    except NoRegionError:
-        err.write("no region (set REGION=<the stack's region>)\n")
-        return UNREADABLE
-    except (LookupError, ClientError, BotoCoreError) as error:
+    except (LookupError, *aws.AWS_ERRORS) as error:
         err.write(f"cannot read the stack {args.stack}: {error}\n")
         return UNREADABLE
     findings = findings_of(observed)

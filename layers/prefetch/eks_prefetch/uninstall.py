@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 from pydantic import BaseModel, Field
 
 from eks_prefetch import aws, aws_operator
@@ -152,14 +151,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     try:
         outputs, parameters = aws_operator.describe_stack(args.stack)
         target = target_of_stack(outputs, parameters)
-        command_id = aws.send_command(unpin_request(target))
-    except NoCredentialsError:
-        err.write("no AWS credentials: configure them (aws configure, AWS_PROFILE, or SSO login)\n")
-        return 2
-    except NoRegionError:
-        err.write("no region: set REGION=<the stack's region>\n")
-        return 2
-    except (LookupError, ClientError, BotoCoreError) as error:
+        command_id = aws.ssm.send_command(unpin_request(target))
+    except (LookupError, aws.CommandRefusedError, *aws.AWS_ERRORS) as error:
         err.write(f"cannot unpin for the stack {args.stack}: {error}\n")
         return 2
     out.write(
