@@ -42,8 +42,10 @@ sam-validate: venv
 sam-build: venv
 	PATH="$(SAM_PATH)" $(BIN)/sam build --parallel
 
-shellcheck:
+shellcheck: venv
 	shellcheck --shell=bash document/prefetch.sh
+	mkdir -p .aws-sam && $(PY) -m tests.unpin_script > .aws-sam/unpin-document.sh
+	shellcheck --shell=bash .aws-sam/unpin-document.sh
 
 # The SSM document's content in template.yaml, from document/ (content.yaml, prefetch.sh) and the values the script
 # shares with the functions (eks_prefetch/node_contract.py). Commit the result: `sam deploy` reads template.yaml.
@@ -72,19 +74,38 @@ demo: system-deps venv
 	$(PY) -m harness.demo
 
 # Docker-free counterpart of `sam local invoke FUNCTION -e EVENT`, against the emulated stack.
+# PARAMS="Key=Value ...": parameter overrides of the emulated stack, as `sam deploy --parameter-overrides`.
 FUNCTION ?= EcrPushFunction
 EVENT ?= events/ecr_push/push-tagged.json
 invoke: venv
-	$(PY) -m harness.invoke $(FUNCTION) $(EVENT)
+	@$(PY) -m harness.invoke "$(FUNCTION)" "$(EVENT)" $(if $(PARAMS),--parameter-overrides $(PARAMS))
 
 .PHONY: status
 # The operator's view of a deployed stack: per repository, the newest image, the coverage and the nodes missing it
-# with their last error. Exits 1 when coverage is below 100%. `make status STACK=<name> [REGION=<region>]`.
+# with their last error. `make status STACK=<name> [REGION=<region>]`. make exits 2 on any failure; for the command's
+# own status (0 at 100%, 1 below, 2 cannot read), run scripts/operator.sh status --stack <name>.
 # The region comes from REGION, else the AWS configuration: the us-east-1 default above is for the tests only.
 status: venv
 	@test -n "$(STACK)" || { echo "usage: make status STACK=<stack name> [REGION=<region>]" >&2; exit 2; }
-	@$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION) PYTHONPATH=layers/prefetch \
-	  $(PY) -m eks_prefetch.report --stack "$(STACK)" $(if $(REGION),--region "$(REGION)")
+	@$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION) PYTHON=$(PY) \
+	  scripts/operator.sh status --stack "$(STACK)" $(if $(REGION),--region "$(REGION)")
+
+.PHONY: preflight
+# The deployed stack against the account: repositories and their images, nodes online in SSM, the node roles'
+# policies, the ECR/S3 endpoints. Exits 0 ready, 1 findings (each with what to do), 2 cannot read.
+# `make preflight STACK=<name> [REGION=<region>]`.
+preflight: venv
+	@test -n "$(STACK)" || { echo "usage: make preflight STACK=<stack name> [REGION=<region>]" >&2; exit 2; }
+	@$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION) PYTHON=$(PY) \
+	  scripts/operator.sh preflight --stack "$(STACK)" $(if $(REGION),--region "$(REGION)")
+
+.PHONY: unpin
+# What deleting the stack does, on demand: one command, by the node tag, that removes this application's pins (and
+# no one else's) from every node. `make unpin STACK=<name> [REGION=<region>]`.
+unpin: venv
+	@test -n "$(STACK)" || { echo "usage: make unpin STACK=<stack name> [REGION=<region>]" >&2; exit 2; }
+	@$(if $(filter file,$(origin AWS_DEFAULT_REGION)),env -u AWS_DEFAULT_REGION) PYTHON=$(PY) \
+	  scripts/operator.sh unpin --stack "$(STACK)" $(if $(REGION),--region "$(REGION)")
 
 .PHONY: bench bench-node
 # Every figure next to its target and its baseline, measured in the same run: writes BENCHMARKS.md (commit it).

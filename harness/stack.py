@@ -462,12 +462,8 @@ class Stack:
 
     @property
     def document_name(self) -> str:
-        (name,) = [
-            self.physical[logical_id]
-            for logical_id, resource in template()["Resources"].items()
-            if resource["Type"] == "AWS::SSM::Document"
-        ]
-        return name
+        # The prefetch document; the unpin document (uninstall) is another.
+        return self.physical["PrefetchDocument"]
 
     def environment(self, logical_id: str) -> dict[str, str]:
         return dict(self.functions[logical_id].environment)

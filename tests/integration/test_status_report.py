@@ -125,6 +125,14 @@ def test_names_the_failed_node_with_its_reason_and_exits_non_zero(deployed, imag
     assert f"newest:   v2 {digest}" in out
     assert "coverage: 33.3% (1/3 nodes)" in out
     trainer = out[out.index("\nml/trainer\n") : out.index("\nml/inference\n")]
+    # Nodes by their Kubernetes name (the private DNS name) and instance id.
+    names = {
+        i["InstanceId"]: i["PrivateDnsName"]
+        for r in boto3.client("ec2").describe_instances()["Reservations"]
+        for i in r["Instances"]
+    }
+    broken, fresh = f"{names[broken]} ({broken})", f"{names[fresh]} ({fresh})"
+    assert names[healthy].endswith(".internal")
     assert (
         f"missing:  {broken}  last error at {status_table.timestamp(ENDED)}: failed to pull: 403 Forbidden" in trainer
     )

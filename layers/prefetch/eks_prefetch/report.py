@@ -6,7 +6,7 @@ per watched repository, the newest image, the coverage and the online nodes miss
 when self-repair will next send to them.
 
 Exit status: 0 when every repository is at 100%, 1 when one is below (for scripts and alarms' runbooks), 2 when the
-stack cannot be read.
+stack cannot be read (no region or credentials included). ``scripts/operator.sh status`` keeps it; make makes it 2.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TextIO
 
 from pydantic import ValidationError
 
-from eks_prefetch import aws, repair
+from eks_prefetch import aws, aws_operator, repair
 from eks_prefetch.coverage import RepositoryCoverage, look_at_fleet
 from eks_prefetch.resolution import NewestImages
 from eks_prefetch.settings import Settings
@@ -37,7 +37,10 @@ def settings_of_stack(stack_name: str, region: str | None = None) -> Settings:
     outputs = aws.stack.stack_outputs(stack_name)
     function = outputs.get(STATUS_FUNCTION_OUTPUT)
     if not function:
-        raise StackError(f"stack {stack_name} has no {STATUS_FUNCTION_OUTPUT} output: is it deployed with issue 8?")
+        raise StackError(
+            f"stack {stack_name} has no {STATUS_FUNCTION_OUTPUT} output: is it an EKS Image Prefetch stack of this "
+            "version? (sam deploy it again)"
+        )
     environment = aws.stack.function_environment(function)
     region = region or aws.stack.current_region() or os.environ.get("AWS_REGION")
     try:
@@ -51,7 +54,10 @@ def render(
     cluster: str,
     out: TextIO,
     next_repair: Callable[[str], str] = lambda _node: "",
+    names: Mapping[str, str] | None = None,
 ) -> None:
+    """``names``: instance id -> Kubernetes node name (the private DNS name), shown beside the id."""
+    names = names or {}
     online = len(coverages[0].online) if coverages else 0
     out.write(f"cluster {cluster}: {online} online node(s)\n")
     for coverage in coverages:
@@ -71,31 +77,42 @@ def render(
                 why = f"holds digest {state.digest}, not the newest (since {state.cached_at}), no error reported"
             else:
                 why = "never reported (no prefetch result yet)"
-            out.write(f"  missing:  {state.instance_id}  {why}\n")
+            node = (
+                f"{names[state.instance_id]} ({state.instance_id})"
+                if names.get(state.instance_id)
+                else state.instance_id
+            )
+            out.write(f"  missing:  {node}  {why}\n")
             repair_line = next_repair(state.instance_id)
             if repair_line:
                 out.write(f"            {repair_line}\n")
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     parser = argparse.ArgumentParser(prog="make status", description=__doc__.splitlines()[0])
     parser.add_argument("--stack", required=True, help="the CloudFormation stack name")
     parser.add_argument("--region", default=None, help="the stack's region (default: the AWS configuration's)")
     args = parser.parse_args(argv)
+    if args.region:
+        # Before the first AWS call: clients are created on first use and then read it.
+        os.environ["AWS_DEFAULT_REGION"] = args.region
+    problem = aws_operator.session_problem()
+    if problem:
+        err.write(problem + "\n")
+        return 2
     try:
-        if args.region:
-            # Before the first AWS call: clients are created on first use and then read it.
-            os.environ["AWS_DEFAULT_REGION"] = args.region
         settings = settings_of_stack(args.stack, args.region)
         newest = NewestImages(settings)
         fleet = look_at_fleet(settings, newest)
         # Commands in flight are known to the sweep only; this view sees the repairs the rows record.
         plan = repair.plan_for(repair.RepairInputs(fleet, frozenset(), newest), settings, datetime.now(UTC))
+        coverages = fleet.coverages
+        names = aws_operator.private_dns_names(sorted({s.instance_id for c in coverages for s in c.missing}))
     except (StackError, *aws.AWS_ERRORS) as error:
         err.write(f"cannot read the stack {args.stack}: {error}\n")
         return 2
-    coverages = fleet.coverages
-    render(coverages, settings.cluster_name, out, lambda node: repair.next_repair(plan, node, settings))
+    render(coverages, settings.cluster_name, out, lambda node: repair.next_repair(plan, node, settings), names)
     below = [coverage.repository for coverage in coverages if coverage.percent < 100.0]
     if below:
         out.write(f"\ncoverage below 100%: {', '.join(below)}\n")

@@ -1,0 +1,166 @@
+"""Uninstall: remove this application's pins from the cluster's nodes.
+
+The prefetch script labels every image it pins ``eks-image-prefetch/pinned-at`` (and never pins over someone else's
+pin), so the unpin document removes the pin of exactly those images. The images stay; kubelet's image GC reclaims
+them when it needs the space.
+
+Two ways in, one request: the stack's custom resource on deletion (``functions/unpin``), and ``make unpin STACK=``
+(``python -m eks_prefetch.uninstall``) on demand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TextIO
+
+from pydantic import BaseModel, Field
+
+from eks_prefetch import aws, aws_operator
+
+# The command's Comment (ListCommands shows it): what sent it.
+COMMENT = "eks-image-prefetch uninstall: remove this application's pins"
+# Unpinning is local to each node (no registry traffic), so every node at once; a failing node stops nobody else.
+MAX_CONCURRENCY = "100%"
+MAX_ERRORS = "100%"
+# How long SSM keeps trying to reach a node that is not reachable at deletion time.
+DELIVERY_TIMEOUT_SECONDS = 600
+UNPIN_DOCUMENT_OUTPUT = "UnpinDocumentName"
+
+
+class UnpinTarget(BaseModel):
+    """Which document to send and to which nodes: from the function's environment, or the deployed stack."""
+
+    document_name: str = Field(min_length=3, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    node_tag_key: str = Field(min_length=1, max_length=128)
+    node_tag_value: str = Field(min_length=1, max_length=256)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> UnpinTarget:
+        env = os.environ if env is None else env
+        return cls(
+            document_name=env.get("UNPIN_DOCUMENT_NAME", ""),
+            node_tag_key=env.get("NODE_TAG_KEY", ""),
+            node_tag_value=env.get("NODE_TAG_VALUE", ""),
+        )
+
+
+def unpin_request(target: UnpinTarget) -> dict[str, Any]:
+    """The one SendCommand request: by tag, so every managed node of the cluster, whatever its number. The document
+    takes no parameters: nothing from outside reaches the script."""
+    return {
+        "DocumentName": target.document_name,
+        "Targets": [{"Key": f"tag:{target.node_tag_key}", "Values": [target.node_tag_value]}],
+        "MaxConcurrency": MAX_CONCURRENCY,
+        "MaxErrors": MAX_ERRORS,
+        "TimeoutSeconds": DELIVERY_TIMEOUT_SECONDS,
+        "Comment": COMMENT,
+    }
+
+
+# --- The custom resource ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CustomResourceOutcome:
+    """What the custom resource reports: always SUCCESS, so that uninstalling is never blocked by the unpin."""
+
+    physical_resource_id: str
+    reason: str
+    command_id: str | None = None
+    status: Literal["SUCCESS"] = "SUCCESS"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "reason": self.reason, "command_id": self.command_id}
+
+
+def physical_resource_id(stack_id: str, logical_resource_id: str) -> str:
+    """Stable across updates: a changed id would make CloudFormation delete the "old" resource, which unpins."""
+    stack_name = stack_id.split("/")[1] if stack_id.count("/") >= 2 else stack_id
+    return f"{stack_name}-{logical_resource_id}"[:200]
+
+
+def on_custom_resource(
+    request_type: str,
+    physical_id: str | None,
+    stack_id: str,
+    logical_resource_id: str,
+    target: Callable[[], UnpinTarget],
+    send: Callable[[Mapping[str, Any]], str],
+) -> CustomResourceOutcome:
+    """Create and Update: nothing. Delete: one unpin command; a failure to build or send it is reported as the
+    reason, never as a failure."""
+    resource_id = physical_id or physical_resource_id(stack_id, logical_resource_id)
+    if request_type != "Delete":
+        return CustomResourceOutcome(resource_id, f"{request_type}: nothing to do until the stack is deleted")
+    try:
+        command_id = send(unpin_request(target()))
+    except Exception as error:  # best effort: whatever failed, the deletion goes on
+        why = f"{type(error).__name__}: {str(error)[:300]}"
+        return CustomResourceOutcome(resource_id, f"unpin command not sent ({why})")
+    return CustomResourceOutcome(resource_id, f"unpin command {command_id} sent", command_id)
+
+
+def response_body(
+    outcome: CustomResourceOutcome, stack_id: str, request_id: str, logical_resource_id: str
+) -> dict[str, Any]:
+    """The answer CloudFormation expects at the request's ResponseURL (cfn-response's fields)."""
+    return {
+        "Status": outcome.status,
+        "Reason": outcome.reason,
+        "PhysicalResourceId": outcome.physical_resource_id,
+        "StackId": stack_id,
+        "RequestId": request_id,
+        "LogicalResourceId": logical_resource_id,
+        "NoEcho": False,
+        "Data": {"CommandId": outcome.command_id or ""},
+    }
+
+
+# --- make unpin ---------------------------------------------------------------------------------------------------
+
+
+def target_of_stack(outputs: Mapping[str, str], parameters: Mapping[str, str]) -> UnpinTarget:
+    """The unpin document and the node tag of a deployed stack (an empty NodeTagValue means the cluster name)."""
+    document = outputs.get(UNPIN_DOCUMENT_OUTPUT)
+    if not document:
+        raise LookupError(f"the stack has no {UNPIN_DOCUMENT_OUTPUT} output: deploy this version first")
+    return UnpinTarget(
+        document_name=document,
+        node_tag_key=parameters.get("NodeTagKey") or "eks:cluster-name",
+        node_tag_value=parameters.get("NodeTagValue") or parameters["ClusterName"],
+    )
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """``make unpin STACK=<name>``: exit 0 when the command was sent, 2 when the stack cannot be read or SSM refused."""
+    out, err = out or sys.stdout, err or sys.stderr
+    parser = argparse.ArgumentParser(prog="make unpin", description="Remove this application's pins from every node.")
+    parser.add_argument("--stack", required=True)
+    parser.add_argument("--region", default=None)
+    args = parser.parse_args(argv)
+    if args.region:
+        os.environ["AWS_DEFAULT_REGION"] = args.region
+    problem = aws_operator.session_problem()
+    if problem:
+        err.write(problem + "\n")
+        return 2
+    try:
+        outputs, parameters = aws_operator.describe_stack(args.stack)
+        target = target_of_stack(outputs, parameters)
+        command_id = aws.ssm.send_command(unpin_request(target))
+    except (LookupError, aws.CommandRefusedError, *aws.AWS_ERRORS) as error:
+        err.write(f"cannot unpin for the stack {args.stack}: {error}\n")
+        return 2
+    out.write(
+        f"unpin command {command_id} sent to the nodes tagged {target.node_tag_key}={target.node_tag_value}\n"
+        f"follow it: aws ssm list-command-invocations --command-id {command_id} --details\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

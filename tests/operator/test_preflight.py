@@ -1,0 +1,242 @@
+"""`make preflight` (eks_prefetch.preflight) against moto: a deployed cluster that is ready, then with each finding
+seeded (a missing repository, an offline and an unregistered node, a role without the policies, no endpoints).
+
+Doubles (tests/operator/doubles.py): ``DeployedStacks`` answers DescribeStacks (moto's CloudFormation needs extras
+not installed); ``ManagedInstances`` answers SSM DescribeInstanceInformation (not implemented by moto). ECR, EC2
+(instances, VPC endpoints) and IAM (profiles, roles, attached policies) are moto's.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+
+import boto3
+import pytest
+from moto.iam.aws_managed_policies import aws_managed_policies_data
+from moto.iam.models import AWSManagedPolicy, iam_backends
+
+from eks_prefetch import preflight
+from tests.conftest import ACCOUNT, REGION
+from tests.ecr import digest_of
+from tests.operator.doubles import DeployedStacks, ManagedInstances
+
+STACK = "prefetch-prod"
+CLUSTER = "ml-prod"
+GB = 1_000_000_000
+AWS_POLICY = "arn:aws:iam::aws:policy/"
+LOGS_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "logs:PutLogEvents", "Resource": "arn:aws:logs:*:*:log-group:x:*"}],
+}
+
+
+def push(repository: str, tag: str, size: int) -> None:
+    """An image of this compressed size (moto reports the manifest config's size as the image's)."""
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": size,
+            "digest": digest_of(tag),
+        },
+        "layers": [],
+    }
+    boto3.client("ecr").put_image(
+        repositoryName=repository,
+        imageManifest=json.dumps(manifest),
+        imageTag=tag,
+        imageDigest=digest_of(repository + tag),
+    )
+
+
+@dataclass
+class Cluster:
+    """What a ready deployment has: repositories with images, tagged nodes online, their role with the policies,
+    the VPC with the ECR and S3 endpoints."""
+
+    managed: ManagedInstances
+    stacks: DeployedStacks
+    node_policy: str
+    vpc: str
+    subnet: str
+    profile: str
+    role: str
+    nodes: list[dict] = field(default_factory=list)
+
+    def launch(self, count: int, profile: str | None = None, registered: str | None = "Online") -> list[dict]:
+        extra = {"IamInstanceProfile": {"Arn": profile or self.profile}} if profile != "" else {}
+        # One at a time: moto gives the instance profile to the first instance of a multi-instance launch only.
+        instances = [
+            boto3.client("ec2").run_instances(
+                ImageId="ami-12c6146b",
+                MinCount=1,
+                MaxCount=1,
+                SubnetId=self.subnet,
+                TagSpecifications=[
+                    {"ResourceType": "instance", "Tags": [{"Key": "eks:cluster-name", "Value": CLUSTER}]}
+                ],
+                **extra,
+            )["Instances"][0]
+            for _ in range(count)
+        ]
+        for instance in instances:
+            if registered:
+                self.managed.register(instance["InstanceId"], registered)
+        self.nodes.extend(instances)
+        return instances
+
+    def deploy(self, repositories: str = "ml/trainer,ml/inference") -> None:
+        self.stacks.exists(
+            STACK,
+            {"NodeRolePolicyArn": self.node_policy, "UnpinDocumentName": "doc"},
+            {
+                "ClusterName": CLUSTER,
+                "RepositoryNames": repositories,
+                "NodeTagKey": "eks:cluster-name",
+                "NodeTagValue": "",
+            },
+        )
+
+
+def node_role(name: str, policies: list[str]) -> tuple[str, str]:
+    iam = boto3.client("iam")
+    iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(LOGS_POLICY))
+    for policy in policies:
+        iam.attach_role_policy(RoleName=name, PolicyArn=policy)
+    profile = iam.create_instance_profile(InstanceProfileName=f"{name}-profile")["InstanceProfile"]["Arn"]
+    iam.add_role_to_instance_profile(InstanceProfileName=f"{name}-profile", RoleName=name)
+    return profile, name
+
+
+def aws_managed_policies(*names: str) -> None:
+    """AWS's own managed policies, from moto's copy of them: moto loads all of them (slowly) or, by default, none."""
+    backend = iam_backends[ACCOUNT]["aws"]
+    data = json.loads(aws_managed_policies_data)
+    for name in names:
+        policy = AWSManagedPolicy.from_data(name, ACCOUNT, "aws", data[name])
+        backend.managed_policies[policy.arn] = policy
+
+
+@pytest.fixture
+def cluster(aws_mock: None, monkeypatch: pytest.MonkeyPatch) -> Cluster:
+    aws_managed_policies("AmazonSSMManagedInstanceCore", "AmazonEC2ContainerRegistryReadOnly")
+    ecr, ec2, iam = boto3.client("ecr"), boto3.client("ec2"), boto3.client("iam")
+    for repository, size in (("ml/trainer", 3 * GB), ("ml/inference", GB // 2)):
+        ecr.create_repository(repositoryName=repository)
+        push(repository, "v1", size)
+    node_policy = iam.create_policy(PolicyName="prefetch-NodeRolePolicy", PolicyDocument=json.dumps(LOGS_POLICY))[
+        "Policy"
+    ]["Arn"]
+    profile, role = node_role(
+        "eks-nodes",
+        [
+            f"{AWS_POLICY}AmazonSSMManagedInstanceCore",
+            f"{AWS_POLICY}AmazonEC2ContainerRegistryReadOnly",
+            node_policy,
+        ],
+    )
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+    world = Cluster(ManagedInstances(monkeypatch), DeployedStacks(), node_policy, vpc, subnet, profile, role)
+    return world
+
+
+def endpoints(cluster: Cluster, services: tuple[str, ...]) -> None:
+    ec2 = boto3.client("ec2")
+    for service in services:
+        kind = "Gateway" if service == "s3" else "Interface"
+        ec2.create_vpc_endpoint(
+            VpcId=cluster.vpc, ServiceName=f"com.amazonaws.{REGION}.{service}", VpcEndpointType=kind
+        )
+
+
+def run() -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = preflight.main(["--stack", STACK], out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_a_ready_deployment_exits_zero(cluster: Cluster) -> None:
+    cluster.launch(3)
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3", "ssm", "ssmmessages", "ec2messages", "logs"))
+    cluster.deploy()
+
+    code, out, err = run()
+
+    assert (code, err) == (0, ""), out
+    assert out.splitlines() == [
+        f"preflight of stack {STACK} (cluster {CLUSTER}, {REGION}): ready",
+        f"  2 repositories with a matching image; 3 running node(s), all online with the policies they need; "
+        f"ECR and S3 endpoints in {cluster.vpc}",
+    ]
+    # The managed nodes are asked by the node tag, whatever their ping status.
+    assert cluster.managed.requests == [[{"Key": "tag:eks:cluster-name", "Values": [CLUSTER]}]]
+
+
+def test_each_seeded_finding_is_named_with_what_to_do(cluster: Cluster) -> None:
+    online = cluster.launch(2)
+    lost = cluster.launch(1, registered="ConnectionLost")
+    bare_profile, bare_role = node_role("bare-nodes", [f"{AWS_POLICY}AmazonEC2ContainerRegistryReadOnly"])
+    never = cluster.launch(1, profile=bare_profile, registered=None)
+    # No endpoints at all, and a repository name with a typo.
+    cluster.deploy("ml/trainer,ml/trainr")
+
+    code, out, err = run()
+
+    assert (code, err) == (1, ""), out
+    assert out.splitlines()[0] == f"preflight of stack {STACK} (cluster {CLUSTER}, {REGION}): 5 finding(s)"
+    blocks = {block.splitlines()[0]: block for block in out.split("\n\n")[1:]}
+    assert blocks["[repository] ml/trainr"].splitlines()[1:] == [
+        f"  problem: no such ECR repository in {REGION} (this account): pushes to it never prefetch",
+        "  do:      correct the name (sam deploy --parameter-overrides RepositoryNames=...) or create the repository",
+    ]
+    lost_node = f"{lost[0]['PrivateDnsName']} ({lost[0]['InstanceId']})"
+    assert f"[nodes] {lost_node}" in blocks
+    assert (
+        "problem: SSM agent ConnectionLost since 2026-11-01T11:00:00+00:00: the agent is not running, or cannot "
+        f"reach SSM: {cluster.vpc} has no ssm, ssmmessages, ec2messages endpoint(s)" in blocks[f"[nodes] {lost_node}"]
+    )
+    never_node = f"{never[0]['PrivateDnsName']} ({never[0]['InstanceId']})"
+    assert (
+        "problem: SSM does not know these nodes (agent never registered): its instance profile lacks SSM permissions "
+        "(AmazonSSMManagedInstanceCore is not attached to its role)"
+    ) in blocks[f"[nodes] {never_node}"]
+    # The role without the policies, with the commands that attach them.
+    (role_block,) = [block for title, block in blocks.items() if title.startswith(f"[roles] role {bare_role} ")]
+    assert f"not attached: AmazonSSMManagedInstanceCore, NodeRolePolicyArn ({cluster.node_policy})" in role_block
+    assert (
+        f"aws iam attach-role-policy --role-name {bare_role} --policy-arn {AWS_POLICY}AmazonSSMManagedInstanceCore"
+        in role_block
+    )
+    assert f"aws iam attach-role-policy --role-name {bare_role} --policy-arn {cluster.node_policy}" in role_block
+    assert not any(title.startswith(f"[roles] role {cluster.role} ") for title in blocks)
+    # No endpoints: the NAT cost of one push at the current fleet (4 nodes) and image sizes.
+    network = blocks[f"[network] {cluster.vpc}"]
+    assert "no ecr.api, ecr.dkr, s3 endpoint(s): image layers go through the NAT gateway" in network
+    assert "at 4 node(s)" in network
+    assert "ml/trainer:v1 $0.54" in network  # 3 GB x 4 nodes x $0.045
+    assert all(node["InstanceId"] not in out for node in online)
+
+
+def test_no_tagged_node_and_a_repository_without_matching_image(cluster: Cluster) -> None:
+    boto3.client("ecr").create_repository(repositoryName="ml/empty")
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3"))
+    cluster.deploy("ml/trainer,ml/empty")
+
+    code, out, _err = run()
+
+    assert code == 1
+    assert "[repository] ml/empty\n  problem: no image has a tag matching TagFilter" in out
+    assert "[nodes] tag eks:cluster-name=ml-prod\n  problem: no running instance carries the node tag" in out
+
+
+def test_an_unreadable_stack_exits_two(aws_mock: None) -> None:
+    DeployedStacks().missing(STACK)
+
+    code, out, err = run()
+
+    assert (code, out) == (2, "")
+    assert err.startswith(f"cannot read the stack {STACK}: ")
