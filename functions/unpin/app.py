@@ -15,7 +15,7 @@ from aws_lambda_powertools.utilities.parser.models import (
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field, ValidationError
 
-from eks_prefetch import aws, aws_operator
+from eks_prefetch import aws
 from eks_prefetch.uninstall import CustomResourceOutcome, UnpinTarget, on_custom_resource, response_body
 
 logger = Logger()
@@ -71,7 +71,7 @@ def _answer_malformed(event: Any) -> dict[str, Any]:
 
 def _deliver(url: str, body: dict[str, Any]) -> None:
     try:
-        aws_operator.put_custom_resource_response(url, body)
+        aws.stack.put_custom_resource_response(url, body)
     except ConnectionError as error:
         # Nothing else can be done: CloudFormation gives up after ServiceTimeout. The URL is pre-signed: not logged.
         logger.error("custom resource response not delivered", extra={"error": str(error)[:300]})

@@ -9,8 +9,7 @@ to do about it.
 
 Exit status: 0 ready, 1 findings, 2 the stack (or part of what is checked) cannot be read.
 
-The checks are pure functions of an ``Observed`` snapshot; ``observe`` gathers it with the adapters in
-``aws_operator``.
+The checks are pure functions of an ``Observed`` snapshot; ``observe`` gathers it with the ``aws`` adapters.
 """
 
 from __future__ import annotations
@@ -22,9 +21,9 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TextIO
+from typing import TextIO
 
-from eks_prefetch import aws, aws_operator
+from eks_prefetch import aws
 from eks_prefetch.images import pick_newest
 
 READY, FINDINGS, UNREADABLE = 0, 1, 2
@@ -358,14 +357,14 @@ def _denied(what: str, error: Exception) -> str:
     return f"{what}: {error}"
 
 
-def observe(deployment: Deployment, api: Any) -> Observed:
-    """Everything the checks look at. ``api`` is ``aws_operator`` (or a double); a read the caller may not make is
-    recorded as unreadable and the rest is still checked."""
+def observe(deployment: Deployment) -> Observed:
+    """Everything the checks look at; a read the caller may not make is recorded as unreadable and the rest is still
+    checked."""
     observed = Observed(deployment)
     pattern = re.compile(deployment.tag_filter)
     for name in deployment.repositories:
         try:
-            details = api.repository_images(name)
+            details = aws.ecr.repository_images(name)
         except aws.AWS_ERRORS as error:
             observed.unreadable.append(_denied(f"repository {name} (ecr:DescribeImages)", error))
             continue
@@ -377,10 +376,10 @@ def observe(deployment: Deployment, api: Any) -> Observed:
         observed.repositories.append(Repository(name, True, newest.tag if newest else None, size))
 
     try:
-        instances = api.running_instances(deployment.node_tag_key, deployment.node_tag_value)
+        instances = aws.ec2.running_instances(deployment.node_tag_key, deployment.node_tag_value)
         managed = {
             info["InstanceId"]: info
-            for info in api.managed_instances(deployment.node_tag_key, deployment.node_tag_value)
+            for info in aws.ssm.managed_instances(deployment.node_tag_key, deployment.node_tag_value)
         }
     except aws.AWS_ERRORS as error:
         observed.unreadable.append(_denied("the nodes (ec2:DescribeInstances, ssm:DescribeInstanceInformation)", error))
@@ -400,7 +399,7 @@ def observe(deployment: Deployment, api: Any) -> Observed:
 
     for arn in sorted({node.profile_arn for node in observed.nodes if node.profile_arn}):
         try:
-            policies = api.instance_profile_policies(arn)
+            policies = aws.iam.instance_profile_policies(arn)
         except aws.AWS_ERRORS as error:
             observed.unreadable.append(_denied(f"instance profile {arn} (iam:GetInstanceProfile)", error))
             continue
@@ -410,7 +409,7 @@ def observe(deployment: Deployment, api: Any) -> Observed:
 
     for vpc_id in sorted({node.vpc_id for node in observed.nodes if node.vpc_id}):
         try:
-            observed.endpoints[vpc_id] = frozenset(api.vpc_endpoint_services(vpc_id))
+            observed.endpoints[vpc_id] = frozenset(aws.ec2.vpc_endpoint_services(vpc_id))
         except aws.AWS_ERRORS as error:
             observed.unreadable.append(_denied(f"endpoints of {vpc_id} (ec2:DescribeVpcEndpoints)", error))
     return observed
@@ -424,15 +423,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     args = parser.parse_args(argv)
     if args.region:
         os.environ["AWS_DEFAULT_REGION"] = args.region
-    problem = aws_operator.session_problem()
+    problem = aws.stack.session_problem()
     if problem:
         err.write(problem + "\n")
         return UNREADABLE
     try:
         region = aws.client("cloudformation").meta.region_name
-        outputs, parameters = aws_operator.describe_stack(args.stack)
+        outputs, parameters = aws.stack.describe_stack(args.stack)
         deployment = Deployment.of_stack(args.stack, region, outputs, parameters)
-        observed = observe(deployment, aws_operator)
+        observed = observe(deployment)
     except (LookupError, *aws.AWS_ERRORS) as error:
         err.write(f"cannot read the stack {args.stack}: {error}\n")
         return UNREADABLE

@@ -20,7 +20,7 @@ from typing import TextIO
 
 from pydantic import ValidationError
 
-from eks_prefetch import aws, aws_operator, repair
+from eks_prefetch import aws, repair
 from eks_prefetch.coverage import RepositoryCoverage, look_at_fleet
 from eks_prefetch.resolution import NewestImages
 from eks_prefetch.settings import Settings
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     if args.region:
         # Before the first AWS call: clients are created on first use and then read it.
         os.environ["AWS_DEFAULT_REGION"] = args.region
-    problem = aws_operator.session_problem()
+    problem = aws.stack.session_problem()
     if problem:
         err.write(problem + "\n")
         return 2
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         # Commands in flight are known to the sweep only; this view sees the repairs the rows record.
         plan = repair.plan_for(repair.RepairInputs(fleet, frozenset(), newest), settings, datetime.now(UTC))
         coverages = fleet.coverages
-        names = aws_operator.private_dns_names(sorted({s.instance_id for c in coverages for s in c.missing}))
+        names = aws.ec2.private_dns_names(sorted({s.instance_id for c in coverages for s in c.missing}))
     except (StackError, *aws.AWS_ERRORS) as error:
         err.write(f"cannot read the stack {args.stack}: {error}\n")
         return 2

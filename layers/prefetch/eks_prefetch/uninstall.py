@@ -19,7 +19,7 @@ from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel, Field
 
-from eks_prefetch import aws, aws_operator
+from eks_prefetch import aws
 
 # The command's Comment (ListCommands shows it): what sent it.
 COMMENT = "eks-image-prefetch uninstall: remove this application's pins"
@@ -144,12 +144,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     args = parser.parse_args(argv)
     if args.region:
         os.environ["AWS_DEFAULT_REGION"] = args.region
-    problem = aws_operator.session_problem()
+    problem = aws.stack.session_problem()
     if problem:
         err.write(problem + "\n")
         return 2
     try:
-        outputs, parameters = aws_operator.describe_stack(args.stack)
+        outputs, parameters = aws.stack.describe_stack(args.stack)
         target = target_of_stack(outputs, parameters)
         command_id = aws.ssm.send_command(unpin_request(target))
     except (LookupError, aws.CommandRefusedError, *aws.AWS_ERRORS) as error:

@@ -35,3 +35,37 @@ def describe_instances(instance_ids: list[str], ec2: Any = None) -> dict[str, Ma
                 for instance in reservation["Instances"]:
                     found[instance["InstanceId"]] = instance
     return found
+
+
+def running_instances(tag_key: str, tag_value: str, ec2: Any = None) -> list[Mapping[str, Any]]:
+    """Running EC2 instances carrying the node tag."""
+    paginator = (ec2 or clients.client("ec2")).get_paginator("describe_instances")
+    pages = paginator.paginate(
+        Filters=[
+            {"Name": f"tag:{tag_key}", "Values": [tag_value]},
+            {"Name": "instance-state-name", "Values": ["running"]},
+        ]
+    )
+    return [instance for page in pages for reservation in page["Reservations"] for instance in reservation["Instances"]]
+
+
+def vpc_endpoint_services(vpc_id: str, ec2: Any = None) -> set[str]:
+    """The service names of the VPC's endpoints that are (or are becoming) usable."""
+    paginator = (ec2 or clients.client("ec2")).get_paginator("describe_vpc_endpoints")
+    pages = paginator.paginate(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])
+    return {
+        endpoint["ServiceName"]
+        for page in pages
+        for endpoint in page["VpcEndpoints"]
+        if endpoint.get("State", "available").lower() in {"available", "pending", "pendingacceptance"}
+    }
+
+
+def private_dns_names(instance_ids: list[str]) -> dict[str, str]:
+    """Instance id -> private DNS name, the name EKS gives the node in Kubernetes (empty if EC2 has none)."""
+    if not instance_ids:
+        return {}
+    return {
+        instance_id: instance.get("PrivateDnsName") or ""
+        for instance_id, instance in describe_instances(instance_ids).items()
+    }

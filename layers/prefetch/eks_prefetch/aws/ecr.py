@@ -85,3 +85,11 @@ def _pushed_at(client: Any, repository: str, digests: list[str]) -> dict[str, da
         half = len(digests) // 2
         return {**_pushed_at(client, repository, digests[:half]), **_pushed_at(client, repository, digests[half:])}
     return {detail["imageDigest"]: detail["imagePushedAt"] for detail in details if detail.get("imagePushedAt")}
+
+
+def repository_images(repository: str, ecr: Any = None) -> list[Mapping[str, Any]] | None:
+    """Every tagged image of a repository, or None if the repository does not exist."""
+    try:
+        return list(describe_tagged_images(repository, ecr=ecr))
+    except RepositoryNotFoundError:
+        return None

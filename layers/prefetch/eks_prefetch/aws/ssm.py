@@ -122,3 +122,12 @@ def online_managed_nodes(tag_key: str, tag_value: str, ssm: Any = None) -> Itera
             # The filter is the server's; the check keeps an agent that went offline between pages out.
             if info.get("PingStatus") == "Online":
                 yield info
+
+
+def managed_instances(tag_key: str, tag_value: str, ssm: Any = None) -> list[Mapping[str, Any]]:
+    """Managed nodes SSM knows with the node tag, whatever their PingStatus (Online, ConnectionLost, Inactive)."""
+    paginator = (ssm or clients.client("ssm")).get_paginator("describe_instance_information")
+    pages = paginator.paginate(
+        Filters=[{"Key": f"tag:{tag_key}", "Values": [tag_value]}], PaginationConfig={"PageSize": 50}
+    )
+    return [info for page in pages for info in page["InstanceInformationList"]]
