@@ -26,18 +26,10 @@ from eks_prefetch.push import PushedImageNotFoundError
 from eks_prefetch.resolution import NewestImages
 from eks_prefetch.sending import SendOutcomeUnknownError, event_marker
 from eks_prefetch.settings import get_settings
-from tests.apicalls import ApiCalls
-from tests.conftest import (
-    ACCOUNT,
-    CLUSTER,
-    DOCUMENT,
-    LOG_GROUP,
-    REGION,
-    idempotency_records,
-    load_handler,
-    send_attempts,
-)
-from tests.ecr import at, create_repository, digest_of, push_image
+from testing.apicalls import ApiCalls
+from testing.deployment import idempotency_records, load_handler, send_attempts
+from testing.ecr import at, create_repository, digest_of, push_image
+from testing.environment import ACCOUNT, CLUSTER, DOCUMENT, LOG_GROUP, REGION
 from tests.faults import fail_completed_saves, lose_replies, reset_first_connection, throttle_first
 
 EVENTS = Path(__file__).resolve().parents[2] / "events" / "ecr_push"
