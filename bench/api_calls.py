@@ -1,5 +1,5 @@
 """AWS API calls per push, per new node and per burst of launches, counted with botocore event hooks in the real code
-paths against moto (tests/apicalls.py, the same scenarios tests/integration/test_api_calls.py asserts).
+paths against moto (testing/apicalls.py, the same scenarios tests/integration/test_api_calls.py asserts).
 
 Baseline: the blog recipe, where every node runs DescribeImages and GetAuthorizationToken itself (2 calls per node
 per push; per new node, one DescribeImages per repository and one GetAuthorizationToken). That is the recipe's
@@ -12,7 +12,7 @@ import contextlib
 import io
 
 from bench.report import Row, Section, ratio, verdict
-from tests.apicalls import CONTROL_PLANE, ApiCalls, calls_per_launch_burst, calls_per_push, calls_per_sweep
+from testing.apicalls import CONTROL_PLANE, ApiCalls, calls_per_launch_burst, calls_per_push, calls_per_sweep
 
 TARGET_PER_PUSH = 3
 
@@ -167,8 +167,8 @@ def measure(section: Section, quick: bool) -> None:
         "DescribeImages per repository per batch, whichever of the (at most 5, `MaximumConcurrency: 5`) containers "
         "runs it, plus the looks at nodes not ready yet (one batch each time they come back).",
         "Sweeps: one scheduled run of the status function (`repair.sweep_and_repair`, self-repair on) over one fleet "
-        "command whose invocations all succeeded, against moto with the doubles of tests/status_doubles.py "
-        "(FakeInvocations, FakeFleet) answering ListCommandInvocations and DescribeInstanceInformation in SSM's "
+        "command whose invocations all succeeded, against moto with the doubles of testing/ssm.py "
+        "(FakeInvocations, Agents) answering ListCommandInvocations and DescribeInstanceInformation in SSM's "
         "pages of 50 at botocore's level, so that the real adapters page and every page is counted. The steady "
         "state (events received) reads SSM in pages and DynamoDB in batches of 100 (the claims, then the nodes' "
         "rows); before this benchmark the claims were read one GetItem per invocation (10,000 reads a sweep at "

@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from bench.report import Row, Section, median, not_measured, ratio, verdict
-from tests.conftest import DEPLOYMENT_ENV
+from testing.environment import DEPLOYMENT_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 1.4

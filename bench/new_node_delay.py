@@ -1,8 +1,8 @@
 """New-node delay: from the moment a new node's SSM agent comes online to the prefetch command.
 
 The real node-launch handler, with the template's default parameters, is driven through a simulated queue clock
-(tests/apicalls.py: the template's 5 s batching window, the visibility the function asks for, the redrive budget),
-against moto, for agents registering at every 2 s from 20 to 180 s after the launch event. The baseline is the
+(testing/simulated_queue.py: the template's 5 s batching window, the visibility the function asks for, the redrive
+budget), against moto, for agents registering at every 2 s from 20 to 180 s after the launch event. The baseline is the
 schedule before tuning (15 s doubling to 300 s, 15 receives), run the same way in the same run.
 """
 
@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from bench.report import Row, Section, median, percentile, ratio, verdict
 from harness import template as cfn
-from tests.apicalls import (
-    Agents,
-    Clock,
-    SimulatedQueue,
-    deployment,
-    fill_repository,
-    run_nodes,
-    running_event,
-    set_launch_time,
-)
+from testing.clock import Clock
+from testing.deployment import deployment
+from testing.ec2 import run_nodes, set_launch_time
+from testing.ecr import fill_repository
+from testing.events import running_event
+from testing.simulated_queue import SimulatedQueue
+from testing.ssm import Agents
 
 REGISTRATION_SECONDS = (20, 180)
 TARGET_P95_SECONDS = 20
@@ -72,8 +69,7 @@ def simulate(environment: Mapping[str, str], step: int) -> Schedule:
     with deployment(REPOSITORY_NAMES="ml/trainer", **environment):
         fill_repository("ml/trainer", 2)
         clock = Clock()
-        agents = Agents(clock)
-        agents.install()
+        agents = Agents(clock).install()
         queue = SimulatedQueue(clock, max_receives=int(environment["NODE_LAUNCH_MAX_RECEIVES"]), batching_window=window)
         delays, invocations = [], []
         times = range(REGISTRATION_SECONDS[0], REGISTRATION_SECONDS[1] + 1, step)
@@ -120,32 +116,23 @@ def measure(section: Section, quick: bool) -> None:
     def seconds(value: float) -> str:
         return f"{value:.0f} s"
 
-    p95, p95_old = percentile(tuned.delays, 0.95), percentile(baseline.delays, 0.95)
+    def delay(figure: str, of: Callable[[list[float]], float], target: str = "", met: str = "(reported)") -> Row:
+        """A row of one statistic ``of`` the delays, tuned against the baseline."""
+        measured, before = of(tuned.delays), of(baseline.delays)
+        return Row(figure, seconds(measured), seconds(before), ratio(measured, before), target, met)
+
+    p95 = percentile(tuned.delays, 0.95)
     most, most_old = max(tuned.invocations), max(baseline.invocations)
     dlq_minutes, dlq_minutes_old = tuned.dlq_seconds / 60, baseline.dlq_seconds / 60
     section.rows += [
-        Row(
-            "delay p50 (agent online → command)",
-            seconds(median(tuned.delays)),
-            seconds(median(baseline.delays)),
-            ratio(median(tuned.delays), median(baseline.delays)),
-            verdict="(reported)",
-        ),
-        Row(
+        delay("delay p50 (agent online → command)", median),
+        delay(
             "delay p95",
-            seconds(p95),
-            seconds(p95_old),
-            ratio(p95, p95_old),
+            lambda delays: percentile(delays, 0.95),
             f"≤ {TARGET_P95_SECONDS} s",
             verdict(p95 <= TARGET_P95_SECONDS, f"by {p95 - TARGET_P95_SECONDS:.0f} s"),
         ),
-        Row(
-            "delay max",
-            seconds(max(tuned.delays)),
-            seconds(max(baseline.delays)),
-            ratio(max(tuned.delays), max(baseline.delays)),
-            verdict="(reported)",
-        ),
+        delay("delay max", max),
         Row(
             "invocations per node, agent online at 20-180 s (max; p50)",
             f"{most}; {median(tuned.invocations):.0f}",
@@ -173,8 +160,8 @@ def measure(section: Section, quick: bool) -> None:
     defaults = ", ".join(f"`{_PARAMETERS[k]}={v}`" for k, v in tuned_environment.items())
     section.notes += [
         f"Method: the real `node_launch` handler and `launch.backoff_seconds`, with the template's defaults "
-        f"({defaults}), driven by a simulated SQS clock (`tests/apicalls.py`: the visibility the function sets, "
-        f"then the event source's {batching_window():.0f} s batching window in full, as for a lone message) "
+        f"({defaults}), driven by a simulated SQS clock (`testing/simulated_queue.py`: the visibility the function "
+        f"sets, then the event source's {batching_window():.0f} s batching window in full, as for a lone message) "
         f"against moto, for {len(tuned.delays)} agents registering every {step} s from {REGISTRATION_SECONDS[0]} "
         f"to {REGISTRATION_SECONDS[1]} s after the launch event. Baseline: the schedule before tuning "
         "(15 s doubling to 300 s, 15 receives), same handler, same run. Lambda's own latency and the handler's run "

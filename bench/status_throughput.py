@@ -20,7 +20,7 @@ from eks_prefetch.invocations import InvocationOutcome, final_status
 from eks_prefetch.node_output import parse_node_output
 from eks_prefetch.settings import Settings
 from eks_prefetch.status_metrics import emit_invocation_metrics
-from tests.conftest import DEPLOYMENT_ENV
+from testing.environment import DEPLOYMENT_ENV
 
 IMAGES = 20
 TARGET_PER_SECOND = 20_000

@@ -12,9 +12,10 @@ from typing import Any
 
 import boto3
 from moto.events.models import EventPattern
-from moto.sqs.models import sqs_backends
 
-from harness.stack import ACCOUNT, REGION, EventSource, Function, Invocation, Stack
+from harness.stack import REGION, EventSource, Function, Invocation, Stack
+from testing.events import event_envelope
+from testing.sqs import SqsEventSource, failed_items
 
 
 def routed_events(pattern: dict[str, Any], events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -38,23 +39,6 @@ def routed_events(pattern: dict[str, Any], events: list[dict[str, Any]]) -> list
 
 
 # --- The stack's own wiring: rules -> functions and queues, queues -> functions ------------------------------------
-
-
-def event_envelope(
-    source: str, detail_type: str, detail: dict[str, Any], resources: list[str] | None = None
-) -> dict[str, Any]:
-    """An event in the shape EventBridge delivers it."""
-    return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": detail_type,
-        "source": source,
-        "account": ACCOUNT,
-        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "region": REGION,
-        "resources": list(resources or []),
-        "detail": detail,
-    }
 
 
 @dataclass
@@ -81,7 +65,7 @@ class _Mapping:
     logical_id: str
     queue: dict[str, str]
     function: Function
-    batch_size: int
+    source: SqsEventSource
     report_failures: bool
 
 
@@ -136,7 +120,7 @@ class Router:
             logical_id=source.logical_id,
             queue=queue,
             function=function,
-            batch_size=int(properties.get("BatchSize", 10)),
+            source=SqsEventSource(queue["url"], queue["arn"], queue["name"], int(properties.get("BatchSize", 10))),
             report_failures="ReportBatchItemFailures" in (properties.get("FunctionResponseTypes") or []),
         )
 
@@ -218,32 +202,22 @@ class Router:
     # --- SQS event source mappings ------------------------------------------------------------------------------
 
     def pump(self) -> list[Delivery]:
-        """One poll of every SQS event source: receive a batch of what is visible, invoke, delete what succeeded.
-
-        Failed records are left alone: they come back when the visibility the function gave them (or the queue's
-        own) runs out, and SQS moves them to the dead-letter queue after maxReceiveCount receives.
-        """
+        """One poll of every SQS event source (testing/sqs.py): receive a batch of what is visible, invoke, delete
+        what succeeded (everything, after a function error; what the function did not report failed, with
+        ReportBatchItemFailures)."""
         deliveries = []
         for mapping in self.mappings:
-            messages = self.sqs.receive_message(
-                QueueUrl=mapping.queue["url"],
-                MaxNumberOfMessages=min(mapping.batch_size, 10),
-                MessageSystemAttributeNames=["All"],
-                MessageAttributeNames=["All"],
-            ).get("Messages", [])
-            if not messages:
+            batch = mapping.source.receive()
+            if batch is None:
                 continue
-            event = {"Records": [_sqs_record(message, mapping.queue["arn"]) for message in messages]}
-            invocation = mapping.function.invoke(event)
+            invocation = mapping.function.invoke(batch.event)
             if invocation.error is not None:
-                failed = {message["MessageId"] for message in messages}
-            elif mapping.report_failures and isinstance(invocation.result, dict):
-                failed = {item["itemIdentifier"] for item in invocation.result.get("batchItemFailures") or []}
+                failed = set(batch.receipts)
+            elif mapping.report_failures:
+                failed = failed_items(invocation.result)
             else:
                 failed = set()
-            for message in messages:
-                if message["MessageId"] not in failed:
-                    self.sqs.delete_message(QueueUrl=mapping.queue["url"], ReceiptHandle=message["ReceiptHandle"])
+            mapping.source.settle(batch, failed)
             delivery = Delivery(
                 source=_logical_id(self.stack, mapping.queue), target=mapping.function.logical_id, invocation=invocation
             )
@@ -253,38 +227,14 @@ class Router:
         return deliveries
 
     def in_flight(self) -> int:
-        """Messages in the mapped queues, visible or not. Read from moto's queue: its NotVisible count misses
-        messages whose visibility the function changed."""
-        backend = sqs_backends[ACCOUNT][REGION]
-        return sum(len(backend.queues[mapping.queue["name"]]._messages) for mapping in self.mappings)
+        """Messages in the mapped queues, visible or not."""
+        return sum(mapping.source.in_flight() for mapping in self.mappings)
 
     def fast_forward(self) -> int:
         """Time passes for the mapped queues: every message waiting out a visibility timeout is visible now.
-        Returns how many were. (SQS would deliver them when the timeout ends; tests need not wait 6 minutes.)"""
-        backend = sqs_backends[ACCOUNT][REGION]
-        count = 0
-        for mapping in self.mappings:
-            for message in backend.queues[mapping.queue["name"]]._messages:
-                if not message.visible:
-                    message.change_visibility(0)
-                    count += 1
-        return count
+        Returns how many were."""
+        return sum(mapping.source.time_passes() for mapping in self.mappings)
 
 
 def _logical_id(stack: Stack, queue: dict[str, str]) -> str:
     return next(logical_id for logical_id, known in stack.queues.items() if known is queue)
-
-
-def _sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
-    """A record of Lambda's SQS event, from a received message."""
-    return {
-        "messageId": message["MessageId"],
-        "receiptHandle": message["ReceiptHandle"],
-        "body": message["Body"],
-        "attributes": message.get("Attributes", {}),
-        "messageAttributes": message.get("MessageAttributes", {}),
-        "md5OfBody": message["MD5OfBody"],
-        "eventSource": "aws:sqs",
-        "eventSourceARN": queue_arn,
-        "awsRegion": REGION,
-    }

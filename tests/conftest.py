@@ -1,61 +1,19 @@
-"""Shared fixtures: a deployment's environment, and moto-backed AWS with fresh clients per test."""
+"""Shared fixtures: a deployment's environment, moto-backed AWS with fresh clients per test, and the doubles of what
+moto lacks. What they are made of is in the ``testing`` package, which the harness and the benchmarks share."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import importlib.util
-import sys
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-import boto3
 import pytest
 from botocore.retries.standard import ExponentialBackoff
-from moto import mock_aws
 
-from eks_prefetch import aws, idempotency, settings
-
-ROOT = Path(__file__).resolve().parent.parent
-REGION = "us-east-1"
-ACCOUNT = "123456789012"  # moto's default account
-CLUSTER = "ml-prod"
-WATCHED = ("ml/trainer", "ml/inference")
-DOCUMENT = "eks-image-prefetch-PrefetchDocument-ABC123"
-TABLE = "eks-image-prefetch-idempotency"
-LOG_GROUP = "/aws/ssm/eks-image-prefetch/prefetch"
-
-DEPLOYMENT_ENV = {
-    "AWS_REGION": REGION,
-    "AWS_DEFAULT_REGION": REGION,
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "CLUSTER_NAME": CLUSTER,
-    "REPOSITORY_NAMES": ",".join(WATCHED),
-    "NODE_TAG_KEY": "eks:cluster-name",
-    "NODE_TAG_VALUE": CLUSTER,
-    "TAG_FILTER": "^(?!sha256-).+$",
-    "DOCUMENT_NAME": DOCUMENT,
-    "DOCUMENT_VERSION": "1",
-    "MAX_CONCURRENCY": "100",
-    "MAX_ERRORS": "25%",
-    "DELIVERY_TIMEOUT_SECONDS": "600",
-    "EXECUTION_TIMEOUT_SECONDS": "3600",
-    "PULL_TIMEOUT_SECONDS": "1800",
-    "PIN_IMAGES": "true",
-    "PINNED_VERSIONS_TO_KEEP": "2",
-    "MAX_DISK_USAGE_PERCENT": "80",
-    "OUTPUT_LOG_GROUP": LOG_GROUP,
-    "IDEMPOTENCY_TABLE": TABLE,
-    "IDEMPOTENCY_TTL_SECONDS": "86400",
-    "POWERTOOLS_SERVICE_NAME": "test",
-    "POWERTOOLS_METRICS_NAMESPACE": "EksImagePrefetchTest",
-    "POWERTOOLS_TRACE_DISABLED": "true",
-    "POWERTOOLS_DEV": "false",
-}
+from eks_prefetch import aws, settings
+from testing.deployment import FakeLambdaContext, mocked_aws
+from testing.environment import DEPLOYMENT_ENV
+from testing.ssm import Agents
 
 
 @pytest.fixture
@@ -103,26 +61,6 @@ def botocore_clock(aws_mock: None, monkeypatch: pytest.MonkeyPatch) -> FakeClock
     return clock
 
 
-@contextlib.contextmanager
-def mocked_aws() -> Iterator[None]:
-    """moto for every AWS call, with the idempotency table the template defines, and fresh cached clients (for the
-    fixtures, and for the benchmark, which is not a test)."""
-    with mock_aws():
-        aws.reset_clients()
-        idempotency.reset_persistence()
-        boto3.client("dynamodb").create_table(
-            TableName=TABLE,
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        try:
-            yield
-        finally:
-            aws.reset_clients()
-            idempotency.reset_persistence()
-
-
 @pytest.fixture
 def aws_mock(deployment_env: dict[str, str], no_retry_sleep: None) -> Iterator[None]:
     with mocked_aws():
@@ -141,47 +79,12 @@ def sent(aws_mock: None) -> list[dict[str, Any]]:
     return requests
 
 
-def idempotency_records() -> list[dict[str, Any]]:
-    """The Powertools idempotency records in the table, without sending's attempt counters."""
-    items = boto3.client("dynamodb").scan(TableName=TABLE)["Items"]
-    return [item for item in items if not item["id"]["S"].startswith("send-attempt#")]
-
-
-def send_attempts() -> dict[str, int]:
-    """Sending's attempt counter per event marker, as the table holds them."""
-    items = boto3.client("dynamodb").scan(TableName=TABLE)["Items"]
-    prefix = "send-attempt#"
-    return {
-        item["id"]["S"].removeprefix(prefix): int(item["attempts"]["N"])
-        for item in items
-        if item["id"]["S"].startswith(prefix)
-    }
-
-
-def load_handler(function: str) -> ModuleType:
-    """Import functions/<function>/app.py under a unique module name (every function's module is called app)."""
-    name = f"handler_{function}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "functions" / function / "app.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-class FakeLambdaContext:
-    function_name = "test-function"
-    memory_limit_in_mb = 256
-    invoked_function_arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:test-function"
-    aws_request_id = "5e2c1d57-0000-4000-8000-000000000000"
-
-    @staticmethod
-    def get_remaining_time_in_millis() -> int:
-        return 60_000
-
-
 @pytest.fixture
 def lambda_context() -> FakeLambdaContext:
     return FakeLambdaContext()
+
+
+@pytest.fixture
+def agents(aws_mock: None) -> Agents:
+    """Which nodes' SSM agents are Online (moto has no DescribeInstanceInformation): none until the test says."""
+    return Agents().install()

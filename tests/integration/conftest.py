@@ -8,8 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from eks_prefetch import settings
-from tests.ecr import at, create_repository, push_image
-from tests.status_doubles import STATUS_TABLE, FakeFleet, FakeInvocations, create_status_table
+from testing.deployment import create_status_table
+from testing.ecr import at, create_repository, push_image
+from testing.environment import STATUS_TABLE
+from testing.ssm import Agents, FakeInvocations
 
 TRAINER = "ml/trainer"
 INFERENCE = "ml/inference"
@@ -26,13 +28,14 @@ def status_env(aws_mock: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None
 
 
 @pytest.fixture
-def fake(status_env: None, monkeypatch: pytest.MonkeyPatch) -> FakeInvocations:
-    return FakeInvocations().install(monkeypatch)
+def fake(status_env: None) -> FakeInvocations:
+    return FakeInvocations().install()
 
 
 @pytest.fixture
-def fleet(status_env: None, monkeypatch: pytest.MonkeyPatch) -> FakeFleet:
-    return FakeFleet().install(monkeypatch)
+def fleet(status_env: None, agents: Agents) -> Agents:
+    """The fleet's agents, as the status function sees them (DescribeInstanceInformation by the node tag)."""
+    return agents
 
 
 @pytest.fixture

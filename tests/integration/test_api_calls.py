@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from tests.apicalls import calls_per_launch_burst, calls_per_push, calls_per_sweep
+from testing.apicalls import calls_per_launch_burst, calls_per_push, calls_per_sweep
 
 # What one send costs in the idempotency table: Powertools' in-progress record and its completion, and sending's
 # attempt counter (see eks_prefetch.sending).

@@ -26,18 +26,11 @@ from eks_prefetch.push import PushedImageNotFoundError
 from eks_prefetch.resolution import NewestImages
 from eks_prefetch.sending import SendOutcomeUnknownError, event_marker
 from eks_prefetch.settings import get_settings
-from tests.apicalls import ApiCalls
-from tests.conftest import (
-    ACCOUNT,
-    CLUSTER,
-    DOCUMENT,
-    LOG_GROUP,
-    REGION,
-    idempotency_records,
-    load_handler,
-    send_attempts,
-)
-from tests.ecr import at, create_repository, digest_of, push_image
+from testing import events
+from testing.apicalls import ApiCalls
+from testing.deployment import idempotency_records, load_handler, send_attempts
+from testing.ecr import at, create_repository, digest_of, push_image
+from testing.environment import ACCOUNT, CLUSTER, DOCUMENT, LOG_GROUP, REGION
 from tests.faults import fail_completed_saves, lose_replies, reset_first_connection, throttle_first
 
 EVENTS = Path(__file__).resolve().parents[2] / "events" / "ecr_push"
@@ -49,15 +42,8 @@ def sample(name: str) -> dict[str, Any]:
 
 
 def push_event(repository: str, digest: str, tag: str | None, event_id: str = "evt-1") -> dict[str, Any]:
-    event = copy.deepcopy(sample("push-tagged"))
-    event["id"] = event_id
-    event["detail"]["repository-name"] = repository
-    event["detail"]["image-digest"] = digest
-    if tag is None:
-        del event["detail"]["image-tag"]
-    else:
-        event["detail"]["image-tag"] = tag
-    return event
+    """ECR's push event (testing/events.py), with one event id for every push unless a test says otherwise."""
+    return events.push_event(repository, digest, tag, event_id)
 
 
 @pytest.fixture

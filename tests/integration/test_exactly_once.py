@@ -17,8 +17,12 @@ import time_machine
 from eks_prefetch import aws, settings, status_metrics, status_table
 from eks_prefetch.status_table import CLAIM_STALE_SECONDS
 from harness.template import resource
-from tests.conftest import DOCUMENT, load_handler
-from tests.ecr import at, push_image
+from testing.deployment import load_handler
+from testing.ecr import at, push_image
+from testing.environment import DOCUMENT
+from testing.events import scheduled_event, status_event
+from testing.output import emf_documents, emitted, image_line, summary_line, total, values
+from testing.ssm import Answer
 from tests.faults import lose_replies
 from tests.integration.conftest import INFERENCE, TRAINER
 from tests.integration.test_status import (
@@ -31,17 +35,6 @@ from tests.integration.test_status import (
     row,
     run_node,
     send,
-)
-from tests.status_doubles import (
-    Answer,
-    emf_documents,
-    emitted,
-    image_line,
-    scheduled_event,
-    status_event,
-    summary_line,
-    total,
-    values,
 )
 
 

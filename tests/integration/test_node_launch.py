@@ -2,10 +2,12 @@
 queue with a redrive policy, driven the way the Lambda event source mapping drives it (receive a batch, invoke,
 delete what did not fail).
 
-Test doubles, and why:
-- moto does not implement ssm:DescribeInstanceInformation, so the SSM agent's registration state is a fake of
-  ``aws.ssm.agent_online`` (``FakeAgents``) that the test controls and that counts how often it is asked. The real
-  adapter's request and its reading of the response are tested with botocore's Stubber in tests/unit.
+Test doubles (the ``testing`` package), and why:
+- moto does not implement ssm:DescribeInstanceInformation, so the SSM agent's registration state is ``Agents``
+  (testing/ssm.py), which answers it at botocore's level as the test says and counts how often a node is asked
+  about; the adapter ``aws.ssm.agent_online`` runs unchanged.
+- The queue is a moto queue with the template's redrive, driven as Lambda's event source mapping drives it
+  (testing/sqs.py ``LaunchQueue``).
 - moto accepts every SendCommand parameter unvalidated and targets every instance when given InstanceIds, so the
   tests capture the SendCommand request the code hands to botocore and assert on that.
 - moto keeps LaunchTime on stop/start; the tests set it on moto's instance to stand for a restart.
@@ -15,10 +17,8 @@ Test doubles, and why:
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,136 +38,28 @@ from eks_prefetch.commands import send_command_request, with_comment_marker
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.sending import event_marker
 from eks_prefetch.settings import get_settings
-from tests.conftest import ACCOUNT, CLUSTER, DOCUMENT, LOG_GROUP, REGION, idempotency_records, load_handler
-from tests.ecr import at, create_repository, push_image
+from testing.deployment import idempotency_records, load_handler
+from testing.ec2 import NODE_TAGS, launch_time_of, run_instance, set_launch_time
+from testing.ecr import at, create_repository, push_image
+from testing.environment import ACCOUNT, CLUSTER, DOCUMENT, LOG_GROUP, REGION, REGISTRY
+from testing.events import running_event
+from testing.sqs import LaunchQueue
+from testing.ssm import Agents
 from tests.faults import lose_replies, reset_first_connection, throttle_first
 
 EVENTS = Path(__file__).resolve().parents[2] / "events" / "node_launch"
-REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
 MAX_RECEIVES = 4
 
 
-# --- test doubles and drivers -------------------------------------------------------------------------------------
+# --- helpers ---------------------------------------------------------------------------------------------------------
 
 
-class FakeAgents:
-    """Stands in for ssm:DescribeInstanceInformation (not in moto): which instances' agents are Online."""
-
-    def __init__(self) -> None:
-        self.online: set[str] = set()
-        self.online_after: dict[str, int] = {}  # instance -> number of "not yet" answers before Online
-        self.asked: list[str] = []
-
-    def __call__(self, instance_id: str, ssm: Any = None) -> bool:
-        self.asked.append(instance_id)
-        pending = self.online_after.get(instance_id)
-        if pending is not None and self.asked.count(instance_id) > pending:
-            self.online.add(instance_id)
-        return instance_id in self.online
-
-
-class LaunchQueue:
-    """A moto SQS queue with the template's redrive, driven like Lambda's SQS event source mapping."""
-
-    def __init__(self, handler: Any, lambda_context: Any, max_receives: int) -> None:
-        self.sqs = boto3.client("sqs")
-        self.handler = handler
-        self.lambda_context = lambda_context
-        self.dlq_url = self.sqs.create_queue(QueueName="node-launch-dlq")["QueueUrl"]
-        dlq_arn = self._arn(self.dlq_url)
-        redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receives)})
-        self.url = self.sqs.create_queue(
-            QueueName="node-launch",
-            Attributes={"VisibilityTimeout": "360", "RedrivePolicy": redrive},
-        )["QueueUrl"]
-        self.arn = self._arn(self.url)
-        self._in_flight: list[str] = []
-
-    def _arn(self, url: str) -> str:
-        return self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-
-    def publish(self, event: dict[str, Any] | str) -> None:
-        body = event if isinstance(event, str) else json.dumps(event)
-        self.sqs.send_message(QueueUrl=self.url, MessageBody=body)
-
-    def time_passes(self) -> None:
-        """Whatever visibility the function set has run out."""
-        for receipt in self._in_flight:
-            self.sqs.change_message_visibility(QueueUrl=self.url, ReceiptHandle=receipt, VisibilityTimeout=0)
-        self._in_flight = []
-
-    def deliver(self) -> dict[str, Any] | None:
-        """Receive a batch, invoke the handler, delete the records it did not report failed. None if empty."""
-        self.time_passes()
-        messages = self.sqs.receive_message(
-            QueueUrl=self.url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
-        ).get("Messages", [])
-        if not messages:
-            return None
-        event = {"Records": [self._record(message) for message in messages]}
-        response = self.handler(event, self.lambda_context)
-        failed = {item["itemIdentifier"] for item in response["batchItemFailures"]}
-        for message in messages:
-            if message["MessageId"] in failed:
-                self._in_flight.append(message["ReceiptHandle"])
-            else:
-                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
-        return response
-
-    def _record(self, message: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "messageId": message["MessageId"],
-            "receiptHandle": message["ReceiptHandle"],
-            "body": message["Body"],
-            "attributes": message["Attributes"],
-            "messageAttributes": {},
-            "md5OfBody": message["MD5OfBody"],
-            "eventSource": "aws:sqs",
-            "eventSourceARN": self.arn,
-            "awsRegion": REGION,
-        }
-
-    def counts(self) -> dict[str, int]:
-        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-        attributes = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=names)["Attributes"]
-        return {"visible": int(attributes[names[0]]), "hidden": int(attributes[names[1]])}
-
-    def dead_letters(self) -> list[str]:
-        messages = self.sqs.receive_message(QueueUrl=self.dlq_url, MaxNumberOfMessages=10).get("Messages", [])
-        return [message["Body"] for message in messages]
-
-
-def running_event(instance_id: str, *, state: str = "running", event_id: str | None = None) -> dict[str, Any]:
-    event = copy.deepcopy(json.loads((EVENTS / "eventbridge-ec2-running.json").read_text()))
-    event["id"] = event_id or str(uuid.uuid4())
-    event["time"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    event["resources"] = [f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/{instance_id}"]
-    event["detail"] = {"instance-id": instance_id, "state": state}
-    return event
-
-
-def run_instance(tags: dict[str, str] | None = None) -> str:
-    kwargs: dict[str, Any] = {"ImageId": "ami-12c6146b", "MinCount": 1, "MaxCount": 1, "InstanceType": "m7g.large"}
-    if tags:
-        kwargs["TagSpecifications"] = [
-            {"ResourceType": "instance", "Tags": [{"Key": key, "Value": value} for key, value in tags.items()]}
-        ]
-    return boto3.client("ec2").run_instances(**kwargs)["Instances"][0]["InstanceId"]
-
-
-def node_tags() -> dict[str, str]:
-    return {"eks:cluster-name": CLUSTER}
-
-
-def set_launch_time(instance_id: str, launched: datetime) -> None:
-    """moto keeps LaunchTime on stop/start and stamps "now" on launch; set it as EC2 would."""
-    instance = ec2_backends[ACCOUNT][REGION].get_instance(instance_id)
-    instance.launch_time = launched.astimezone(UTC).replace(tzinfo=None)
-
-
-def launch_time_of(instance_id: str) -> str:
-    (reservation,) = boto3.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"]
-    return reservation["Instances"][0]["LaunchTime"].isoformat()
+def launch_ready_node(queue: LaunchQueue, agents: Agents) -> str:
+    """A new cluster node whose SSM agent is Online, its launch event on the queue."""
+    instance = run_instance(NODE_TAGS)
+    agents.online.add(instance)
+    queue.publish(running_event(instance))
+    return instance
 
 
 def images_of(request: dict[str, Any]) -> list[str]:
@@ -196,13 +88,6 @@ def env(deployment_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("NODE_LAUNCH_FAST_RETRIES", "1")
     monkeypatch.setenv("NODE_LAUNCH_RETRY_MAX_SECONDS", "40")
     get_settings.cache_clear()
-
-
-@pytest.fixture
-def agents(monkeypatch: pytest.MonkeyPatch) -> FakeAgents:
-    fake = FakeAgents()
-    monkeypatch.setattr(aws.ssm, "agent_online", fake)
-    return fake
 
 
 @pytest.fixture
@@ -251,12 +136,8 @@ def queue(env: None, aws_mock: None, lambda_context: Any) -> LaunchQueue:
 # --- the command -----------------------------------------------------------------------------------------------------
 
 
-def test_ready_node_gets_one_command_with_the_newest_image_of_every_repository(
-    queue: LaunchQueue, agents: FakeAgents, sent: list[dict[str, Any]], images: dict[str, str]
-) -> None:
-    instance = run_instance(node_tags())
-    agents.online.add(instance)
-    queue.publish(running_event(instance))
+def test_ready_node_gets_one_command_with_the_newest_image_of_every_repository(queue, agents, sent, images):
+    instance = launch_ready_node(queue, agents)
 
     response = queue.deliver()
 
@@ -292,13 +173,7 @@ def test_ready_node_gets_one_command_with_the_newest_image_of_every_repository(
     assert queue.dead_letters() == []
 
 
-def test_several_repositories_one_empty_one_deleted_still_send_the_others(
-    queue: LaunchQueue,
-    agents: FakeAgents,
-    sent: list[dict[str, Any]],
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_several_repositories_one_empty_one_deleted_still_send_the_others(queue, agents, sent, monkeypatch, caplog):
     monkeypatch.setenv("REPOSITORY_NAMES", "ml/trainer,ml/empty,ml/deleted,ml/inference")
     get_settings.cache_clear()
     for name in ("ml/trainer", "ml/empty", "ml/deleted", "ml/inference"):
@@ -308,9 +183,7 @@ def test_several_repositories_one_empty_one_deleted_still_send_the_others(
     trainer = push_image("ml/trainer", "t-new", tag="v2", pushed_at=at(5))
     push_image("ml/trainer", "t-untagged", tag=None, pushed_at=at(9))  # newer, but untagged: never prefetched
     inference = push_image("ml/inference", "i-1", tag="v7", pushed_at=at(2))
-    instance = run_instance(node_tags())
-    agents.online.add(instance)
-    queue.publish(running_event(instance))
+    launch_ready_node(queue, agents)
 
     assert queue.deliver() == {"batchItemFailures": []}
 
@@ -322,18 +195,13 @@ def test_several_repositories_one_empty_one_deleted_still_send_the_others(
     assert [record.repository for record in empty] == ["ml/empty"]
 
 
-def test_a_burst_of_new_nodes_resolves_each_repository_once(
-    queue: LaunchQueue, agents: FakeAgents, sent: list[dict[str, Any]], images: dict[str, str]
-) -> None:
+def test_a_burst_of_new_nodes_resolves_each_repository_once(queue, agents, sent, images):
     """A node group scaling out: eight launches in one batch cost one DescribeImages per repository, not per node."""
     describes: list[str] = []
     aws.client("ecr").meta.events.register(
         "provide-client-params.ecr.DescribeImages", lambda params, **_: describes.append(params["repositoryName"])
     )
-    instances = [run_instance(node_tags()) for _ in range(8)]
-    agents.online.update(instances)
-    for instance in instances:
-        queue.publish(running_event(instance))
+    instances = [launch_ready_node(queue, agents) for _ in range(8)]
 
     assert queue.deliver() == {"batchItemFailures": []}
 
@@ -343,13 +211,9 @@ def test_a_burst_of_new_nodes_resolves_each_repository_once(
     assert all(images_of(request) == expected for request in sent)
 
 
-def test_no_image_in_any_repository_sends_nothing_and_acknowledges(
-    queue: LaunchQueue, agents: FakeAgents, sent: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
-) -> None:
+def test_no_image_in_any_repository_sends_nothing_and_acknowledges(queue, agents, sent, caplog):
     create_repository("ml/trainer")  # empty; ml/inference does not exist
-    instance = run_instance(node_tags())
-    agents.online.add(instance)
-    queue.publish(running_event(instance))
+    launch_ready_node(queue, agents)
 
     assert queue.deliver() == {"batchItemFailures": []}
 
@@ -362,13 +226,7 @@ def test_no_image_in_any_repository_sends_nothing_and_acknowledges(
 # --- waiting for the node --------------------------------------------------------------------------------------------
 
 
-def test_untagged_young_instance_is_retried_then_prefetched_once_tagged(
-    queue: LaunchQueue,
-    agents: FakeAgents,
-    sent: list[dict[str, Any]],
-    visibility: list[int],
-    images: dict[str, str],
-) -> None:
+def test_untagged_young_instance_is_retried_then_prefetched_once_tagged(queue, agents, sent, visibility, images):
     instance = run_instance({"Name": "worker"})  # the autoscaling group's tags have not landed yet
     agents.online.add(instance)
     queue.publish(running_event(instance))
@@ -391,13 +249,9 @@ def test_untagged_young_instance_is_retried_then_prefetched_once_tagged(
 
 
 def test_agent_registering_after_retries_gets_exactly_one_command_after_registration(
-    queue: LaunchQueue,
-    agents: FakeAgents,
-    sent: list[dict[str, Any]],
-    visibility: list[int],
-    images: dict[str, str],
-) -> None:
-    instance = run_instance(node_tags())
+    queue, agents, sent, visibility, images
+):
+    instance = run_instance(NODE_TAGS)
     agents.online_after[instance] = 3
     queue.publish(running_event(instance))
 
@@ -420,14 +274,9 @@ def test_agent_registering_after_retries_gets_exactly_one_command_after_registra
 
 
 def test_agent_never_registering_ends_in_the_dead_letter_queue_with_the_reason(
-    queue: LaunchQueue,
-    agents: FakeAgents,
-    sent: list[dict[str, Any]],
-    visibility: list[int],
-    images: dict[str, str],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    instance = run_instance(node_tags())
+    queue, agents, sent, visibility, images, caplog
+):
+    instance = run_instance(NODE_TAGS)
     event = running_event(instance)
     queue.publish(event)
 
@@ -451,13 +300,8 @@ def test_agent_never_registering_ends_in_the_dead_letter_queue_with_the_reason(
 
 
 def test_agent_online_but_send_command_still_rejects_the_instance_is_retried(
-    queue: LaunchQueue,
-    agents: FakeAgents,
-    sent: list[dict[str, Any]],
-    visibility: list[int],
-    images: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+    queue, agents, sent, visibility, images, monkeypatch
+):
     """Registration and SendCommand's view of it are not atomic: InvalidInstanceId means "not yet"."""
 
     class InvalidInstanceId(ServiceException):
@@ -476,9 +320,7 @@ def test_agent_online_but_send_command_still_rejects_the_instance_is_retried(
 
     # On the instance: moto discards the backend when the mock ends.
     backend.send_command = send_command
-    instance = run_instance(node_tags())
-    agents.online.add(instance)
-    queue.publish(running_event(instance))
+    launch_ready_node(queue, agents)
 
     assert len(queue.deliver()["batchItemFailures"]) == 1
     assert visibility == [15]
@@ -502,17 +344,8 @@ def test_agent_online_but_send_command_still_rejects_the_instance_is_retried(
     ids=["other-cluster", "untagged-past-grace", "no-tags-at-all"],
 )
 def test_instance_that_is_not_a_cluster_node_is_acknowledged_quietly(
-    queue: LaunchQueue,
-    agents: FakeAgents,
-    sent: list[dict[str, Any]],
-    visibility: list[int],
-    ec2_calls: list[str],
-    images: dict[str, str],
-    caplog: pytest.LogCaptureFixture,
-    tags: dict[str, str] | None,
-    age: timedelta,
-    reason: str,
-) -> None:
+    queue, agents, sent, visibility, ec2_calls, images, caplog, tags, age, reason
+):
     caplog.set_level(logging.INFO)
     instance = run_instance(tags)
     set_launch_time(instance, datetime.now(UTC) - age)
@@ -530,16 +363,9 @@ def test_instance_that_is_not_a_cluster_node_is_acknowledged_quietly(
 
 
 @pytest.mark.parametrize("action", ["terminate", "stop", "unknown"])
-def test_instance_gone_or_unknown_is_acknowledged(
-    queue: LaunchQueue,
-    agents: FakeAgents,
-    sent: list[dict[str, Any]],
-    visibility: list[int],
-    images: dict[str, str],
-    action: str,
-) -> None:
+def test_instance_gone_or_unknown_is_acknowledged(queue, agents, sent, visibility, images, action):
     ec2 = boto3.client("ec2")
-    instance = run_instance(node_tags())
+    instance = run_instance(NODE_TAGS)
     if action == "terminate":
         ec2.terminate_instances(InstanceIds=[instance])
     elif action == "stop":
@@ -559,10 +385,8 @@ def test_instance_gone_or_unknown_is_acknowledged(
 # --- duplicates and restarts -----------------------------------------------------------------------------------------
 
 
-def test_duplicate_events_send_one_command(
-    queue: LaunchQueue, agents: FakeAgents, sent: list[dict[str, Any]], images: dict[str, str]
-) -> None:
-    instance = run_instance(node_tags())
+def test_duplicate_events_send_one_command(queue, agents, sent, images):
+    instance = run_instance(NODE_TAGS)
     agents.online.add(instance)
     event = running_event(instance)
     queue.publish(event)
@@ -579,11 +403,9 @@ def test_duplicate_events_send_one_command(
     assert records[0]["status"]["S"] == "COMPLETED"
 
 
-def test_stop_start_sends_a_harmless_second_command_without_failing(
-    queue: LaunchQueue, agents: FakeAgents, sent: list[dict[str, Any]], images: dict[str, str]
-) -> None:
+def test_stop_start_sends_a_harmless_second_command_without_failing(queue, agents, sent, images):
     ec2 = boto3.client("ec2")
-    instance = run_instance(node_tags())
+    instance = run_instance(NODE_TAGS)
     agents.online.add(instance)
     first_launch = datetime.now(UTC) - timedelta(hours=2)
     set_launch_time(instance, first_launch)
@@ -617,14 +439,7 @@ def test_stop_start_sends_a_harmless_second_command_without_failing(
     ],
     ids=["not-json", "no-detail", "unknown-state", "not-an-instance-id", "other-source"],
 )
-def test_malformed_or_unexpected_event_is_logged_and_acknowledged(
-    queue: LaunchQueue,
-    agents: FakeAgents,
-    sent: list[dict[str, Any]],
-    ec2_calls: list[str],
-    caplog: pytest.LogCaptureFixture,
-    body: str,
-) -> None:
+def test_malformed_or_unexpected_event_is_logged_and_acknowledged(queue, agents, sent, ec2_calls, caplog, body):
     event = running_event("i-0abcdef1234567890")
     if body.startswith("STATE:"):
         event["detail"]["state"] = body.removeprefix("STATE:")
@@ -647,10 +462,8 @@ def test_malformed_or_unexpected_event_is_logged_and_acknowledged(
     assert dropped[0].levelno == logging.WARNING
 
 
-def test_non_running_state_is_acknowledged_without_calls(
-    queue: LaunchQueue, agents: FakeAgents, sent: list[dict[str, Any]], ec2_calls: list[str]
-) -> None:
-    queue.publish(running_event(run_instance(node_tags()), state="stopped"))
+def test_non_running_state_is_acknowledged_without_calls(queue, agents, sent, ec2_calls):
+    queue.publish(running_event(run_instance(NODE_TAGS), state="stopped"))
 
     assert queue.deliver() == {"batchItemFailures": []}
 
@@ -659,10 +472,8 @@ def test_non_running_state_is_acknowledged_without_calls(
     assert queue.counts() == {"visible": 0, "hidden": 0}
 
 
-def test_a_batch_fails_only_the_records_that_are_not_ready(
-    queue: LaunchQueue, agents: FakeAgents, sent: list[dict[str, Any]], images: dict[str, str]
-) -> None:
-    ready, registering = run_instance(node_tags()), run_instance(node_tags())
+def test_a_batch_fails_only_the_records_that_are_not_ready(queue, agents, sent, images):
+    ready, registering = run_instance(NODE_TAGS), run_instance(NODE_TAGS)
     agents.online.add(ready)
     queue.publish(running_event(ready))
     queue.publish(running_event(registering))
@@ -681,13 +492,7 @@ def test_a_batch_fails_only_the_records_that_are_not_ready(
 # --- throttling -----------------------------------------------------------------------------------------------------
 
 
-def test_ec2_throttling_is_retried_by_botocore(
-    queue: LaunchQueue,
-    agents: FakeAgents,
-    sent: list[dict[str, Any]],
-    images: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_ec2_throttling_is_retried_by_botocore(queue, agents, sent, images, monkeypatch):
     backend = ec2_backends[ACCOUNT][REGION]
     # The batch's look-ahead describes by the instance-id filter (moto's describe_instances).
     real = backend.describe_instances
@@ -700,9 +505,7 @@ def test_ec2_throttling_is_retried_by_botocore(
         return real(*args, **kwargs)
 
     backend.describe_instances = throttled
-    instance = run_instance(node_tags())
-    agents.online.add(instance)
-    queue.publish(running_event(instance))
+    instance = launch_ready_node(queue, agents)
 
     assert queue.deliver() == {"batchItemFailures": []}
 
@@ -710,17 +513,9 @@ def test_ec2_throttling_is_retried_by_botocore(
     assert [request["InstanceIds"] for request in sent] == [[instance]]
 
 
-def test_ssm_throttling_is_retried_by_botocore(
-    queue: LaunchQueue,
-    agents: FakeAgents,
-    sent: list[dict[str, Any]],
-    images: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_ssm_throttling_is_retried_by_botocore(queue, agents, sent, images, monkeypatch):
     calls = throttle_first(ssm_backends[ACCOUNT][REGION], "send_command", 2)
-    instance = run_instance(node_tags())
-    agents.online.add(instance)
-    queue.publish(running_event(instance))
+    launch_ready_node(queue, agents)
 
     assert queue.deliver() == {"batchItemFailures": []}
 
@@ -730,23 +525,20 @@ def test_ssm_throttling_is_retried_by_botocore(
 
 
 def test_exhausted_throttling_fails_the_record_which_returns_to_the_queue(
-    queue: LaunchQueue,
-    agents: FakeAgents,
-    visibility: list[int],
-    images: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """Stubber answers before botocore's retry logic, so it stands for throttling that outlasted the retries."""
+    queue, agents, visibility, images, monkeypatch, caplog
+):
+    """Stubber answers before botocore's retry logic, so it stands for throttling that outlasted the retries. It
+    stands in for the whole SSM client, so it says the agent is Online too."""
+    instance = run_instance(NODE_TAGS)
+    queue.publish(running_event(instance))
     stubbed = boto3.client("ssm", region_name=REGION)
     stubber = Stubber(stubbed)
+    online = {"InstanceInformationList": [{"InstanceId": instance, "PingStatus": "Online"}]}
+    stubber.add_response("describe_instance_information", online)
     stubber.add_client_error("send_command", service_error_code="ThrottlingException", http_status_code=400)
     stubber.activate()
     real_client = aws.client
     monkeypatch.setattr(aws.clients, "client", lambda service: stubbed if service == "ssm" else real_client(service))
-    instance = run_instance(node_tags())
-    agents.online.add(instance)
-    queue.publish(running_event(instance))
 
     response = queue.deliver()
 
@@ -763,42 +555,26 @@ def test_exhausted_throttling_fails_the_record_which_returns_to_the_queue(
 
     # Throttling over: the same message is delivered again and the command goes out.
     monkeypatch.setattr(aws.clients, "client", real_client)
+    agents.online.add(instance)
     assert queue.deliver() == {"batchItemFailures": []}
     assert len(commands()) == 1
 
 
-def test_duplicate_still_in_progress_elsewhere_is_retried_later(
-    queue: LaunchQueue,
-    agents: FakeAgents,
-    sent: list[dict[str, Any]],
-    visibility: list[int],
-    images: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_duplicate_still_in_progress_elsewhere_is_retried_later(queue, agents, sent, visibility, images, monkeypatch):
     """Two deliveries of one launch in concurrent invocations: the second must neither send nor be dropped."""
 
     def in_progress(*_: Any, **__: Any) -> Any:
         raise IdempotencyAlreadyInProgressError("in progress")
 
     monkeypatch.setattr(sending, "run_once", in_progress)
-    instance = run_instance(node_tags())
-    agents.online.add(instance)
-    queue.publish(running_event(instance))
+    launch_ready_node(queue, agents)
 
     assert len(queue.deliver()["batchItemFailures"]) == 1
     assert visibility == [15]
     assert sent == []
 
 
-def test_sample_sqs_event_runs_through_the_handler(
-    env: None,
-    aws_mock: None,
-    agents: FakeAgents,
-    sent: list[dict[str, Any]],
-    ec2_calls: list[str],
-    lambda_context: Any,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_sample_sqs_event_runs_through_the_handler(env, aws_mock, agents, sent, ec2_calls, lambda_context, caplog):
     """events/node_launch/sqs-ec2-running.json (for sam local invoke -e) is a well-formed launch: it is parsed and
     its instance looked up (which does not exist here), not dropped as malformed."""
     event = json.loads((EVENTS / "sqs-ec2-running.json").read_text())
@@ -821,9 +597,7 @@ def test_sample_sqs_event_runs_through_the_handler(
     [None, {}, {"Records": "x"}, {"Records": [{"eventSource": "aws:s3"}]}, "RULE"],
     ids=["none", "empty", "records-not-a-list", "not-sqs-records", "bare-eventbridge-event"],
 )
-def test_event_that_is_not_an_sqs_batch_is_logged_and_dropped(
-    env: None, aws_mock: None, sent: list[dict[str, Any]], lambda_context: Any, caplog: pytest.LogCaptureFixture, event
-) -> None:
+def test_event_that_is_not_an_sqs_batch_is_logged_and_dropped(env, aws_mock, sent, lambda_context, caplog, event):
     if event == "RULE":
         event = running_event("i-0abcdef1234567890")
 
@@ -835,14 +609,9 @@ def test_event_that_is_not_an_sqs_batch_is_logged_and_dropped(
 
 
 def test_record_without_receive_count_is_taken_as_a_first_delivery_and_said_so(
-    queue: LaunchQueue,
-    agents: FakeAgents,
-    sent: list[dict[str, Any]],
-    images: dict[str, str],
-    lambda_context: Any,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    instance = run_instance(node_tags())
+    queue, agents, sent, images, lambda_context, caplog
+):
+    instance = run_instance(NODE_TAGS)
     agents.online.add(instance)
     record = {
         "messageId": "m-1",
@@ -862,15 +631,11 @@ def test_record_without_receive_count_is_taken_as_a_first_delivery_and_said_so(
     assert [request["InstanceIds"] for request in sent] == [[instance]]
 
 
-def test_lost_send_reply_is_found_not_resent(
-    queue: LaunchQueue, agents: FakeAgents, images: dict[str, str], caplog: pytest.LogCaptureFixture
-) -> None:
+def test_lost_send_reply_is_found_not_resent(queue, agents, images, caplog):
     """SSM carries the SendCommand out but the reply is lost (read timeout injected after moto answered): one
     command, found by its marker, and the record succeeds."""
     answered = lose_replies(aws.client("ssm"), "SendCommand", times=8)
-    instance = run_instance(node_tags())
-    agents.online.add(instance)
-    queue.publish(running_event(instance))
+    instance = launch_ready_node(queue, agents)
 
     assert queue.deliver() == {"batchItemFailures": []}
 
@@ -879,15 +644,11 @@ def test_lost_send_reply_is_found_not_resent(
     assert "SendCommand reply lost, but the command was sent" in caplog.messages
 
 
-def test_unknown_send_outcome_is_retried_soon_and_sends_once(
-    queue: LaunchQueue, agents: FakeAgents, visibility: list[int], images: dict[str, str]
-) -> None:
+def test_unknown_send_outcome_is_retried_soon_and_sends_once(queue, agents, visibility, images):
     """A connection reset after the request was written, which SSM did not carry out: the record is retried after
     the short not-ready backoff (not the queue's 6-minute visibility timeout), and the retry sends one command."""
     resets = reset_first_connection(aws.client("ssm"), "SendCommand")
-    instance = run_instance(node_tags())
-    agents.online.add(instance)
-    queue.publish(running_event(instance))
+    instance = launch_ready_node(queue, agents)
 
     assert len(queue.deliver()["batchItemFailures"]) == 1
     assert len(resets) == 1  # not retried blindly
@@ -898,21 +659,14 @@ def test_unknown_send_outcome_is_retried_soon_and_sends_once(
 
 
 def test_throttled_batch_stops_starting_records_before_the_function_times_out(
-    queue: LaunchQueue,
-    agents: FakeAgents,
-    images: dict[str, str],
-    lambda_context: Any,
-    botocore_clock: Any,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+    queue, agents, images, lambda_context, botocore_clock, caplog
+):
     """A batch of 10 new nodes under SendCommand throttling without end, on botocore's real retry path with a fake
     clock at the worst-case backoff: the batch ends inside the function's time, every record reported failed (none
     lost), the ones it had no time for not even started."""
     attempts = throttle_first(ssm_backends[ACCOUNT][REGION], "send_command", times=10**6)
-    instances = [run_instance(node_tags()) for _ in range(10)]
-    agents.online.update(instances)
-    for instance in instances:
-        queue.publish(running_event(instance))
+    for _ in range(10):
+        launch_ready_node(queue, agents)
 
     response = queue.deliver()
 
@@ -929,13 +683,8 @@ def test_throttled_batch_stops_starting_records_before_the_function_times_out(
 
 
 def test_more_repositories_than_one_command_takes_are_sent_in_batches_once(
-    env: None,
-    aws_mock: None,
-    lambda_context: Any,
-    agents: FakeAgents,
-    sent: list[dict[str, Any]],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+    env, aws_mock, lambda_context, agents, sent, monkeypatch
+):
     """60 watched repositories: the document takes 50 images a command, so the node gets two commands, each its
     own at-most-once send; a duplicate delivery sends neither again."""
     repositories = [f"team-{n:02d}/model" for n in range(60)]
@@ -945,7 +694,7 @@ def test_more_repositories_than_one_command_takes_are_sent_in_batches_once(
         create_repository(repository)
         push_image(repository, repository, tag="v1", pushed_at=at(1))
     queue = LaunchQueue(load_handler("node_launch").lambda_handler, lambda_context, MAX_RECEIVES)
-    instance = run_instance(node_tags())
+    instance = run_instance(NODE_TAGS)
     agents.online.add(instance)
     event = running_event(instance)
     queue.publish(event)
@@ -961,14 +710,8 @@ def test_more_repositories_than_one_command_takes_are_sent_in_batches_once(
 
 
 def test_a_failed_batch_look_ahead_leaves_each_record_to_describe_its_own_instance(
-    queue: LaunchQueue,
-    agents: FakeAgents,
-    sent: list[dict[str, Any]],
-    images: dict[str, str],
-    ec2_calls: list[str],
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+    queue, agents, sent, images, ec2_calls, monkeypatch, caplog
+):
     """The batch's one DescribeInstances fails (an error botocore does not retry): nothing is lost, each record
     describes its own instance."""
 
@@ -976,10 +719,7 @@ def test_a_failed_batch_look_ahead_leaves_each_record_to_describe_its_own_instan
         raise ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "no"}}, "DescribeInstances")
 
     monkeypatch.setattr(aws.ec2, "describe_instances", denied)
-    instances = [run_instance(node_tags()) for _ in range(3)]
-    agents.online.update(instances)
-    for instance in instances:
-        queue.publish(running_event(instance))
+    instances = [launch_ready_node(queue, agents) for _ in range(3)]
 
     assert queue.deliver() == {"batchItemFailures": []}
 

@@ -1,9 +1,9 @@
 """Self-repair after each sweep, against moto: ECR images, SSM commands, the status and idempotency tables.
 
-Test doubles (tests/status_doubles.py), and why:
+Test doubles (testing/ssm.py), and why:
 - ``FakeInvocations``: moto answers every invocation ``Success`` with no output and has no ListCommandInvocations;
   the double answers the Status/output a test chooses and lists those invocations.
-- ``FakeFleet``: moto has no DescribeInstanceInformation; the double says which nodes' agents are Online, and since
+- ``Agents``: moto has no DescribeInstanceInformation; the double says which nodes' agents are Online, and since
   when they are registered.
 The sweep runs at a time the test chooses (``sweep_and_repair(now=...)``); what was sent is read from the
 SendCommand requests the code handed botocore, and from the status table.
@@ -21,18 +21,12 @@ from moto.ssm.models import ssm_backends
 from eks_prefetch import aws, repair, settings, status_table, sweep
 from eks_prefetch.invocations import RecordingScope
 from eks_prefetch.settings import get_settings
-from tests.conftest import ACCOUNT, DOCUMENT, REGION
-from tests.ecr import at, push_image
+from testing.ecr import at, push_image
+from testing.environment import ACCOUNT, DOCUMENT, REGION, REGISTRY, STATUS_TABLE
+from testing.output import image_line, summary_line, total
+from testing.ssm import Answer
 from tests.faults import refuse_instances
 from tests.integration.conftest import INFERENCE, TRAINER
-from tests.status_doubles import (
-    REGISTRY,
-    STATUS_TABLE,
-    Answer,
-    image_line,
-    summary_line,
-    total,
-)
 
 GRACE = timedelta(minutes=15)
 

@@ -1,9 +1,9 @@
 """The status function against moto: SSM commands, ECR images, EC2 instances and the DynamoDB status table.
 
-Test doubles (see tests/status_doubles.py), and why:
+Test doubles (see testing/ssm.py), and why:
 - ``FakeInvocations``: moto answers every invocation ``Success`` with no output, and has no ListCommandInvocations;
   the double patches moto's SSM backend to answer the Status/StatusDetails/stdout a test chooses, and lists them.
-- ``FakeFleet``: moto has no DescribeInstanceInformation; the double says which nodes' agents are Online.
+- ``Agents``: moto has no DescribeInstanceInformation; the double says which nodes' agents are Online.
 Metrics are read from the EMF JSON the function prints (capsys), state from the DynamoDB table.
 """
 
@@ -18,21 +18,13 @@ from botocore.exceptions import ClientError
 from moto.ec2.models import ec2_backends
 
 from eks_prefetch import aws, coverage, invocations, resolution, settings, status_table
-from tests.conftest import ACCOUNT, CLUSTER, DOCUMENT, REGION, load_handler
-from tests.ecr import at, create_repository, push_image
+from testing.deployment import load_handler
+from testing.ecr import at, create_repository, push_image
+from testing.environment import ACCOUNT, CLUSTER, DOCUMENT, REGION, REGISTRY, STATUS_TABLE
+from testing.events import scheduled_event, status_event
+from testing.output import emitted, image_line, summary_line, total, values
+from testing.ssm import Answer
 from tests.integration.conftest import INFERENCE, TRAINER
-from tests.status_doubles import (
-    REGISTRY,
-    STATUS_TABLE,
-    Answer,
-    emitted,
-    image_line,
-    scheduled_event,
-    status_event,
-    summary_line,
-    total,
-    values,
-)
 
 C = {"ClusterName": CLUSTER}
 

@@ -4,9 +4,9 @@ The functions run against moto through scenarios that emit every metric of the c
 JSON) is collected, and compared with the metrics of the dashboard body (metric rows and SEARCH expressions) and of
 the alarms in template.yaml.
 
-Test doubles: ``FakeInvocations`` and ``FakeFleet`` (tests/status_doubles.py: moto has no real invocation results,
-ListCommandInvocations or DescribeInstanceInformation), and the node-launch tests' ``FakeAgents`` (moto has no
-DescribeInstanceInformation) with their ``LaunchQueue`` driver of a moto SQS queue.
+Test doubles (testing/ssm.py): ``FakeInvocations`` and ``Agents`` (moto has no real invocation results,
+ListCommandInvocations or DescribeInstanceInformation), and the node-launch queue on moto's SQS with Lambda's event
+source (testing/sqs.py ``LaunchQueue``).
 """
 
 from __future__ import annotations
@@ -16,22 +16,16 @@ from datetime import timedelta
 
 import pytest
 
-from eks_prefetch import aws, settings
+from eks_prefetch import settings
 from harness import template as cfn
-from tests.conftest import load_handler
-from tests.ecr import at
-from tests.integration import test_node_launch as launch_tests
+from testing.deployment import load_handler
+from testing.ec2 import NODE_TAGS, run_instance
+from testing.ecr import at
+from testing.events import running_event, scheduled_event, status_event
+from testing.output import emf_documents, image_line, summary_line
+from testing.sqs import LaunchQueue
+from testing.ssm import Answer
 from tests.integration.test_status import ENDED, INFERENCE, TRAINER, good_output, ref, run_node, send
-from tests.status_doubles import (
-    Answer,
-    FakeFleet,
-    FakeInvocations,
-    emf_documents,
-    image_line,
-    scheduled_event,
-    status_event,
-    summary_line,
-)
 from tests.unit.test_status_template import dashboard_body
 
 NAMESPACE = cfn.template()["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
@@ -59,10 +53,10 @@ def emitted_metrics(stdout: str) -> set[tuple[str, frozenset[str]]]:
 
 
 @pytest.fixture
-def everything_emitted(status_env, images, monkeypatch, lambda_context, capsys) -> set[tuple[str, frozenset[str]]]:
+def everything_emitted(
+    status_env, images, fake, fleet, monkeypatch, lambda_context, capsys
+) -> set[tuple[str, frozenset[str]]]:
     """Run the status function and the node-launch function through every outcome; what they printed as EMF."""
-    fake = FakeInvocations().install(monkeypatch)
-    fleet = FakeFleet().install(monkeypatch)
     status_handler = load_handler("status").lambda_handler
     trainer, inference = images[TRAINER], images[INFERENCE]
     node, other = run_node(launched=ENDED - timedelta(seconds=60)), run_node()
@@ -91,10 +85,8 @@ def everything_emitted(status_env, images, monkeypatch, lambda_context, capsys) 
     # Node launch: a node whose agent is not online is retried (NodesNotReady), then given up (NodesGivenUp).
     monkeypatch.setenv("NODE_LAUNCH_MAX_RECEIVES", "2")
     settings.get_settings.cache_clear()
-    agents = launch_tests.FakeAgents()
-    monkeypatch.setattr(aws.ssm, "agent_online", agents)
-    queue = launch_tests.LaunchQueue(load_handler("node_launch").lambda_handler, lambda_context, max_receives=2)
-    queue.publish(launch_tests.running_event(launch_tests.run_instance(launch_tests.node_tags())))
+    queue = LaunchQueue(load_handler("node_launch").lambda_handler, lambda_context, max_receives=2)
+    queue.publish(running_event(run_instance(NODE_TAGS)))  # a node the fleet's agents do not know
     queue.deliver()
     queue.deliver()
 

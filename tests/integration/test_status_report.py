@@ -1,7 +1,7 @@
 """`make status` (eks_prefetch.report) against moto: a deployed stack's outputs and its status function's
 environment, the status table the function wrote, and the fleet.
 
-Test doubles: ``FakeInvocations`` and ``FakeFleet`` (tests/status_doubles.py) for what moto lacks (invocation
+Test doubles: ``FakeInvocations`` and ``Agents`` (testing/ssm.py) for what moto lacks (invocation
 results, ListCommandInvocations, DescribeInstanceInformation). moto's CloudFormation needs extras this project does
 not install, so DescribeStacks is answered by a botocore Stubber on the code's own client (``StackDouble``). The
 function is a moto Lambda function (never invoked) with the environment the template gives it.
@@ -20,10 +20,11 @@ from botocore.stub import Stubber
 
 from eks_prefetch import aws, invocations, report, status_table
 from eks_prefetch.settings import get_settings
-from tests.conftest import CLUSTER, DEPLOYMENT_ENV, DOCUMENT
-from tests.ecr import at
+from testing.ecr import at
+from testing.environment import CLUSTER, DEPLOYMENT_ENV, DOCUMENT, STATUS_TABLE
+from testing.output import image_line, summary_line
+from testing.ssm import Answer
 from tests.integration.test_status import ENDED, TRAINER, good_output, ref, run_node, send
-from tests.status_doubles import STATUS_TABLE, Answer, FakeFleet, FakeInvocations, image_line, summary_line
 
 STACK = "eks-image-prefetch"
 FUNCTION = "eks-image-prefetch-StatusFunction-1A2B3C"
@@ -90,11 +91,9 @@ def stacks(status_env) -> StackDouble:
 
 
 @pytest.fixture
-def deployed(images, stacks, monkeypatch):
+def deployed(images, stacks, fake, fleet):
     deploy_stack()
     stacks.exists(STACK, {"StatusFunctionName": FUNCTION, "PrefetchDocumentName": DOCUMENT})
-    fake = FakeInvocations().install(monkeypatch)
-    fleet = FakeFleet().install(monkeypatch)
     return fake, fleet
 
 

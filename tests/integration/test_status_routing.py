@@ -14,7 +14,7 @@ from aws_lambda_powertools.utilities.parser import parse
 from eks_prefetch.events import ScheduledEvent, SsmInvocationStatusEvent
 from harness import template as cfn
 from harness.routing import routed_events
-from tests.conftest import DOCUMENT
+from testing.environment import DOCUMENT
 
 EVENTS = Path(__file__).resolve().parents[2] / "events" / "status"
 FINAL = ["Success", "Failed", "Cancelled", "TimedOut", "DeliveryTimedOut", "ExecutionTimedOut", "Undeliverable"]

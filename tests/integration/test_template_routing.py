@@ -11,7 +11,7 @@ from pathlib import Path
 
 from harness import template as cfn
 from harness.routing import routed_events
-from tests.conftest import WATCHED
+from testing.environment import WATCHED
 
 EVENTS = Path(__file__).resolve().parents[2] / "events" / "ecr_push"
 

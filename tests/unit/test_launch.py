@@ -23,7 +23,7 @@ from eks_prefetch import aws, launch
 from eks_prefetch.events import Ec2StateChangeEvent
 from eks_prefetch.launch import LaunchOutcome, NodeVerdict, backoff_seconds, classify_instance
 from eks_prefetch.settings import Settings
-from tests.conftest import CLUSTER, DEPLOYMENT_ENV
+from testing.environment import CLUSTER, DEPLOYMENT_ENV
 
 EVENTS = Path(__file__).resolve().parents[2] / "events" / "node_launch"
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)

@@ -8,7 +8,7 @@ import pytest
 
 from eks_prefetch.settings import Settings
 from harness import template as cfn
-from tests.conftest import DEPLOYMENT_ENV
+from testing.environment import DEPLOYMENT_ENV
 
 # The function's environment variables fed from a template parameter, and which one.
 LAUNCH_PARAMETERS = {

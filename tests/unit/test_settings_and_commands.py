@@ -11,7 +11,7 @@ from eks_prefetch.commands import send_command_request
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.settings import Settings
 from harness import template as cfn
-from tests.conftest import DEPLOYMENT_ENV
+from testing.environment import DEPLOYMENT_ENV
 
 
 def settings(**overrides: str) -> Settings:

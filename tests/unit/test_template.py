@@ -14,7 +14,7 @@ from eks_prefetch.images import ResolvedImage
 from eks_prefetch.node_contract import deadline_margin_seconds
 from eks_prefetch.settings import Settings
 from harness import template as cfn
-from tests.conftest import DEPLOYMENT_ENV
+from testing.environment import DEPLOYMENT_ENV
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com"

@@ -1,0 +1,46 @@
+"""The test deployment: moto's account and region, the stack's names, and the environment the functions get.
+
+Nothing here imports the application, so the harness, which loads each function with its own layer as Lambda does,
+can use it too."""
+
+from __future__ import annotations
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's default account
+REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
+CLUSTER = "ml-prod"
+WATCHED = ("ml/trainer", "ml/inference")
+DOCUMENT = "eks-image-prefetch-PrefetchDocument-ABC123"
+TABLE = "eks-image-prefetch-idempotency"
+STATUS_TABLE = "eks-image-prefetch-status"
+LOG_GROUP = "/aws/ssm/eks-image-prefetch/prefetch"
+
+DEPLOYMENT_ENV = {
+    "AWS_REGION": REGION,
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "CLUSTER_NAME": CLUSTER,
+    "REPOSITORY_NAMES": ",".join(WATCHED),
+    "NODE_TAG_KEY": "eks:cluster-name",
+    "NODE_TAG_VALUE": CLUSTER,
+    "TAG_FILTER": "^(?!sha256-).+$",
+    "DOCUMENT_NAME": DOCUMENT,
+    "DOCUMENT_VERSION": "1",
+    "MAX_CONCURRENCY": "100",
+    "MAX_ERRORS": "25%",
+    "DELIVERY_TIMEOUT_SECONDS": "600",
+    "EXECUTION_TIMEOUT_SECONDS": "3600",
+    "PULL_TIMEOUT_SECONDS": "1800",
+    "PIN_IMAGES": "true",
+    "PINNED_VERSIONS_TO_KEEP": "2",
+    "MAX_DISK_USAGE_PERCENT": "80",
+    "OUTPUT_LOG_GROUP": LOG_GROUP,
+    "IDEMPOTENCY_TABLE": TABLE,
+    "IDEMPOTENCY_TTL_SECONDS": "86400",
+    "POWERTOOLS_SERVICE_NAME": "test",
+    "POWERTOOLS_METRICS_NAMESPACE": "EksImagePrefetchTest",
+    "POWERTOOLS_TRACE_DISABLED": "true",
+    "POWERTOOLS_DEV": "false",
+}
