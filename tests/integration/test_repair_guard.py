@@ -4,7 +4,7 @@ status` make of a node that holds a newer image than the newest (issue 15, items
 moto gap, and its double: moto's DescribeImages ignores ``filter.tagStatus`` (it lists untagged images under
 ``TAGGED``), so the tagged listing knew every image and the guard looked right. ``ecr_filters_tag_status`` answers
 DescribeImages as ECR does: ``TAGGED`` lists tagged images only. Every test here uses it.
-Other doubles (tests/status_doubles.py): ``FakeInvocations``, ``FakeFleet`` for moto's SSM gaps.
+Other doubles (testing/ssm.py): ``FakeInvocations``, ``Agents`` for moto's SSM gaps.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from eks_prefetch import aws, report, settings
 from eks_prefetch.coverage import look_at_fleet
 from eks_prefetch.resolution import NewestImages
 from eks_prefetch.settings import get_settings
-from tests.conftest import CLUSTER
-from tests.ecr import at, digest_of, push_image
+from testing.ecr import at, digest_of, push_image
+from testing.environment import CLUSTER
+from testing.output import values
 from tests.integration.conftest import INFERENCE, TRAINER
 from tests.integration.test_repair import GRACE, holds, node_ids, ref, run_sweep, targets
-from tests.status_doubles import values
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 the deadline (issue 15, item 14, and the unguarded reserve of repair).
 
 Faults are raised inside moto's SSM backend, so that they travel botocore's real error and retry path. Doubles:
-``FakeInvocations`` and ``FakeFleet`` (tests/status_doubles.py) for moto's SSM gaps.
+``FakeInvocations`` and ``Agents`` (testing/ssm.py) for moto's SSM gaps.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from moto.ssm.models import ssm_backends
 from eks_prefetch import aws, repair, settings, status_table, sweep
 from eks_prefetch.invocations import RecordingScope
 from eks_prefetch.settings import get_settings
-from tests.conftest import ACCOUNT, REGION
-from tests.ecr import at
+from testing.ecr import at
+from testing.environment import ACCOUNT, REGION, STATUS_TABLE
 from tests.faults import ThrottlingException
 from tests.integration.test_repair import GRACE, node_ids
-from tests.status_doubles import STATUS_TABLE
 
 NOW = at(10) + GRACE + timedelta(minutes=1)
 

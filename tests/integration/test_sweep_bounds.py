@@ -3,8 +3,8 @@ two changes no test guarded: an invocation still pending in GetCommandInvocation
 status` exits 1 below 100% coverage.
 
 Time: every AWS call the code makes through botocore advances a fake clock by a fixed in-Region latency
-(``Latency``), and the sweep's ``time_left`` reads it; nothing sleeps. Doubles: ``FakeInvocations`` and ``FakeFleet``
-(tests/status_doubles.py) for moto's SSM gaps.
+(``Latency``), and the sweep's ``time_left`` reads it; nothing sleeps. Doubles: ``FakeInvocations`` and ``Agents``
+(testing/ssm.py) for moto's SSM gaps.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import pytest
 
 from eks_prefetch import aws, report, settings, status_table, sweep
 from eks_prefetch.settings import get_settings
-from tests.conftest import CLUSTER, DOCUMENT
+from testing.environment import CLUSTER, DOCUMENT, STATUS_TABLE
+from testing.output import total
+from testing.ssm import Answer
 from tests.integration.conftest import INFERENCE, TRAINER
 from tests.integration.test_status import good_output, ref
 from tests.integration.test_status_report import FUNCTION, STACK, StackDouble, deploy_stack
-from tests.status_doubles import STATUS_TABLE, Answer, total
 
 TIMEOUT = 300.0  # the status function's timeout (template.yaml)
 

@@ -17,7 +17,7 @@ from moto.ec2.models import ec2_backends
 from moto.ssm.responses import SimpleSystemManagerResponse
 
 from eks_prefetch import aws
-from tests.conftest import ACCOUNT, REGION
+from testing.environment import ACCOUNT, REGION
 
 
 class DeployedStacks:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from eks_prefetch import aws, preflight, report, uninstall
-from tests.conftest import REGION
+from testing.environment import REGION
 from tests.operator.doubles import DeployedStacks
 
 COMMANDS: dict[str, Callable[..., int]] = {

@@ -18,8 +18,8 @@ from moto.iam.aws_managed_policies import aws_managed_policies_data
 from moto.iam.models import AWSManagedPolicy, iam_backends
 
 from eks_prefetch import preflight
-from tests.conftest import ACCOUNT, REGION
-from tests.ecr import digest_of
+from testing.ecr import digest_of
+from testing.environment import ACCOUNT, REGION
 from tests.operator.doubles import DeployedStacks, ManagedInstances
 
 STACK = "prefetch-prod"
