@@ -7,7 +7,10 @@ so that the adapters in ``eks_prefetch.aws.ssm`` run unchanged and every call is
   ``get_command_invocation`` (the real HTTP path through botocore stays) to answer a chosen Status, StatusDetails
   and stdout per (command, node);
 - moto does not implement ``ssm:ListCommandInvocations``: ``FakeInvocations`` also answers it, with the same
-  invocations in SSM's pages of 50.
+  invocations in SSM's pages of 50;
+- ``ManagedInstances`` answers DescribeInstanceInformation through moto's HTTP path with any PingStatus (Online,
+  ConnectionLost, Inactive) and the ``tag:`` filter against the EC2 tags, for `make preflight`, which must see the
+  nodes that are not Online too.
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+from moto.core.responses import ActionResult
+from moto.ec2.models import ec2_backends
 from moto.ssm.models import ssm_backends
+from moto.ssm.responses import SimpleSystemManagerResponse
 
 from testing.answers import answer_from, ssm_page
 from testing.clock import Clock
@@ -133,3 +140,48 @@ class FakeInvocations:
         for instance_id in self.listed.get(command_id, []):
             answer = self.answers[(command_id, instance_id)]
             yield {"CommandId": command_id, "InstanceId": instance_id, "Status": answer.status}
+
+
+class ManagedInstances:
+    """SSM's DescribeInstanceInformation, which moto does not implement: the managed nodes the test registers, with
+    their PingStatus, answered through moto's HTTP path (as harness/agent.py does for the demo), filtered by
+    ``tag:<key>`` against the EC2 tags, in pages of 50."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.ping: dict[str, str] = {}
+        self.requests: list[list[dict[str, Any]]] = []
+
+        def describe_instance_information(response: SimpleSystemManagerResponse) -> ActionResult:
+            return self._answer(response)  # moto dispatches to functions of the class, not bound methods
+
+        monkeypatch.setattr(
+            SimpleSystemManagerResponse, "describe_instance_information", describe_instance_information, raising=False
+        )
+
+    def register(self, instance_id: str, ping_status: str = "Online") -> None:
+        self.ping[instance_id] = ping_status
+
+    def _answer(self, response: SimpleSystemManagerResponse) -> ActionResult:
+        filters = response._get_param("Filters") or []
+        self.requests.append(filters)
+        tags_of = {
+            instance.id: {tag["key"]: tag["value"] for tag in instance.get_tags()}
+            for instance in ec2_backends[ACCOUNT][REGION].all_instances()
+        }
+        items = []
+        for instance_id, ping in self.ping.items():
+            tags = tags_of.get(instance_id, {})
+            if all(tags.get(f["Key"][4:]) in f["Values"] for f in filters if f["Key"].startswith("tag:")):
+                items.append(
+                    {
+                        "InstanceId": instance_id,
+                        "PingStatus": ping,
+                        "LastPingDateTime": datetime(2026, 11, 1, 11, 0, tzinfo=UTC),
+                        "ResourceType": "EC2Instance",
+                    }
+                )
+        start = int(response._get_param("NextToken") or 0)
+        answer: dict[str, Any] = {"InstanceInformationList": items[start : start + 50]}
+        if start + 50 < len(items):
+            answer["NextToken"] = str(start + 50)
+        return ActionResult(answer)

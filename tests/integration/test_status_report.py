@@ -3,7 +3,7 @@ environment, the status table the function wrote, and the fleet.
 
 Test doubles: ``FakeInvocations`` and ``Agents`` (testing/ssm.py) for what moto lacks (invocation
 results, ListCommandInvocations, DescribeInstanceInformation). moto's CloudFormation needs extras this project does
-not install, so DescribeStacks is answered by a botocore Stubber on the code's own client (``StackDouble``). The
+not install, so DescribeStacks is answered by a botocore Stubber on the code's own client (``DeployedStacks``). The
 function is a moto Lambda function (never invoked) with the environment the template gives it.
 """
 
@@ -12,14 +12,13 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from datetime import UTC, datetime
 
 import boto3
 import pytest
-from botocore.stub import Stubber
 
 from eks_prefetch import aws, invocations, report, status_table
 from eks_prefetch.settings import get_settings
+from testing.cloudformation import DeployedStacks
 from testing.ecr import at
 from testing.environment import CLUSTER, DEPLOYMENT_ENV, DOCUMENT, STATUS_TABLE
 from testing.output import image_line, summary_line
@@ -59,35 +58,9 @@ def deploy_stack() -> None:
     )
 
 
-class StackDouble:
-    """DescribeStacks answered by a Stubber on aws.client("cloudformation"), the client the code uses."""
-
-    def __init__(self) -> None:
-        self.stubber = Stubber(aws.client("cloudformation"))
-        self.stubber.activate()
-
-    def exists(self, name: str, outputs: dict[str, str]) -> None:
-        stack = {
-            "StackName": name,
-            "CreationTime": datetime(2026, 11, 1, tzinfo=UTC),
-            "StackStatus": "UPDATE_COMPLETE",
-            "Outputs": [{"OutputKey": key, "OutputValue": value} for key, value in outputs.items()],
-        }
-        self.stubber.add_response("describe_stacks", {"Stacks": [stack]}, {"StackName": name})
-
-    def missing(self, name: str) -> None:
-        self.stubber.add_client_error(
-            "describe_stacks",
-            service_error_code="ValidationError",
-            service_message=f"Stack with id {name} does not exist",
-            http_status_code=400,
-            expected_params={"StackName": name},
-        )
-
-
 @pytest.fixture
-def stacks(status_env) -> StackDouble:
-    return StackDouble()
+def stacks(status_env) -> DeployedStacks:
+    return DeployedStacks()
 
 
 @pytest.fixture

@@ -18,12 +18,13 @@ import pytest
 
 from eks_prefetch import aws, report, settings, status_table, sweep
 from eks_prefetch.settings import get_settings
+from testing.cloudformation import DeployedStacks
 from testing.environment import CLUSTER, DOCUMENT, STATUS_TABLE
 from testing.output import total
 from testing.ssm import Answer
 from tests.integration.conftest import INFERENCE, TRAINER
 from tests.integration.test_status import good_output, ref
-from tests.integration.test_status_report import FUNCTION, STACK, StackDouble, deploy_stack
+from tests.integration.test_status_report import FUNCTION, STACK, deploy_stack
 
 TIMEOUT = 300.0  # the status function's timeout (template.yaml)
 
@@ -243,7 +244,7 @@ def test_the_ttl_refresh_stops_at_the_reserve(fake, fleet, images, refreshes):
 def test_make_status_exits_1_when_any_repository_is_below_100_percent(fake, fleet, images, monkeypatch):
     """Trainer 100%, inference 50%: not full coverage, whatever the percentage."""
     deploy_stack()
-    StackDouble().exists(STACK, {"StatusFunctionName": FUNCTION, "PrefetchDocumentName": DOCUMENT})
+    DeployedStacks().exists(STACK, {"StatusFunctionName": FUNCTION, "PrefetchDocumentName": DOCUMENT})
     both, one = node_ids(2)
     fleet.online = {both, one}
     for node, repositories in ((both, (TRAINER, INFERENCE)), (one, (TRAINER,))):

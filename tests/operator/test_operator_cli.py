@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from eks_prefetch import aws, preflight, report, uninstall
+from testing.cloudformation import DeployedStacks
 from testing.environment import REGION
-from tests.operator.doubles import DeployedStacks
 
 COMMANDS: dict[str, Callable[..., int]] = {
     "status": report.main,

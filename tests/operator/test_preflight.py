@@ -1,7 +1,7 @@
 """`make preflight` (eks_prefetch.preflight) against moto: a deployed cluster that is ready, then with each finding
 seeded (a missing repository, an offline and an unregistered node, a role without the policies, no endpoints).
 
-Doubles (tests/operator/doubles.py): ``DeployedStacks`` answers DescribeStacks (moto's CloudFormation needs extras
+Doubles (testing/): ``DeployedStacks`` answers DescribeStacks (moto's CloudFormation needs extras
 not installed); ``ManagedInstances`` answers SSM DescribeInstanceInformation (not implemented by moto). ECR, EC2
 (instances, VPC endpoints) and IAM (profiles, roles, attached policies) are moto's.
 """
@@ -18,9 +18,10 @@ from moto.iam.aws_managed_policies import aws_managed_policies_data
 from moto.iam.models import AWSManagedPolicy, iam_backends
 
 from eks_prefetch import preflight
+from testing.cloudformation import DeployedStacks
 from testing.ecr import digest_of
 from testing.environment import ACCOUNT, REGION
-from tests.operator.doubles import DeployedStacks, ManagedInstances
+from testing.ssm import ManagedInstances
 
 STACK = "prefetch-prod"
 CLUSTER = "ml-prod"

@@ -17,7 +17,7 @@ from moto.ssm.models import ssm_backends
 from eks_prefetch import uninstall
 from harness.stack import ACCOUNT, REGION, Stack
 from harness.template import template
-from tests.operator.doubles import DeployedStacks
+from testing.cloudformation import DeployedStacks
 
 STACK_ID = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/prefetch-prod/0f1e2d3c-0000-4000-8000-000000000000"
 
@@ -192,7 +192,7 @@ def test_the_unpin_function_may_send_only_the_unpin_document_to_tagged_nodes(sta
     assert template()["Resources"]["UnpinFunction"]["Properties"]["Policies"] == [{"Ref": "SendUnpinCommandPolicy"}]
 
 
-# --- make unpin (DescribeStacks: the DeployedStacks double, tests/operator/doubles.py) ---------------------------
+# --- make unpin (DescribeStacks: the DeployedStacks double, testing/) ---------------------------
 
 UNPIN_DOCUMENT = "prefetch-prod-UnpinDocument-X1Y2"
 

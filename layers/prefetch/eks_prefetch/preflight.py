@@ -14,8 +14,6 @@ The checks are pure functions of an ``Observed`` snapshot; ``observe`` gathers i
 
 from __future__ import annotations
 
-import argparse
-import os
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,6 +23,7 @@ from typing import TextIO
 
 from eks_prefetch import aws
 from eks_prefetch.images import pick_newest
+from eks_prefetch.operator_cli import stack_arguments
 
 READY, FINDINGS, UNREADABLE = 0, 1, 2
 NODE_POLICY_OUTPUT = "NodeRolePolicyArn"
@@ -417,15 +416,8 @@ def observe(deployment: Deployment) -> Observed:
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
-    parser = argparse.ArgumentParser(prog="make preflight", description=__doc__.splitlines()[0])
-    parser.add_argument("--stack", required=True)
-    parser.add_argument("--region", default=None)
-    args = parser.parse_args(argv)
-    if args.region:
-        os.environ["AWS_DEFAULT_REGION"] = args.region
-    problem = aws.stack.session_problem()
-    if problem:
-        err.write(problem + "\n")
+    args = stack_arguments("make preflight", __doc__.splitlines()[0], argv, err)
+    if args is None:
         return UNREADABLE
     try:
         region = aws.client("cloudformation").meta.region_name

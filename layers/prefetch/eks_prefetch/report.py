@@ -11,7 +11,6 @@ stack cannot be read (no region or credentials included). ``scripts/operator.sh 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +21,7 @@ from pydantic import ValidationError
 
 from eks_prefetch import aws, repair
 from eks_prefetch.coverage import RepositoryCoverage, look_at_fleet
+from eks_prefetch.operator_cli import stack_arguments
 from eks_prefetch.resolution import NewestImages
 from eks_prefetch.settings import Settings
 
@@ -90,16 +90,8 @@ def render(
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
-    parser = argparse.ArgumentParser(prog="make status", description=__doc__.splitlines()[0])
-    parser.add_argument("--stack", required=True, help="the CloudFormation stack name")
-    parser.add_argument("--region", default=None, help="the stack's region (default: the AWS configuration's)")
-    args = parser.parse_args(argv)
-    if args.region:
-        # Before the first AWS call: clients are created on first use and then read it.
-        os.environ["AWS_DEFAULT_REGION"] = args.region
-    problem = aws.stack.session_problem()
-    if problem:
-        err.write(problem + "\n")
+    args = stack_arguments("make status", __doc__.splitlines()[0], argv, err)
+    if args is None:
         return 2
     try:
         settings = settings_of_stack(args.stack, args.region)

@@ -10,7 +10,6 @@ Two ways in, one request: the stack's custom resource on deletion (``functions/u
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +19,7 @@ from typing import Any, Literal, TextIO
 from pydantic import BaseModel, Field
 
 from eks_prefetch import aws
+from eks_prefetch.operator_cli import stack_arguments
 
 # The command's Comment (ListCommands shows it): what sent it.
 COMMENT = "eks-image-prefetch uninstall: remove this application's pins"
@@ -138,15 +138,8 @@ def target_of_stack(outputs: Mapping[str, str], parameters: Mapping[str, str]) -
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """``make unpin STACK=<name>``: exit 0 when the command was sent, 2 when the stack cannot be read or SSM refused."""
     out, err = out or sys.stdout, err or sys.stderr
-    parser = argparse.ArgumentParser(prog="make unpin", description="Remove this application's pins from every node.")
-    parser.add_argument("--stack", required=True)
-    parser.add_argument("--region", default=None)
-    args = parser.parse_args(argv)
-    if args.region:
-        os.environ["AWS_DEFAULT_REGION"] = args.region
-    problem = aws.stack.session_problem()
-    if problem:
-        err.write(problem + "\n")
+    args = stack_arguments("make unpin", "Remove this application's pins from every node.", argv, err)
+    if args is None:
         return 2
     try:
         outputs, parameters = aws.stack.describe_stack(args.stack)
