@@ -79,6 +79,16 @@ def good_output(records: list[tuple[str, str, str | None]], **extra_summary: Any
     return "\n".join([*lines, summary_line(**counts, **extra_summary)])
 
 
+def newest_trainer_pulled(fake, images: dict[str, str], ended: datetime | None = None) -> tuple[str, str, str]:
+    """A node that was sent the newest trainer image and pulled it: (node, digest, command id)."""
+    node = run_node()
+    digest = images[TRAINER]
+    command_id = send([node], [ref(TRAINER, digest)])
+    output = good_output([(ref(TRAINER, digest), "pulled", digest)])
+    fake.set(command_id, node, Answer("Success", "Success", output, ended))
+    return node, digest, command_id
+
+
 def row(instance_id: str, repository: str) -> dict[str, Any] | None:
     return aws.dynamodb.get_item(STATUS_TABLE, status_table.node_key(instance_id, repository))
 
@@ -302,10 +312,7 @@ def test_launch_to_cached_once_per_launch(fake, images, handler, lambda_context,
 
 
 def test_a_duplicate_event_is_counted_once(fake, images, handler, lambda_context, capsys):
-    node = run_node()
-    digest = images[TRAINER]
-    command_id = send([node], [ref(TRAINER, digest)])
-    fake.set(command_id, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)])))
+    node, _digest, command_id = newest_trainer_pulled(fake, images)
     event = status_event(command_id, node, "Success", DOCUMENT)
     capsys.readouterr()
 
@@ -321,10 +328,7 @@ def test_a_duplicate_event_is_counted_once(fake, images, handler, lambda_context
 
 
 def test_the_sweep_recovers_an_invocation_whose_event_was_lost(fake, fleet, images, handler, lambda_context, capsys):
-    node = run_node()
-    digest = images[TRAINER]
-    command_id = send([node], [ref(TRAINER, digest)])
-    fake.set(command_id, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)])))
+    node, _digest, command_id = newest_trainer_pulled(fake, images)
     capsys.readouterr()
 
     result = invoke(handler, lambda_context, scheduled_event())
@@ -342,10 +346,7 @@ def test_the_sweep_recovers_an_invocation_whose_event_was_lost(fake, fleet, imag
 
 @pytest.mark.parametrize("first", ["event", "sweep"])
 def test_sweep_and_late_event_count_once_in_either_order(fake, fleet, images, handler, lambda_context, capsys, first):
-    node = run_node()
-    digest = images[TRAINER]
-    command_id = send([node], [ref(TRAINER, digest)])
-    fake.set(command_id, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)])))
+    node, _digest, command_id = newest_trainer_pulled(fake, images)
     capsys.readouterr()
     event = status_event(command_id, node, "Success", DOCUMENT)
 
@@ -389,10 +390,7 @@ def test_unfinished_invocation_is_not_counted_and_holds_the_watermark(
 def test_sweep_leaves_an_invocation_it_could_not_record_for_the_next_sweep(
     fake, fleet, images, handler, lambda_context, monkeypatch
 ):
-    node = run_node()
-    digest = images[TRAINER]
-    command_id = send([node], [ref(TRAINER, digest)])
-    fake.set(command_id, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)])))
+    newest_trainer_pulled(fake, images)
     real = aws.ssm.get_command_invocation
     monkeypatch.setattr(aws.ssm, "get_command_invocation", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
 
@@ -557,10 +555,7 @@ def test_a_burst_of_events_resolves_the_newest_image_once(fake, images, handler,
 
 
 def test_a_sweep_out_of_time_keeps_its_watermark_and_the_next_one_counts(fake, fleet, images, handler):
-    node = run_node()
-    digest = images[TRAINER]
-    command_id = send([node], [ref(TRAINER, digest)])
-    fake.set(command_id, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)])))
+    newest_trainer_pulled(fake, images)
 
     class AlmostOutOfTime:
         function_name = "status"
@@ -586,10 +581,7 @@ def test_a_sweep_out_of_time_keeps_its_watermark_and_the_next_one_counts(fake, f
 def test_a_sweep_that_cannot_list_a_command_retries_it_next_time(
     fake, fleet, images, handler, lambda_context, monkeypatch
 ):
-    node = run_node()
-    digest = images[TRAINER]
-    command_id = send([node], [ref(TRAINER, digest)])
-    fake.set(command_id, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)])))
+    _node, _digest, command_id = newest_trainer_pulled(fake, images)
     listing = aws.ssm.list_command_invocations
 
     def throttled(command_id: str, ssm: Any = None):
@@ -630,10 +622,7 @@ def test_records_omitted_for_the_output_limit_count_as_held_when_the_summary_say
 
 def test_two_deliveries_racing_past_the_claim_check_still_count_once(fake, images, capsys, monkeypatch):
     """The conditional write decides: both read "not claimed", only the first write wins (and emits metrics)."""
-    node = run_node()
-    digest = images[TRAINER]
-    command_id = send([node], [ref(TRAINER, digest)])
-    fake.set(command_id, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)])))
+    node, _digest, command_id = newest_trainer_pulled(fake, images)
     monkeypatch.setattr(status_table, "read_claim", lambda *_args: None)
     capsys.readouterr()
 

@@ -302,15 +302,22 @@ SMALL_FILESYSTEM_USED_KIB = 4 * 1024
 def small_filesystem(tmp_path: Path) -> dict[str, str]:
     """A `df` double first on PATH: whatever it is asked about, a 64 MiB filesystem with 4 MiB used (it is a double:
     the numbers do not change when images land). The environment for a run that uses it."""
-    bin_dir = tmp_path / "df-double"
-    bin_dir.mkdir()
     avail = SMALL_FILESYSTEM_KIB - SMALL_FILESYSTEM_USED_KIB
-    (bin_dir / "df").write_text(
+    return command_double(
+        tmp_path,
+        "df",
         "#!/bin/sh\n"
         "echo 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
-        f"echo 'df-double {SMALL_FILESYSTEM_KIB} {SMALL_FILESYSTEM_USED_KIB} {avail} 7% /small'\n"
+        f"echo 'df-double {SMALL_FILESYSTEM_KIB} {SMALL_FILESYSTEM_USED_KIB} {avail} 7% /small'\n",
     )
-    (bin_dir / "df").chmod(0o755)
+
+
+def command_double(tmp_path: Path, command: str, script: str) -> dict[str, str]:
+    """``command`` replaced by ``script``, first on PATH: the environment of a run that uses it."""
+    bin_dir = tmp_path / f"{command}-double"
+    bin_dir.mkdir()
+    (bin_dir / command).write_text(script)
+    (bin_dir / command).chmod(0o755)
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
@@ -598,19 +605,17 @@ def test_stderr_stays_within_what_ssm_keeps(node: Node, workdir: Path, lock_env:
 def clock_stepping_back(tmp_path: Path) -> dict[str, str]:
     """A `date` double first on PATH whose `+%s%N` steps back a second at every call (chrony correcting the wall
     clock at boot); any other use goes to the real date. The environment for a run that uses it."""
-    bin_dir = tmp_path / "date-double"
-    bin_dir.mkdir()
     real_date = subprocess.run(["bash", "-c", "command -v date"], capture_output=True, text=True, check=True)
-    (bin_dir / "date").write_text(
+    return command_double(
+        tmp_path,
+        "date",
         "#!/bin/bash\n"
         f"state={tmp_path}/date-state\n"
         'now=$(cat "$state" 2>/dev/null || echo 1800000000000000000)\n'
         'echo $((now - 1000000000)) >"$state"\n'
         'if [ "$*" = "+%s%N" ]; then echo "$now"; exit 0; fi\n'
-        f'exec {real_date.stdout.strip()} "$@"\n'
+        f'exec {real_date.stdout.strip()} "$@"\n',
     )
-    (bin_dir / "date").chmod(0o755)
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
 def test_elapsed_times_ignore_the_wall_clock_stepping_back(
