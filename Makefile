@@ -43,12 +43,11 @@ sam-build: venv
 	PATH="$(SAM_PATH)" $(BIN)/sam build --parallel
 
 shellcheck: venv
-	shellcheck --shell=bash document/prefetch.sh
-	mkdir -p .aws-sam && $(PY) -m tests.unpin_script > .aws-sam/unpin-document.sh
-	shellcheck --shell=bash .aws-sam/unpin-document.sh
+	shellcheck --shell=bash document/prefetch.sh document/unpin.sh
 
-# The SSM document's content in template.yaml, from document/ (content.yaml, prefetch.sh) and the values the script
-# shares with the functions (eks_prefetch/node_contract.py). Commit the result: `sam deploy` reads template.yaml.
+# The SSM documents' content in template.yaml, from document/ (content.yaml and prefetch.sh; unpin.yaml and
+# unpin.sh) and the values the scripts share with the functions (eks_prefetch/node_contract.py). Commit the result:
+# `sam deploy` reads template.yaml.
 template: venv
 	PYTHONPATH=layers/prefetch $(PY) -m document.generate
 

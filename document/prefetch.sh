@@ -142,7 +142,7 @@ trap 'exit 143' TERM INT
 
 # At-least-once delivery can start two runs on one node; they take turns.
 if command -v flock >/dev/null 2>&1; then
-  if ! { exec 9>"${PREFETCH_LOCK_FILE:-/run/lock/eks-image-prefetch.lock}"; } 2>/dev/null; then exec 9>"$tmp/lock"; fi
+  if ! { exec 9>"${PREFETCH_LOCK_FILE:-@LOCK_FILE@}"; } 2>/dev/null; then exec 9>"$tmp/lock"; fi
   lock_wait=0
   remaining lock_wait
   flock -w "$lock_wait" 9 || fatal "another prefetch run held the lock until the deadline"

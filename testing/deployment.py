@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 from moto import mock_aws
 
-from eks_prefetch import aws, idempotency, settings
+from eks_prefetch import aws, settings
 from testing.environment import ACCOUNT, DEPLOYMENT_ENV, REGION, STATUS_TABLE, TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +25,6 @@ def mocked_aws() -> Iterator[None]:
     """moto for every AWS call, with the idempotency table the template defines, and fresh cached clients."""
     with mock_aws():
         aws.reset_clients()
-        idempotency.reset_persistence()
         boto3.client("dynamodb").create_table(
             TableName=TABLE,
             KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
@@ -36,7 +35,6 @@ def mocked_aws() -> Iterator[None]:
             yield
         finally:
             aws.reset_clients()
-            idempotency.reset_persistence()
 
 
 @contextlib.contextmanager

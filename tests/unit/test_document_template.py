@@ -1,4 +1,4 @@
-"""template.yaml's PrefetchDocument content is generated from document/ (`make template`): the committed template
+"""template.yaml's SSM documents' content is generated from document/ (`make template`): the committed template
 must be what the generator makes, since `sam deploy` reads it as it is."""
 
 from __future__ import annotations
@@ -25,11 +25,20 @@ def test_template_holds_the_script_and_parameters_of_document():
     assert cfn.document_script() == generate.render_script()
 
 
-def test_only_the_block_between_the_markers_changes(tmp_path):
+def test_the_unpin_document_is_generated_from_document_too():
+    (step,) = cfn.resource("UnpinDocument")["Properties"]["Content"]["mainSteps"]
+
+    assert cfn.resource("UnpinDocument")["Properties"]["Content"] == generate.expected_content(generate.UNPIN)
+    assert step["inputs"]["runCommand"] == [generate.render_script(generate.UNPIN)]
+    assert f"OUR_LABEL='{node_contract.OUR_PIN_LABEL}'" in generate.render_script(generate.UNPIN)
+
+
+@pytest.mark.parametrize("document", generate.DOCUMENTS, ids=lambda document: document.resource)
+def test_only_the_block_between_the_markers_changes(document):
     committed = generate.TEMPLATE.read_text()
-    before, _, rest = committed.partition(generate.BEGIN + "\n")
-    _, _, after = rest.partition(generate.END + "\n")
-    stale = before + generate.BEGIN + "\n      Content: {}\n" + generate.END + "\n" + after
+    before, _, rest = committed.partition(document.begin + "\n")
+    _, _, after = rest.partition(document.end + "\n")
+    stale = before + document.begin + "\n      Content: {}\n" + document.end + "\n" + after
 
     assert generate.render_template(stale) == committed
 

@@ -16,14 +16,15 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from eks_prefetch import aws
 
 
-@functools.cache
 def _persistence(table_name: str) -> DynamoDBPersistenceLayer:
-    # The shared client: its retries are bounded by the invocation's time like every other call's.
-    return DynamoDBPersistenceLayer(table_name=table_name, boto3_client=aws.client("dynamodb"))
+    # On the shared client, whose retries are bounded by the invocation's time like every other call's; one per
+    # client, so that resetting the clients (tests) resets it too.
+    return _persistence_on(table_name, aws.client("dynamodb"))
 
 
-def reset_persistence() -> None:
-    _persistence.cache_clear()
+@functools.cache
+def _persistence_on(table_name: str, client: Any) -> DynamoDBPersistenceLayer:
+    return DynamoDBPersistenceLayer(table_name=table_name, boto3_client=client)
 
 
 def run_once(

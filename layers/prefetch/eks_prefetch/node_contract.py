@@ -28,6 +28,8 @@ PIN_LABEL = "io.cri-containerd.pinned"
 PIN_VALUE = "pinned"
 # Our mark on the pins we made (value: when, in ns since the epoch): retention only ever unpins images carrying it.
 OUR_PIN_LABEL = "eks-image-prefetch/pinned-at"
+# One prefetch or unpin run at a time on a node: both scripts take this lock (a test may point it elsewhere).
+LOCK_FILE = "/run/lock/eks-image-prefetch.lock"
 
 # --- The run's deadline ---------------------------------------------------------------------------------------------
 # The script ends its run this margin before the agent's executionTimeout kills it, to report: a tenth of the
