@@ -122,6 +122,8 @@ class FakeFleet:
     online: set[str] = field(default_factory=set)
     # When a node's agent registered (DescribeInstanceInformation's RegistrationDate); absent: long ago.
     registered: dict[str, datetime] = field(default_factory=dict)
+    # A node's (PlatformType, PlatformName); absent: ("Linux", "Amazon Linux").
+    platforms: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeFleet:
         monkeypatch.setattr(aws.ssm, "online_managed_nodes", self.online_managed_nodes)
@@ -129,7 +131,13 @@ class FakeFleet:
 
     def online_managed_nodes(self, tag_key: str, tag_value: str, ssm: Any = None) -> Iterator[Mapping[str, Any]]:
         for instance_id in sorted(self.online):
-            info: dict[str, Any] = {"InstanceId": instance_id, "PingStatus": "Online"}
+            platform_type, platform_name = self.platforms.get(instance_id, ("Linux", "Amazon Linux"))
+            info: dict[str, Any] = {
+                "InstanceId": instance_id,
+                "PingStatus": "Online",
+                "PlatformType": platform_type,
+                "PlatformName": platform_name,
+            }
             if instance_id in self.registered:
                 info["RegistrationDate"] = self.registered[instance_id]
             yield info

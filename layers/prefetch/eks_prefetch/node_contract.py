@@ -29,6 +29,11 @@ PIN_VALUE = "pinned"
 # Our mark on the pins we made (value: when, in ns since the epoch): retention only ever unpins images carrying it.
 OUR_PIN_LABEL = "eks-image-prefetch/pinned-at"
 
+# --- Platform skips -----------------------------------------------------------------------------------------------
+# The reason of a "skipped" record for an image with no manifest for the node's OS/architecture starts with this:
+# the node is then not applicable for that image (outside its coverage, never repaired for it).
+PLATFORM_SKIP_REASON = "platform"
+
 # --- The run's deadline ---------------------------------------------------------------------------------------------
 # The script ends its run this margin before the agent's executionTimeout kills it, to report: a tenth of the
 # timeout, 5 to 60 s. A pull timeout must fit before that deadline.
