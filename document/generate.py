@@ -55,6 +55,7 @@ def values() -> dict[str, str]:
         "DEADLINE_MARGIN_DIVISOR": str(contract.DEADLINE_MARGIN_DIVISOR),
         "DEADLINE_MARGIN_MIN_SECONDS": str(contract.DEADLINE_MARGIN_MIN_SECONDS),
         "DEADLINE_MARGIN_MAX_SECONDS": str(contract.DEADLINE_MARGIN_MAX_SECONDS),
+        "PLATFORM_SKIP_REASON": contract.PLATFORM_SKIP_REASON,
     }
 
 
