@@ -78,6 +78,7 @@ def values() -> dict[str, str]:
         "DEADLINE_MARGIN_MIN_SECONDS": str(contract.DEADLINE_MARGIN_MIN_SECONDS),
         "DEADLINE_MARGIN_MAX_SECONDS": str(contract.DEADLINE_MARGIN_MAX_SECONDS),
         "LOCK_FILE": contract.LOCK_FILE,
+        "PLATFORM_SKIP_REASON": contract.PLATFORM_SKIP_REASON,
     }
 
 

@@ -233,6 +233,13 @@ ctr_error() { # the reason of a failed ctr call, from its stderr file $1 and exi
 arch=$(uname -m)
 case $arch in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; esac
 
+# An image with no manifest for this node's OS/architecture is not for this node: skipped, not failed (the run exits
+# 0), with a reason the status function reads as "not applicable" (node_contract.PLATFORM_SKIP_REASON): outside the
+# repository's coverage on this node, and never repaired here.
+platform_skip() { # ref t0
+  report "$1" "$2" skipped '' '' '' reason "@PLATFORM_SKIP_REASON@: no manifest for linux/$arch"
+}
+
 # A manifest from the registry into a file, with ctr's registry arguments. Fails with the reason in error_var.
 fetch_manifest() { # ref file t error_var registry-args...
   local _ref=$1 _file=$2 _t=$3 _error_var=$4 _rc
@@ -268,7 +275,8 @@ estimate() { # ref base t bytes_var digest_var error_var registry-args...
         break
       fi
     done
-    [ -n "$_child" ] || return 0
+    # No entry for this node's platform: the image is not for this node (platform_skip).
+    [ -n "$_child" ] || return 3
     fetch_manifest "$_base@$_child" "$tmp/manifest" "$_t" "$_error_var" "$@" || return 1
     _manifest=$(tr -d '\n\r' <"$tmp/manifest")
   fi
@@ -404,7 +412,12 @@ pull_image() { # ref base t0 t registry-args...
   local ref=$1 base=$2 t0=$3 t=$4 bytes='' manifest_digest='' error='' digest='' pinned_by pinned pct=0 needed rc
   local -a labels=()
   shift 4
-  if ! estimate "$ref" "$base" "$t" bytes manifest_digest error "$@"; then
+  local estimated=0
+  estimate "$ref" "$base" "$t" bytes manifest_digest error "$@" || estimated=$?
+  if [ "$estimated" -eq 3 ]; then
+    platform_skip "$ref" "$t0"
+    return
+  elif [ "$estimated" -ne 0 ]; then
     report "$ref" "$t0" failed '' '' '' error "$error"
     return
   fi
@@ -429,7 +442,11 @@ pull_image() { # ref base t0 t registry-args...
   timeout -k 5 "$t" ctr -n "$NS" images pull "$@" ${labels[@]+"${labels[@]}"} "$ref" >/dev/null 2>"$tmp/pull.err"
   rc=$?
   set -e
-  if [ "$rc" -ne 0 ]; then
+  if [ "$rc" -ne 0 ] && grep -q 'no match for platform' "$tmp/pull.err"; then
+    # A single-platform manifest of another OS/architecture: containerd checks its config.
+    platform_skip "$ref" "$t0"
+    return
+  elif [ "$rc" -ne 0 ]; then
     report "$ref" "$t0" failed '' "$bytes" '' error "$(ctr_error "$tmp/pull.err" "$rc" "$t")"
     return
   fi

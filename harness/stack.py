@@ -236,6 +236,10 @@ class EventSource:
     target_arns: list[str] = field(default_factory=list)
 
 
+class StackRefusedError(RuntimeError):
+    """The stack's creation failed, as CloudFormation would fail it (a custom resource answered FAILED)."""
+
+
 class Stack:
     """template.yaml created in moto. Call create() inside an active moto mock."""
 
@@ -304,12 +308,36 @@ class Stack:
             "AWS::Lambda::EventSourceMapping": self._event_source_mapping,
         }.get(resource["Type"])
         properties = self.resolver.resolve(resource.get("Properties") or {})
+        if resource["Type"] == "Custom::ValidateConfiguration":
+            self._validate_configuration(logical_id, properties)
+            return
         if creator is None:
             # IAM roles, permissions, alarms...: nothing here enforces or evaluates them.
             self.not_emulated[logical_id] = resource["Type"]
             self.resolver.refs[logical_id] = self._name(logical_id)
             return
         creator(logical_id, properties)
+
+    def _validate_configuration(self, logical_id: str, properties: dict[str, Any]) -> None:
+        """CloudFormation's Create request to the stack's own check function (no ResponseURL: its answer is its
+        result); FAILED fails the stack's creation with its reason, as `sam deploy` would."""
+        function = self.function_by_arn(properties["ServiceToken"])
+        if function is None:
+            raise Unresolved(logical_id)
+        event = {
+            "RequestType": "Create",
+            "StackId": f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{self.name}/emulated",
+            "RequestId": "create",
+            "LogicalResourceId": logical_id,
+            "ResourceType": "Custom::ValidateConfiguration",
+            "ResourceProperties": properties,
+        }
+        answer = function.invoke(event)
+        status = (answer.result or {}).get("status")
+        if status != "SUCCESS":
+            reason = (answer.result or {}).get("reason") or answer.error
+            raise StackRefusedError(f"{logical_id} failed: {reason}")
+        self.resolver.refs[logical_id] = logical_id
 
     def _layer(self, logical_id: str, properties: dict[str, Any]) -> None:
         arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:layer:{self._name(logical_id, 64)}:1"

@@ -26,6 +26,7 @@ DEPLOYMENT_ENV = {
     "NODE_TAG_KEY": "eks:cluster-name",
     "NODE_TAG_VALUE": CLUSTER,
     "TAG_FILTER": "^(?!sha256-).+$",
+    "REPOSITORY_NODE_SELECTORS": "",
     "DOCUMENT_NAME": DOCUMENT,
     "DOCUMENT_VERSION": "1",
     "MAX_CONCURRENCY": "100",

@@ -48,6 +48,8 @@ class Agents:
     registered: dict[str, datetime] = field(default_factory=dict)
     registered_at: dict[str, float] = field(default_factory=dict)  # on the clock
     online_after: dict[str, int] = field(default_factory=dict)  # node -> number of "not yet" answers before Online
+    # A node's (PlatformType, PlatformName); absent: ("Linux", "Amazon Linux").
+    platforms: dict[str, tuple[str, str]] = field(default_factory=dict)
     asked: list[str] = field(default_factory=list)
     _asks: Counter[str] = field(default_factory=Counter, init=False, repr=False)
 
@@ -75,7 +77,13 @@ class Agents:
             yield self._info(instance_id)
 
     def _info(self, instance_id: str) -> dict[str, Any]:
-        info: dict[str, Any] = {"InstanceId": instance_id, "PingStatus": "Online"}
+        platform_type, platform_name = self.platforms.get(instance_id, ("Linux", "Amazon Linux"))
+        info: dict[str, Any] = {
+            "InstanceId": instance_id,
+            "PingStatus": "Online",
+            "PlatformType": platform_type,
+            "PlatformName": platform_name,
+        }
         if instance_id in self.registered:
             info["RegistrationDate"] = self.registered[instance_id]
         return info

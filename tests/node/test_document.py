@@ -641,3 +641,25 @@ def test_elapsed_times_without_uptime_are_clamped_at_zero(
     result = run(node, workdir, ["not a reference", image.by_digest], env=env)
     assert [record["status"] for record in result.images] == ["failed", "pulled"]
     assert [record["seconds"] for record in [*result.images, result.summary]] == [0, 0, 0]
+
+
+def test_an_image_with_no_manifest_for_this_platform_is_skipped_not_failed(
+    node: Node, workdir: Path, lock_env: dict
+) -> None:
+    """An index with a manifest for another architecture only (arm64-only on an amd64 node): skipped with the reason
+    `platform`, nothing pulled, and the run exits 0; the image next to it is pulled as usual."""
+    node.push_new("foreign-only", "team/foreign", "other")
+    push_index(node, "team/foreign", "v1", [("foreign-only", OTHER_ARCH)])
+    native = node.push_new("native-app", "team/native", "v1")
+    foreign_ref = f"{node.registry.host}/team/foreign:v1"
+
+    result = run(node, workdir, [foreign_ref, native.by_digest], env=lock_env)
+
+    assert result.returncode == 0, result.stderr
+    skipped, pulled = result.images
+    assert (skipped["image"], skipped["status"]) == (foreign_ref, "skipped"), skipped
+    assert skipped["reason"] == f"platform: no manifest for linux/{NODE_ARCH}"
+    assert pulled["status"] == "pulled"
+    assert (result.summary["skipped"], result.summary["failed"]) == (1, 0)
+    assert foreign_ref not in node.containerd.images()
+    assert_well_formed(result)

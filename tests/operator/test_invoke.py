@@ -37,7 +37,10 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, list[
             f'make invoke: {PUSH} is an aws.ecr "ECR Image Action" event: it is for EcrPushFunction, not '
             "NodeLaunchFunction",
         ),
-        (["Nope", PUSH], "make invoke: no function Nope in template.yaml; functions: EcrPushFunction, "),
+        (
+            ["Nope", PUSH],
+            "make invoke: no function Nope in template.yaml; functions: ConfigCheckFunction, EcrPushFunction, ",
+        ),
         (
             ["EcrPushFunction", PUSH, "--parameter-overrides", "MaxErrors"],
             "make invoke: parameter override 'MaxErrors'",

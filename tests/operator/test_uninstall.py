@@ -175,7 +175,7 @@ def test_the_prefetch_senders_are_deleted_before_the_unpin() -> None:
     }
 
     assert senders == {"EcrPushFunction", "NodeLaunchFunction", "StatusFunction"}
-    assert all(resources[name]["DependsOn"] == "UninstallUnpin" for name in senders)
+    assert all("UninstallUnpin" in resources[name]["DependsOn"] for name in senders)
     assert resources["UninstallUnpin"]["Properties"]["ServiceToken"] == {"Fn::GetAtt": ["UnpinFunction", "Arn"]}
 
 

@@ -94,7 +94,7 @@ def test_instance_request_lists_every_image_once():
 def test_comment_stays_within_the_ssm_limit():
     images = [image(f"team-{n}/very-long-repository-name", "2026.11.29-build", "c") for n in range(6)]
 
-    comment = send_command_request(images, settings())["Comment"]
+    comment = send_command_request(images, settings(), instance_ids=["i-0123456789abcdef0"])["Comment"]
 
     assert len(comment) == 100
     assert comment.endswith("...")

@@ -40,9 +40,14 @@ def with_comment_marker(request: Mapping[str, Any], marker: str) -> dict[str, An
     return {**request, "Comment": f"{text}{suffix}"}
 
 
-def fleet_targets(settings: Settings) -> list[dict[str, Any]]:
-    """Tag targets: SSM resolves the fleet itself, so a push costs one call whatever the cluster's size."""
-    return [{"Key": f"tag:{settings.node_tag_key}", "Values": [settings.node_tag_value]}]
+def fleet_targets(settings: Settings, repository: str | None = None) -> list[dict[str, Any]]:
+    """Tag targets: SSM resolves the fleet itself, so a push costs one call whatever the cluster's size. The cluster
+    tag, AND the repository's node selector (keys ANDed, values ORed: SSM's own semantics, at most 4 keys)."""
+    targets = [{"Key": f"tag:{settings.node_tag_key}", "Values": [settings.node_tag_value]}]
+    if repository is not None:
+        selector = settings.selector_for(repository)
+        targets += [{"Key": f"tag:{key}", "Values": list(values)} for key, values in sorted(selector.items())]
+    return targets
 
 
 def send_command_request(
@@ -72,7 +77,11 @@ def send_command_request(
     if instance_ids:
         request["InstanceIds"] = list(instance_ids)
     else:
-        request["Targets"] = fleet_targets(settings)
+        repositories = {image.repository for image in images}
+        if len(repositories) != 1:
+            # Each repository may select other nodes: a fleet command carries one repository's images.
+            raise ValueError("a command by tag targets the images of one repository")
+        request["Targets"] = fleet_targets(settings, repositories.pop())
     return request
 
 

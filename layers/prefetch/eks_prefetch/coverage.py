@@ -1,9 +1,13 @@
-"""Coverage: which online cluster nodes hold the newest image of each watched repository."""
+"""Coverage: which online cluster nodes hold the newest image of each watched repository.
+
+A repository's denominator is the online nodes it applies to: supported nodes (not Windows, not Bottlerocket), that
+its node selector matches, and that did not report its newest image as having no manifest for their platform.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +17,7 @@ from eks_prefetch import aws
 from eks_prefetch import status_table as table
 from eks_prefetch.deadline import TimeLeft, running_out
 from eks_prefetch.images import ResolvedImage
+from eks_prefetch.node_selectors import matches, tags_of
 from eks_prefetch.resolution import NewestImages
 from eks_prefetch.settings import Settings
 from eks_prefetch.status_table import NodeState
@@ -52,6 +57,13 @@ def coverage_of(
     missing: list[NodeState] = []
     ahead: list[NodeState] = []
     if newest is not None:
+        # A node that reported the newest image has no manifest for its OS/architecture is outside the denominator
+        # (and so never repaired for it): nothing it could pull would cover it.
+        nodes = tuple(
+            node
+            for node in nodes
+            if states.get((node, repository), NodeState(node, repository)).not_applicable_digest != newest.digest
+        )
         for node in nodes:
             state = states.get((node, repository), NodeState(node, repository))
             if state.digest == newest.digest:
@@ -59,6 +71,27 @@ def coverage_of(
             held = (pushed or {}).get(state.digest) if state.digest else None
             (ahead if held is not None and held > newest.pushed_at else missing).append(state)
     return RepositoryCoverage(repository, newest, nodes, tuple(missing), tuple(ahead))
+
+
+def unsupported_reason(info: Mapping[str, Any]) -> str | None:
+    """Why a managed node cannot be served, from DescribeInstanceInformation; None when it can. The document's script
+    needs a Linux host with containerd's socket and ctr: Windows has neither (the document's precondition keeps the
+    script off it), and Bottlerocket keeps containerd out of reach of the SSM agent's control container."""
+    platform_type = str(info.get("PlatformType") or "")
+    platform_name = str(info.get("PlatformName") or "")
+    if platform_type and platform_type != "Linux":
+        return f"{platform_type} node: the document runs on Linux only"
+    if "bottlerocket" in platform_name.lower():
+        return "Bottlerocket node: containerd is not reachable from the SSM agent's control container"
+    return None
+
+
+def node_tags(settings: Settings, nodes: Iterable[str]) -> dict[str, dict[str, str]] | None:
+    """The EC2 tags of these nodes (DescribeInstanceInformation returns none), one DescribeInstances per 200 nodes;
+    None without selectors, when no tag is needed."""
+    if not settings.node_selectors:
+        return None
+    return {node: tags_of(instance) for node, instance in aws.ec2.describe_instances(sorted(nodes)).items()}
 
 
 def online_nodes(
@@ -83,6 +116,8 @@ class FleetView:
     states: Mapping[tuple[str, str], NodeState]
     coverages: tuple[RepositoryCoverage, ...]
     complete: bool = True
+    # Online cluster nodes this application cannot serve, with the reason: outside every coverage, never repaired.
+    unsupported: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def percent_by_repository(self) -> dict[str, float]:
@@ -101,6 +136,11 @@ def look_at_fleet(
         # Coverage over part of the fleet would be wrong: nothing is measured.
         logger.warning("no time left to list the online nodes: coverage waits for the next sweep")
         return FleetView({}, {}, (), complete=False)
+    unsupported = {node: why for node, info in online.items() if (why := unsupported_reason(info)) is not None}
+    supported = [node for node in online if node not in unsupported]
+    # Only with selectors: the tags of the supported online nodes, by pages of 200 (bounded by the fleet, not per
+    # repository). A node EC2 no longer describes (terminated since) is left out of every selected repository.
+    tags = node_tags(settings, supported)
     states: dict[tuple[str, str], NodeState] = {}
     coverages: list[RepositoryCoverage] = []
     for repository in settings.repository_names:
@@ -109,12 +149,18 @@ def look_at_fleet(
                 "no time left to measure every repository's coverage",
                 extra={"measured": len(coverages), "repositories": len(settings.repository_names)},
             )
-            return FleetView(online, states, tuple(coverages), complete=False)
+            return FleetView(online, states, tuple(coverages), complete=False, unsupported=unsupported)
         image = newest.get(repository)
-        rows = table.read_node_states(settings, online, [repository])
+        selector = settings.selector_for(repository)
+        nodes = (
+            supported
+            if not selector or tags is None
+            else [n for n in supported if matches(selector, tags.get(n, {})) and n in tags]
+        )
+        rows = table.read_node_states(settings, nodes, [repository])
         states.update(rows)
         # Only the digests other than the newest that a node holds: few, asked once a resolution.
         others = {state.digest for state in rows.values() if state.digest and image and state.digest != image.digest}
         pushed = newest.push_times(repository, others) if others else {}
-        coverages.append(coverage_of(repository, image, online, states, pushed))
-    return FleetView(online, states, tuple(coverages))
+        coverages.append(coverage_of(repository, image, nodes, states, pushed))
+    return FleetView(online, states, tuple(coverages), unsupported=unsupported)

@@ -23,6 +23,7 @@ from eks_prefetch import status_metrics as m
 from eks_prefetch import status_table as table
 from eks_prefetch.events import SsmInvocationStatusEvent
 from eks_prefetch.images import DIGEST_PATTERN
+from eks_prefetch.node_contract import PLATFORM_SKIP_REASON
 from eks_prefetch.node_output import NodeOutput, OutputProblem, parse_node_output, repository_of
 from eks_prefetch.resolution import NewestImages
 from eks_prefetch.settings import Settings
@@ -206,6 +207,7 @@ def _update_node_state(
                 digest=record.digest or (match.group(1) if match else ""),
                 command_id=command_id,
                 at=at,
+                not_applicable=record.status == "skipped" and record.detail.startswith(PLATFORM_SKIP_REASON),
             )
 
     omitted_held = output is not None and output.omitted_all_held

@@ -23,6 +23,7 @@ from eks_prefetch import aws
 from eks_prefetch.commands import image_batches, send_command_request
 from eks_prefetch.events import INSTANCE_ID_PATTERN, Ec2StateChangeEvent
 from eks_prefetch.images import ResolvedImage
+from eks_prefetch.node_selectors import tags_of
 from eks_prefetch.resolution import NewestImages
 from eks_prefetch.sending import SendOutcomeUnknownError, send_once
 from eks_prefetch.settings import Settings
@@ -226,11 +227,17 @@ def prefetch_launched_node(
     if verdict is NodeVerdict.GONE:
         return _ignored(verdict.value, instance_id, state=instance["State"]["Name"])
 
+    # Only the repositories whose node selectors the node's own tags match (none set: every repository). Before the
+    # agent's check: a node no repository selects is not waited for.
+    repositories = settings.repositories_for(tags_of(instance))
+    if not repositories:
+        return _ignored("no watched repository selects this node", instance_id)
+
     # Until the agent registers, SendCommand by instance id fails with InvalidInstanceId.
     if not aws.ssm.agent_online(instance_id):
         return _not_ready("SSM agent not online", event, delivery, settings, now)
 
-    images = batch.newest.every_repository()
+    images = batch.newest.every_repository(repositories)
     if not images:
         return _ignored("no image to prefetch in any watched repository", instance_id)
     return _send_to_node(images, instance, event, settings, delivery=delivery, lambda_context=lambda_context, now=now)

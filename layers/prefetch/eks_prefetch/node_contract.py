@@ -31,6 +31,11 @@ OUR_PIN_LABEL = "eks-image-prefetch/pinned-at"
 # One prefetch or unpin run at a time on a node: both scripts take this lock (a test may point it elsewhere).
 LOCK_FILE = "/run/lock/eks-image-prefetch.lock"
 
+# --- Platform skips -----------------------------------------------------------------------------------------------
+# The reason of a "skipped" record for an image with no manifest for the node's OS/architecture starts with this:
+# the node is then not applicable for that image (outside its coverage, never repaired for it).
+PLATFORM_SKIP_REASON = "platform"
+
 # --- The run's deadline ---------------------------------------------------------------------------------------------
 # The script ends its run this margin before the agent's executionTimeout kills it, to report: a tenth of the
 # timeout, 5 to 60 s. A pull timeout must fit before that deadline.

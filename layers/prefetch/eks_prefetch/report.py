@@ -55,11 +55,22 @@ def render(
     out: TextIO,
     next_repair: Callable[[str], str] = lambda _node: "",
     names: Mapping[str, str] | None = None,
+    *,
+    online: int | None = None,
+    unsupported: Mapping[str, str] | None = None,
+    selector_of: Callable[[str], Mapping[str, Sequence[str]]] | None = None,
 ) -> None:
-    """``names``: instance id -> Kubernetes node name (the private DNS name), shown beside the id."""
+    """``names``: instance id -> Kubernetes node name (the private DNS name), shown beside the id. ``online``: every
+    online cluster node (a repository's own denominator, its nodes, may be fewer); ``unsupported``: node -> why this
+    application cannot serve it."""
     names = names or {}
-    online = len(coverages[0].online) if coverages else 0
+    unsupported = unsupported or {}
+    if online is None:
+        online = len(coverages[0].online) if coverages else 0
     out.write(f"cluster {cluster}: {online} online node(s)\n")
+    for node, why in sorted(unsupported.items()):
+        shown = f"{names[node]} ({node})" if names.get(node) else node
+        out.write(f"  unsupported: {shown}  {why} (outside coverage, never repaired)\n")
     for coverage in coverages:
         out.write(f"\n{coverage.repository}\n")
         if coverage.newest is None:
@@ -68,7 +79,9 @@ def render(
         newest = coverage.newest
         holding = len(coverage.online) - len(coverage.missing)
         out.write(f"  newest:   {newest.tag} {newest.digest} (pushed {newest.pushed_at.isoformat()})\n")
-        out.write(f"  coverage: {coverage.percent:.1f}% ({holding}/{len(coverage.online)} nodes)\n")
+        # The repository's own denominator: the supported online nodes its selector matches, less platform skips.
+        selector = f", selected by {_selector_text(selector_of(coverage.repository))}" if selector_of else ""
+        out.write(f"  coverage: {coverage.percent:.1f}% ({holding}/{len(coverage.online)} nodes{selector})\n")
         for state in coverage.missing:
             if state.last_error:
                 why = f"last error at {state.last_error_at}: {state.last_error}"
@@ -88,6 +101,12 @@ def render(
                 out.write(f"            {repair_line}\n")
 
 
+def _selector_text(selector: Mapping[str, Sequence[str]]) -> str:
+    if not selector:
+        return "every cluster node"
+    return " and ".join(f"{key}={'|'.join(values)}" for key, values in sorted(selector.items()))
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     args = stack_arguments("make status", __doc__.splitlines()[0], argv, err)
@@ -100,11 +119,21 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         # Commands in flight are known to the sweep only; this view sees the repairs the rows record.
         plan = repair.plan_for(repair.RepairInputs(fleet, frozenset(), newest), settings, datetime.now(UTC))
         coverages = fleet.coverages
-        names = aws.ec2.private_dns_names(sorted({s.instance_id for c in coverages for s in c.missing}))
+        shown = {s.instance_id for c in coverages for s in c.missing} | set(fleet.unsupported)
+        names = aws.ec2.private_dns_names(sorted(shown))
     except (StackError, *aws.AWS_ERRORS) as error:
         err.write(f"cannot read the stack {args.stack}: {error}\n")
         return 2
-    render(coverages, settings.cluster_name, out, lambda node: repair.next_repair(plan, node, settings), names)
+    render(
+        coverages,
+        settings.cluster_name,
+        out,
+        lambda node: repair.next_repair(plan, node, settings),
+        names,
+        online=len(fleet.online),
+        unsupported=fleet.unsupported,
+        selector_of=settings.selector_for if settings.node_selectors else None,
+    )
     below = [coverage.repository for coverage in coverages if coverage.percent < 100.0]
     if below:
         out.write(f"\ncoverage below 100%: {', '.join(below)}\n")

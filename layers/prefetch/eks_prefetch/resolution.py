@@ -113,10 +113,11 @@ class NewestImages:
         times.update({digest: at for digest in digests if (at := self._untagged.get((repository, digest))) is not None})
         return times
 
-    def every_repository(self) -> list[ResolvedImage]:
-        """The newest image of every watched repository; a missing or empty repository contributes nothing."""
+    def every_repository(self, repositories: Iterable[str] | None = None) -> list[ResolvedImage]:
+        """The newest image of every watched repository (or of these); a missing or empty repository contributes
+        nothing."""
         images = []
-        for repository in self.settings.repository_names:
+        for repository in self.settings.repository_names if repositories is None else repositories:
             listing = self.listing(repository)
             if listing.newest is not None:
                 images.append(listing.newest)

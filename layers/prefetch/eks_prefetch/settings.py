@@ -9,10 +9,11 @@ from collections.abc import Mapping
 from typing import Annotated
 
 from aws_lambda_powertools import Logger
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from eks_prefetch.images import REPOSITORY_PATTERN
 from eks_prefetch.node_contract import deadline_margin_seconds
+from eks_prefetch.node_selectors import Selector, matches, parse_node_selectors
 
 logger = Logger(child=True)
 
@@ -40,6 +41,10 @@ class Settings(BaseModel):
     node_tag_key: str = Field(alias="NODE_TAG_KEY", min_length=1, max_length=128)
     node_tag_value: str = Field(alias="NODE_TAG_VALUE", min_length=1, max_length=256)
     tag_filter: str = Field(alias="TAG_FILTER", default=r"^(?!sha256-).+$")
+    # The RepositoryNodeSelectors JSON, parsed in _selectors_are_valid (node_selectors.py); the deploy refuses an
+    # invalid one first (the ValidateConfiguration custom resource), so that no event fails on it.
+    repository_node_selectors_json: str = Field(alias="REPOSITORY_NODE_SELECTORS", default="")
+    _selectors: dict[str, dict[str, tuple[str, ...]]] = PrivateAttr(default_factory=dict)
     document_name: str = Field(alias="DOCUMENT_NAME", min_length=3)
     document_version: str = Field(alias="DOCUMENT_VERSION", default="1", pattern=r"^([0-9]+|\$LATEST|\$DEFAULT)$")
     max_concurrency: str = Field(alias="MAX_CONCURRENCY", default="100", pattern=_CONCURRENCY)
@@ -114,6 +119,25 @@ class Settings(BaseModel):
         except re.error as error:
             raise ValueError(f"TAG_FILTER is not a valid regular expression: {error}") from error
         return pattern
+
+    @model_validator(mode="after")
+    def _selectors_are_valid(self) -> Settings:
+        parsed = parse_node_selectors(self.repository_node_selectors_json, self.repository_names, self.node_tag_key)
+        self._selectors = parsed
+        return self
+
+    @property
+    def node_selectors(self) -> dict[str, dict[str, tuple[str, ...]]]:
+        """Repository -> tag conditions, for the repositories that have one."""
+        return self._selectors
+
+    def selector_for(self, repository: str) -> Selector:
+        """The repository's tag conditions; empty: every cluster node."""
+        return self.node_selectors.get(repository, {})
+
+    def repositories_for(self, tags: Mapping[str, str]) -> tuple[str, ...]:
+        """The watched repositories whose selectors a node with these tags matches."""
+        return tuple(name for name in self.repository_names if matches(self.selector_for(name), tags))
 
     def conflicts(self) -> list[str]:
         """Combinations of values CloudFormation accepts but that cannot work as given, and how they are resolved.

@@ -35,6 +35,8 @@ LAUNCH_TO_CACHED = "LaunchToCachedSeconds"
 COVERAGE = "Coverage"
 NODES_MISSING_NEWEST = "NodesMissingNewest"
 ONLINE_NODES = "OnlineNodes"
+# Online cluster nodes this application cannot serve (Windows, Bottlerocket): outside coverage, never repaired.
+UNSUPPORTED_NODES = "UnsupportedNodes"
 SWEEP_RECOVERED = "SweepRecoveredInvocations"
 # Self-repair, per sweep.
 REPAIR_COMMANDS_SENT = "RepairCommandsSent"
@@ -120,9 +122,14 @@ def invocation_metrics(outcome: InvocationOutcome, settings: Settings) -> list[D
     ]
 
 
-def emit_coverage_metrics(coverages: Iterable[RepositoryCoverage], settings: Settings) -> None:
+def emit_coverage_metrics(
+    coverages: Iterable[RepositoryCoverage], settings: Settings, *, online: int | None = None, unsupported: int = 0
+) -> None:
+    """``online``: every online cluster node (each repository's own denominator may be fewer); ``unsupported``: those
+    this application cannot serve."""
     cluster = {"ClusterName": settings.cluster_name}
     measured = [coverage for coverage in coverages if coverage.newest is not None]
+    emit(cluster, [(UNSUPPORTED_NODES, MetricUnit.Count, unsupported)])
     for coverage in measured:
         emit(
             {**cluster, "Repository": coverage.repository},
@@ -139,6 +146,6 @@ def emit_coverage_metrics(coverages: Iterable[RepositoryCoverage], settings: Set
             [
                 (COVERAGE, MetricUnit.Percent, min(coverage.percent for coverage in measured)),
                 (NODES_MISSING_NEWEST, MetricUnit.Count, sum(len(coverage.missing) for coverage in measured)),
-                (ONLINE_NODES, MetricUnit.Count, len(measured[0].online)),
+                (ONLINE_NODES, MetricUnit.Count, len(measured[0].online) if online is None else online),
             ],
         )

@@ -80,6 +80,9 @@ class NodeState:
     last_error: str = ""
     last_error_at: str = ""
     expires_at: int = 0
+    # The digest the node reported as having no manifest for its OS/architecture: for that image, the node is not
+    # applicable (outside the repository's coverage, never repaired for it).
+    not_applicable_digest: str = ""
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> NodeState:
@@ -91,6 +94,7 @@ class NodeState:
             last_error=str(item.get("last_error", "")),
             last_error_at=str(item.get("last_error_at", "")),
             expires_at=int(item.get("expires_at") or 0),
+            not_applicable_digest=str(item.get("not_applicable_digest", "")),
         )
 
 
@@ -170,12 +174,20 @@ def record_failure(
     digest: str,
     command_id: str,
     at: datetime,
+    not_applicable: bool = False,
 ) -> None:
+    """A failure or skip of the image on the node; ``not_applicable``: a skip because the image has no manifest for
+    the node's platform, remembered by digest (the next image of the repository may have one)."""
+    update = (
+        "SET instance_id = :i, repository = :r, last_error = :m, last_error_kind = :k, last_error_digest = :d, "
+        "last_error_command = :c, last_error_at = :t, expires_at = :e"
+    )
+    if not_applicable and digest:
+        update += ", not_applicable_digest = :d"
     aws.dynamodb.update_item(
         settings.status_table,
         node_key(instance_id, repository),
-        "SET instance_id = :i, repository = :r, last_error = :m, last_error_kind = :k, last_error_digest = :d, "
-        "last_error_command = :c, last_error_at = :t, expires_at = :e",
+        update,
         {
             ":i": instance_id,
             ":r": repository,

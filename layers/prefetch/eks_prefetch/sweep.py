@@ -263,7 +263,8 @@ def sweep(
     table.write_watermark(settings, next_watermark)
 
     fleet = look_at_fleet(settings, scope.newest, time_left=time_left, reserve=SWEEP_RESERVE_SECONDS)
-    m.emit_coverage_metrics(fleet.coverages, settings)
+    if fleet.complete or fleet.online:
+        m.emit_coverage_metrics(fleet.coverages, settings, online=len(fleet.online), unsupported=len(fleet.unsupported))
     refresh_ttl(settings, fleet.states.values(), now, time_left=time_left)
     result = SweepResult(
         watermark=watermark,
