@@ -726,3 +726,27 @@ def test_a_failed_batch_look_ahead_leaves_each_record_to_describe_its_own_instan
     assert "batch DescribeInstances failed: each record describes its own" in caplog.messages
     assert sorted(ec2_calls) == sorted(instances)  # one DescribeInstances by id per record
     assert sorted(request["InstanceIds"][0] for request in sent) == sorted(instances)
+
+
+@pytest.mark.parametrize(
+    ("platform", "why"),
+    [
+        (("Linux", "Bottlerocket"), "Bottlerocket node"),
+        (("Windows", "Microsoft Windows Server 2022 Datacenter"), "Windows node"),
+    ],
+)
+def test_a_node_this_application_cannot_serve_is_acknowledged_without_a_command(
+    queue, agents, sent, images, caplog, platform, why
+):
+    """Its agent is Online, but a command could not succeed there (DescribeInstanceInformation's PlatformType and
+    PlatformName, from the Agents double): no command, no retry, said why."""
+    instance = launch_ready_node(queue, agents)
+    agents.platforms[instance] = platform
+
+    assert queue.deliver() == {"batchItemFailures": []}
+
+    assert sent == []
+    assert queue.counts() == {"visible": 0, "hidden": 0}
+    reasons = [record.reason for record in caplog.records if record.getMessage() == "launch ignored"]
+    assert len(reasons) == 1
+    assert reasons[0].startswith(f"unsupported node: {why}")

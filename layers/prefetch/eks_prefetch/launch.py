@@ -21,6 +21,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws
 from eks_prefetch.commands import image_batches, send_command_request
+from eks_prefetch.coverage import unsupported_reason
 from eks_prefetch.events import INSTANCE_ID_PATTERN, Ec2StateChangeEvent
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.node_selectors import tags_of
@@ -234,8 +235,13 @@ def prefetch_launched_node(
         return _ignored("no watched repository selects this node", instance_id)
 
     # Until the agent registers, SendCommand by instance id fails with InvalidInstanceId.
-    if not aws.ssm.agent_online(instance_id):
+    agent = aws.ssm.online_agent(instance_id)
+    if agent is None:
         return _not_ready("SSM agent not online", event, delivery, settings, now)
+    unsupported = unsupported_reason(agent)
+    if unsupported is not None:
+        # A command could not succeed there (no script on Windows, no containerd within reach on Bottlerocket).
+        return _ignored(f"unsupported node: {unsupported}", instance_id)
 
     images = batch.newest.every_repository(repositories)
     if not images:

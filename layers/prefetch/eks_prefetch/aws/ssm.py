@@ -48,8 +48,9 @@ def find_command(document_name: str, comment_marker: str, invoked_after: datetim
     return None
 
 
-def agent_online(instance_id: str, ssm: Any = None) -> bool:
-    """Whether the instance's SSM agent has registered and is Online: until then SendCommand by id fails."""
+def online_agent(instance_id: str, ssm: Any = None) -> Mapping[str, Any] | None:
+    """The instance's managed-node information (platform, agent) if its SSM agent has registered and is Online, else
+    None: until then SendCommand by id fails."""
     try:
         response = (ssm or clients.client("ssm")).describe_instance_information(
             Filters=[{"Key": "InstanceIds", "Values": [instance_id]}],
@@ -57,12 +58,21 @@ def agent_online(instance_id: str, ssm: Any = None) -> bool:
     except ClientError as error:
         # The API documents an error, rather than an empty list, for an id it does not know as a managed node.
         if error_code(error) == "InvalidInstanceId":
-            return False
+            return None
         raise
-    return any(
-        info.get("InstanceId") == instance_id and info.get("PingStatus") == "Online"
-        for info in response["InstanceInformationList"]
+    return next(
+        (
+            info
+            for info in response["InstanceInformationList"]
+            if info.get("InstanceId") == instance_id and info.get("PingStatus") == "Online"
+        ),
+        None,
     )
+
+
+def agent_online(instance_id: str, ssm: Any = None) -> bool:
+    """Whether the instance's SSM agent has registered and is Online."""
+    return online_agent(instance_id, ssm) is not None
 
 
 def get_command_invocation(command_id: str, instance_id: str, ssm: Any = None) -> Mapping[str, Any] | None:
