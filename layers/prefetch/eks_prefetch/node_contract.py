@@ -10,8 +10,9 @@ import re
 
 # --- Image references the document accepts (its `images` allowedPattern, and the script's own check) ------------
 # registry host[:port] / repository path, then @digest, :tag, or :tag@digest (Docker's grammar: the tag a pod names and
-# the digest it named when sent; the node pulls the digest and names it by the tag too). Narrower than OCI's grammar on purpose: no character
-# a shell treats specially, no newline (it would end the script's here-document on an agent that pastes parameters).
+# the digest it named when sent; the node pulls the digest and names it by the tag too). Narrower than OCI's grammar
+# on purpose: no character a shell treats specially, no newline (it would end the script's here-document on an agent
+# that pastes parameters).
 REGISTRY_PATTERN = r"[a-z0-9][a-z0-9.-]{0,252}(:[0-9]{1,5})?"
 REPOSITORY_PATH_PATTERN = r"[a-z0-9][a-z0-9._/-]{0,255}"
 DIGEST_PATTERN = r"sha256:[a-f0-9]{64}"
@@ -37,6 +38,7 @@ def reference(registry: str, repository: str, digest: str, tag: str | None = Non
     if tag and _TAG_RE.fullmatch(tag):
         return f"{base}:{tag}@{digest}"
     return f"{base}@{digest}"
+
 
 # --- Pins ---------------------------------------------------------------------------------------------------------
 # containerd's CRI exempts an image with this label (value PIN_VALUE) from kubelet's image GC.
