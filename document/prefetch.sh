@@ -325,6 +325,25 @@ retain() {
   done
 }
 
+# A failure's stable reason, from its text (whatever the containerd release's wording), into $1. Values: node_contract's
+# FAILURE_REASONS. Order matters: 2.x words a 401 "pull access denied, ...: authorization failed".
+failure_reason() { # var text
+  local _t=${2,,} _r=other
+  case $_t in
+  "ecr login failed"*) _r=login_failed ;;
+  "invalid image reference"*) _r=invalid_reference ;;
+  "execution deadline"*) _r=deadline ;;
+  *"timed out after"* | *"deadline exceeded"* | *"i/o timeout"* | *"timeout awaiting"*) _r=timeout ;;
+  *401* | *unauthorized* | *"authorization failed"* | *"no basic auth"* | *403* | *forbidden*) _r=unauthorized ;;
+  *"not found"* | *404* | *"manifest unknown"* | *"name unknown"*) _r=not_found ;;
+  *denied*) _r=unauthorized ;;
+  *x509* | *certificate* | *tls*) _r=tls ;;
+  *"no space left"* | *"disk quota"*) _r=disk ;;
+  *"connection refused"* | *"no such host"* | *"connection reset"* | *unreachable* | *"no route to host"* | *eof*) _r=unreachable ;;
+  esac
+  printf -v "$1" %s "$_r"
+}
+
 declare -A count=([pulled]=0 [cached]=0 [skipped]=0 [failed]=0)
 # Room for the records not reported yet, without their detail text (set before the first one, below).
 rest_room=0
@@ -343,6 +362,10 @@ report() { # ref t0 status digest bytes pinned detail-key detail
   body+=",\"seconds\":$seconds"
   [ -z "$5" ] || body+=",\"bytes\":$5"
   [ -z "$6" ] || body+=",\"pinned\":$6"
+  if [ "$3" = failed ]; then
+    failure_reason text "$8"
+    body+=",\"reason\":\"$text\""
+  fi
   if [ -n "$8" ]; then
     json_str text "$8" 240
     detail=",\"$7\":$text"

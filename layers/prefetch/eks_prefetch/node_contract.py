@@ -40,6 +40,21 @@ def reference(registry: str, repository: str, digest: str, tag: str | None = Non
     return f"{base}@{digest}"
 
 
+# --- Failures -------------------------------------------------------------------------------------------------------
+# A failed record's "reason": stable whatever the containerd release's wording (its text stays in "error").
+FAILURE_REASONS = (
+    "unauthorized",
+    "not_found",
+    "timeout",
+    "tls",
+    "unreachable",
+    "disk",
+    "login_failed",
+    "deadline",
+    "invalid_reference",
+    "other",
+)
+
 # --- Pins ---------------------------------------------------------------------------------------------------------
 # containerd's CRI exempts an image with this label (value PIN_VALUE) from kubelet's image GC.
 PIN_LABEL = "io.cri-containerd.pinned"
