@@ -102,6 +102,7 @@ def test_a_moved_tag_moves_the_name_never_back(node: Node, workdir: Path, lock_e
     finally:
         node.registry.push(node.layout, "app-v3", "team/app", "v3")
         node.images["app-v3"] = old
+        node.images.pop(f"app-v3-moved-{node.release}")
 
 
 def test_an_unpinned_old_version_is_no_longer_pinned(node: Node, workdir: Path, lock_env: dict) -> None:
@@ -126,3 +127,4 @@ def test_an_unpinned_old_tagged_version_loses_the_pin_of_every_name(node: Node, 
     finally:
         node.registry.push(node.layout, "tool", "tools/tool", "1.0")
         node.images["tool"] = old
+        node.images.pop(f"tool-next-{node.release}")
