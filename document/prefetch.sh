@@ -240,6 +240,20 @@ platform_skip() { # ref t0
   report "$1" "$2" skipped '' '' '' reason "@PLATFORM_SKIP_REASON@: no manifest for linux/$arch"
 }
 
+# The digest of this node's platform (ctr's default) in an index's JSON text $1, into $2; fails if it has none.
+platform_child() { # index-json var
+  local _entry _rest=$1 _entry_re='\{[^{}]*(\{[^{}]*\}[^{}]*)*\}'
+  while [[ "$_rest" =~ $_entry_re ]]; do
+    _entry=${BASH_REMATCH[0]}
+    _rest=${_rest#*"$_entry"}
+    if [[ "$_entry" =~ \"architecture\"[[:space:]]*:[[:space:]]*\"$arch\" && "$_entry" =~ \"os\"[[:space:]]*:[[:space:]]*\"linux\" && "$_entry" =~ \"digest\"[[:space:]]*:[[:space:]]*\"(sha256:[a-f0-9]{64})\" ]]; then
+      printf -v "$2" %s "${BASH_REMATCH[1]}"
+      return 0
+    fi
+  done
+  return 1
+}
+
 # A manifest from the registry into a file, with ctr's registry arguments. Fails with the reason in error_var.
 fetch_manifest() { # ref file t error_var registry-args...
   local _ref=$1 _file=$2 _t=$3 _error_var=$4 _rc
@@ -258,25 +272,15 @@ fetch_manifest() { # ref file t error_var registry-args...
 # refuses the reference (the pull would).
 estimate() { # ref base t bytes_var digest_var error_var registry-args...
   local _ref=$1 _base=$2 _t=$3 _bytes_var=$4 _digest_var=$5 _error_var=$6
-  local _manifest _entry _child _rest _n _size_re _entry_re
+  local _manifest _child _n _size_re
   shift 6
   fetch_manifest "$_ref" "$tmp/manifest" "$_t" "$_error_var" "$@" || return 1
   printf -v "$_digest_var" 'sha256:%s' "$(sha256sum "$tmp/manifest" | cut -c1-64)"
   _manifest=$(tr -d '\n\r' <"$tmp/manifest")
   if [[ "$_manifest" =~ \"manifests\"[[:space:]]*: ]]; then
     # An index: the entry for this node's platform (ctr's default), then its manifest.
-    _entry_re='\{[^{}]*(\{[^{}]*\}[^{}]*)*\}'
-    _rest=$_manifest _child=''
-    while [[ "$_rest" =~ $_entry_re ]]; do
-      _entry=${BASH_REMATCH[0]}
-      _rest=${_rest#*"$_entry"}
-      if [[ "$_entry" =~ \"architecture\"[[:space:]]*:[[:space:]]*\"$arch\" && "$_entry" =~ \"os\"[[:space:]]*:[[:space:]]*\"linux\" && "$_entry" =~ \"digest\"[[:space:]]*:[[:space:]]*\"(sha256:[a-f0-9]{64})\" ]]; then
-        _child=${BASH_REMATCH[1]}
-        break
-      fi
-    done
     # No entry for this node's platform: the image is not for this node (platform_skip).
-    [ -n "$_child" ] || return 3
+    platform_child "$_manifest" _child || return 3
     fetch_manifest "$_base@$_child" "$tmp/manifest" "$_t" "$_error_var" "$@" || return 1
     _manifest=$(tr -d '\n\r' <"$tmp/manifest")
   fi
@@ -329,6 +333,25 @@ retain() {
   done
 }
 
+# A failure's stable reason, from its text (whatever the containerd release's wording), into $1. Values: node_contract's
+# FAILURE_REASONS. Order matters: 2.x words a 401 "pull access denied, ...: authorization failed".
+failure_reason() { # var text
+  local _t=${2,,} _r=other
+  case $_t in
+  "ecr login failed"*) _r=login_failed ;;
+  "invalid image reference"*) _r=invalid_reference ;;
+  "execution deadline"*) _r=deadline ;;
+  *"timed out after"* | *"deadline exceeded"* | *"i/o timeout"* | *"timeout awaiting"*) _r=timeout ;;
+  *401* | *unauthorized* | *"authorization failed"* | *"no basic auth"* | *403* | *forbidden*) _r=unauthorized ;;
+  *"not found"* | *404* | *"manifest unknown"* | *"name unknown"*) _r=not_found ;;
+  *denied*) _r=unauthorized ;;
+  *x509* | *certificate* | *tls*) _r=tls ;;
+  *"no space left"* | *"disk quota"*) _r=disk ;;
+  *"connection refused"* | *"no such host"* | *"connection reset"* | *unreachable* | *"no route to host"* | *eof*) _r=unreachable ;;
+  esac
+  printf -v "$1" %s "$_r"
+}
+
 declare -A count=([pulled]=0 [cached]=0 [skipped]=0 [failed]=0)
 # Room for the records not reported yet, without their detail text (set before the first one, below).
 rest_room=0
@@ -347,6 +370,10 @@ report() { # ref t0 status digest bytes pinned detail-key detail
   body+=",\"seconds\":$seconds"
   [ -z "$5" ] || body+=",\"bytes\":$5"
   [ -z "$6" ] || body+=",\"pinned\":$6"
+  if [ "$3" = failed ]; then
+    failure_reason text "$8"
+    body+=",\"reason\":\"$text\""
+  fi
   if [ -n "$8" ]; then
     json_str text "$8" 240
     detail=",\"$7\":$text"
@@ -362,28 +389,81 @@ report() { # ref t0 status digest bytes pinned detail-key detail
 
 # One image, one record. A digest reference already present under its own name is done: local lookup only. A tag is
 # mutable, so it is resolved against the registry first (pull_image), and is cached only if it still names the
-# digest present.
+# digest present. A tag@digest is its digest's (pulled, pinned and named by it), then named by the tag too (name_tag).
+# Records name the image as it was sent ($sent).
+sent='' sent_tag=''
 process() { # ref
-  local ref=$1 t0 host repo base digest pinned_by pinned t
+  local ref=$1 t0 host repo base digest pinned_by pinned t warning=''
+  sent=$ref sent_tag=''
   clock t0
   if ! [[ "$ref" =~ $ref_re ]]; then
     report "$ref" "$t0" failed '' '' '' error "invalid image reference"
     return
   fi
-  host=${BASH_REMATCH[1]} repo=${BASH_REMATCH[3]}
+  host=${BASH_REMATCH[1]} repo=${BASH_REMATCH[3]} sent_tag=${BASH_REMATCH[5]}
   base="$host/$repo"
+  [ -z "$sent_tag" ] || ref="$base@${ref#*@}"
   if [[ "$ref" == *@sha256:* ]] && local_image "$ref" digest pinned_by && [ "$digest" = "${ref#*@}" ]; then
     pin_cached "$ref" "$base" "$pinned_by" pinned
-    report "$ref" "$t0" cached "$digest" '' "$pinned" '' ''
+    [ -z "$sent_tag" ] || name_tag "$base" "$sent_tag" "$digest" warning
+    report "$sent" "$t0" cached "$digest" '' "$pinned" warning "$warning"
     return
   fi
   remaining t
   if [ "$t" -lt 5 ]; then
-    report "$ref" "$t0" failed '' '' '' error "execution deadline reached before the pull"
+    report "$sent" "$t0" failed '' '' '' error "execution deadline reached before the pull"
     return
   fi
   [ "$t" -le "$SSM_pullTimeoutSeconds" ] || t=$SSM_pullTimeoutSeconds
   from_registry "$ref" "$host" "$base" "$t0" "$t"
+}
+
+# The image's build time from its config's "created" (local content; this node's platform of an index), into $2 as
+# YYYY-MM-DDTHH:MM:SS.nnnnnnnnn (compared as text); "" when it cannot tell.
+created_of() { # ref var
+  local digest by json frac
+  printf -v "$2" %s ''
+  local_image "$1" digest by || return 0
+  json=$(ctr_local content get "$digest" 2>/dev/null | head -c 4194304 | tr -d '\n\r') || return 0
+  if [[ "$json" =~ \"manifests\"[[:space:]]*: ]]; then
+    platform_child "$json" digest || return 0
+    json=$(ctr_local content get "$digest" 2>/dev/null | head -c 4194304 | tr -d '\n\r') || return 0
+  fi
+  [[ "$json" =~ \"config\"[[:space:]]*:[[:space:]]*\{[^}]*\"digest\"[[:space:]]*:[[:space:]]*\"(sha256:[a-f0-9]{64})\" ]] || return 0
+  json=$(ctr_local content get "${BASH_REMATCH[1]}" 2>/dev/null | head -c 4194304 | tr -d '\n\r') || return 0
+  # The top-level "created" comes before history's in the configs builders write.
+  [[ "$json" =~ \"created\"[[:space:]]*:[[:space:]]*\"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]+)? ]] || return 0
+  frac="${BASH_REMATCH[2]#.}000000000"
+  printf -v "$2" '%s.%s' "${BASH_REMATCH[1]}" "${frac:0:9}"
+}
+
+# The pod's tag on the image of digest $3 (present): kubelet asks the CRI for the reference a pod names, and a tag
+# name that containerd lacks sends it to the registry. The tag name is pinned like the digest's (2.x's `ctr images
+# tag` copies no labels). It never moves to an image built before the one it names here: commands can reach a node
+# out of order, and an older image must not replace a newer one under the name pods run. A warning into $4 then.
+name_tag() { # base tag digest warning_var
+  local name="$1:$2" current by new old
+  if local_image "$name" current by; then
+    if [ "$current" != "$3" ]; then
+      created_of "$1@$3" new
+      created_of "$name" old
+      if [[ -n "$new" && -n "$old" && "$new" < "$old" ]]; then
+        printf -v "$4" 'tag %s not moved: it names %s, built later' "$2" "$current"
+        return 0
+      fi
+    elif [ "$by" = theirs ] || { [ "$by" = ours ] && [ "$SSM_pin" = true ]; } || [ "$SSM_pin" = false ]; then
+      # Already this image's name, its pins as they should be: refresh ours (retention's clock) only.
+      [ "$by" != ours ] || ctr_local images label "$name" "$OUR_LABEL=$(date +%s%N)" >/dev/null 2>&1 || true
+      return 0
+    fi
+  fi
+  if ! ctr_local images tag --force "$1@$3" "$name" >/dev/null 2>"$tmp/tag.err"; then
+    printf -v "$4" 'tag %s not set: %s' "$2" "$(ctr_error "$tmp/tag.err" 1 0)"
+    return 0
+  fi
+  if [ "$SSM_pin" = true ]; then
+    ctr_local images label "$name" "$PIN_LABEL=$PIN_VALUE" "$OUR_LABEL=$(date +%s%N)" >/dev/null 2>&1 || true
+  fi
 }
 
 # How ctr reaches the registry: plain HTTP on loopback; for ECR, after a login, through its hosts.toml. Then the pull.
@@ -396,7 +476,7 @@ from_registry() { # ref host base t0 t
   if [[ "$host" =~ $ecr_re ]]; then
     region=${BASH_REMATCH[2]}
     if ! ecr_login "$host" "$region"; then
-      report "$ref" "$4" failed '' '' '' error "${login_error[$host]}"
+      report "$sent" "$4" failed '' '' '' error "${login_error[$host]}"
       return
     fi
     reg_args+=(--hosts-dir "$tmp/hosts")
@@ -410,25 +490,26 @@ from_registry() { # ref host base t0 t
 # limit, and usage is re-checked after the pull.
 pull_image() { # ref base t0 t registry-args...
   local ref=$1 base=$2 t0=$3 t=$4 bytes='' manifest_digest='' error='' digest='' pinned_by pinned pct=0 needed rc
+  local warning
   local -a labels=()
   shift 4
   local estimated=0
   estimate "$ref" "$base" "$t" bytes manifest_digest error "$@" || estimated=$?
   if [ "$estimated" -eq 3 ]; then
-    platform_skip "$ref" "$t0"
+    platform_skip "$sent" "$t0"
     return
   elif [ "$estimated" -ne 0 ]; then
-    report "$ref" "$t0" failed '' '' '' error "$error"
+    report "$sent" "$t0" failed '' '' '' error "$error"
     return
   fi
   if [[ "$ref" != *@sha256:* ]] && local_image "$ref" digest pinned_by && [ "$digest" = "$manifest_digest" ]; then
     pin_cached "$ref" "$base" "$pinned_by" pinned
-    report "$ref" "$t0" cached "$digest" "$bytes" "$pinned" '' ''
+    report "$sent" "$t0" cached "$digest" "$bytes" "$pinned" '' ''
     return
   fi
   needed=$(((${bytes:-0} * 3 + 1023) / 1024))
   if ! disk_ok pct "$needed"; then
-    report "$ref" "$t0" skipped '' "$bytes" '' reason \
+    report "$sent" "$t0" skipped '' "$bytes" '' reason \
       "disk: ${pct}% used after this pull > maxDiskUsagePercent ${SSM_maxDiskUsagePercent} on $disk_path"
     return
   fi
@@ -444,10 +525,10 @@ pull_image() { # ref base t0 t registry-args...
   set -e
   if [ "$rc" -ne 0 ] && grep -q 'no match for platform' "$tmp/pull.err"; then
     # A single-platform manifest of another OS/architecture: containerd checks its config.
-    platform_skip "$ref" "$t0"
+    platform_skip "$sent" "$t0"
     return
   elif [ "$rc" -ne 0 ]; then
-    report "$ref" "$t0" failed '' "$bytes" '' error "$(ctr_error "$tmp/pull.err" "$rc" "$t")"
+    report "$sent" "$t0" failed '' "$bytes" '' error "$(ctr_error "$tmp/pull.err" "$rc" "$t")"
     return
   fi
   [ "$SSM_pin" = false ] || pinned_repos[$base]=1
@@ -455,14 +536,16 @@ pull_image() { # ref base t0 t registry-args...
   if [[ "$ref" == *@sha256:* ]]; then
     digest=${ref#*@}
   elif ! local_image "$ref" digest pinned_by; then
-    report "$ref" "$t0" failed '' "$bytes" '' error "pulled, but containerd has no image of that name"
+    report "$sent" "$t0" failed '' "$bytes" '' error "pulled, but containerd has no image of that name"
     return
   fi
+  warning=''
+  [ -z "$sent_tag" ] || name_tag "$base" "$sent_tag" "$digest" warning
   if disk_ok pct 0; then
-    report "$ref" "$t0" pulled "$digest" "$bytes" "$SSM_pin" '' ''
+    report "$sent" "$t0" pulled "$digest" "$bytes" "$SSM_pin" warning "$warning"
   else
-    report "$ref" "$t0" pulled "$digest" "$bytes" "$SSM_pin" warning \
-      "disk: ${pct}% used after this pull > maxDiskUsagePercent ${SSM_maxDiskUsagePercent}"
+    report "$sent" "$t0" pulled "$digest" "$bytes" "$SSM_pin" warning \
+      "disk: ${pct}% used after this pull > maxDiskUsagePercent ${SSM_maxDiskUsagePercent}${warning:+; $warning}"
   fi
 }
 

@@ -81,7 +81,7 @@ class Node:
         (self.base / "ecr-token").write_text(self.registry.token)
         (self.base / "ecr-token").chmod(0o600)
         ctr = bin_dir / "ctr"
-        ctr.write_text(_CTR_WRAPPER.format(route_file=self.base / "route", ctr=shutil.which("ctr")))
+        ctr.write_text(_CTR_WRAPPER.format(route_file=self.base / "route", ctr=self.containerd.binary("ctr")))
         aws = bin_dir / "aws"
         aws.write_text(_AWS_WRAPPER.format(token_file=self.base / "ecr-token"))
         for tool in (ctr, aws):

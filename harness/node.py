@@ -23,10 +23,13 @@ from pathlib import Path
 from eks_prefetch import node_contract
 from harness.template import document_content
 
-BINARIES = ("containerd", "ctr", "docker-registry", "skopeo", "umoci", "timeout", "df", "flock")
+# What a node needs besides containerd and ctr (the system's, or a release's: see Containerd).
+BINARIES = ("docker-registry", "skopeo", "umoci", "timeout", "df", "flock")
 PIN_LABEL = node_contract.PIN_LABEL
 OUR_LABEL = node_contract.OUR_PIN_LABEL
 NAMESPACE = "k8s.io"
+# The CRI plugin's mark on every image it sees (on a real node too): not a label of ours, left out of images().
+CRI_MANAGED_LABEL = "io.cri-containerd.image"
 
 
 def bcrypt_hash(password: str) -> str:
@@ -50,13 +53,17 @@ def bcrypt_hash(password: str) -> str:
     raise RuntimeError("no bcrypt: pip install bcrypt, or apt-get install apache2-utils")
 
 
-def missing_prerequisites() -> str | None:
-    """Why this machine cannot run the node tests, or None."""
+def missing_prerequisites(releases: tuple[str, ...] | None = None) -> str | None:
+    """Why this machine cannot run the node tests on these containerd releases (default: the default one), or None."""
     if os.geteuid() != 0:
         return "node tests need root (containerd mounts overlayfs snapshots)"
     missing = [name for name in BINARIES if shutil.which(name) is None]
+    for release in releases or (default_release(),):
+        if not release_available(release):
+            where = "on PATH" if release == SYSTEM else f"under {release_bin_dir(release)}"
+            missing.append(f"containerd {release} ({where})")
     if missing:
-        return f"node tests need {', '.join(missing)} on PATH (make system-deps)"
+        return f"node tests need {', '.join(missing)} (make system-deps)"
     return None
 
 
@@ -94,11 +101,54 @@ def _stop(proc: subprocess.Popen | None) -> None:
         proc.wait(timeout=5)
 
 
+# containerd releases the node tests run on: the system's (Debian 12: 1.6), and those scripts/containerd-releases.sh
+# unpacks under .build/containerd/<suite>/ (trixie: 1.7, as AL2023 AMIs shipped; sid: 2.x, as current ones ship).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+RELEASES_DIR = Path(os.environ.get("CONTAINERD_RELEASES_DIR", PROJECT_ROOT / ".build" / "containerd"))
+RELEASE_SUITES = {"1.7": "trixie", "2.x": "sid"}
+SYSTEM = "system"
+# Which release a Containerd() runs when not told: HARNESS_CONTAINERD (system, 1.7 or 2.x), else 2.x when fetched.
+RELEASE_ENV = "HARNESS_CONTAINERD"
+
+
+def release_bin_dir(release: str) -> Path | None:
+    """The directory of a release's containerd and ctr; None for the system's (found on PATH)."""
+    if release == SYSTEM:
+        return None
+    if release not in RELEASE_SUITES:
+        raise ValueError(f"unknown containerd release {release!r}: {SYSTEM} or one of {sorted(RELEASE_SUITES)}")
+    return RELEASES_DIR / RELEASE_SUITES[release] / "usr" / "bin"
+
+
+def release_available(release: str) -> bool:
+    bin_dir = release_bin_dir(release)
+    if bin_dir is None:
+        return shutil.which("containerd") is not None and shutil.which("ctr") is not None
+    return (bin_dir / "containerd").is_file() and (bin_dir / "ctr").is_file()
+
+
+def fetch_releases() -> None:
+    """Unpack the releases the tests run on, if missing (idempotent, cached under .build; the script's apt-get needs
+    Debian's archive only the first time). Failures show when a test asks for a release that is not there."""
+    if all(release_available(release) for release in RELEASE_SUITES):
+        return
+    subprocess.run(["bash", str(PROJECT_ROOT / "scripts" / "containerd-releases.sh")], check=False, timeout=900)
+
+
+def default_release() -> str:
+    chosen = os.environ.get(RELEASE_ENV)
+    if chosen:
+        return chosen
+    return "2.x" if release_available("2.x") else SYSTEM
+
+
 @dataclass
 class Containerd:
-    """containerd with its own root, state and socket; CRI disabled (the script only talks to it through ctr)."""
+    """containerd with its own root, state and socket, CRI plugin on (kubelet's API; the script talks to it through
+    ctr, the tests through both). ``release``: system, 1.7 or 2.x (see RELEASE_SUITES)."""
 
     base: Path
+    release: str = field(default_factory=default_release)
     proc: subprocess.Popen | None = None
 
     @property
@@ -113,27 +163,51 @@ class Containerd:
     def config(self) -> Path:
         return self.base / "config.toml"
 
+    @property
+    def bin_dir(self) -> Path | None:
+        return release_bin_dir(self.release)
+
+    def binary(self, name: str) -> str:
+        bin_dir = self.bin_dir
+        found = str(bin_dir / name) if bin_dir is not None else shutil.which(name)
+        if not found or not Path(found).is_file():
+            raise RuntimeError(f"containerd release {self.release}: no {name} (scripts/containerd-releases.sh)")
+        return found
+
+    @property
+    def version(self) -> str:
+        """containerd's own version, e.g. 1.7.24 or 2.1.9."""
+        out = subprocess.run([self.binary("containerd"), "--version"], capture_output=True, text=True, check=True)
+        match = re.search(r" v?(\d+\.\d+\.\d+)", out.stdout)
+        return match.group(1) if match else out.stdout.strip()
+
+    def config_text(self, major: int) -> str:
+        """Config version 2 (containerd 1.x) or 3 (2.x): the CRI's plugins were split and renamed in 2.0."""
+        common = [
+            f'root = "{self.root}"',
+            f'state = "{self.base / "state"}"',
+            # No NRI: its socket is machine-wide (/var/run/nri), and several harness nodes run at once.
+            'disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",',
+            '  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs",',
+            '  "io.containerd.nri.v1.nri"]',
+            "[grpc]",
+            f'  address = "{self.address}"',
+            "[ttrpc]",
+            f'  address = "{self.address}.ttrpc"',
+        ]
+        cni = [f'  conf_dir = "{self.base / "cni"}"']
+        if major >= 2:
+            lines = ["version = 3", *common, '[plugins."io.containerd.cri.v1.runtime".cni]', *cni]
+        else:
+            lines = ["version = 2", *common, '[plugins."io.containerd.grpc.v1.cri".cni]', *cni]
+        return "\n".join([*lines, ""])
+
     def start(self) -> Containerd:
         self.base.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(
-            "\n".join(
-                [
-                    "version = 2",
-                    f'root = "{self.root}"',
-                    f'state = "{self.base / "state"}"',
-                    'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",',
-                    '  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",',
-                    '  "io.containerd.snapshotter.v1.aufs"]',
-                    "[grpc]",
-                    f'  address = "{self.address}"',
-                    "[ttrpc]",
-                    f'  address = "{self.address}.ttrpc"',
-                    "",
-                ]
-            )
-        )
+        self.config.write_text(self.config_text(int(self.version.split(".")[0])))
         self.proc = _spawn(
-            ["containerd", "--config", str(self.config), "--log-level", "warn"], self.base / "containerd.log"
+            [self.binary("containerd"), "--config", str(self.config), "--log-level", "warn"],
+            self.base / "containerd.log",
         )
         _wait_for(self._ready, 30, "containerd socket", self.proc)
         return self
@@ -147,11 +221,15 @@ class Containerd:
         _stop(self.proc)
 
     def env(self) -> dict[str, str]:
-        return {"CONTAINERD_ADDRESS": self.address, "CONTAINERD_ROOT": str(self.root)}
+        """The script's environment for this node: its socket and root, and this release's ctr first on PATH."""
+        env = {"CONTAINERD_ADDRESS": self.address, "CONTAINERD_ROOT": str(self.root)}
+        if self.bin_dir is not None:
+            env["PATH"] = f"{self.bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+        return env
 
     def ctr(self, *args: str, check: bool = True, namespace: str = NAMESPACE) -> subprocess.CompletedProcess:
         return subprocess.run(
-            ["ctr", "--address", self.address, "-n", namespace, *args],
+            [self.binary("ctr"), "--address", self.address, "-n", namespace, *args],
             capture_output=True,
             text=True,
             check=check,
@@ -159,16 +237,20 @@ class Containerd:
         )
 
     def images(self) -> dict[str, dict]:
-        """name -> {"digest": ..., "labels": {...}} from `ctr images ls` (the LABELS column is the last one)."""
+        """name -> {"digest": ..., "labels": {...}} from `ctr images ls` (the LABELS column is the last one). Without
+        the CRI's own records of an image id (named sha256:<config digest>), which it adds to every image it sees."""
         out = self.ctr("images", "ls").stdout.splitlines()[1:]
         images = {}
         for line in out:
             parts = line.split()
+            if parts[0].startswith("sha256:"):
+                continue
             labels = {}
             if parts[-1] != "-":
                 for item in parts[-1].split(","):
                     key, _, value = item.partition("=")
                     labels[key] = value
+            labels.pop(CRI_MANAGED_LABEL, None)
             images[parts[0]] = {"digest": parts[2], "labels": labels}
         return images
 
@@ -202,7 +284,8 @@ class Registry:
         self.base.mkdir(parents=True, exist_ok=True)
         config = {
             "version": 0.1,
-            "log": {"level": "error", "accesslog": {"disabled": True}},
+            # The access log (in registry.log) is how tests count what a pull fetched.
+            "log": {"level": "error", "accesslog": {"disabled": False}},
             "storage": {"filesystem": {"rootdirectory": str(self.base / "data")}, "delete": {"enabled": True}},
             "http": {"addr": self.host},
         }
@@ -223,6 +306,16 @@ class Registry:
 
     def stop(self) -> None:
         _stop(self.proc)
+
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, path) of every request served so far, from the access log."""
+        log = self.base / "registry.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return re.findall(r'"([A-Z]+) (/v2/\S*) HTTP/[0-9.]+"', text)
+
+    def blob_gets(self, repo: str) -> int:
+        """How many layer or config blobs of repo were downloaded (GET, not HEAD) so far."""
+        return sum(1 for method, path in self.requests() if method == "GET" and path.startswith(f"/v2/{repo}/blobs/"))
 
     def push(self, layout: Path, tag: str, repo: str, ref_tag: str | None = None) -> str:
         """Copy oci:layout:tag to repo:ref_tag, return the manifest digest."""

@@ -1,5 +1,9 @@
-"""Session fixtures for the node tests: one real containerd, a plain registry, a registry with htpasswd auth, and
-a few small images pushed to them. Every test starts with an empty k8s.io namespace.
+"""Session fixtures for the node tests: a real containerd per release (CRI on), a plain registry, a registry with
+htpasswd auth, and a few small images pushed to them. Every test starts with an empty k8s.io namespace.
+
+Every node test runs once per containerd release in NODE_RELEASES: 1.7 (AL2023 AMIs until 2025) and 2.x (current
+ones), fetched from Debian trixie and sid into .build/ by scripts/containerd-releases.sh (run here if missing).
+NODE_TEST_CONTAINERD=system,1.7,2.x (any of them) chooses others; "system" is Debian 12's 1.6.
 
 Without their prerequisites (root, the binaries) the node tests fail, so that a green run means they ran. To run
 without them knowingly, set SKIP_NODE_TESTS=1: they are skipped, and the end of the run says which and why."""
@@ -7,18 +11,21 @@ without them knowingly, set SKIP_NODE_TESTS=1: they are skipped, and the end of 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from harness.node import Containerd, Registry, build_image, missing_prerequisites
+from harness.cri import Cri
+from harness.node import Containerd, Registry, build_image, fetch_releases, missing_prerequisites
 
 AUTH = ("prefetch", "s3cret-pass")
 SKIP_NODE_TESTS = "SKIP_NODE_TESTS"
 # (why the node tests cannot run here, the ids of the tests that need a node), when SKIP_NODE_TESTS=1 skips them.
 _NOT_RUN = pytest.StashKey[tuple[str, list[str]]]()
+NODE_RELEASES = tuple(os.environ.get("NODE_TEST_CONTAINERD", "1.7,2.x").split(","))
 
 
 def _opted_out() -> bool:
@@ -27,7 +34,9 @@ def _opted_out() -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     needing_a_node = [item for item in items if "node" in getattr(item, "fixturenames", ())]
-    reason = missing_prerequisites() if needing_a_node else None
+    if needing_a_node and os.geteuid() == 0 and shutil.which("bash"):
+        fetch_releases()
+    reason = missing_prerequisites(NODE_RELEASES) if needing_a_node else None
     if reason is None or not _opted_out():
         return
     config.stash[_NOT_RUN] = (reason, [item.nodeid for item in needing_a_node])
@@ -63,6 +72,15 @@ class Image:
 
 
 @dataclass
+class Registries:
+    base: Path
+    registry: Registry
+    auth_registry: Registry
+    images: dict[str, Image]
+    layout: Path
+
+
+@dataclass
 class Node:
     base: Path
     containerd: Containerd
@@ -70,6 +88,11 @@ class Node:
     auth_registry: Registry
     images: dict[str, Image]
     layout: Path
+    cri: Cri
+
+    @property
+    def release(self) -> str:
+        return self.containerd.release
 
     def push_new(self, name: str, repo: str, tag: str, layers_mb: list[float] | None = None) -> Image:
         build_image(self.layout, name, layers_mb, seed=name)
@@ -79,31 +102,55 @@ class Node:
 
 
 @pytest.fixture(scope="session")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    reason = missing_prerequisites()
+def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registries]:
+    """The registries and their images, shared by every release's node."""
+    reason = missing_prerequisites(NODE_RELEASES)
     if reason:
         pytest.fail(f"{reason}. To run without the node tests knowingly, set {SKIP_NODE_TESTS}=1.", pytrace=False)
-    base = tmp_path_factory.mktemp("node")
-    containerd = Containerd(base / "containerd")
+    base = tmp_path_factory.mktemp("registries")
     registry = Registry(base / "registry")
     auth_registry = Registry(base / "registry-auth", auth=AUTH)
     try:
-        containerd.start()
         registry.start()
         auth_registry.start()
         layout = base / "layout"
-        node = Node(base, containerd, registry, auth_registry, {}, layout)
+        shared = Registries(base, registry, auth_registry, {}, layout)
         for version in ("v0", "v1", "v2", "v3"):
-            node.push_new(f"app-{version}", "team/app", version)
-        node.push_new("tool", "tools/tool", "1.0")
+            build_image(layout, f"app-{version}", seed=f"app-{version}")
+            shared.images[f"app-{version}"] = Image(
+                "team/app", version, registry.push(layout, f"app-{version}", "team/app", version), registry.host
+            )
+        build_image(layout, "tool", seed="tool")
+        shared.images["tool"] = Image(
+            "tools/tool", "1.0", registry.push(layout, "tool", "tools/tool", "1.0"), registry.host
+        )
         build_image(layout, "secret", seed="secret")
-        node.images["secret"] = Image(
+        shared.images["secret"] = Image(
             "private/app", "v1", auth_registry.push(layout, "secret", "private/app", "v1"), auth_registry.host
         )
-        yield node
+        yield shared
     finally:
         auth_registry.stop()
         registry.stop()
+
+
+@pytest.fixture(scope="session", params=NODE_RELEASES, ids=lambda release: f"containerd-{release}")
+def node(request: pytest.FixtureRequest, registries: Registries) -> Iterator[Node]:
+    containerd = Containerd(registries.base / f"containerd-{request.param}", release=request.param)
+    try:
+        containerd.start()
+        with Cri(containerd.address) as cri:
+            # Its own copy of the images: a test's push_new (a moved tag) must not change what another release sees.
+            yield Node(
+                registries.base,
+                containerd,
+                registries.registry,
+                registries.auth_registry,
+                dict(registries.images),
+                registries.layout,
+                cri,
+            )
+    finally:
         containerd.stop()
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from eks_prefetch import node_contract
 from harness.node import OUR_LABEL, PIN_LABEL, Run, basic_auth, free_port, run_document
 from harness.template import document_content
 from tests.node.conftest import AUTH, Node
@@ -162,7 +163,7 @@ def test_mixed_batch_with_a_missing_image(node: Node, workdir: Path, lock_env: d
     assert by_image[one.by_digest]["status"] == "pulled"
     assert by_image[tool.by_tag]["status"] == "pulled"
     assert by_image[missing]["status"] == "failed"
-    assert "not found" in by_image[missing]["error"]
+    assert by_image[missing]["reason"] == "not_found"
     assert set(node.containerd.images()) == {one.by_digest, tool.by_tag}
 
 
@@ -172,7 +173,7 @@ def test_registry_down(node: Node, workdir: Path, lock_env: dict) -> None:
     assert result.returncode != 0
     record = result.by_image()[ref]
     assert record["status"] == "failed"
-    assert "connection refused" in record["error"]
+    assert record["reason"] == "unreachable"
     assert result.seconds < 10
     assert result.summary["pulled"] == 1
 
@@ -212,6 +213,7 @@ def test_hung_registry_is_bounded_by_the_pull_timeout(
     assert result.seconds < 30
     record = result.by_image()[ref]
     assert record["status"] == "failed"
+    assert record["reason"] == "timeout"
     assert "timed out after 10s" in record["error"]
     assert result.summary["pulled"] == 1
 
@@ -265,7 +267,8 @@ def test_unauthorized_registry(node: Node, workdir: Path, lock_env: dict) -> Non
     result = run(node, workdir, [image.by_digest], env=lock_env)
     assert result.returncode != 0
     assert result.images[0]["status"] == "failed"
-    assert "401 Unauthorized" in result.images[0]["error"]
+    # 1.6 and 1.7 say "401 Unauthorized", 2.x "authorization failed: no basic auth credentials": one reason.
+    assert result.images[0]["reason"] == "unauthorized"
     assert node.containerd.images() == {}
 
 
@@ -530,6 +533,7 @@ def test_ecr_login_failure_is_reported_per_image(node: Node, workdir: Path, lock
     env = {**lock_env, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     result = run(node, workdir, [ref, ref.replace("team/app", "team/b")], env=env)
     assert [r["error"] for r in result.images] == ["ECR login failed: Unable to locate credentials"] * 2
+    assert [r["reason"] for r in result.images] == ["login_failed"] * 2
 
 
 def longest_reference(n: int) -> str:
@@ -561,8 +565,9 @@ def test_worst_case_output_fits_what_ssm_keeps(node: Node, workdir: Path, lock_e
     assert (summary["images"], summary["failed"], summary["pulled"]) == (50, 50, 0)
     assert summary["omitted"] > 0
     assert len(result.images) + summary["omitted"] == 50
-    # Detail text went before any whole record: none of the printed records kept its error.
-    assert all(set(record) == {"image", "status", "seconds"} for record in result.images), result.images[0]
+    # Detail text went before any whole record: none of the printed records kept its error (the stable reason, a
+    # few characters within each record's room, stays).
+    assert all(set(record) == {"image", "status", "seconds", "reason"} for record in result.images), result.images[0]
     # Printed records name their image whole, in order, so a reader can tell which ones were left out.
     assert [record["image"] for record in result.images] == refs[: len(result.images)]
     assert node.containerd.images() == {}
@@ -663,3 +668,42 @@ def test_an_image_with_no_manifest_for_this_platform_is_skipped_not_failed(
     assert (result.summary["skipped"], result.summary["failed"]) == (1, 0)
     assert foreign_ref not in node.containerd.images()
     assert_well_formed(result)
+
+
+def test_failure_reasons_are_the_contracts() -> None:
+    """The script's reasons, the output schema's and node_contract's are one set."""
+    script = (Path(__file__).resolve().parents[2] / "document" / "prefetch.sh").read_text()
+    body = script[script.index("failure_reason() {") : script.index("declare -A count=")]
+    in_script = set(re.findall(r"_r=([a-z_]+)", body))
+    schema = json.loads((Path(__file__).resolve().parents[2] / "document" / "output.schema.json").read_text())
+    in_schema = set(schema["$defs"]["image"]["then"]["properties"]["reason"]["enum"])
+    assert in_script == in_schema == set(node_contract.FAILURE_REASONS)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("failed to resolve reference: unexpected status: 401 Unauthorized", "unauthorized"),
+        (
+            "pull access denied, repository does not exist or may require authorization: authorization failed: "
+            "no basic auth credentials",
+            "unauthorized",
+        ),
+        ("failed to resolve reference: 127.0.0.1:5000/a@sha256:00: not found", "not_found"),
+        ("tls: failed to verify certificate: x509: certificate signed by unknown authority", "tls"),
+        ("dial tcp 127.0.0.1:1: connect: connection refused", "unreachable"),
+        ("write /var/lib/containerd/x: no space left on device", "disk"),
+        ("timed out after 10s", "timeout"),
+        ("something new", "other"),
+    ],
+)
+def test_failure_reason_of_each_wording(text: str, reason: str) -> None:
+    script = (Path(__file__).resolve().parents[2] / "document" / "prefetch.sh").read_text()
+    body = script[script.index("failure_reason() {") : script.index("declare -A count=")]
+    out = subprocess.run(
+        ["bash", "-c", body + '\nfailure_reason r "$1"; printf %s "$r"', "bash", text],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout == reason

@@ -6,21 +6,54 @@ parameters' patterns; the functions, the harness and the tests import them from 
 
 from __future__ import annotations
 
+import re
+
 # --- Image references the document accepts (its `images` allowedPattern, and the script's own check) ------------
-# registry host[:port] / repository path, then @digest or :tag. Narrower than OCI's grammar on purpose: no character
-# a shell treats specially, no newline (it would end the script's here-document on an agent that pastes parameters).
+# registry host[:port] / repository path, then @digest, :tag, or :tag@digest (Docker's grammar: the tag a pod names and
+# the digest it named when sent; the node pulls the digest and names it by the tag too). Narrower than OCI's grammar
+# on purpose: no character a shell treats specially, no newline (it would end the script's here-document on an agent
+# that pastes parameters).
 REGISTRY_PATTERN = r"[a-z0-9][a-z0-9.-]{0,252}(:[0-9]{1,5})?"
 REPOSITORY_PATH_PATTERN = r"[a-z0-9][a-z0-9._/-]{0,255}"
 DIGEST_PATTERN = r"sha256:[a-f0-9]{64}"
-# OCI's tag rule (128 characters); ECR allows longer tags, but the functions send digests, never tags.
+# OCI's tag rule (128 characters); ECR allows longer tags: the functions send such a tag's image by digest alone.
 REFERENCE_TAG_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
-REFERENCE_PATTERN = f"{REGISTRY_PATTERN}/{REPOSITORY_PATH_PATTERN}(@{DIGEST_PATTERN}|:{REFERENCE_TAG_PATTERN})"
+_SUFFIX = f":{REFERENCE_TAG_PATTERN}@{DIGEST_PATTERN}|@{DIGEST_PATTERN}|:{REFERENCE_TAG_PATTERN}"
+REFERENCE_PATTERN = f"{REGISTRY_PATTERN}/{REPOSITORY_PATH_PATTERN}({_SUFFIX})"
 
 # The document's images parameter takes at most this many references (its allowedPattern counts them).
 MAX_IMAGES_PER_COMMAND = 50
 IMAGES_ALLOWED_PATTERN = f"^{REFERENCE_PATTERN}(,{REFERENCE_PATTERN}){{0,{MAX_IMAGES_PER_COMMAND - 1}}}$"
-# The script's check of one reference, as a bash ERE: groups 1 registry, 3 repository path.
-SCRIPT_REFERENCE_RE = f"^({REGISTRY_PATTERN})/({REPOSITORY_PATH_PATTERN})(@{DIGEST_PATTERN}|:{REFERENCE_TAG_PATTERN})$"
+# The script's check of one reference, as a bash ERE: groups 1 registry, 3 repository path, 5 the tag of tag@digest.
+SCRIPT_REFERENCE_RE = (
+    f"^({REGISTRY_PATTERN})/({REPOSITORY_PATH_PATTERN})"
+    f"(:({REFERENCE_TAG_PATTERN})@{DIGEST_PATTERN}|@{DIGEST_PATTERN}|:{REFERENCE_TAG_PATTERN})$"
+)
+
+
+def reference(registry: str, repository: str, digest: str, tag: str | None = None) -> str:
+    """What the functions send a node: ``registry/repository:tag@digest`` when the tag fits the document's grammar
+    (the node then names the image by the tag too), else ``registry/repository@digest``."""
+    base = f"{registry}/{repository}"
+    if tag and _TAG_RE.fullmatch(tag):
+        return f"{base}:{tag}@{digest}"
+    return f"{base}@{digest}"
+
+
+# --- Failures -------------------------------------------------------------------------------------------------------
+# A failed record's "reason": stable whatever the containerd release's wording (its text stays in "error").
+FAILURE_REASONS = (
+    "unauthorized",
+    "not_found",
+    "timeout",
+    "tls",
+    "unreachable",
+    "disk",
+    "login_failed",
+    "deadline",
+    "invalid_reference",
+    "other",
+)
 
 # --- Pins ---------------------------------------------------------------------------------------------------------
 # containerd's CRI exempts an image with this label (value PIN_VALUE) from kubelet's image GC.
@@ -48,3 +81,6 @@ def deadline_margin_seconds(execution_timeout_seconds: int) -> int:
     """The margin the script keeps before the agent's execution timeout (the script computes it the same way)."""
     margin = execution_timeout_seconds // DEADLINE_MARGIN_DIVISOR
     return min(max(margin, DEADLINE_MARGIN_MIN_SECONDS), DEADLINE_MARGIN_MAX_SECONDS)
+
+
+_TAG_RE = re.compile(REFERENCE_TAG_PATTERN)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from eks_prefetch.node_contract import DIGEST_PATTERN
+from eks_prefetch.node_contract import DIGEST_PATTERN, FAILURE_REASONS
 
 ImageStatus = Literal["pulled", "cached", "skipped", "failed"]
 IMAGE_STATUSES: tuple[ImageStatus, ...] = ("pulled", "cached", "skipped", "failed")
@@ -82,6 +82,14 @@ class ImageRecord(_Lenient):
     @property
     def repository(self) -> str:
         return repository_of(self.image)
+
+    @property
+    def failure_reason(self) -> str | None:
+        """A failure's stable reason (node_contract.FAILURE_REASONS); "other" from a script that gives none or an
+        unknown one; None unless failed."""
+        if self.status != "failed":
+            return None
+        return self.reason if self.reason in FAILURE_REASONS else "other"
 
     @property
     def detail(self) -> str:

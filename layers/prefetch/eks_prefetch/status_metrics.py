@@ -30,6 +30,8 @@ INVOCATIONS = "Invocations"
 INVOCATIONS_FAILED = "InvocationsFailed"
 BAD_OUTPUT = "BadOutput"
 IMAGES_OMITTED = "ImagesOmitted"
+# Failed images by their stable reason (unauthorized, not_found, timeout, ...), whatever the containerd release.
+IMAGES_FAILED_BY_REASON = "ImagesFailedByReason"
 PUSH_TO_CACHED = "PushToCachedSeconds"
 LAUNCH_TO_CACHED = "LaunchToCachedSeconds"
 COVERAGE = "Coverage"
@@ -106,7 +108,10 @@ def invocation_metrics(outcome: InvocationOutcome, settings: Settings) -> list[D
         documents.append(({**cluster, "Reason": outcome.problem.value}, [(BAD_OUTPUT, MetricUnit.Count, 1)]))
 
     per_repository: dict[str, list[Metric]] = {}
+    failure_reasons: dict[str, int] = {}
     for record in output.records if output else ():
+        if record.failure_reason:
+            failure_reasons[record.failure_reason] = failure_reasons.get(record.failure_reason, 0) + 1
         if record.repository:
             batch = per_repository.setdefault(record.repository, [])
             batch.append((IMAGES_BY_STATUS[record.status], MetricUnit.Count, 1))
@@ -116,6 +121,8 @@ def invocation_metrics(outcome: InvocationOutcome, settings: Settings) -> list[D
         per_repository.setdefault(repository, []).append((PUSH_TO_CACHED, MetricUnit.Seconds, seconds))
     for repository, batch in sorted(per_repository.items()):
         documents.append(({**cluster, "Repository": repository}, batch))
+    for reason, count in sorted(failure_reasons.items()):
+        documents.append(({**cluster, "Reason": reason}, [(IMAGES_FAILED_BY_REASON, MetricUnit.Count, count)]))
     return [
         (dimensions, [(name, unit, number) for name, unit, value in metrics if (number := finite(value)) is not None])
         for dimensions, metrics in documents
