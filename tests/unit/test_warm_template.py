@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +95,17 @@ def test_the_builder_subnet_is_required_only_with_warm_volumes(subnet: str) -> N
     values = cfn.parameter_values(WarmVolumes="true", WarmBuilderSubnetId=subnet)
     assert cfn.resolve(rule["RuleCondition"], values) is True
     assert cfn.resolve(rule["Assertions"][0]["Assert"], values) is bool(subnet)
+
+
+@pytest.mark.parametrize("document", ["WarmPrepareDocument", "WarmSealDocument"])
+def test_the_builder_scripts_pass_shellcheck(document: str, tmp_path: Path) -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (make system-deps)")
+    content = cfn.resource(document)["Properties"]["Content"]
+    assert "parameters" not in content  # fixed scripts: nothing to interpolate
+    ((script,),) = [step["inputs"]["runCommand"] for step in content["mainSteps"]]
+    path = tmp_path / f"{document}.sh"
+    path.write_text(script)
+    result = subprocess.run([shellcheck, "--shell=bash", str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout
