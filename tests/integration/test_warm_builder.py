@@ -1,0 +1,377 @@
+"""The warm volume builder (statemachines/warm_volume_builder.asl.json) executed by moto's Step Functions, with the
+DefinitionSubstitutions template.yaml gives it, against moto's EC2 and SSM.
+
+moto cannot play two steps, so two small doubles stand in, named where they are used:
+- ``node_outcomes``: moto's GetCommandInvocation answers every command ``Success`` with no output. The double
+  answers, per document, the status and output of the builder's steps (the seal step's JSON stamp).
+- ``failing_snapshots``: moto's snapshots are ``completed`` at once. The double makes them ``error``.
+
+And one gap of moto's Step Functions is bridged: ``sfn_casing``. AWS takes and returns an aws-sdk integration's
+fields in PascalCase whatever the service's own casing; moto hands them to boto3 as written, and boto3's Step
+Functions fields are camelCase (stateMachineArn, executions). Only aws-sdk:sfn (the one-build-at-a-time check)
+is affected: EC2's and SSM's fields are PascalCase in boto3 too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from moto import mock_aws
+from moto.ec2.models.elastic_block_store import EBSBackend
+from moto.ssm.models import Command
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk import (
+    StateTaskServiceAwsSdk,
+)
+
+from harness import template as cfn
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFINITION = ROOT / "statemachines" / "warm_volume_builder.asl.json"
+REGION = "us-east-1"
+STACK = "eks-image-prefetch"
+BUILDER_TAG = "eks-image-prefetch:warm-builder"
+SNAPSHOT_TAG = "eks-image-prefetch:warm-snapshot"
+# The user's own AMI parameter: moto reserves /aws/ names and holds no EKS ones.
+AMI_PARAMETER = "/platform/eks-node-ami"
+IMAGES = [
+    {"repository": "ml/trainer", "digest": "sha256:" + "a" * 64},
+    {"repository": "ml/inference", "digest": "sha256:" + "b" * 64},
+]
+STAMP = {"containerd": "v1.7.27", "ami": "", "architecture": "x86_64", "sealedAt": "2026-01-01T00:00:00Z"}
+TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
+
+
+@pytest.fixture
+def sfn_casing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aws-sdk:sfn fields in AWS's casing (see the module's docstring)."""
+
+    def parameters(self: StateTaskServiceAwsSdk, parameters: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        if self.resource.api_name == "sfn":
+            for key in list(parameters):
+                parameters[key[0].lower() + key[1:]] = parameters.pop(key)
+
+    def response(self: StateTaskServiceAwsSdk, response: Any, *args: Any, **kwargs: Any) -> None:
+        if self.resource.api_name == "sfn" and isinstance(response, dict):
+            for key in list(response):
+                response[key[0].upper() + key[1:]] = response.pop(key)
+
+    monkeypatch.setattr(StateTaskServiceAwsSdk, "_normalise_parameters", parameters)
+    monkeypatch.setattr(StateTaskServiceAwsSdk, "_normalise_response", response)
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, sfn_casing: None) -> Iterator[None]:
+    for key, value in {
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }.items():
+        monkeypatch.setenv(key, value)
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        yield
+
+
+class Stack:
+    """The WarmVolumes resources the state machine uses, created in moto from template.yaml."""
+
+    def __init__(self) -> None:
+        self.ec2 = boto3.client("ec2", region_name=REGION)
+        self.ssm = boto3.client("ssm", region_name=REGION)
+        self.sfn = boto3.client("stepfunctions", region_name=REGION)
+        self._names = itertools.count(1)
+        self.ami = self.ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        self.ssm.put_parameter(Name=AMI_PARAMETER, Type="String", Value=self.ami)
+        self.subnet = self.ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+        self.documents = {
+            logical_id: self._document(logical_id)
+            for logical_id in ("PrefetchDocument", "WarmPrepareDocument", "WarmSealDocument")
+        }
+        values = cfn.parameter_values(WarmVolumes="true", WarmBuilderSubnetId=self.subnet, WarmNodeAmi=AMI_PARAMETER)
+        properties = cfn.resource("WarmLaunchTemplate")["Properties"]
+        self.launch_template = self.ec2.create_launch_template(
+            LaunchTemplateName="warm",
+            LaunchTemplateData=_numbers(cfn.resolve(properties["LaunchTemplateData"], values)),
+        )["LaunchTemplate"]["LaunchTemplateId"]
+        parameter = cfn.resolve(cfn.resource("WarmSnapshotParameter")["Properties"], values)
+        self.ssm.put_parameter(Name=parameter["Name"], Type="String", Value=parameter["Value"])
+        self.snapshot_parameter = parameter["Name"]
+        # What !Ref of these resources gives (parameter_values holds stand-ins for them).
+        values.update(
+            {
+                **self.documents,
+                "WarmLaunchTemplate": self.launch_template,
+                "WarmSnapshotParameter": self.snapshot_parameter,
+                "CommandOutputLogGroup": "/aws/ssm/eks-image-prefetch/prefetch",
+            }
+        )
+        resolver = cfn.Resolver(values, cfn.DEFAULT_PSEUDO)
+        iam = boto3.client("iam", region_name=REGION)
+        self.profile = iam.create_instance_profile(InstanceProfileName=f"{STACK}-warm-builder")["InstanceProfile"][
+            "Arn"
+        ]
+        resolver.attributes[("WarmBuilderInstanceProfile", "Arn")] = self.profile
+        machine = cfn.resource("WarmVolumeBuilder")["Properties"]
+        self.substitutions = {name: str(v) for name, v in resolver.resolve(machine["DefinitionSubstitutions"]).items()}
+        # Every loop checks at once: the tests count checks, not seconds.
+        self.substitutions["PollSeconds"] = "0"
+        self.name = resolver.resolve(machine["Name"])
+
+    def _document(self, logical_id: str) -> str:
+        name = f"{STACK}-{logical_id}-ABC123"
+        content = cfn.resource(logical_id)["Properties"]["Content"]
+        self.ssm.create_document(
+            Name=name, Content=yaml.safe_dump(content), DocumentType="Command", DocumentFormat="YAML"
+        )
+        return name
+
+    def state_machine(self, **substitutions: str) -> str:
+        text = DEFINITION.read_text()
+        for name, value in {**self.substitutions, **substitutions}.items():
+            text = text.replace("${" + name + "}", value)
+        assert "${" not in text, "a substitution the template does not give"
+        return self.sfn.create_state_machine(
+            name=self.name, definition=text, roleArn="arn:aws:iam::123456789012:role/warm-builder"
+        )["stateMachineArn"]
+
+    def run(self, machine: str, timeout: float = 60) -> dict[str, Any]:
+        execution = self.sfn.start_execution(
+            stateMachineArn=machine,
+            name=f"build-{next(self._names)}",
+            input=json.dumps({"images": IMAGES, "documentParameters": {"images": ["repo@sha256:x"], "pin": ["true"]}}),
+        )["executionArn"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            described = self.sfn.describe_execution(executionArn=execution)
+            if described["status"] in TERMINAL:
+                return described
+            time.sleep(0.05)
+        raise AssertionError(f"execution still {described['status']} after {timeout} s")
+
+    def why(self, execution: dict[str, Any]) -> list[Any]:
+        """The failures in the execution's history, for an assertion's message."""
+        events = self.sfn.get_execution_history(executionArn=execution["executionArn"])["events"]
+        return [
+            {key: value for key, value in event.items() if key.endswith("EventDetails") and "Failed" in key}
+            or event.get("stateEnteredEventDetails", {}).get("name")
+            or event.get("stateExitedEventDetails")
+            for event in events
+            if "Failed" in event["type"] or event["type"].endswith(("StateEntered", "StateExited"))
+        ]
+
+    def request(self, execution: dict[str, Any], action: str) -> dict[str, Any]:
+        """The parameters of the execution's one call of this aws-sdk action."""
+        events = self.sfn.get_execution_history(executionArn=execution["executionArn"])["events"]
+        (scheduled,) = [
+            event["taskScheduledEventDetails"]
+            for event in events
+            if event["type"] == "TaskScheduled" and event["taskScheduledEventDetails"]["resource"] == action
+        ]
+        return json.loads(scheduled["parameters"])
+
+    def builders(self) -> list[dict[str, Any]]:
+        reservations = self.ec2.describe_instances(Filters=[{"Name": f"tag:{BUILDER_TAG}", "Values": [STACK]}])
+        return [instance for r in reservations["Reservations"] for instance in r["Instances"]]
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        return self.ec2.describe_snapshots(Filters=[{"Name": f"tag:{SNAPSHOT_TAG}", "Values": [STACK]}])["Snapshots"]
+
+    def commands(self) -> list[dict[str, Any]]:
+        return sorted(self.ssm.list_commands()["Commands"], key=lambda command: command["RequestedDateTime"])
+
+    def launch_template_versions(self) -> list[dict[str, Any]]:
+        versions = self.ec2.describe_launch_template_versions(LaunchTemplateId=self.launch_template)
+        return sorted(versions["LaunchTemplateVersions"], key=lambda v: v["VersionNumber"])
+
+    def published(self) -> dict[str, Any]:
+        return json.loads(self.ssm.get_parameter(Name=self.snapshot_parameter)["Parameter"]["Value"])
+
+
+def _numbers(value: Any) -> Any:
+    """!Ref of a Number parameter is a string; the API wants the number (CloudFormation converts it)."""
+    if isinstance(value, dict):
+        return {key: _numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_numbers(item) for item in value]
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
+@pytest.fixture
+def stack(aws: None) -> Stack:
+    return Stack()
+
+
+Outcome = tuple[str, str]  # (Status, StandardOutputContent)
+
+
+@pytest.fixture
+def node_outcomes(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> dict[str, Outcome]:
+    """Double for the builder's side of Run Command (moto answers Success with no output): per document name, the
+    status and output GetCommandInvocation answers. Defaults: every step succeeds; the seal step prints its stamp."""
+    outcomes = {name: ("Success", "") for name in stack.documents.values()}
+    outcomes[stack.documents["WarmSealDocument"]] = ("Success", json.dumps({**STAMP, "ami": stack.ami}))
+    original: Callable[..., dict[str, Any]] = Command.invocation_response
+
+    def invocation_response(self: Command, instance_id: str, plugin_name: str) -> dict[str, Any]:
+        status, output = outcomes[self.document_name]
+        return {
+            **original(self, instance_id, plugin_name),
+            "Status": status,
+            "StatusDetails": status,
+            "StandardOutputContent": output,
+        }
+
+    monkeypatch.setattr(Command, "invocation_response", invocation_response)
+    return outcomes
+
+
+@pytest.fixture
+def failing_snapshots(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Double for a snapshot that fails (moto's complete at once)."""
+    original = EBSBackend.create_snapshot
+
+    def create_snapshot(self: EBSBackend, *args: Any, **kwargs: Any) -> Any:
+        snapshot = original(self, *args, **kwargs)
+        snapshot.status = "error"
+        return snapshot
+
+    monkeypatch.setattr(EBSBackend, "create_snapshot", create_snapshot)
+
+
+def _tags(resource: dict[str, Any]) -> dict[str, str]:
+    return {tag["Key"]: tag["Value"] for tag in resource.get("Tags", [])}
+
+
+def test_a_build_launches_the_builder_pulls_snapshots_publishes_and_terminates(
+    stack: Stack, node_outcomes: dict[str, Outcome]
+) -> None:
+    result = stack.run(stack.state_machine())
+
+    assert result["status"] == "SUCCEEDED", "\n".join(map(str, stack.why(result)))
+    (builder,) = stack.builders()
+    assert builder["ImageId"] == stack.ami  # resolved from the AMI parameter
+    assert builder["SubnetId"] == stack.subnet
+    # moto keeps no instance profile of a terminated instance: the request as the state machine sent it.
+    assert stack.request(result, "runInstances")["IamInstanceProfile"] == {"Arn": stack.profile}
+    assert builder["MetadataOptions"]["HttpTokens"] == "required"
+    assert _tags(builder)[BUILDER_TAG] == STACK
+    assert builder["State"]["Name"] == "terminated"
+
+    documents = [command["DocumentName"] for command in stack.commands()]
+    assert documents == [
+        stack.documents["WarmPrepareDocument"],
+        stack.documents["PrefetchDocument"],
+        stack.documents["WarmSealDocument"],
+    ]
+    assert all(command["InstanceIds"] == [builder["InstanceId"]] for command in stack.commands())
+    pull = stack.commands()[1]
+    assert pull["Parameters"] == {"images": ["repo@sha256:x"], "pin": ["true"]}
+
+    (snapshot,) = stack.snapshots()
+    assert snapshot["State"] == "completed"
+    assert _tags(snapshot) | {"eks-image-prefetch:build": "-"} == {
+        SNAPSHOT_TAG: STACK,
+        "eks-image-prefetch:ami": stack.ami,
+        "eks-image-prefetch:architecture": "x86_64",
+        "eks-image-prefetch:containerd-version": "v1.7.27",
+        "eks-image-prefetch:digest:ml/trainer": "sha256:" + "a" * 64,
+        "eks-image-prefetch:digest:ml/inference": "sha256:" + "b" * 64,
+        "eks-image-prefetch:build": "-",
+    }
+
+    first, newest = stack.launch_template_versions()
+    mapping = newest["LaunchTemplateData"]["BlockDeviceMappings"][0]
+    assert mapping["DeviceName"] == "/dev/xvdb"
+    assert mapping["Ebs"]["SnapshotId"] == snapshot["SnapshotId"]
+    assert mapping["Ebs"]["VolumeInitializationRate"] == 300
+    assert newest["DefaultVersion"] and not first["DefaultVersion"]
+
+    published = stack.published()
+    assert published["snapshotId"] == snapshot["SnapshotId"]
+    assert published["amiId"] == stack.ami
+    assert published["containerdVersion"] == "v1.7.27"
+    assert published["images"] == IMAGES
+    assert published["launchTemplateVersion"] == newest["VersionNumber"]
+
+
+def test_the_next_build_starts_from_the_previous_snapshot(stack: Stack, node_outcomes: dict[str, Outcome]) -> None:
+    machine = stack.state_machine()
+    assert stack.run(machine)["status"] == "SUCCEEDED"
+    previous = stack.published()["snapshotId"]
+
+    second = stack.run(machine)
+
+    assert second["status"] == "SUCCEEDED"
+    (mapping,) = stack.request(second, "runInstances")["BlockDeviceMappings"]
+    assert mapping["Ebs"]["SnapshotId"] == previous
+    assert stack.published()["snapshotId"] not in {previous, None}
+    assert {builder["State"]["Name"] for builder in stack.builders()} == {"terminated"}
+
+
+@pytest.mark.parametrize("step", ["WarmPrepareDocument", "PrefetchDocument", "WarmSealDocument"])
+def test_a_failed_step_terminates_the_builder_and_publishes_nothing(
+    stack: Stack, node_outcomes: dict[str, Outcome], step: str
+) -> None:
+    node_outcomes[stack.documents[step]] = ("Failed", "")
+
+    result = stack.run(stack.state_machine())
+
+    assert result["status"] == "FAILED"
+    _assert_nothing_published(stack)
+
+
+def test_a_failed_snapshot_is_deleted_and_the_builder_terminated(
+    stack: Stack, node_outcomes: dict[str, Outcome], failing_snapshots: None
+) -> None:
+    result = stack.run(stack.state_machine())
+
+    assert result["status"] == "FAILED"
+    _assert_nothing_published(stack)
+
+
+def test_a_step_that_never_ends_times_out_terminates_the_builder_and_publishes_nothing(
+    stack: Stack, node_outcomes: dict[str, Outcome]
+) -> None:
+    node_outcomes[stack.documents["PrefetchDocument"]] = ("InProgress", "")
+
+    result = stack.run(stack.state_machine(MaxPolls="3"))
+
+    assert result["status"] == "FAILED"
+    _assert_nothing_published(stack)
+    assert len(stack.commands()) == 2  # prepare, then the pull that never ended: no seal
+
+
+def test_a_build_while_another_runs_does_nothing(stack: Stack, node_outcomes: dict[str, Outcome]) -> None:
+    # The first build's pull does not end (within a long bound): it is running when the second starts.
+    node_outcomes[stack.documents["PrefetchDocument"]] = ("InProgress", "")
+    machine = stack.state_machine(MaxPolls="1000000")
+    first = stack.sfn.start_execution(
+        stateMachineArn=machine, name="first", input=json.dumps({"documentParameters": {}})
+    )
+    deadline = time.monotonic() + 30
+    while len(stack.commands()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    try:
+        second = stack.run(machine)
+    finally:
+        stack.sfn.stop_execution(executionArn=first["executionArn"])
+
+    assert second["status"] == "SUCCEEDED"
+    assert "SkippedAnotherBuildRunning" in stack.why(second)
+    assert len(stack.builders()) == 1  # the first build's only
+
+
+def _assert_nothing_published(stack: Stack) -> None:
+    (builder,) = stack.builders()
+    assert builder["State"]["Name"] == "terminated"
+    assert stack.snapshots() == []
+    assert len(stack.launch_template_versions()) == 1
+    assert stack.published() == {}

@@ -1,0 +1,111 @@
+"""WarmVolumes is opt-in: off, the stack has no builder and no EC2 write permission; on, the builder's wiring and its
+least privilege hold."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import template as cfn
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFINITION = ROOT / "statemachines" / "warm_volume_builder.asl.json"
+WARM_TYPES = {"AWS::Serverless::StateMachine", "AWS::EC2::LaunchTemplate", "AWS::IAM::InstanceProfile"}
+
+
+def _resources(warm: str) -> dict[str, dict[str, Any]]:
+    """The resources CloudFormation creates with WarmVolumes=warm (conditions resolved by the harness's Resolver)."""
+    resolver = cfn.Resolver(cfn.parameter_values(WarmVolumes=warm, WarmBuilderSubnetId="subnet-0123456789abcdef0"), {})
+    return {
+        logical_id: resource
+        for logical_id, resource in cfn.template()["Resources"].items()
+        if "Condition" not in resource or resolver.condition(resource["Condition"])
+    }
+
+
+def _actions(resource: dict[str, Any]) -> list[str]:
+    """Every IAM action a resource's inline or managed policies name (as text: some policies are !Sub strings)."""
+    properties = resource.get("Properties", {})
+    text = json.dumps([properties.get("Policies"), properties.get("PolicyDocument")])
+    return re.findall(r"\b[a-z0-9-]+:[A-Za-z*]+(?=\\?\")", text)
+
+
+def test_warm_volumes_default_off() -> None:
+    assert cfn.template()["Parameters"]["WarmVolumes"]["Default"] == "false"
+
+
+def test_the_action_finder_reads_inline_and_substituted_policies() -> None:
+    assert "ssm:SendCommand" in _actions(cfn.resource("SendPrefetchCommandPolicy"))  # a !Sub JSON string
+    assert "ec2:RunInstances" in _actions(cfn.resource("WarmVolumeBuilder"))
+
+
+def test_off_there_is_no_builder_and_no_ec2_write_permission() -> None:
+    resources = _resources("false")
+
+    assert not [r for r in resources.values() if r["Type"] in WARM_TYPES]
+    assert not [logical_id for logical_id in resources if logical_id.startswith("Warm")]
+    writes = [
+        (logical_id, action)
+        for logical_id, resource in resources.items()
+        for action in _actions(resource)
+        if action.startswith("ec2:") and not action.startswith(("ec2:Describe", "ec2:Get"))
+    ]
+    assert writes == []
+
+
+def test_every_warm_resource_and_output_is_under_the_condition() -> None:
+    template = cfn.template()
+    warm = [logical_id for logical_id in template["Resources"] if logical_id.startswith("Warm")]
+    assert len(warm) == 7
+    assert all(template["Resources"][logical_id].get("Condition") == "WarmVolumes" for logical_id in warm)
+    outputs = [name for name in template["Outputs"] if name.startswith("Warm")]
+    assert outputs and all(template["Outputs"][name].get("Condition") == "WarmVolumes" for name in outputs)
+
+
+def test_on_the_builder_exists_with_ec2_writes_scoped() -> None:
+    resources = _resources("true")
+    builder = resources["WarmVolumeBuilder"]
+    assert builder["Type"] == "AWS::Serverless::StateMachine"
+    statements = builder["Properties"]["Policies"][0]["Statement"]
+    for statement in statements:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        # A wildcard resource only for actions AWS cannot scope (each commented in the template).
+        if statement["Resource"] == "*":
+            assert all(a.startswith(("ec2:Describe", "ssm:GetCommandInvocation")) for a in actions), statement
+        # Whatever terminates, tags or deletes needs this stack's tag on the resource.
+        if {"ec2:TerminateInstances", "ec2:DeleteSnapshot"} & set(actions):
+            assert "ec2:ResourceTag/" in json.dumps(statement["Condition"])
+
+
+def test_the_definition_gets_every_substitution_it_names() -> None:
+    named = set(re.findall(r"\$\{(\w+)\}", DEFINITION.read_text()))
+    given = set(cfn.resource("WarmVolumeBuilder")["Properties"]["DefinitionSubstitutions"])
+    assert named == given
+
+
+@pytest.mark.parametrize("subnet", ["", "subnet-0123456789abcdef0"])
+def test_the_builder_subnet_is_required_only_with_warm_volumes(subnet: str) -> None:
+    rule = cfn.template()["Rules"]["WarmVolumesNeedABuilderSubnet"]
+    values = cfn.parameter_values(WarmVolumes="true", WarmBuilderSubnetId=subnet)
+    assert cfn.resolve(rule["RuleCondition"], values) is True
+    assert cfn.resolve(rule["Assertions"][0]["Assert"], values) is bool(subnet)
+
+
+@pytest.mark.parametrize("document", ["WarmPrepareDocument", "WarmSealDocument"])
+def test_the_builder_scripts_pass_shellcheck(document: str, tmp_path: Path) -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (make system-deps)")
+    content = cfn.resource(document)["Properties"]["Content"]
+    assert "parameters" not in content  # fixed scripts: nothing to interpolate
+    ((script,),) = [step["inputs"]["runCommand"] for step in content["mainSteps"]]
+    path = tmp_path / f"{document}.sh"
+    path.write_text(script)
+    result = subprocess.run([shellcheck, "--shell=bash", str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout
