@@ -75,13 +75,13 @@ def test_new_image_sends_one_digest_pinned_fleet_command(handler, sent, api_call
     result = handler(push_event("ml/trainer", trainer["v2"], "v2.0.0"), lambda_context)
 
     assert result["status"] == "sent"
-    assert result["image"] == f"{REGISTRY}/ml/trainer@{trainer['v2']}"
+    assert result["image"] == f"{REGISTRY}/ml/trainer:v2.0.0@{trainer['v2']}"
     (request,) = sent
     assert request["DocumentName"] == DOCUMENT
     assert request["DocumentVersion"] == "1"
     assert request["Targets"] == [{"Key": "tag:eks:cluster-name", "Values": [CLUSTER]}]
     assert "InstanceIds" not in request
-    assert request["Parameters"]["images"] == [f"{REGISTRY}/ml/trainer@{trainer['v2']}"]
+    assert request["Parameters"]["images"] == [f"{REGISTRY}/ml/trainer:v2.0.0@{trainer['v2']}"]
     assert request["Parameters"]["pin"] == ["true"]
     assert request["Parameters"]["keepPinned"] == ["2"]
     assert request["MaxConcurrency"] == "100"
@@ -132,7 +132,7 @@ def test_stale_event_never_sends_an_older_image(handler, sent, trainer, lambda_c
 
     assert result["status"] == "ignored"
     assert result["reason"].startswith("stale event")
-    assert [r["Parameters"]["images"] for r in sent] == [[f"{REGISTRY}/ml/trainer@{trainer['v2']}"]]
+    assert [r["Parameters"]["images"] for r in sent] == [[f"{REGISTRY}/ml/trainer:v2.0.0@{trainer['v2']}"]]
 
 
 def test_out_of_order_delivery_sends_only_the_newest(handler, sent, trainer, lambda_context):
@@ -155,7 +155,7 @@ def test_pushed_image_not_visible_yet_fails_for_a_retry_then_sends(handler, sent
 
     push_image("ml/trainer", "v3", tag="v3.0.0", pushed_at=at(30))
     assert handler(event, lambda_context)["status"] == "sent"
-    assert sent[0]["Parameters"]["images"] == [f"{REGISTRY}/ml/trainer@{digest_of('v3')}"]
+    assert sent[0]["Parameters"]["images"] == [f"{REGISTRY}/ml/trainer:v3.0.0@{digest_of('v3')}"]
 
 
 def test_push_whose_tag_already_moved_on_is_stale(handler, sent, lambda_context):
@@ -226,7 +226,9 @@ def test_newest_of_1500_images_across_pages(handler, sent, lambda_context):
         stubber.assert_no_pending_responses()
 
     assert result["status"] == "sent"
-    assert sent[0]["Parameters"]["images"] == [f"{REGISTRY}/ml/trainer@{newest['imageDigest']}"]
+    assert sent[0]["Parameters"]["images"] == [
+        f"{REGISTRY}/ml/trainer:{newest['imageTags'][0]}@{newest['imageDigest']}"
+    ]
     # Exactly the two pages were asked for (the Stubber holds no unused response, and would reject a third call).
     assert len(sent) == 1
 
@@ -314,7 +316,7 @@ def test_lost_reply_is_not_resent_and_the_command_is_found(handler, trainer, lam
     (command,) = commands_sent()
     assert result == {
         "status": "sent",
-        "image": f"{REGISTRY}/ml/trainer@{trainer['v2']}",
+        "image": f"{REGISTRY}/ml/trainer:v2.0.0@{trainer['v2']}",
         "command_id": command["CommandId"],
     }
     assert "SendCommand reply lost, but the command was sent" in caplog.messages

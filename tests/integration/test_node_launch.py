@@ -36,6 +36,7 @@ from moto.ssm.models import ssm_backends
 from eks_prefetch import aws, sending
 from eks_prefetch.commands import send_command_request, with_comment_marker
 from eks_prefetch.images import ResolvedImage
+from eks_prefetch.node_output import repository_of
 from eks_prefetch.sending import event_marker
 from eks_prefetch.settings import get_settings
 from testing.deployment import idempotency_records, load_handler
@@ -152,8 +153,8 @@ def test_ready_node_gets_one_command_with_the_newest_image_of_every_repository(q
     assert request["TimeoutSeconds"] == 600
     assert request["CloudWatchOutputConfig"] == {"CloudWatchLogGroupName": LOG_GROUP, "CloudWatchOutputEnabled": True}
     assert images_of(request) == [
-        f"{REGISTRY}/ml/trainer@{images['ml/trainer']}",
-        f"{REGISTRY}/ml/inference@{images['ml/inference']}",
+        f"{REGISTRY}/ml/trainer:v2@{images['ml/trainer']}",
+        f"{REGISTRY}/ml/inference:v2@{images['ml/inference']}",
     ]
     assert request["Parameters"]["pin"] == ["true"]
     # The very builder the push path uses: same document, parameters and safety settings.
@@ -188,7 +189,7 @@ def test_several_repositories_one_empty_one_deleted_still_send_the_others(queue,
     assert queue.deliver() == {"batchItemFailures": []}
 
     (request,) = sent
-    assert images_of(request) == [f"{REGISTRY}/ml/trainer@{trainer}", f"{REGISTRY}/ml/inference@{inference}"]
+    assert images_of(request) == [f"{REGISTRY}/ml/trainer:v2@{trainer}", f"{REGISTRY}/ml/inference:v7@{inference}"]
     warnings = [record for record in caplog.records if record.getMessage() == "watched repository does not exist"]
     assert [record.repository for record in warnings] == ["ml/deleted"]
     empty = [record for record in caplog.records if record.getMessage() == "no tagged image matches the filter"]
@@ -207,7 +208,10 @@ def test_a_burst_of_new_nodes_resolves_each_repository_once(queue, agents, sent,
 
     assert sorted(describes) == ["ml/inference", "ml/trainer"]
     assert sorted(request["InstanceIds"][0] for request in sent) == sorted(instances)
-    expected = [f"{REGISTRY}/ml/trainer@{images['ml/trainer']}", f"{REGISTRY}/ml/inference@{images['ml/inference']}"]
+    expected = [
+        f"{REGISTRY}/ml/trainer:v2@{images['ml/trainer']}",
+        f"{REGISTRY}/ml/inference:v2@{images['ml/inference']}",
+    ]
     assert all(images_of(request) == expected for request in sent)
 
 
@@ -704,7 +708,7 @@ def test_more_repositories_than_one_command_takes_are_sent_in_batches_once(
     assert queue.deliver() is None
 
     assert [len(images_of(request)) for request in sent] == [50, 10]
-    pulled = sorted(reference.split("/", 1)[1].split("@")[0] for request in sent for reference in images_of(request))
+    pulled = sorted(repository_of(reference) for request in sent for reference in images_of(request))
     assert pulled == repositories
     assert len(commands()) == 2
 

@@ -66,8 +66,18 @@ def targets(requests: list[dict[str, Any]]) -> dict[str, list[str]]:
     for request in requests:
         assert "Targets" not in request
         for instance_id in request["InstanceIds"]:
-            sent.setdefault(instance_id, []).extend(request["Parameters"]["images"][0].split(","))
+            sent.setdefault(instance_id, []).extend(
+                by_digest(reference) for reference in request["Parameters"]["images"][0].split(",")
+            )
     return sent
+
+
+def by_digest(reference: str) -> str:
+    """``registry/repository:tag@digest`` as ``registry/repository@digest``: which image, whatever tag names it on
+    the node (the tag a request carries is tested with the request builder)."""
+    name, _, digest = reference.partition("@")
+    registry, _, path = name.partition("/")
+    return f"{registry}/{path.split(':', 1)[0]}@{digest}"
 
 
 def test_a_push_whose_event_was_lost_is_repaired_on_every_node_that_lacks_it(fake, fleet, images, sent, capsys):

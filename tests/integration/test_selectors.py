@@ -13,6 +13,7 @@ from typing import Any
 import boto3
 import pytest
 
+from eks_prefetch.node_output import repository_of
 from testing.apicalls import ApiCalls
 from testing.deployment import FakeLambdaContext, deployment, load_handler
 from testing.ec2 import run_instance, run_nodes
@@ -80,10 +81,7 @@ def test_a_new_node_of_each_pool_gets_exactly_its_repositories(
 
     queue.deliver()
 
-    got = {
-        request["InstanceIds"][0]: [ref.split("@")[0].split("/", 1)[1] for ref in images_of(request)]
-        for request in sent
-    }
+    got = {request["InstanceIds"][0]: [repository_of(ref) for ref in images_of(request)] for request in sent}
     assert got == {nodes["gpu"]: ["ml/trainer"], nodes["cpu"]: ["ml/inference"]}
     # The system node no repository selects is not waited for: its agent is never asked.
     assert nodes["system"] not in agents.asked

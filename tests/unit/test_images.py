@@ -35,7 +35,7 @@ def test_newest_by_push_time_pulled_by_digest():
     newest = pick_newest(images, EVERY_TAG, "us-east-1")
 
     assert newest is not None
-    assert newest.reference == f"123456789012.dkr.ecr.us-east-1.amazonaws.com/ml/trainer@{DIGEST_B}"
+    assert newest.reference == f"123456789012.dkr.ecr.us-east-1.amazonaws.com/ml/trainer:v2@{DIGEST_B}"
     assert newest.display_name == "ml/trainer:v2"
 
 

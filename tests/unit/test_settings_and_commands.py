@@ -71,7 +71,8 @@ def test_fleet_request_targets_the_tag_and_sets_every_safety_knob():
     assert request["MaxConcurrency"] == "100"
     assert request["DocumentVersion"] == "1"
     assert request["Parameters"] == {
-        "images": ["123456789012.dkr.ecr.us-east-1.amazonaws.com/ml/trainer@sha256:" + "a" * 64],
+        # The pod's tag and the digest: the node pulls the digest and names the image by the tag too.
+        "images": ["123456789012.dkr.ecr.us-east-1.amazonaws.com/ml/trainer:v2@sha256:" + "a" * 64],
         "pin": ["false"],
         "keepPinned": ["2"],
         "maxDiskUsagePercent": ["80"],

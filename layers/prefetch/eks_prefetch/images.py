@@ -70,7 +70,7 @@ class ImageCandidate:
 
 @dataclass(frozen=True)
 class ResolvedImage:
-    """The image to prefetch: pulled by digest, named by tag for humans."""
+    """The image to prefetch: pulled by digest, named by its tag on the node too (kubelet asks for the pod's tag)."""
 
     registry: str
     repository: str
@@ -80,7 +80,9 @@ class ResolvedImage:
 
     @property
     def reference(self) -> str:
-        return f"{self.registry}/{self.repository}@{self.digest}"
+        """What a node is sent: ``registry/repository:tag@digest`` (``@digest`` alone for a tag outside OCI's
+        grammar). The node pulls the digest only; the tag names it, so a pod naming the tag finds it."""
+        return node_contract.reference(self.registry, self.repository, self.digest, self.tag)
 
     @property
     def display_name(self) -> str:
