@@ -245,7 +245,9 @@ def test_a_node_registering_after_a_push_gets_the_pushed_image() -> None:
         v2 = world.push("ml/trainer", "v2", [1.0])  # its fleet command cannot reach node-2 yet
         world.settle(60)
         (command,) = [c for c in world.commands() if c["InstanceIds"] == [late]]
-    assert command["Parameters"]["images"] == [f"123456789012.dkr.ecr.us-east-1.amazonaws.com/ml/trainer@{v2.digest}"]
+    assert command["Parameters"]["images"] == [
+        f"123456789012.dkr.ecr.us-east-1.amazonaws.com/ml/trainer:v2@{v2.digest}"
+    ]
 
 
 class HungNode:

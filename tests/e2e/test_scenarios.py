@@ -66,12 +66,14 @@ def test_push_fan_out_update_and_late_node(make_world) -> None:
     v2 = world.push(REPOSITORY, "v2", [2.0], based_on="v1")
     world.settle(120)
     (command,) = commands_for(world, v2.digest)
-    assert command["Parameters"]["images"] == [ecr_name(v2.digest)]
+    # The tag the push resolved, beside the digest the node pulls: the node names the image by the pod's tag too.
+    assert command["Parameters"]["images"] == [f"{HOST}/{REPOSITORY}:v2@{v2.digest}"]
     for node in nodes:
         # Only v2 was pulled; v1 is still there but lost its pin (PinnedVersionsToKeep=1).
         assert pinned(world, node) == {v1.digest: False, v2.digest: True}
         (record, summary) = outputs(world, command["CommandId"], node)
-        assert (record["status"], summary["unpinned"]) == ("pulled", 1)
+        # v1's two names lost their pin: by digest, and by the tag v1 it was sent with.
+        assert (record["status"], summary["unpinned"]) == ("pulled", 2)
 
     launch = world.stack.functions["NodeLaunchFunction"]
     late = world.launch("node-4", register_after=2.5)
