@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from eks_prefetch import custom_resource
 from eks_prefetch.node_selectors import SelectorError, parse_node_selectors
 
 
@@ -50,14 +51,12 @@ def on_request(
 
 
 def response_body(outcome: CheckOutcome, stack_id: str, request_id: str, logical_id: str) -> dict[str, Any]:
-    """The answer CloudFormation expects at the request's ResponseURL (cfn-response's fields)."""
-    return {
-        "Status": outcome.status,
-        "Reason": outcome.reason,
-        "PhysicalResourceId": outcome.physical_resource_id,
-        "StackId": stack_id,
-        "RequestId": request_id,
-        "LogicalResourceId": logical_id,
-        "NoEcho": False,
-        "Data": {},
-    }
+    """The answer CloudFormation expects at the request's ResponseURL."""
+    return custom_resource.response_body(
+        status=outcome.status,
+        reason=outcome.reason,
+        physical_resource_id=outcome.physical_resource_id,
+        stack_id=stack_id,
+        request_id=request_id,
+        logical_resource_id=logical_id,
+    )

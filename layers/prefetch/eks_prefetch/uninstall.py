@@ -18,7 +18,7 @@ from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel, Field
 
-from eks_prefetch import aws
+from eks_prefetch import aws, custom_resource
 from eks_prefetch.operator_cli import stack_arguments
 
 # The command's Comment (ListCommands shows it): what sent it.
@@ -107,17 +107,16 @@ def on_custom_resource(
 def response_body(
     outcome: CustomResourceOutcome, stack_id: str, request_id: str, logical_resource_id: str
 ) -> dict[str, Any]:
-    """The answer CloudFormation expects at the request's ResponseURL (cfn-response's fields)."""
-    return {
-        "Status": outcome.status,
-        "Reason": outcome.reason,
-        "PhysicalResourceId": outcome.physical_resource_id,
-        "StackId": stack_id,
-        "RequestId": request_id,
-        "LogicalResourceId": logical_resource_id,
-        "NoEcho": False,
-        "Data": {"CommandId": outcome.command_id or ""},
-    }
+    """The answer CloudFormation expects at the request's ResponseURL, with the command sent (if any)."""
+    return custom_resource.response_body(
+        status=outcome.status,
+        reason=outcome.reason,
+        physical_resource_id=outcome.physical_resource_id,
+        stack_id=stack_id,
+        request_id=request_id,
+        logical_resource_id=logical_resource_id,
+        data={"CommandId": outcome.command_id or ""},
+    )
 
 
 # --- make unpin ---------------------------------------------------------------------------------------------------
