@@ -9,7 +9,8 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws
-from eks_prefetch.config_check import CheckOutcome, on_request, response_body
+from eks_prefetch.config_check import CheckOutcome, on_request
+from eks_prefetch.custom_resource import response_body
 
 logger = Logger()
 

@@ -16,7 +16,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field, ValidationError
 
 from eks_prefetch import aws
-from eks_prefetch.uninstall import CustomResourceOutcome, UnpinTarget, on_custom_resource, response_body
+from eks_prefetch.custom_resource import response_body
+from eks_prefetch.uninstall import CustomResourceOutcome, UnpinTarget, on_custom_resource
 
 logger = Logger()
 
@@ -47,7 +48,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         send=aws.ssm.send_command,
     )
     logger.info("custom resource answered", extra={"request_type": request.request_type, **outcome.as_dict()})
-    body = response_body(outcome, request.stack_id, request.request_id, request.logical_resource_id)
+    body = response_body(outcome, request.stack_id, request.request_id, request.logical_resource_id, data=outcome.data)
     _deliver(str(request.response_url), body)
     return outcome.as_dict()
 
@@ -64,6 +65,7 @@ def _answer_malformed(event: Any) -> dict[str, Any]:
             str(fields.get("StackId", "")),
             str(fields.get("RequestId", "")),
             str(fields.get("LogicalResourceId", "")),
+            data=outcome.data,
         )
         _deliver(url, body)
     return outcome.as_dict()

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from eks_prefetch import custom_resource
 from eks_prefetch.node_selectors import SelectorError, parse_node_selectors
 
 
@@ -48,15 +47,3 @@ def on_request(
     if problem is not None:
         return CheckOutcome("FAILED", f"invalid configuration: {problem}"[:1000], resource_id)
     return CheckOutcome("SUCCESS", "configuration valid", resource_id)
-
-
-def response_body(outcome: CheckOutcome, stack_id: str, request_id: str, logical_id: str) -> dict[str, Any]:
-    """The answer CloudFormation expects at the request's ResponseURL."""
-    return custom_resource.response_body(
-        status=outcome.status,
-        reason=outcome.reason,
-        physical_resource_id=outcome.physical_resource_id,
-        stack_id=stack_id,
-        request_id=request_id,
-        logical_resource_id=logical_id,
-    )

@@ -4,23 +4,31 @@ expects at a request's pre-signed ResponseURL, as cfn-response builds it."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Protocol
+
+
+class Outcome(Protocol):
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def physical_resource_id(self) -> str: ...
 
 
 def response_body(
-    *,
-    status: Literal["SUCCESS", "FAILED"],
-    reason: str,
-    physical_resource_id: str,
+    outcome: Outcome,
     stack_id: str,
     request_id: str,
     logical_resource_id: str,
     data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
-        "Status": status,
-        "Reason": reason,
-        "PhysicalResourceId": physical_resource_id,
+        "Status": outcome.status,
+        "Reason": outcome.reason,
+        "PhysicalResourceId": outcome.physical_resource_id,
         "StackId": stack_id,
         "RequestId": request_id,
         "LogicalResourceId": logical_resource_id,

@@ -18,7 +18,7 @@ from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel, Field
 
-from eks_prefetch import aws, custom_resource
+from eks_prefetch import aws
 from eks_prefetch.operator_cli import stack_arguments
 
 # The command's Comment (ListCommands shows it): what sent it.
@@ -76,6 +76,11 @@ class CustomResourceOutcome:
     def as_dict(self) -> dict[str, Any]:
         return {"status": self.status, "reason": self.reason, "command_id": self.command_id}
 
+    @property
+    def data(self) -> dict[str, str]:
+        """The custom resource's attributes: the unpin command sent, if any."""
+        return {"CommandId": self.command_id or ""}
+
 
 def physical_resource_id(stack_id: str, logical_resource_id: str) -> str:
     """Stable across updates: a changed id would make CloudFormation delete the "old" resource, which unpins."""
@@ -102,21 +107,6 @@ def on_custom_resource(
         why = f"{type(error).__name__}: {str(error)[:300]}"
         return CustomResourceOutcome(resource_id, f"unpin command not sent ({why})")
     return CustomResourceOutcome(resource_id, f"unpin command {command_id} sent", command_id)
-
-
-def response_body(
-    outcome: CustomResourceOutcome, stack_id: str, request_id: str, logical_resource_id: str
-) -> dict[str, Any]:
-    """The answer CloudFormation expects at the request's ResponseURL, with the command sent (if any)."""
-    return custom_resource.response_body(
-        status=outcome.status,
-        reason=outcome.reason,
-        physical_resource_id=outcome.physical_resource_id,
-        stack_id=stack_id,
-        request_id=request_id,
-        logical_resource_id=logical_resource_id,
-        data={"CommandId": outcome.command_id or ""},
-    )
 
 
 # --- make unpin ---------------------------------------------------------------------------------------------------
