@@ -31,26 +31,9 @@ def describe_tagged_images(repository: str, ecr: Any = None) -> Iterator[Mapping
         raise
 
 
-def describe_image(repository: str, digest: str, ecr: Any = None) -> Mapping[str, Any] | None:
-    """The image with this digest, tagged or not (its push time, tags), or None if the repository does not hold it.
-    Raises RepositoryNotFoundError."""
-    try:
-        response = (ecr or clients.client("ecr")).describe_images(
-            repositoryName=repository, imageIds=[{"imageDigest": digest}]
-        )
-    except ClientError as error:
-        if error_code(error) == "ImageNotFoundException":
-            return None
-        if error_code(error) == "RepositoryNotFoundException":
-            raise RepositoryNotFoundError(repository) from error
-        raise
-    details = response.get("imageDetails") or []
-    return details[0] if details else None
-
-
 def image_exists(repository: str, digest: str, ecr: Any = None) -> bool:
     """Whether the repository holds an image with this digest, tagged or not."""
-    return describe_image(repository, digest, ecr) is not None
+    return digest in pushed_at(repository, [digest], ecr)
 
 
 # DescribeImages takes at most 100 image ids a request.
