@@ -166,10 +166,30 @@ class Rollout:
             self.errors += 1
 
 
+# What SSM's agent prints for a step whose precondition does not hold (amazon-ssm-agent's executer): the invocation
+# still ends Success, with this as the step's output.
+PRECONDITION_SKIP = "Step execution skipped due to unsatisfied preconditions: '{condition}'. Step name: {step}"
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What SSM reports of a managed node's OS (DescribeInstanceInformation) and checks preconditions against."""
+
+    type: str = "Linux"
+    name: str = "Amazon Linux"
+    version: str = "2023"
+
+
+LINUX = Platform()
+WINDOWS = Platform("Windows", "Microsoft Windows Server 2022 Datacenter", "10.0.20348")
+BOTTLEROCKET = Platform("Linux", "Bottlerocket", "1.20.0")
+
+
 @dataclass
 class _Managed:
     node: ManagedNode
     registers_at: float | None  # time.monotonic(); None: never registers
+    platform: Platform = LINUX
 
     @property
     def registered(self) -> bool:
@@ -188,10 +208,12 @@ class RunCommandAgent:
 
     # --- managed instances ------------------------------------------------------------------------------------
 
-    def register(self, instance_id: str, node: ManagedNode, after_seconds: float | None = 0.0) -> None:
+    def register(
+        self, instance_id: str, node: ManagedNode, after_seconds: float | None = 0.0, platform: Platform = LINUX
+    ) -> None:
         """The instance's agent registers (is Online) after_seconds from now; None: never."""
         registers_at = None if after_seconds is None else time.monotonic() + after_seconds
-        self.managed[instance_id] = _Managed(node, registers_at)
+        self.managed[instance_id] = _Managed(node, registers_at, platform)
 
     def registered(self, instance_id: str) -> bool:
         managed = self.managed.get(instance_id)
@@ -401,10 +423,18 @@ class RunCommandAgent:
         command.done.set()
 
     def _execute(self, command: AgentCommand, invocation: CommandInvocation) -> None:
-        node = self.managed[invocation.instance_id].node
+        managed = self.managed[invocation.instance_id]
+        node = managed.node
         (step,) = command.content["mainSteps"]
         timeout = float(_render(str(step.get("inputs", {}).get("timeoutSeconds", 3600)), command.values))
         invocation.started = datetime.now(UTC)
+        unmet = _unmet_precondition(step, managed.platform)
+        if unmet is not None:
+            invocation.ended = datetime.now(UTC)
+            invocation.response_code = 0
+            invocation.stdout = invocation.full_stdout = PRECONDITION_SKIP.format(condition=unmet, step=step["name"])
+            self._set_status(command, invocation, "Success", "Success")
+            return
         try:
             run = node.execute(command.content, command.values, command.command_id, timeout)
         except TimeoutError as error:
@@ -620,9 +650,9 @@ class RunCommandAgent:
                     "LastPingDateTime": datetime.now(UTC),
                     "AgentVersion": "3.3.2746.0",
                     "IsLatestVersion": True,
-                    "PlatformType": "Linux",
-                    "PlatformName": "Amazon Linux",
-                    "PlatformVersion": "2023",
+                    "PlatformType": managed.platform.type,
+                    "PlatformName": managed.platform.name,
+                    "PlatformVersion": managed.platform.version,
                     "ResourceType": "EC2Instance",
                     "ComputerName": managed.node.name,
                 }
@@ -633,6 +663,18 @@ class RunCommandAgent:
         if start + max_results < len(items):
             answer["NextToken"] = str(start + max_results)
         return ActionResult(answer)
+
+
+def _unmet_precondition(step: dict[str, Any], platform: Platform) -> str | None:
+    """The step's precondition as SSM prints it when the node does not satisfy it; None when it runs. Only
+    StringEquals on platformType, the one this project's documents use."""
+    precondition = step.get("precondition")
+    if not precondition:
+        return None
+    ((operator, (variable, value)),) = precondition.items()
+    if (operator, variable) != ("StringEquals", "platformType"):
+        raise ValueError(f"precondition {precondition} is not emulated")
+    return None if platform.type == value else f'"{operator}": [{variable}, {value}]'
 
 
 def _info_matches(key: str, values: list[str], instance_id: str, tags: dict[str, str]) -> bool:

@@ -21,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from harness.node import (
     Containerd,
     Registry,
     Run,
+    basic_auth,
     build_image,
     kill_group,
     render_script,
@@ -36,6 +38,8 @@ from harness.node import (
 )
 
 DRY_RUN_MARK = "DRY RUN"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 _CTR_WRAPPER = """#!/bin/bash
 # The node's network for ECR hosts: hosts.toml files under --hosts-dir point at this node's route to the registry.
@@ -61,6 +65,12 @@ exit 1
 """
 
 
+_UNAME_WRAPPER = """#!/bin/sh
+# This node's architecture, emulated (harness.cluster.Node.uname_machine).
+if [ "$*" = "-m" ]; then echo {machine}; else exec /usr/bin/uname "$@"; fi
+"""
+
+
 @dataclass
 class Node:
     """A real containerd for one EC2 instance, and its route to the registry."""
@@ -70,6 +80,9 @@ class Node:
     registry: EcrRegistry
     containerd: Containerd = field(init=False)
     dry_run: bool = False
+    # The architecture the node's script sees (`uname -m`), when not this machine's: an emulated Graviton node on an
+    # x86 host. Its containerd still runs this machine's platform, so give it only images its script skips.
+    uname_machine: str | None = None
     _scripts: set = field(default_factory=set)  # running document scripts (Popen), killed by id on stop
 
     def start(self) -> Node:
@@ -84,7 +97,12 @@ class Node:
         ctr.write_text(_CTR_WRAPPER.format(route_file=self.base / "route", ctr=self.containerd.binary("ctr")))
         aws = bin_dir / "aws"
         aws.write_text(_AWS_WRAPPER.format(token_file=self.base / "ecr-token"))
-        for tool in (ctr, aws):
+        tools = [ctr, aws]
+        if self.uname_machine:
+            uname = bin_dir / "uname"
+            uname.write_text(_UNAME_WRAPPER.format(machine=self.uname_machine))
+            tools.append(uname)
+        for tool in tools:
             tool.chmod(0o755)
         return self
 
@@ -179,9 +197,16 @@ class EcrRegistry(Registry):
         return (self.base / "data/docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest / "data").read_bytes()
 
     def build_and_push(
-        self, repository: str, tag: str, layers_mb: list[float], based_on: str | None = None
+        self,
+        repository: str,
+        tag: str,
+        layers_mb: list[float],
+        based_on: str | None = None,
+        index_for: str | None = None,
     ) -> PushedImage:
-        """Build an image (random layers, on top of the image tagged ``based_on`` if given) and push it."""
+        """Build an image (random layers, on top of the image tagged ``based_on`` if given) and push it. With
+        ``index_for`` (an architecture, e.g. amd64), the tag names an OCI index whose one manifest is that image, for
+        linux/<index_for>: an image built for that platform only, as multi-platform builders push them."""
         name = f"{repository.replace('/', '-')}-{tag}"
         if based_on:
             base_name = f"{repository.replace('/', '-')}-{based_on}"
@@ -194,12 +219,49 @@ class EcrRegistry(Registry):
         digest = self.push(self.layout, name, repository, tag)
         manifest = self.blob(digest).decode()
         parsed = json.loads(manifest)
+        if index_for:
+            return self._push_index(repository, tag, digest, manifest, parsed, index_for)
         return PushedImage(
             repository=repository,
             tag=tag,
             digest=digest,
             manifest=manifest,
             media_type=parsed.get("mediaType", "application/vnd.oci.image.manifest.v1+json"),
+            config_media_type=parsed["config"]["mediaType"],
+            size=sum(layer["size"] for layer in parsed["layers"]) + parsed["config"]["size"],
+        )
+
+    def _push_index(
+        self, repository: str, tag: str, digest: str, manifest: str, parsed: dict[str, Any], architecture: str
+    ) -> PushedImage:
+        index = {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": parsed.get("mediaType", OCI_MANIFEST),
+                    "digest": digest,
+                    "size": len(manifest.encode()),
+                    "platform": {"architecture": architecture, "os": "linux"},
+                }
+            ],
+        }
+        body = json.dumps(index, indent=2)
+        assert self.auth is not None
+        request = urllib.request.Request(
+            f"http://{self.host}/v2/{repository}/manifests/{tag}",
+            data=body.encode(),
+            method="PUT",
+            headers={"Content-Type": OCI_INDEX, "Authorization": f"Basic {basic_auth(*self.auth)}"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - the registry on 127.0.0.1
+            index_digest = response.headers["Docker-Content-Digest"]
+        return PushedImage(
+            repository=repository,
+            tag=tag,
+            digest=index_digest,
+            manifest=body,
+            media_type=OCI_INDEX,
             config_media_type=parsed["config"]["mediaType"],
             size=sum(layer["size"] for layer in parsed["layers"]) + parsed["config"]["size"],
         )

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +20,7 @@ import boto3
 from moto import mock_aws
 from moto.ecr.models import ecr_backends
 
-from harness.agent import RunCommandAgent
+from harness.agent import LINUX, Platform, RunCommandAgent
 from harness.cluster import CuttableProxy, DryRunNode, EcrRegistry, Node, PushedImage
 from harness.node import missing_prerequisites
 from harness.routing import Delivery, Router, event_envelope
@@ -138,26 +138,40 @@ class World:
 
     # --- EC2 --------------------------------------------------------------------------------------------------
 
-    def launch(self, name: str, *, node: bool = True, register_after: float | None = 0.0, proxy: bool = False) -> str:
-        """Run an EC2 instance (tagged as a cluster node or not), give it a node, register its SSM agent after
-        ``register_after`` seconds (None: never), and emit its pending and running state changes."""
-        tags = [{"Key": "Name", "Value": name}]
+    def launch(
+        self,
+        name: str,
+        *,
+        node: bool = True,
+        register_after: float | None = 0.0,
+        proxy: bool = False,
+        tags: Mapping[str, str] | None = None,
+        platform: Platform = LINUX,
+        uname_machine: str | None = None,
+    ) -> str:
+        """Run an EC2 instance (tagged as a cluster node or not, plus ``tags``: its node pool's), give it a node,
+        register its SSM agent after ``register_after`` seconds (None: never), and emit its pending and running state
+        changes. A node of another OS than Linux (``platform``) runs no containerd: SSM's precondition skips the
+        document's step there. ``uname_machine``: the architecture its script sees, when not this machine's."""
+        instance_tags = [{"Key": "Name", "Value": name}, *({"Key": k, "Value": v} for k, v in (tags or {}).items())]
         if node:
             key, value = self.node_tag
-            tags.append({"Key": key, "Value": value})
+            instance_tags.append({"Key": key, "Value": value})
         image_id = self.ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
         (described,) = self.ec2.run_instances(
             ImageId=image_id,
             MinCount=1,
             MaxCount=1,
             InstanceType="m5.xlarge",
-            TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+            TagSpecifications=[{"ResourceType": "instance", "Tags": instance_tags}],
         )["Instances"]
         instance_id = described["InstanceId"]
         base = self.base / "nodes" / name
-        if self.dry_run_reason is None:
+        if platform.type != "Linux":
+            backing: Node | DryRunNode = DryRunNode(name, base, f"{platform.name}: no containerd to run").start()
+        elif self.dry_run_reason is None:
             assert self.registry is not None
-            backing: Node | DryRunNode = Node(name, base, self.registry).start()
+            backing = Node(name, base, self.registry, uname_machine=uname_machine).start()
         else:
             backing = DryRunNode(name, base, self.dry_run_reason).start()
         instance = Instance(instance_id, name, backing, node)
@@ -165,7 +179,7 @@ class World:
             instance.proxy = CuttableProxy(self.registry.host)
             backing.route(instance.proxy.address)
         self.instances[instance_id] = instance
-        self.agent.register(instance_id, backing, register_after)
+        self.agent.register(instance_id, backing, register_after, platform)
         for state in ("pending", "running"):
             self.emit(
                 event_envelope(
@@ -177,18 +191,28 @@ class World:
             )
         return instance_id
 
+    def tags(self, instance_id: str) -> dict[str, str]:
+        (reservation,) = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        return {tag["Key"]: tag["Value"] for tag in reservation["Instances"][0].get("Tags", [])}
+
     def nodes(self) -> list[Instance]:
         return [instance for instance in self.instances.values() if instance.is_node]
 
     # --- ECR --------------------------------------------------------------------------------------------------
 
     def push(
-        self, repository: str, tag: str, layers_mb: list[float], based_on: str | None = None, emit: bool = True
+        self,
+        repository: str,
+        tag: str,
+        layers_mb: list[float],
+        based_on: str | None = None,
+        emit: bool = True,
+        index_for: str | None = None,
     ) -> PushedImage:
         """Build and push an image to the registry, record it in ECR (moto) with its real manifest and digest, and
-        emit ECR's `ECR Image Action` event."""
+        emit ECR's `ECR Image Action` event. ``index_for``: pushed as an index for that architecture only."""
         if self.registry is not None:
-            image = self.registry.build_and_push(repository, tag, layers_mb, based_on)
+            image = self.registry.build_and_push(repository, tag, layers_mb, based_on, index_for=index_for)
         else:
             image = _paper_image(repository, tag, layers_mb)
         self.ecr.put_image(

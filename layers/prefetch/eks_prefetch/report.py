@@ -11,6 +11,7 @@ stack cannot be read (no region or credentials included). ``scripts/operator.sh 
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -107,23 +108,16 @@ def _selector_text(selector: Mapping[str, Sequence[str]]) -> str:
     return " and ".join(f"{key}={'|'.join(values)}" for key, values in sorted(selector.items()))
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    out, err = out or sys.stdout, err or sys.stderr
-    args = stack_arguments("make status", __doc__.splitlines()[0], argv, err)
-    if args is None:
-        return 2
-    try:
-        settings = settings_of_stack(args.stack, args.region)
-        newest = NewestImages(settings)
-        fleet = look_at_fleet(settings, newest)
-        # Commands in flight are known to the sweep only; this view sees the repairs the rows record.
-        plan = repair.plan_for(repair.RepairInputs(fleet, frozenset(), newest), settings, datetime.now(UTC))
-        coverages = fleet.coverages
-        shown = {s.instance_id for c in coverages for s in c.missing} | set(fleet.unsupported)
-        names = aws.ec2.private_dns_names(sorted(shown))
-    except (StackError, *aws.AWS_ERRORS) as error:
-        err.write(f"cannot read the stack {args.stack}: {error}\n")
-        return 2
+def report_fleet(settings: Settings, out: TextIO) -> list[str]:
+    """What `make status` prints for the stack these settings describe; returns the repositories below 100%.
+    Raises AWS's errors (the caller says it cannot read the stack)."""
+    newest = NewestImages(settings)
+    fleet = look_at_fleet(settings, newest)
+    # Commands in flight are known to the sweep only; this view sees the repairs the rows record.
+    plan = repair.plan_for(repair.RepairInputs(fleet, frozenset(), newest), settings, datetime.now(UTC))
+    coverages = fleet.coverages
+    shown = {s.instance_id for c in coverages for s in c.missing} | set(fleet.unsupported)
+    names = aws.ec2.private_dns_names(sorted(shown))
     render(
         coverages,
         settings.cluster_name,
@@ -134,7 +128,22 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         unsupported=fleet.unsupported,
         selector_of=settings.selector_for if settings.node_selectors else None,
     )
-    below = [coverage.repository for coverage in coverages if coverage.percent < 100.0]
+    return [coverage.repository for coverage in coverages if coverage.percent < 100.0]
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    args = stack_arguments("make status", __doc__.splitlines()[0], argv, err)
+    if args is None:
+        return 2
+    text = io.StringIO()
+    try:
+        settings = settings_of_stack(args.stack, args.region)
+        below = report_fleet(settings, text)
+    except (StackError, *aws.AWS_ERRORS) as error:
+        err.write(f"cannot read the stack {args.stack}: {error}\n")
+        return 2
+    out.write(text.getvalue())
     if below:
         out.write(f"\ncoverage below 100%: {', '.join(below)}\n")
         return 1
