@@ -13,6 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from harness import invoke, stack, template
+from harness.agent import WINDOWS
 from harness.node import Run
 from harness.world import World
 
@@ -125,6 +126,27 @@ def test_tag_targets_reach_registered_tagged_running_instances_only(world: World
     assert {item["InstanceId"] for item in info} == set(world.instances) - {
         i for i, instance in world.instances.items() if instance.name == "late"
     }
+
+
+def test_a_windows_node_reports_its_platform_and_skips_the_linux_step_as_ssm_does(world: World) -> None:
+    """SSM's agent skips a step whose precondition does not hold and ends the invocation Success, with the skip as
+    the step's output (amazon-ssm-agent's executer). The node itself never runs anything."""
+    linux = world.launch("node-1")
+    windows = world.launch("win-1", platform=WINDOWS)
+
+    command_id = send(world, Targets=[{"Key": "tag:eks:cluster-name", "Values": ["demo"]}])
+    world.agent.wait(30)
+
+    skipped = world.ssm.get_command_invocation(CommandId=command_id, InstanceId=windows)
+    assert (skipped["Status"], skipped["ResponseCode"]) == ("Success", 0)
+    assert skipped["StandardOutputContent"] == (
+        "Step execution skipped due to unsatisfied preconditions: '\"StringEquals\": [platformType, Linux]'. "
+        "Step name: prefetchImages"
+    )
+    assert world.instances[windows].node.would_run == []
+    assert world.ssm.get_command_invocation(CommandId=command_id, InstanceId=linux)["Status"] == "Success"
+    info = {i["InstanceId"]: i for i in world.ssm.describe_instance_information()["InstanceInformationList"]}
+    assert (info[windows]["PlatformType"], info[linux]["PlatformType"]) == ("Windows", "Linux")
 
 
 class LoudNode:

@@ -94,7 +94,9 @@ def test_push_fan_out_update_and_late_node(make_world) -> None:
     per_repository = f"ClusterName=e2e,Repository={REPOSITORY}"
     assert sum(metrics[("ImagesPulled", per_repository)][1]) == 7  # 3 nodes x 2 pushes, and the late node
     assert metrics[("Invocations", "ClusterName=e2e,Status=Success")][1] == [1.0] * 7
-    assert metrics[("CommandsSent", "ClusterName=e2e")][1] == [1.0, 1.0, 1.0]  # two pushes, the late node's launch
+    # Two pushes, the late node's launch: one series per function (service), as CloudWatch keeps them.
+    assert metrics[("CommandsSent", "ClusterName=e2e,service=ecr-push")][1] == [1.0, 1.0]
+    assert metrics[("CommandsSent", "ClusterName=e2e,service=node-launch")][1] == [1.0]
 
 
 def test_duplicate_push_sends_one_command(make_world) -> None:

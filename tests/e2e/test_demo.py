@@ -1,0 +1,73 @@
+"""`make demo` end to end, on containerd 1.7 (the other end-to-end tests run on 2.x, so both releases EKS AMIs ship
+run the whole loop): the mixed cluster, the failure and its repair, coverage per repository, and the CRI's view."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.demo import SUMMARY_MARK
+from tests.e2e.conftest import require_real_nodes
+
+ROOT = Path(__file__).resolve().parents[2]
+GPU = ["gpu-1", "gpu-2", "gpu-3"]
+
+
+def test_make_demo_tells_the_whole_story_on_containerd_1_7() -> None:
+    require_real_nodes()
+    environment = {**os.environ, "HARNESS_CONTAINERD": "1.7"}
+    run = subprocess.run(
+        [sys.executable, "-m", "harness.demo"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    (line,) = [line for line in run.stdout.splitlines() if line.startswith(SUMMARY_MARK)]
+    summary = json.loads(line.removeprefix(SUMMARY_MARK))
+    assert summary["dry_run"] is False
+
+    # The failure, with its stable reason, and the sweep's repair of that node alone.
+    assert summary["failed"] == [{"node": "gpu-2", "reason": "unreachable"}]
+    assert (summary["repair"]["commands_sent"], summary["repair"]["nodes_repaired"]) == (1, 1)
+    assert "repair command" in run.stdout and "gpu-2's row: repair attempt 1" in run.stdout
+
+    # Each repository's own denominator: the trainer's selector picks the GPU pool; the arm64 node skipped the
+    # amd64-only tools image (not applicable); the Windows node is outside every figure.
+    assert summary["coverage"] == {
+        "ml/trainer": {"percent": 100.0, "nodes": GPU, "missing": []},
+        "ml/tools": {"percent": 100.0, "nodes": ["cpu-1", *GPU], "missing": []},
+    }
+    assert list(summary["unsupported"]) == ["win-1"]
+    assert "ml/tools skipped (reason platform: no manifest for linux/arm64)" in run.stdout
+
+    # What kubelet asks: the pushed tag is present and pinned, for linux/amd64, on the nodes it went to only.
+    cri = summary["cri"]
+    for node in GPU:
+        assert cri[node]["containerd"].startswith("1.7.")
+        assert cri[node]["ml/trainer"] == {"present": True, "pinned": True, "platform": "linux/amd64"}
+        assert cri[node]["ml/tools"] == {"present": True, "pinned": True, "platform": "linux/amd64"}
+    assert cri["cpu-1"]["ml/trainer"] == {"present": False}
+    assert cri["cpu-1"]["ml/tools"]["pinned"] is True
+    assert cri["cpu-arm-1"] == {
+        "containerd": cri["cpu-1"]["containerd"],
+        "ml/trainer": {"present": False},
+        "ml/tools": {"present": False},
+    }
+    assert cri["win-1"] == {"containerd": None}
+
+    # Nothing lost, nothing sent where it does not belong, and the figures are the story's.
+    assert set(summary["dead_letters"].values()) == {0}
+    assert summary["non_nodes_sent_commands"] == []
+    metrics = summary["metrics"]
+    assert "BadOutput" not in metrics
+    assert metrics["ImagesFailedByReason"]["sum"] == 1
+    assert metrics["NodesRepaired"]["sum"] == 1
+    # Only gpu-3's first images came through the new-node path: the one launch-to-cached figure.
+    assert metrics["LaunchToCachedSeconds"]["points"] == 1
