@@ -80,7 +80,8 @@ device=${devices[0]}
 fstype=$(blkid -c /dev/null -o value -s TYPE "$device" 2>/dev/null)
 
 # The stamp, read from a read-only mount outside containerd's root: a volume that does not match is never mounted there.
-staging=$(mktemp -d /run/eks-image-prefetch-warm.XXXXXX 2>/dev/null || mktemp -d) || cold "cannot make a staging directory"
+staging=$(mktemp -d /run/eks-image-prefetch-warm.XXXXXX 2>/dev/null || mktemp -d) ||
+  cold "cannot make a staging directory"
 timeout 120 mount -o ro,nodev,nosuid,noexec "$device" "$staging" >/dev/null 2>&1 || {
   rmdir "$staging"
   staging=""
@@ -110,10 +111,11 @@ node_containerd=$(timeout 30 "$CONTAINERD" --version 2>/dev/null | awk '{print $
 [ -n "$node_containerd" ] || cold "cannot read this node's containerd version"
 [ "$sealed_containerd" = "$node_containerd" ] ||
   cold "the volume was sealed by containerd $sealed_containerd, this node runs $node_containerd"
-token=$(curl -sf -m 5 --retry 3 --retry-connrefused -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" \
-  "$IMDS/latest/api/token" 2>/dev/null)
+token=$(curl -sf -m 5 --retry 3 --retry-delay 1 --retry-connrefused -X PUT \
+  -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$IMDS/latest/api/token" 2>/dev/null)
 [ -n "$token" ] || cold "no IMDSv2 token from $IMDS"
-node_ami=$(curl -sf -m 5 --retry 3 -H "X-aws-ec2-metadata-token: $token" "$IMDS/latest/meta-data/ami-id" 2>/dev/null)
+node_ami=$(curl -sf -m 5 --retry 3 --retry-delay 1 -H "X-aws-ec2-metadata-token: $token" \
+  "$IMDS/latest/meta-data/ami-id" 2>/dev/null)
 [[ $node_ami =~ $VALUE_RE ]] || cold "cannot read this node's AMI id from IMDS"
 [ "$sealed_ami" = "$node_ami" ] || cold "the volume was sealed on $sealed_ami, this node is $node_ami"
 
@@ -136,4 +138,5 @@ if [ "${#grow[@]}" -gt 0 ]; then
     grown="not grown: ${grow[0]} failed"
   fi
 fi
-say "warm boot: $device ($LABEL) mounted at $ROOT, sealed by containerd $sealed_containerd on $sealed_ami; filesystem $grown"
+say "warm boot: $device ($LABEL) mounted at $ROOT, sealed by containerd $sealed_containerd on $sealed_ami;\
+ filesystem $grown"
