@@ -138,5 +138,5 @@ if [ "${#grow[@]}" -gt 0 ]; then
     grown="not grown: ${grow[0]} failed"
   fi
 fi
-say "warm boot: $device ($LABEL) mounted at $ROOT, sealed by containerd $sealed_containerd on $sealed_ami;\
- filesystem $grown"
+sealed="sealed by containerd $sealed_containerd on $sealed_ami"
+say "warm boot: $device ($LABEL) mounted at $ROOT, $sealed; filesystem $grown"

@@ -26,7 +26,7 @@ import pytest
 
 from harness.cri import Cri
 from harness.node import Containerd, default_release, missing_prerequisites
-from harness.template import resource
+from harness.template import resource, template
 from tests.node.conftest import SKIP_NODE_TESTS, Registries
 
 SCRIPT = Path(__file__).resolve().parents[2] / "document" / "warm_boot.sh"
@@ -70,6 +70,12 @@ def test_the_script_reads_what_the_builder_writes() -> None:
         assert "containerd --version 2>/dev/null | awk '{print $3}'" in builder
     assert "\"$CONTAINERD\" --version 2>/dev/null | awk '{print $3}'" in ours
     assert "mkfs.xfs" in builder_script("WarmPrepareDocument") and "xfs_growfs -d" in ours
+
+
+def test_the_template_hands_the_script_out_as_it_is() -> None:
+    output = template()["Outputs"]["WarmBootUserData"]
+    assert output["Condition"] == "WarmVolumes"  # off, the stack gives no warm boot part
+    assert output["Value"] == SCRIPT.read_text()
 
 
 # --- On a real block device ------------------------------------------------------------------------------------------
