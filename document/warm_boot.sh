@@ -63,11 +63,12 @@ if [ -n "$current" ]; then
   fi
   cold "$ROOT is already a mount of $current"
 fi
-# containerd's state dir is on a tmpfs, empty at boot until containerd starts: a containerd already using its root
-# (user data run late, or by hand) must not have it swapped underneath.
-if [ -n "$(find "$STATE" -mindepth 1 -maxdepth 1 -print -quit 2>/dev/null)" ]; then
-  cold "containerd has already started ($STATE is not empty)"
-fi
+# containerd's state dir is on a tmpfs: what containerd makes there (its socket, its io.containerd.* dirs) means it has
+# started this boot, and a containerd already using its root (user data run late, or by hand) must not have it swapped
+# underneath. Only containerd's own entries count: other units may create the directory itself early.
+started=$(find "$STATE" -mindepth 1 -maxdepth 1 \( -name 'containerd.sock*' -o -name 'io.containerd.*' \) \
+  -print -quit 2>/dev/null)
+[ -z "$started" ] || cold "containerd has already started ($started exists)"
 
 # The volume, by its label. udev may still be naming devices this early; wait for it a little, where there is one.
 if command -v udevadm >/dev/null 2>&1; then
