@@ -43,7 +43,7 @@ sam-build: venv
 	PATH="$(SAM_PATH)" $(BIN)/sam build --parallel
 
 shellcheck: venv
-	shellcheck --shell=bash document/prefetch.sh document/unpin.sh
+	shellcheck --shell=bash document/prefetch.sh document/unpin.sh document/warm_boot.sh
 
 # The SSM documents' content in template.yaml, from document/ (content.yaml and prefetch.sh; unpin.yaml and
 # unpin.sh) and the values the scripts share with the functions (eks_prefetch/node_contract.py). Commit the result:

@@ -1,7 +1,7 @@
 """`make template`: writes the SSM documents' content into template.yaml, from document/ (PrefetchDocument:
 content.yaml, the document's parameters and step, and prefetch.sh, the node script; UnpinDocument: unpin.yaml and
 unpin.sh), with the values they share with the functions (eks_prefetch/node_contract.py) in place of their @NAME@
-placeholders.
+placeholders; and the user-data scripts the template hands out as Outputs (WarmBootUserData: warm_boot.sh).
 
 Only the text between each document's two marker lines changes; the rest of template.yaml stays byte for byte.
 template.yaml is committed as generated, so that `sam deploy` needs no extra step; a unit test fails when it differs
@@ -42,9 +42,29 @@ class Document:
         return f"      # END GENERATED {self.resource} content"
 
 
+@dataclass(frozen=True)
+class ScriptOutput:
+    """A template Output whose Value is a script of document/, as it is, for users to put in their nodes' user data."""
+
+    output: str
+    script: Path
+
+    @property
+    def begin(self) -> str:
+        return f"    # BEGIN GENERATED {self.output} value by `make template`: edit document/, not this block."
+
+    @property
+    def end(self) -> str:
+        return f"    # END GENERATED {self.output} value"
+
+
 PREFETCH = Document("PrefetchDocument", HERE / "content.yaml", HERE / "prefetch.sh")
 UNPIN = Document("UnpinDocument", HERE / "unpin.yaml", HERE / "unpin.sh")
 DOCUMENTS = (PREFETCH, UNPIN)
+WARM_BOOT = ScriptOutput("WarmBootUserData", HERE / "warm_boot.sh")
+SCRIPT_OUTPUTS = (WARM_BOOT,)
+# Where an Output's Value sits: its members at 4 spaces, the literal block's lines 2 deeper.
+VALUE_INDENT = " " * 4
 # The prefetch document's, by the names the harness and tests use.
 CONTENT, SCRIPT, BEGIN, END = PREFETCH.content, PREFETCH.script, PREFETCH.begin, PREFETCH.end
 # Where the block sits: PrefetchDocument's Properties (6 spaces), Content's members 2 deeper.
@@ -156,19 +176,43 @@ def render_template(template: str) -> str:
         raise ValueError(f"values that no file of document/ uses: {sorted(unused)}")
     for document in DOCUMENTS:
         template = _render_block(template, document)
+    for output in SCRIPT_OUTPUTS:
+        template = _render_value(template, output)
     return template
 
 
-def _render_block(template: str, document: Document) -> str:
+def render_output_script(output: ScriptOutput = WARM_BOOT) -> str:
+    """The script as the Output gives it: the file, unchanged (it has no placeholders)."""
+    script = output.script.read_text()
+    if PLACEHOLDER.search(script):
+        raise ValueError(f"{output.script} has a placeholder; an Output's script is handed out as it is")
+    if not script.startswith("#!") or not script.endswith("\n") or script.endswith("\n\n"):
+        raise ValueError(f"{output.script} must start with #! and end with exactly one newline")
+    return script
+
+
+def _marked_span(template: str, begin_marker: str, end_marker: str, name: str) -> tuple[list[str], int, int]:
     lines = template.splitlines(keepends=True)
     stripped = [line.rstrip("\n") for line in lines]
-    if stripped.count(document.begin) != 1 or stripped.count(document.end) != 1:
-        raise ValueError(
-            "template.yaml must hold each marker line exactly once:\n" + document.begin + "\n" + document.end
-        )
-    begin, end = stripped.index(document.begin), stripped.index(document.end)
+    if stripped.count(begin_marker) != 1 or stripped.count(end_marker) != 1:
+        raise ValueError("template.yaml must hold each marker line exactly once:\n" + begin_marker + "\n" + end_marker)
+    begin, end = stripped.index(begin_marker), stripped.index(end_marker)
     if end < begin:
-        raise ValueError(f"the END marker of {document.resource} comes before its BEGIN marker")
+        raise ValueError(f"the END marker of {name} comes before its BEGIN marker")
+    return lines, begin, end
+
+
+def _render_value(template: str, output: ScriptOutput) -> str:
+    lines, begin, end = _marked_span(template, output.begin, output.end, output.output)
+    script = render_output_script(output)
+    value = f"{VALUE_INDENT}Value: |\n{_indented(script, VALUE_INDENT + '  ')}"
+    if yaml.safe_load(value) != {"Value": script}:
+        raise AssertionError(f"the generated block does not parse back to {output.script.name}")
+    return "".join(lines[:begin]) + f"{output.begin}\n{value}{output.end}\n" + "".join(lines[end + 1 :])
+
+
+def _render_block(template: str, document: Document) -> str:
+    lines, begin, end = _marked_span(template, document.begin, document.end, document.resource)
     content = render_content(document)
     if yaml.safe_load(content) != expected_content(document):
         raise AssertionError(f"the generated block does not parse back to {document.resource}'s content")
@@ -189,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if generated != current:
         TEMPLATE.write_text(generated)
-        print("template.yaml: the SSM documents' content regenerated from document/")
+        print("template.yaml: the SSM documents' content and the scripts' Outputs regenerated from document/")
     return 0
 
 
