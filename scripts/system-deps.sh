@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Debian packages the tests need: a real node (containerd), a real registry, image tools, and shellcheck.
+# Debian packages the tests need: a real node (containerd), a real registry, image tools, shellcheck, and the block
+# tools of the warm boot test (xfsprogs, loop devices).
 # Installs what is missing when run as root; otherwise says what is missing, and the node tests then fail (unless
 # SKIP_NODE_TESTS=1, which skips them with a notice). Then the containerd releases the node tests also run on (1.7 and
 # 2.x, unpacked under .build/, not installed: scripts/containerd-releases.sh).
@@ -13,6 +14,12 @@ declare -A package_of=(
   [skopeo]=skopeo
   [umoci]=umoci
   [shellcheck]=shellcheck
+  # The warm boot part's node test: a real XFS volume on a loop device (document/warm_boot.sh).
+  [mkfs.xfs]=xfsprogs
+  [xfs_growfs]=xfsprogs
+  [losetup]=mount
+  [blkid]=util-linux
+  [curl]=curl
 )
 missing=()
 for command in "${!package_of[@]}"; do
