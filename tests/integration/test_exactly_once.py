@@ -35,6 +35,7 @@ from tests.integration.test_status import (
     row,
     run_node,
     send,
+    send_to_new_node,
 )
 
 
@@ -93,7 +94,7 @@ def test_a_node_row_whose_reply_is_lost_still_measures_its_latencies(fake, image
     digest (PushToCachedSeconds) and was the launch's first (LaunchToCachedSeconds)."""
     node = run_node(launched=at(4))
     digest = images[TRAINER]
-    command_id = send([node], [ref(TRAINER, digest)])
+    command_id = send_to_new_node(node, [ref(TRAINER, digest)])
     fake.set(command_id, node, Answer("Success", "Success", pulled(TRAINER, digest), ENDED))
     lose_replies(aws.client("dynamodb"), "UpdateItem", 2)  # the node row, then the launch's first report
     capsys.readouterr()
@@ -128,7 +129,7 @@ def test_a_crash_between_the_node_row_and_the_claim_is_finished_by_the_retry(
 ):
     node = run_node(launched=at(4))
     digest = images[TRAINER]
-    command_id = send([node], [ref(TRAINER, digest)])
+    command_id = send_to_new_node(node, [ref(TRAINER, digest)])
     fake.set(command_id, node, Answer("Success", "Success", pulled(TRAINER, digest), ENDED))
     killed = kill_first(aws.client("dynamodb"), "PutItem")  # the claim
     capsys.readouterr()

@@ -165,8 +165,10 @@ def test_ready_node_gets_one_command_with_the_newest_image_of_every_repository(q
     ]
     key = {"instance": instance, "launch_time": launch_time_of(instance)}
     assert request == with_comment_marker(
-        send_command_request(newest, settings, instance_ids=[instance]), event_marker(key)
+        send_command_request(newest, settings, instance_ids=[instance], new_node=True), event_marker(key)
     )
+    # Marked as the new-node path's: the status function measures LaunchToCachedSeconds from these commands only.
+    assert request["Comment"].startswith("new node: prefetch ml/trainer:v2")
     # moto's record of the command, and an acknowledged (deleted) message.
     (command,) = commands()
     assert command["InstanceIds"] == [instance]

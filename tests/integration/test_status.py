@@ -17,12 +17,14 @@ import pytest
 from botocore.exceptions import ClientError
 from moto.ec2.models import ec2_backends
 
-from eks_prefetch import aws, coverage, invocations, resolution, settings, status_table
+from eks_prefetch import aws, commands, coverage, invocations, resolution, sending, settings, status_table
+from eks_prefetch.images import ResolvedImage
 from testing.deployment import load_handler
 from testing.ecr import at, create_repository, push_image
 from testing.environment import ACCOUNT, CLUSTER, DOCUMENT, REGION, REGISTRY, STATUS_TABLE
-from testing.events import scheduled_event, status_event
+from testing.events import running_event, scheduled_event, status_event
 from testing.output import emitted, image_line, summary_line, total, values
+from testing.sqs import LaunchQueue
 from testing.ssm import Answer
 from tests.integration.conftest import INFERENCE, TRAINER
 
@@ -65,10 +67,24 @@ def ref(repository: str, digest: str) -> str:
     return f"{REGISTRY}/{repository}@{digest}"
 
 
-def send(instance_ids: list[str], references: list[str], document: str = DOCUMENT) -> str:
+def send(instance_ids: list[str], references: list[str], document: str = DOCUMENT, comment: str = "") -> str:
+    extra = {"Comment": comment} if comment else {}
     return boto3.client("ssm").send_command(
-        DocumentName=document, InstanceIds=instance_ids, Parameters={"images": [",".join(references)]}
+        DocumentName=document, InstanceIds=instance_ids, Parameters={"images": [",".join(references)]}, **extra
     )["Command"]["CommandId"]
+
+
+def comment_of(node: str, *, new_node: bool) -> str:
+    """The Comment of a command to ``node`` as the functions build it: the new-node path's (``new_node``), or a push's
+    or a repair's, marked with an event key as ``send_once`` marks every command."""
+    image = ResolvedImage(REGISTRY, TRAINER, "sha256:" + "0" * 64, "v2", at(0))
+    request = commands.send_command_request([image], settings.get_settings(), instance_ids=[node], new_node=new_node)
+    return commands.with_comment_marker(request, sending.event_marker({"instance": node}))["Comment"]
+
+
+def send_to_new_node(node: str, references: list[str]) -> str:
+    """A command as the new-node path sends it to a node that just launched."""
+    return send([node], references, comment=comment_of(node, new_node=True))
 
 
 def good_output(records: list[tuple[str, str, str | None]], **extra_summary: Any) -> str:
@@ -285,27 +301,91 @@ def test_an_older_report_never_overwrites_a_newer_one(fake, images, handler, lam
     assert row(node, TRAINER)["digest"] == newest
 
 
-def test_launch_to_cached_once_per_launch(fake, images, handler, lambda_context, capsys):
+def test_launch_to_cached_once_per_launch_from_the_new_node_path(fake, images, handler, lambda_context, capsys):
     launched = ENDED - timedelta(seconds=95)
     node = run_node(launched=launched)
     digest = images[TRAINER]
-    commands = [send([node], [ref(TRAINER, digest)]) for _ in range(2)]
-    fake.set(
-        commands[0], node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)]), ENDED)
+    first = send_to_new_node(node, [ref(TRAINER, digest)])
+    push = send([node], [ref(TRAINER, digest)], comment=comment_of(node, new_node=False))
+    fake.set(first, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)]), ENDED))
+    later = ENDED + timedelta(minutes=3)
+    fake.set(push, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "cached", digest)]), later))
+    capsys.readouterr()
+
+    for command_id in (first, push, first):
+        invoke(handler, lambda_context, status_event(command_id, node, "Success", DOCUMENT, event_id=command_id))
+
+    assert values(capsys.readouterr().out, "LaunchToCachedSeconds", **C) == [95.0]
+
+
+def test_a_node_served_first_by_a_push_measures_no_launch_to_cached(fake, images, handler, lambda_context, capsys):
+    """Launched before anything was pushed, the node's first images came with a push: its wait for that push is no
+    new-node latency, and the new-node command's report that follows is not the launch's first."""
+    node = run_node(launched=ENDED - timedelta(hours=2))
+    digest = images[TRAINER]
+    push = send([node], [ref(TRAINER, digest)], comment=comment_of(node, new_node=False))
+    launch = send_to_new_node(node, [ref(TRAINER, digest)])
+    fake.set(push, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)]), ENDED))
+    later = ENDED + timedelta(seconds=30)
+    fake.set(launch, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "cached", digest)]), later))
+    capsys.readouterr()
+
+    results = [
+        invoke(handler, lambda_context, status_event(command_id, node, "Success", DOCUMENT))["result"]
+        for command_id in (push, launch)
+    ]
+
+    printed = capsys.readouterr().out
+    assert results == ["counted", "counted"]
+    assert total(printed, "Invocations", **C) == 2
+    assert values(printed, "LaunchToCachedSeconds", **C) == []
+    assert aws.dynamodb.get_item(STATUS_TABLE, status_table.node_row_key(node))["first_report_command"] == push
+
+
+def test_a_repair_or_an_untagged_command_measures_no_launch_to_cached(fake, images, handler, lambda_context, capsys):
+    """A repair's command is built like a push's (no new-node mark), and a command whose Comment is empty (sent by
+    hand with the document) is no new-node command either: neither measures, on nodes whose first report it is."""
+    digest = images[TRAINER]
+    repaired, by_hand = (
+        run_node(launched=ENDED - timedelta(minutes=20)),
+        run_node(launched=ENDED - timedelta(minutes=9)),
     )
+    repair = send([repaired], [ref(TRAINER, digest)], comment=comment_of(repaired, new_node=False))
+    manual = send([by_hand], [ref(TRAINER, digest)])
+    output = good_output([(ref(TRAINER, digest), "pulled", digest)])
+    fake.set(repair, repaired, Answer("Success", "Success", output, ENDED))
+    fake.set(manual, by_hand, Answer("Success", "Success", output, ENDED))
+    capsys.readouterr()
+
+    invoke(handler, lambda_context, status_event(repair, repaired, "Success", DOCUMENT))
+    invoke(handler, lambda_context, status_event(manual, by_hand, "Success", DOCUMENT))
+
+    printed = capsys.readouterr().out
+    assert total(printed, "Invocations", **C) == 2
+    assert values(printed, "LaunchToCachedSeconds", **C) == []
+
+
+def test_the_new_node_functions_command_measures_launch_to_cached(fake, fleet, images, handler, lambda_context, capsys):
+    """End to end: the node-launch function sends the command (its Comment as SSM keeps it, event marker and all),
+    and the node's report of it is measured from the launch."""
+    node = run_node(launched=ENDED - timedelta(seconds=70))
+    fleet.online = {node}
+    queue = LaunchQueue(load_handler("node_launch").lambda_handler, lambda_context, max_receives=3)
+    queue.publish(running_event(node))
+    queue.deliver()
+    (command,) = boto3.client("ssm").list_commands()["Commands"]
+    assert commands.is_new_node_comment(command["Comment"])
+    digest = images[TRAINER]
     fake.set(
-        commands[1],
+        command["CommandId"],
         node,
-        Answer(
-            "Success", "Success", good_output([(ref(TRAINER, digest), "cached", digest)]), ENDED + timedelta(minutes=3)
-        ),
+        Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)]), ENDED),
     )
     capsys.readouterr()
 
-    for command_id in commands:
-        invoke(handler, lambda_context, status_event(command_id, node, "Success", DOCUMENT))
+    invoke(handler, lambda_context, status_event(command["CommandId"], node, "Success", DOCUMENT))
 
-    assert values(capsys.readouterr().out, "LaunchToCachedSeconds", **C) == [95.0]
+    assert values(capsys.readouterr().out, "LaunchToCachedSeconds", **C) == [70.0]
 
 
 # --- exactly once ---------------------------------------------------------------------------------------------------

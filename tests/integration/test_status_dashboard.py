@@ -25,7 +25,16 @@ from testing.events import running_event, scheduled_event, status_event
 from testing.output import emf_documents, image_line, summary_line
 from testing.sqs import LaunchQueue
 from testing.ssm import Answer
-from tests.integration.test_status import ENDED, INFERENCE, TRAINER, good_output, ref, run_node, send
+from tests.integration.test_status import (
+    ENDED,
+    INFERENCE,
+    TRAINER,
+    good_output,
+    ref,
+    run_node,
+    send,
+    send_to_new_node,
+)
 from tests.unit.test_status_template import dashboard_body
 
 NAMESPACE = cfn.template()["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
@@ -34,6 +43,7 @@ CONTRACT = {
     ("ImagesCached", frozenset({"ClusterName", "Repository"})),
     ("ImagesSkipped", frozenset({"ClusterName", "Repository"})),
     ("ImagesFailed", frozenset({"ClusterName", "Repository"})),
+    ("ImagesFailedByReason", frozenset({"ClusterName", "Reason"})),
     ("PullSeconds", frozenset({"ClusterName", "Repository"})),
     ("Invocations", frozenset({"ClusterName", "Status"})),
     ("PushToCachedSeconds", frozenset({"ClusterName", "Repository"})),
@@ -63,7 +73,7 @@ def everything_emitted(
     fleet.online = {node, other}
     capsys.readouterr()
 
-    mixed = send([node], [ref(TRAINER, trainer), ref(INFERENCE, inference)])
+    mixed = send_to_new_node(node, [ref(TRAINER, trainer), ref(INFERENCE, inference)])
     stdout = "\n".join(
         [
             image_line(ref(TRAINER, trainer), "pulled", trainer),

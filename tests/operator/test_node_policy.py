@@ -8,6 +8,7 @@ from typing import Any
 
 import boto3
 
+from eks_prefetch.node_role import node_needs, unmet
 from harness.stack import ACCOUNT, REGION, Stack
 from harness.template import template
 
@@ -50,3 +51,29 @@ def test_node_role_policy_grants_nothing_beyond_logs_and_no_wildcard_action() ->
     assert all(action.startswith("logs:") and "*" not in action for action in actions)
     assert "logs:CreateLogGroup" not in actions  # the stack creates the group; nodes never need to
     assert all(statement["Effect"] == "Allow" for statement in statements)
+
+
+def test_the_shipped_policy_is_what_preflight_asks_of_an_inline_equivalent(aws_mock: None) -> None:
+    """`make preflight` accepts, in place of NodeRolePolicyArn attached, inline policies granting what it grants: the
+    stack's own document, inline, meets that need, and without its DescribeLogGroups statement does not."""
+    stack = Stack({"ClusterName": "ml-prod", "RepositoryNames": "ml/trainer"}, name="prefetch-prod").create()
+    arn, statements = _statements(stack)
+    (need,) = [
+        need
+        for need in node_needs(
+            partition="aws",
+            region=REGION,
+            account=ACCOUNT,
+            repositories=["ml/trainer"],
+            node_policy=("NodeRolePolicyArn", arn),
+            log_group=stack.environment("EcrPushFunction")["OUTPUT_LOG_GROUP"],
+        )
+        if arn in need.policies
+    ]
+    without_find = [statement for sid, statement in statements.items() if sid != "FindCommandOutputLogGroup"]
+
+    assert unmet(need, attached=[], inline=[{"Statement": list(statements.values())}]) is None
+    assert unmet(need, attached=[arn], inline=[]) is None
+    assert unmet(need, attached=[], inline=[{"Statement": without_find}]) == (
+        ("logs:DescribeLogGroups", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:*"),
+    )

@@ -1,9 +1,10 @@
 """`make preflight` (eks_prefetch.preflight) against moto: a deployed cluster that is ready, then with each finding
-seeded (a missing repository, an offline and an unregistered node, a role without the policies, no endpoints).
+seeded (a missing repository, an offline and an unregistered node, a role without the policies, no endpoints), and
+roles whose inline policies grant what nodes need, or fall short of it.
 
 Doubles (testing/): ``DeployedStacks`` answers DescribeStacks (moto's CloudFormation needs extras
 not installed); ``ManagedInstances`` answers SSM DescribeInstanceInformation (not implemented by moto). ECR, EC2
-(instances, VPC endpoints) and IAM (profiles, roles, attached policies) are moto's.
+(instances, VPC endpoints) and IAM (profiles, roles, attached and inline policies) are moto's.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from moto.iam.aws_managed_policies import aws_managed_policies_data
 from moto.iam.models import AWSManagedPolicy, iam_backends
 
 from eks_prefetch import preflight
+from eks_prefetch.node_role import SSM_CORE, allowed
 from testing.cloudformation import DeployedStacks
 from testing.ecr import digest_of
 from testing.environment import ACCOUNT, REGION
@@ -27,6 +29,7 @@ STACK = "prefetch-prod"
 CLUSTER = "ml-prod"
 GB = 1_000_000_000
 AWS_POLICY = "arn:aws:iam::aws:policy/"
+LOG_GROUP = f"/aws/ssm/{STACK}/prefetch"
 LOGS_POLICY = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": "logs:PutLogEvents", "Resource": "arn:aws:logs:*:*:log-group:x:*"}],
@@ -92,7 +95,7 @@ class Cluster:
     def deploy(self, repositories: str = "ml/trainer,ml/inference") -> None:
         self.stacks.exists(
             STACK,
-            {"NodeRolePolicyArn": self.node_policy, "UnpinDocumentName": "doc"},
+            {"NodeRolePolicyArn": self.node_policy, "CommandOutputLogGroupName": LOG_GROUP, "UnpinDocumentName": "doc"},
             {
                 "ClusterName": CLUSTER,
                 "RepositoryNames": repositories,
@@ -203,7 +206,7 @@ def test_each_seeded_finding_is_named_with_what_to_do(cluster: Cluster) -> None:
     never_node = f"{never[0]['PrivateDnsName']} ({never[0]['InstanceId']})"
     assert (
         "problem: SSM does not know these nodes (agent never registered): its instance profile lacks SSM permissions "
-        "(AmazonSSMManagedInstanceCore is not attached to its role)"
+        "(AmazonSSMManagedInstanceCore is not attached to its role, nor inline)"
     ) in blocks[f"[nodes] {never_node}"]
     # The role without the policies, with the commands that attach them.
     (role_block,) = [block for title, block in blocks.items() if title.startswith(f"[roles] role {bare_role} ")]
@@ -241,3 +244,114 @@ def test_an_unreadable_stack_exits_two(aws_mock: None) -> None:
 
     assert (code, out) == (2, "")
     assert err.startswith(f"cannot read the stack {STACK}: ")
+
+
+# --- inline policies ------------------------------------------------------------------------------------------------
+
+GROUP = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:"
+# What the three needs come to inline: the agent by ssmmessages, pulls of the watched repositories, the output log.
+INLINE_GRANTS = [
+    {"Effect": "Allow", "Action": ["ssm:UpdateInstanceInformation", "ssmmessages:*Channel"], "Resource": "*"},
+    {"Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
+    {
+        "Effect": "Allow",
+        "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+        "Resource": f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/ml/*",
+    },
+    {
+        "Effect": "Allow",
+        "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+        "Resource": f"{GROUP}{LOG_GROUP}:*",
+    },
+    {"Effect": "Allow", "Action": "logs:DescribeLogGroups", "Resource": "*"},
+]
+
+
+def inline_role(name: str, *policies: dict) -> str:
+    """A node role with no attached policy, only these inline ones; its instance profile's ARN."""
+    profile, _role = node_role(name, [])
+    for number, statements in enumerate(policies):
+        boto3.client("iam").put_role_policy(
+            RoleName=name,
+            PolicyName=f"inline-{number}",
+            PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": statements}),
+        )
+    return profile
+
+
+def test_a_role_granting_what_nodes_need_inline_has_no_finding(cluster: Cluster) -> None:
+    # Split over two inline policies: what counts is what the role's policies grant together.
+    profile = inline_role("inline-nodes", INLINE_GRANTS[:2], INLINE_GRANTS[2:])
+    cluster.launch(2, profile=profile)
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3"))
+    cluster.deploy()
+
+    code, out, err = run()
+
+    assert (code, err) == (0, ""), out
+    assert out.splitlines()[0].endswith(": ready")
+
+
+def test_an_inline_policy_short_of_the_needs_is_a_finding_naming_what_it_lacks(cluster: Cluster) -> None:
+    """ec2messages half granted (and no ssmmessages), ECR for one repository of two, the log written to another
+    group, and a Deny over the agent's registration: each lacking grant named, with the attach commands."""
+    short = [
+        {"Effect": "Allow", "Action": ["ssm:*", "ec2messages:GetMessages", "ec2messages:SendReply"], "Resource": "*"},
+        {"Effect": "Deny", "Action": "ssm:UpdateInstanceInformation", "Resource": "*"},
+        {"Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
+        {
+            "Effect": "Allow",
+            "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+            "Resource": f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/ml/trainer",
+        },
+        {"Effect": "Allow", "NotAction": "logs:Delete*", "Resource": f"{GROUP}/aws/ssm/other/*"},
+    ]
+    profile = inline_role("short-nodes", short)
+    (node,) = cluster.launch(1, profile=profile, registered=None)
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3", "ssm", "ssmmessages", "ec2messages"))
+    cluster.deploy()
+
+    code, out, _err = run()
+
+    assert code == 1, out
+    blocks = {block.splitlines()[0]: block for block in out.split("\n\n")[1:]}
+    (role,) = [block for title, block in blocks.items() if title.startswith("[roles] role short-nodes ")]
+    problem, fix = role.splitlines()[1:]
+    assert problem == (
+        "  problem: not attached: AmazonSSMManagedInstanceCore, AmazonEC2ContainerRegistryReadOnly, "
+        f"NodeRolePolicyArn ({cluster.node_policy}); nor granted by its inline policies, which lack "
+        "ssm:UpdateInstanceInformation, ssmmessages:CreateControlChannel, ssmmessages:OpenControlChannel on *; "
+        f"ecr:BatchGetImage, ecr:GetDownloadUrlForLayer on arn:aws:ecr:{REGION}:{ACCOUNT}:repository/ml/inference; "
+        f"logs:CreateLogStream, logs:DescribeLogStreams on {GROUP}{LOG_GROUP}:*; "
+        f"logs:PutLogEvents on {GROUP}{LOG_GROUP}:log-stream:*; logs:DescribeLogGroups on {GROUP}*"
+    )
+    assert fix.startswith(
+        f"  do:      aws iam attach-role-policy --role-name short-nodes --policy-arn {AWS_POLICY}{SSM_CORE}; "
+    )
+    assert fix.endswith(
+        f"--policy-arn {cluster.node_policy} (or grant what is lacking in an inline policy of the role)"
+    )
+    # The node the role keeps from registering is told apart from one whose agent merely is not running.
+    node_block = blocks[f"[nodes] {node['PrivateDnsName']} ({node['InstanceId']})"]
+    assert "its instance profile lacks SSM permissions" in node_block
+
+
+@pytest.mark.parametrize(
+    ("statement", "granted"),
+    [
+        ({"Effect": "Allow", "Action": "ECR:batchgetimage", "Resource": "arn:aws:ecr:*:*:repository/ml/*"}, True),
+        ({"Effect": "Allow", "Action": "ecr:*", "Resource": "arn:aws:ecr:*:*:repository/ml/t?ainer"}, True),
+        ({"Effect": "Allow", "Action": "ecr:*", "Resource": "arn:aws:ecr:*:*:repository/ML/*"}, False),
+        ({"Effect": "Allow", "NotAction": "ecr:Batch*", "Resource": "*"}, False),
+        ({"Effect": "Allow", "Action": "*", "NotResource": "arn:aws:ecr:*:*:repository/ml/trainer"}, False),
+        (
+            {"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"Bool": {"aws:SecureTransport": "true"}}},
+            True,
+        ),
+        ({"Effect": "Allow", "Action": "ecr:BatchGetImage"}, False),  # no Resource: grants nothing
+    ],
+)
+def test_how_an_inline_statement_is_read(statement: dict, granted: bool) -> None:
+    resource = "arn:aws:ecr:us-east-1:123456789012:repository/ml/trainer"
+
+    assert allowed([{"Statement": [statement]}], "ecr:BatchGetImage", resource) is granted

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from eks_prefetch.commands import send_command_request
+from eks_prefetch.commands import is_new_node_comment, send_command_request, with_comment_marker
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.settings import Settings
 from harness import template as cfn
@@ -99,6 +99,26 @@ def test_comment_stays_within_the_ssm_limit():
 
     assert len(comment) == 100
     assert comment.endswith("...")
+
+
+def test_the_new_node_paths_comment_keeps_its_mark_when_shortened_and_marked():
+    """The mark opens the Comment: shortening to SSM's limit and the event marker both work at its end."""
+    images = [image(f"team-{n}/very-long-repository-name", "2026.11.29-build", "c") for n in range(6)]
+    request = send_command_request(images, settings(), instance_ids=["i-0123456789abcdef0"], new_node=True)
+
+    marked = with_comment_marker(request, "evt-0123456789abcdef")["Comment"]
+
+    assert len(marked) == 100
+    assert marked.startswith("new node: prefetch team-0/very-long-repository-name:2026.11.29-build")
+    assert marked.endswith("... [evt-0123456789abcdef]")
+    assert is_new_node_comment(marked)
+    assert not is_new_node_comment(send_command_request(images[:1], settings())["Comment"])
+    assert not is_new_node_comment(None)
+
+
+def test_a_new_node_command_by_tag_is_a_programming_error():
+    with pytest.raises(ValueError, match="names its node"):
+        send_command_request([image("ml/trainer", "v2", "a")], settings(), new_node=True)
 
 
 def test_no_images_is_a_programming_error():

@@ -11,6 +11,10 @@ from eks_prefetch.settings import Settings
 
 # SSM's limit on a command's Comment.
 _COMMENT_LIMIT = 100
+# The new-node path's commands open their Comment with this. GetCommandInvocation returns the Comment, so the status
+# function tells from the invocation alone that a report answers a launch (LaunchToCachedSeconds is measured from
+# those only). At the start, because shortening cuts the end and the event marker is appended there.
+NEW_NODE_COMMENT_PREFIX = "new node: "
 
 
 def document_parameters(images: Sequence[ResolvedImage], settings: Settings) -> dict[str, list[str]]:
@@ -25,10 +29,15 @@ def document_parameters(images: Sequence[ResolvedImage], settings: Settings) -> 
     }
 
 
-def comment_for(images: Sequence[ResolvedImage], limit: int = _COMMENT_LIMIT) -> str:
+def comment_for(images: Sequence[ResolvedImage], *, new_node: bool = False, limit: int = _COMMENT_LIMIT) -> str:
     names = ", ".join(image.display_name for image in images)
-    text = f"prefetch {names}"
+    text = f"{NEW_NODE_COMMENT_PREFIX if new_node else ''}prefetch {names}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_new_node_comment(comment: str | None) -> bool:
+    """Whether a command's Comment is that of the new-node path (see ``NEW_NODE_COMMENT_PREFIX``)."""
+    return (comment or "").startswith(NEW_NODE_COMMENT_PREFIX)
 
 
 def with_comment_marker(request: Mapping[str, Any], marker: str) -> dict[str, Any]:
@@ -55,12 +64,16 @@ def send_command_request(
     settings: Settings,
     *,
     instance_ids: Sequence[str] | None = None,
+    new_node: bool = False,
 ) -> dict[str, Any]:
-    """Keyword arguments for ssm.send_command: the whole fleet by tag, or the named instances."""
+    """Keyword arguments for ssm.send_command: the whole fleet by tag, or the named instances. ``new_node``: the
+    new-node path's command to a node that just launched, marked as such in its Comment."""
     if not images:
         raise ValueError("a prefetch command needs at least one image")
     if len(images) > MAX_IMAGES_PER_COMMAND:
         raise ValueError(f"a prefetch command takes at most {MAX_IMAGES_PER_COMMAND} images (see image_batches)")
+    if new_node and not instance_ids:
+        raise ValueError("the new-node path's command names its node")
     request: dict[str, Any] = {
         "DocumentName": settings.document_name,
         "DocumentVersion": settings.document_version,
@@ -68,7 +81,7 @@ def send_command_request(
         "MaxConcurrency": settings.max_concurrency,
         "MaxErrors": settings.max_errors,
         "TimeoutSeconds": settings.delivery_timeout_seconds,
-        "Comment": comment_for(images),
+        "Comment": comment_for(images, new_node=new_node),
         "CloudWatchOutputConfig": {
             "CloudWatchLogGroupName": settings.output_log_group,
             "CloudWatchOutputEnabled": True,

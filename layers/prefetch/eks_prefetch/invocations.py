@@ -21,6 +21,7 @@ from aws_lambda_powertools import Logger
 from eks_prefetch import aws
 from eks_prefetch import status_metrics as m
 from eks_prefetch import status_table as table
+from eks_prefetch.commands import is_new_node_comment
 from eks_prefetch.events import SsmInvocationStatusEvent
 from eks_prefetch.images import DIGEST_PATTERN
 from eks_prefetch.node_contract import PLATFORM_SKIP_REASON
@@ -258,16 +259,21 @@ def _record_unreported_failures(
 
 
 def _launch_to_cached(
-    settings: Settings, command_id: str, instance_id: str, output: NodeOutput | None, at: datetime
+    settings: Settings, command_id: str, instance_id: str, output: NodeOutput | None, at: datetime, *, comment: str
 ) -> float | None:
-    """Seconds from the instance's launch to its first report of a pulled or cached image, once per launch."""
+    """Seconds from the instance's launch to its first report of a pulled or cached image, once per launch, and only
+    if that first report answers the new-node path's command: a node launched before anything was pushed, or served
+    first by a push or a repair, would measure the wait for that instead of the new-node path."""
     if output is None or not any(record.status in {"pulled", "cached"} for record in output.records):
         return None
     instance = aws.ec2.describe_instance(instance_id)
     launched = parse_time(instance.get("LaunchTime")) if instance else None
     if launched is None:
         return None
+    # Every command's report is noted, so that a push served first leaves a later new-node report unmeasured.
     if not table.record_first_report(settings, instance_id, launched=launched, at=at, command_id=command_id):
+        return None
+    if not is_new_node_comment(comment):
         return None
     return max(0.0, (at - launched).total_seconds())
 
@@ -324,7 +330,9 @@ def record_invocation(
     not_run = status in NOT_RUN or (status in MAY_NOT_HAVE_RUN and not stdout.strip())
     output = None if not_run else parse_node_output(stdout, watched=settings.repository_names)
     push_to_cached = _update_node_state(scope, command_id, instance_id, status, output, at)
-    launch_to_cached = _launch_to_cached(settings, command_id, instance_id, output, at)
+    launch_to_cached = _launch_to_cached(
+        settings, command_id, instance_id, output, at, comment=invocation.get("Comment") or ""
+    )
     outcome = InvocationOutcome(
         command_id,
         instance_id,

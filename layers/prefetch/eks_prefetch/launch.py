@@ -271,7 +271,7 @@ def _send_to_node(
             key["batch"] = f"{number}/{len(batches)}"
         try:
             command_id, sent_now = send_once(
-                send_command_request(batch, settings, instance_ids=[instance_id]),
+                send_command_request(batch, settings, instance_ids=[instance_id], new_node=True),
                 key=key,
                 settings=settings,
                 lambda_context=lambda_context,

@@ -4,7 +4,7 @@ to do about it.
 - each watched repository exists and holds an image whose tag matches the filter;
 - the running instances carrying the node tag against what SSM reports online (nodes offline or never registered,
   and why when it can be told);
-- the nodes' instance profiles carry the policies they need;
+- the nodes' instance profiles carry the policies they need, attached or as inline policies (``node_role``);
 - the nodes' VPCs have the ECR and S3 endpoints, or else what one push costs in NAT data processing.
 
 Exit status: 0 ready, 1 findings, 2 the stack (or part of what is checked) cannot be read.
@@ -16,24 +16,19 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from eks_prefetch import aws
 from eks_prefetch.images import pick_newest
+from eks_prefetch.node_role import SSM_CORE, Grant, Need, attach_commands, describe, node_needs, unmet
 from eks_prefetch.operator_cli import stack_arguments
 
 READY, FINDINGS, UNREADABLE = 0, 1, 2
 NODE_POLICY_OUTPUT = "NodeRolePolicyArn"
-SSM_CORE = "AmazonSSMManagedInstanceCore"
-# Any of these lets the node pull from ECR.
-ECR_READ = (
-    "AmazonEC2ContainerRegistryReadOnly",
-    "AmazonEC2ContainerRegistryPullOnly",
-    "AmazonEC2ContainerRegistryPowerUser",
-)
+LOG_GROUP_OUTPUT = "CommandOutputLogGroupName"
 # docs/scale.md: NAT gateway data processing, us-east-1 (most regions charge the same or more).
 NAT_DOLLARS_PER_GB = 0.045
 REGISTRY_ENDPOINTS = ("ecr.api", "ecr.dkr", "s3")
@@ -61,6 +56,7 @@ class Deployment:
     node_tag_key: str
     node_tag_value: str
     node_policy_arn: str | None
+    log_group: str | None = None
 
     @property
     def partition(self) -> str:
@@ -84,6 +80,7 @@ class Deployment:
             node_tag_key=parameters.get("NodeTagKey") or "eks:cluster-name",
             node_tag_value=parameters.get("NodeTagValue") or cluster,
             node_policy_arn=outputs.get(NODE_POLICY_OUTPUT),
+            log_group=outputs.get(LOG_GROUP_OUTPUT),
         )
 
 
@@ -115,6 +112,7 @@ class Profile:
     exists: bool
     roles: tuple[str, ...] = ()
     attached: frozenset[str] = frozenset()
+    inline: tuple[Mapping[str, Any], ...] = ()  # the roles' inline policy documents
 
 
 @dataclass
@@ -160,26 +158,19 @@ def _names(nodes: Sequence[Node]) -> str:
     return named + (f" and {len(nodes) - NODES_NAMED} more" if len(nodes) > NODES_NAMED else "")
 
 
-def _missing_policies(profile: Profile, deployment: Deployment) -> list[str]:
-    names = {arn.rsplit("/", 1)[-1] for arn in profile.attached if ":iam::aws:policy/" in arn}
-    missing = []
-    if SSM_CORE not in names:
-        missing.append(SSM_CORE)
-    if not names.intersection(ECR_READ):
-        missing.append(ECR_READ[0])
-    if deployment.node_policy_arn and deployment.node_policy_arn not in profile.attached:
-        missing.append(f"{NODE_POLICY_OUTPUT} ({deployment.node_policy_arn})")
-    return missing
-
-
-def _attach_command(roles: Iterable[str], missing: Sequence[str], deployment: Deployment) -> str:
-    arns = [
-        item.split("(", 1)[1].rstrip(")") if "(" in item else f"arn:{deployment.partition}:iam::aws:policy/{item}"
-        for item in missing
-    ]
-    return "; ".join(
-        f"aws iam attach-role-policy --role-name {role} --policy-arn {arn}" for role in roles for arn in arns
+def _unmet_needs(profile: Profile, deployment: Deployment) -> dict[Need, tuple[Grant, ...]]:
+    """The needs the profile's roles meet neither by an attached policy nor inline, with what the inline policies
+    lack."""
+    needs = node_needs(
+        partition=deployment.partition,
+        region=deployment.region,
+        account=profile.arn.split(":")[4],
+        repositories=deployment.repositories,
+        node_policy=(NODE_POLICY_OUTPUT, deployment.node_policy_arn) if deployment.node_policy_arn else None,
+        log_group=deployment.log_group,
     )
+    found = {need: unmet(need, profile.attached, profile.inline) for need in needs}
+    return {need: lacking for need, lacking in found.items() if lacking is not None}
 
 
 def check_roles(observed: Observed) -> list[Finding]:
@@ -209,15 +200,19 @@ def check_roles(observed: Observed) -> list[Finding]:
                 Finding("roles", subject, "the instance profile has no role", "add the node role to the profile")
             )
             continue
-        missing = _missing_policies(profile, deployment)
+        missing = _unmet_needs(profile, deployment)
         if missing:
+            problem = f"not attached: {', '.join(need.label for need in missing)}"
+            lacking = describe(missing.values())
+            if profile.inline and lacking:
+                problem += f"; nor granted by its inline policies, which lack {lacking}"
             findings.append(
                 Finding(
                     "roles",
                     f"role {', '.join(profile.roles)} ({len(nodes)} node(s), profile {arn.rsplit('/', 1)[-1]})",
-                    f"not attached: {', '.join(missing)}",
-                    _attach_command(profile.roles, missing, deployment)
-                    + " (an equivalent inline policy also works; only attached managed policies are checked)",
+                    problem,
+                    attach_commands(profile.roles, missing, deployment.partition)
+                    + " (or grant what is lacking in an inline policy of the role)",
                 )
             )
     return findings
@@ -231,8 +226,8 @@ def _agent_reason(node: Node, observed: Observed) -> str:
         return "it has no instance profile"
     if profile is not None and (not profile.exists or not profile.roles):
         return "its instance profile has no role"
-    if profile is not None and SSM_CORE in _missing_policies(profile, deployment):
-        return f"its instance profile lacks SSM permissions ({SSM_CORE} is not attached to its role)"
+    if profile is not None and any(need.label == SSM_CORE for need in _unmet_needs(profile, deployment)):
+        return f"its instance profile lacks SSM permissions ({SSM_CORE} is not attached to its role, nor inline)"
     services = observed.endpoints.get(node.vpc_id or "")
     if services is not None:
         absent = [name for name in AGENT_ENDPOINTS if not _has_endpoint(services, name, deployment.region)]
@@ -400,11 +395,13 @@ def observe(deployment: Deployment) -> Observed:
         try:
             policies = aws.iam.instance_profile_policies(arn)
         except aws.AWS_ERRORS as error:
-            observed.unreadable.append(_denied(f"instance profile {arn} (iam:GetInstanceProfile)", error))
+            observed.unreadable.append(_denied(f"instance profile {arn} (iam:GetInstanceProfile, its roles)", error))
             continue
-        observed.profiles[arn] = (
-            Profile(arn, False) if policies is None else Profile(arn, True, tuple(policies[0]), frozenset(policies[1]))
-        )
+        if policies is None:
+            observed.profiles[arn] = Profile(arn, False)
+        else:
+            roles, attached, inline = policies
+            observed.profiles[arn] = Profile(arn, True, tuple(roles), frozenset(attached), tuple(inline))
 
     for vpc_id in sorted({node.vpc_id for node in observed.nodes if node.vpc_id}):
         try:

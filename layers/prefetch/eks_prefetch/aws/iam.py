@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from botocore.exceptions import ClientError
 
@@ -10,8 +13,11 @@ from eks_prefetch.aws import clients
 from eks_prefetch.aws.clients import error_code
 
 
-def instance_profile_policies(profile_arn: str, iam: Any = None) -> tuple[list[str], set[str]] | None:
-    """The roles of an instance profile and the managed policies attached to them, or None if it does not exist."""
+def instance_profile_policies(
+    profile_arn: str, iam: Any = None
+) -> tuple[list[str], set[str], list[Mapping[str, Any]]] | None:
+    """The roles of an instance profile, the managed policies attached to them (ARNs) and their inline policy
+    documents; None if the profile does not exist."""
     iam = iam or clients.client("iam")
     try:
         profile = iam.get_instance_profile(InstanceProfileName=profile_arn.rsplit("/", 1)[-1])["InstanceProfile"]
@@ -21,7 +27,19 @@ def instance_profile_policies(profile_arn: str, iam: Any = None) -> tuple[list[s
         raise
     roles = [role["RoleName"] for role in profile.get("Roles", [])]
     attached: set[str] = set()
+    inline: list[Mapping[str, Any]] = []
     for role in roles:
         for page in iam.get_paginator("list_attached_role_policies").paginate(RoleName=role):
             attached.update(policy["PolicyArn"] for policy in page["AttachedPolicies"])
-    return roles, attached
+        for page in iam.get_paginator("list_role_policies").paginate(RoleName=role):
+            for name in page["PolicyNames"]:
+                document = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+                inline.append(_document(document))
+    return roles, attached, inline
+
+
+def _document(document: Any) -> Mapping[str, Any]:
+    """A policy document as a mapping: boto3 decodes it, but IAM's own answer is URL-encoded JSON."""
+    if isinstance(document, Mapping):
+        return document
+    return json.loads(unquote(document))
