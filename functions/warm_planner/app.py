@@ -32,7 +32,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 
     now = datetime.now(UTC)
     if isinstance(parsed, EcrImageActionEvent):
-        return note_push(parsed, settings, now).as_dict()
+        noted = note_push(parsed, settings, now)
+        metrics.add_metric(name="WarmBuildsWanted", unit=MetricUnit.Count, value=int(noted.result == "push-noted"))
+        return noted.as_dict()
 
     outcome = run_schedule(parsed.trigger, settings, now)
     metrics.add_metric(name="WarmBuildsStarted", unit=MetricUnit.Count, value=int(outcome.result == "started"))

@@ -181,7 +181,5 @@ def test_a_builder_older_than_the_sweep_bound_belongs_to_no_build_that_can_still
     assert len(definition["States"]["PlanCommands"]["Parameters"]["list"]) == BOUNDED_WAITS["WaitForCommand"]
     substitutions = cfn.resource("WarmVolumeBuilder")["Properties"]["DefinitionSubstitutions"]
     longest_wait = int(substitutions["PollSeconds"]) * int(substitutions["MaxPolls"])
-    bound = int(
-        cfn.resource("WarmPlannerFunction")["Properties"]["Environment"]["Variables"]["WARM_BUILD_MAX_SECONDS"]
-    )
+    bound = int(cfn.resource("WarmPlannerFunction")["Properties"]["Environment"]["Variables"]["WARM_BUILD_MAX_SECONDS"])
     assert bound >= sum(BOUNDED_WAITS.values()) * longest_wait
