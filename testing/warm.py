@@ -5,6 +5,7 @@
   planner's environment.
 - ``FastSnapshotRestores``: moto has no fast snapshot restore (Describe/DisableFastSnapshotRestores); the double
   keeps the state per snapshot and zone and answers both.
+- ``WarmStack.delete_launch_template_version``: moto has no DeleteLaunchTemplateVersions either.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ class WarmStack:
         )["SnapshotId"]
 
     def snapshots(self) -> set[str]:
-        described = self.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
+        """Every warm snapshot, of any stack (moto's AMIs have snapshots of their own)."""
+        described = self.ec2.describe_snapshots(Filters=[{"Name": "tag-key", "Values": [SNAPSHOT_TAG]}])["Snapshots"]
         return {snapshot["SnapshotId"] for snapshot in described}
 
     def use_in_launch_template(self, snapshot: str) -> int:
@@ -122,7 +124,10 @@ class WarmStack:
         return int(version)
 
     def delete_launch_template_version(self, version: int) -> None:
-        self.ec2.delete_launch_template_versions(LaunchTemplateId=self.launch_template, Versions=[str(version)])
+        """moto has no DeleteLaunchTemplateVersions, and numbers versions by their place in a list: the version
+        stays in moto's backend but names nothing any more, which is what the planner reads of a deleted one."""
+        template = ec2_backends[ACCOUNT][REGION].launch_templates[self.launch_template]
+        template.get_version(version).data = {}
 
     # --- builders ---
 
