@@ -16,6 +16,7 @@ from eks_prefetch.images import ResolvedImage
 from eks_prefetch.settings import Settings
 from eks_prefetch.warm_planner import Ami, Plan, PlannerEvent, PlannerSchedule, build_reason, platforms
 from eks_prefetch.warm_state import WarmState
+from harness import template as cfn
 from testing.environment import DEPLOYMENT_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,10 +84,11 @@ def test_a_plan_is_the_same_only_with_the_same_ami_and_digests() -> None:
     assert not plan.same_as({})
 
 
-@pytest.mark.parametrize("name", ["tick.json", "daily.json"])
-def test_the_sample_schedules_parse(name: str) -> None:
-    event = json.loads((ROOT / "events" / "warm_planner" / name).read_text())
-    assert parse(event=event, model=PlannerEvent) == PlannerSchedule(trigger=name.removesuffix(".json"))
+def test_the_template_schedules_inputs_parse() -> None:
+    events = cfn.resource("WarmPlannerFunction")["Properties"]["Events"]
+    for name, trigger in (("Tick", "tick"), ("Daily", "daily")):
+        event = json.loads(events[name]["Properties"]["Input"])
+        assert parse(event=event, model=PlannerEvent) == PlannerSchedule(trigger=trigger)
 
 
 def test_a_push_event_parses_as_a_push() -> None:

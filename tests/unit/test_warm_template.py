@@ -65,7 +65,7 @@ def test_off_there_is_no_builder_and_no_ec2_write_permission() -> None:
 def test_every_warm_resource_and_output_is_under_the_condition() -> None:
     template = cfn.template()
     warm = [logical_id for logical_id in template["Resources"] if logical_id.startswith("Warm")]
-    assert len(warm) == 9
+    assert len(warm) == 10
     assert all(template["Resources"][logical_id].get("Condition") == "WarmVolumes" for logical_id in warm)
     outputs = [name for name in template["Outputs"] if name.startswith("Warm")]
     assert outputs and all(template["Outputs"][name].get("Condition") == "WarmVolumes" for name in outputs)
@@ -183,3 +183,10 @@ def test_a_builder_older_than_the_sweep_bound_belongs_to_no_build_that_can_still
     longest_wait = int(substitutions["PollSeconds"]) * int(substitutions["MaxPolls"])
     bound = int(cfn.resource("WarmPlannerFunction")["Properties"]["Environment"]["Variables"]["WARM_BUILD_MAX_SECONDS"])
     assert bound >= sum(BOUNDED_WAITS.values()) * longest_wait
+
+
+def test_the_planner_has_its_own_errors_alarm() -> None:
+    alarm = _resources("true")["WarmPlannerErrorsAlarm"]["Properties"]
+    assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "WarmPlannerFunction"}}]
+    assert alarm["MetricName"] == "Errors" and alarm["Threshold"] == 0
+    assert alarm["AlarmActions"] == cfn.resource("FunctionErrorsAlarm")["Properties"]["AlarmActions"]
