@@ -16,11 +16,12 @@ import time_machine
 
 from eks_prefetch import settings as settings_module
 from eks_prefetch.warm_cleanup import builders_left_behind, retention
+from eks_prefetch.warm_planner import WarmPlanError
 from testing.deployment import FakeLambdaContext, create_status_table, load_handler
 from testing.ec2 import set_launch_time
 from testing.environment import CLUSTER
 from testing.output import emitted
-from testing.warm import BUILD_TAG, FastSnapshotRestores, WarmStack
+from testing.warm import AMI_PARAMETER, BUILD_TAG, FastSnapshotRestores, WarmStack
 
 START = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 TICK = {"trigger": "tick"}
@@ -166,3 +167,15 @@ def test_a_quiet_tick_reports_zero_builders_left_behind(
     printed = capsys.readouterr().out
     assert metric(printed, "WarmBuildersLeftBehind") == [0]
     assert metric(printed, "WarmBuildsStarted") == [0]
+
+
+def test_a_tick_whose_ami_cannot_be_resolved_fails_but_still_sweeps(warm: WarmStack, clock: Any) -> None:
+    left_behind = warm.builder(build="failed-build")
+    set_launch_time(left_behind, START - timedelta(hours=13))
+    warm.ssm.delete_parameter(Name=AMI_PARAMETER)
+
+    with pytest.raises(WarmPlanError, match=AMI_PARAMETER):
+        run(TICK)
+
+    assert warm.state_of(left_behind) == "terminated"
+    assert warm.executions() == []

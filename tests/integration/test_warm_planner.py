@@ -26,7 +26,7 @@ from testing.ecr import create_repository, push_image
 from testing.environment import CLUSTER, REGISTRY
 from testing.events import push_event
 from testing.output import emitted
-from testing.warm import AMI_PARAMETER, WarmStack
+from testing.warm import AMI_PARAMETER, SNAPSHOT_PARAMETER, WarmStack
 
 TRAINER = "ml/trainer"
 INFERENCE = "ml/inference"
@@ -352,3 +352,12 @@ def test_a_start_that_fails_releases_the_claim(warm: WarmStack, clock: Any, monk
 
     assert warm_state.read_state(get_settings()).last_started_at is None
     assert run(TICK)["result"] == "started"
+
+
+def test_an_unreadable_snapshot_parameter_counts_as_no_snapshot(warm: WarmStack, clock: Any) -> None:
+    push_image(TRAINER, "trainer-v1", tag="v1", pushed_at=START)
+    boto3.client("ssm").put_parameter(Name=SNAPSHOT_PARAMETER, Value="not json", Type="String", Overwrite=True)
+
+    outcome = run(TICK)
+
+    assert outcome["result"] == "started" and outcome["reason"] == "first"

@@ -221,11 +221,12 @@ def run_schedule(trigger: str, settings: Settings, now: datetime) -> PlannerOutc
     """A scheduled run: start a build if one is due; on the tick, also sweep the builders left behind and, while no
     build runs, apply the snapshot retention."""
     running = aws.sfn.running_executions(settings.warm_state_machine_arn)
+    # The sweep first: a plan that fails (an AMI that cannot be resolved) must not keep builders running.
+    terminated = warm_cleanup.sweep_builders(settings, running, now) if trigger == "tick" else []
     published = {} if running else published_snapshot(settings)
     outcome = plan_and_start(trigger, settings, now, running, published)
     if trigger != "tick":
         return outcome
-    terminated = warm_cleanup.sweep_builders(settings, running, now)
     kept = warm_cleanup.RetentionOutcome()
     if not running and outcome.result != "started":
         kept = warm_cleanup.keep_newest_snapshots(settings, published.get("snapshotId"))
