@@ -112,7 +112,13 @@ def test_iam_is_scoped_to_the_table_and_star_only_where_aws_allows_nothing_else(
 def test_alarms_notify_the_encrypted_topic():
     alarms = {name: r for name, r in cfn.template()["Resources"].items() if r["Type"] == "AWS::CloudWatch::Alarm"}
 
-    assert set(alarms) == {"FailureRateAlarm", "DeadLetterAlarm", "CoverageAlarm", "FunctionErrorsAlarm"}
+    assert set(alarms) == {
+        "FailureRateAlarm",
+        "DeadLetterAlarm",
+        "CoverageAlarm",
+        "FunctionErrorsAlarm",
+        "WarmPlannerErrorsAlarm",  # only with WarmVolumes
+    }
     for alarm in alarms.values():
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
         assert alarm["Properties"]["TreatMissingData"] == "notBreaching"
@@ -174,8 +180,11 @@ def test_function_errors_alarm_covers_every_function():
     all_functions = {n for n, r in cfn.template()["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
 
     # The uninstall's function runs only while the stack (and this alarm) is being deleted; the configuration check
-    # only during a deploy, whose failure CloudFormation itself reports with the reason.
-    assert functions == set(FUNCTIONS) == all_functions - {"UnpinFunction", "ConfigCheckFunction"}
+    # only during a deploy, whose failure CloudFormation itself reports with the reason. The warm planner, which
+    # exists only with WarmVolumes, has its own alarm (WarmPlannerErrorsAlarm, tests/unit/test_warm_template.py).
+    assert (
+        functions == set(FUNCTIONS) == all_functions - {"UnpinFunction", "ConfigCheckFunction", "WarmPlannerFunction"}
+    )
 
 
 def dashboard_body() -> dict[str, Any]:

@@ -12,11 +12,14 @@ from typing import Any
 
 import pytest
 
+from eks_prefetch.settings import Settings
 from harness import template as cfn
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = ROOT / "statemachines" / "warm_volume_builder.asl.json"
 WARM_TYPES = {"AWS::Serverless::StateMachine", "AWS::EC2::LaunchTemplate", "AWS::IAM::InstanceProfile"}
+# The builder's waits, each a bounded loop of PollSeconds x MaxPolls, and how often each can run in one build.
+BOUNDED_WAITS = {"WaitForBuilder": 1, "WaitForCommand": 3, "WaitForSnapshot": 1}
 
 
 def _resources(warm: str) -> dict[str, dict[str, Any]]:
@@ -62,7 +65,7 @@ def test_off_there_is_no_builder_and_no_ec2_write_permission() -> None:
 def test_every_warm_resource_and_output_is_under_the_condition() -> None:
     template = cfn.template()
     warm = [logical_id for logical_id in template["Resources"] if logical_id.startswith("Warm")]
-    assert len(warm) == 7
+    assert len(warm) == 10
     assert all(template["Resources"][logical_id].get("Condition") == "WarmVolumes" for logical_id in warm)
     outputs = [name for name in template["Outputs"] if name.startswith("Warm")]
     assert outputs and all(template["Outputs"][name].get("Condition") == "WarmVolumes" for name in outputs)
@@ -109,3 +112,81 @@ def test_the_builder_scripts_pass_shellcheck(document: str, tmp_path: Path) -> N
     path.write_text(script)
     result = subprocess.run([shellcheck, "--shell=bash", str(path)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout
+
+
+# --- the planner (WarmPlannerFunction) -----------------------------------------------------------------------------
+
+
+def _statements(logical_id: str) -> list[dict[str, Any]]:
+    policies = cfn.resource(logical_id)["Properties"]["Policies"]
+    return [statement for policy in policies if "Statement" in policy for statement in policy["Statement"]]
+
+
+def test_off_there_is_no_planner_and_no_schedule_of_its_own() -> None:
+    resources = _resources("false")
+    assert "WarmPlannerFunction" not in resources
+    assert not [r for r in resources.values() if r["Type"] == "AWS::Serverless::Function" and "warm" in json.dumps(r)]
+
+
+def test_on_the_planner_exists_with_its_triggers() -> None:
+    planner = _resources("true")["WarmPlannerFunction"]
+    events = planner["Properties"]["Events"]
+    assert events["Tick"]["Properties"]["Schedule"] == "rate(15 minutes)"
+    assert json.loads(events["Tick"]["Properties"]["Input"]) == {"trigger": "tick"}
+    assert json.loads(events["Daily"]["Properties"]["Input"]) == {"trigger": "daily"}
+    push = events["PushWanted"]["Properties"]["Pattern"]
+    assert push["detail"]["action-type"] == ["PUSH"] and push["detail"]["result"] == ["SUCCESS"]
+    # The debounce cannot be finer than the tick that applies it.
+    assert cfn.template()["Parameters"]["WarmBuildDebounceMinutes"]["MinValue"] >= 15
+
+
+def test_the_planner_policy_is_scoped() -> None:
+    for statement in _statements("WarmPlannerFunction"):
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if statement["Resource"] == "*":
+            assert all(action.startswith("ec2:Describe") for action in actions), statement
+        if {"ec2:TerminateInstances"} & set(actions):
+            assert "ec2:ResourceTag/eks-image-prefetch:warm-builder" in json.dumps(statement["Condition"])
+        if {"ec2:DeleteSnapshot", "ec2:DisableFastSnapshotRestores"} & set(actions):
+            assert "ec2:ResourceTag/eks-image-prefetch:warm-snapshot" in json.dumps(statement["Condition"])
+        if any(action.startswith("dynamodb:") for action in actions):
+            assert statement["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["WARM"]}}
+        if any(action.startswith("states:") for action in actions):
+            assert statement["Resource"] == {"Ref": "WarmVolumeBuilder"}
+    writes = {
+        action
+        for statement in _statements("WarmPlannerFunction")
+        for action in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
+        if action.startswith("ec2:") and not action.startswith("ec2:Describe")
+    }
+    assert writes == {"ec2:TerminateInstances", "ec2:DeleteSnapshot", "ec2:DisableFastSnapshotRestores"}
+
+
+def test_the_planner_environment_is_valid_settings() -> None:
+    environment = cfn.function_environment(
+        "WarmPlannerFunction", WarmVolumes="true", WarmBuilderSubnetId="subnet-0123456789abcdef0"
+    )
+    settings = Settings.from_env(environment)
+    assert settings.warm_state_machine_arn == "stand-in-WarmVolumeBuilder"
+    assert settings.warm_snapshots_to_keep == 2
+    assert settings.warm_build_debounce_minutes == 180
+    assert settings.warm_stack_name == "eks-image-prefetch"
+    assert settings.status_table == "stand-in-StatusTable"
+
+
+def test_a_builder_older_than_the_sweep_bound_belongs_to_no_build_that_can_still_end() -> None:
+    definition = json.loads(DEFINITION.read_text())
+    waits = {name for name, state in definition["States"].items() if state["Type"] == "Wait"}
+    assert waits == set(BOUNDED_WAITS)
+    assert len(definition["States"]["PlanCommands"]["Parameters"]["list"]) == BOUNDED_WAITS["WaitForCommand"]
+    substitutions = cfn.resource("WarmVolumeBuilder")["Properties"]["DefinitionSubstitutions"]
+    longest_wait = int(substitutions["PollSeconds"]) * int(substitutions["MaxPolls"])
+    bound = int(cfn.resource("WarmPlannerFunction")["Properties"]["Environment"]["Variables"]["WARM_BUILD_MAX_SECONDS"])
+    assert bound >= sum(BOUNDED_WAITS.values()) * longest_wait
+
+
+def test_the_planner_has_its_own_errors_alarm() -> None:
+    alarm = _resources("true")["WarmPlannerErrorsAlarm"]["Properties"]
+    assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "WarmPlannerFunction"}}]
+    assert alarm["MetricName"] == "Errors" and alarm["Threshold"] == 0
+    assert alarm["AlarmActions"] == cfn.resource("FunctionErrorsAlarm")["Properties"]["AlarmActions"]

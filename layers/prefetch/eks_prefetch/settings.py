@@ -101,6 +101,24 @@ class Settings(BaseModel):
         alias="REPAIR_BACKOFF_CAP_SECONDS", default=21_600
     )
 
+    # --- Warm boot volumes' planner (issue 19, docs/warm-volumes.md). Defaulted: only the planner's environment has
+    # them, and only with WarmVolumes. ---
+    # The stack's name: the value of the warm-builder and warm-snapshot tags.
+    warm_stack_name: str = Field(alias="WARM_STACK_NAME", default="")
+    warm_state_machine_arn: str = Field(alias="WARM_STATE_MACHINE_ARN", default="")
+    # An AMI id, or an SSM parameter path that holds one (the template's WarmNodeAmi pattern).
+    warm_node_ami: str = Field(alias="WARM_NODE_AMI", default="", pattern=r"^(ami-[0-9a-f]{8,17}|/[A-Za-z0-9_./-]+)?$")
+    warm_snapshot_parameter: str = Field(alias="WARM_SNAPSHOT_PARAMETER", default="")
+    warm_launch_template_id: str = Field(alias="WARM_LAUNCH_TEMPLATE_ID", default="")
+    warm_snapshots_to_keep: Annotated[int, Field(ge=1, le=50)] = Field(alias="WARM_SNAPSHOTS_TO_KEEP", default=2)
+    warm_build_debounce_minutes: Annotated[int, Field(ge=15, le=10_080)] = Field(
+        alias="WARM_BUILD_DEBOUNCE_MINUTES", default=180
+    )
+    # The longest a build can run: a builder older than this belongs to no build that can still end it.
+    warm_build_max_seconds: Annotated[int, Field(ge=600, le=604_800)] = Field(
+        alias="WARM_BUILD_MAX_SECONDS", default=43_200
+    )
+
     _split_repositories = field_validator("repository_names", mode="before")(_split_csv)
 
     @field_validator("repository_names")

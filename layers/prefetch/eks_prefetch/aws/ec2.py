@@ -69,3 +69,95 @@ def private_dns_names(instance_ids: list[str]) -> dict[str, str]:
         instance_id: instance.get("PrivateDnsName") or ""
         for instance_id, instance in describe_instances(instance_ids).items()
     }
+
+
+# --- Warm boot volumes (docs/warm-volumes.md): the planner's AMI, snapshots, launch template and builders ---------
+
+
+def describe_image(image_id: str, ec2: Any = None) -> Mapping[str, Any] | None:
+    """The AMI as DescribeImages shows it (Architecture, ...), or None if EC2 does not know it (any more)."""
+    try:
+        images = (ec2 or clients.client("ec2")).describe_images(ImageIds=[image_id])["Images"]
+    except ClientError as error:
+        if error_code(error) in {"InvalidAMIID.NotFound", "InvalidAMIID.Unavailable", "InvalidAMIID.Malformed"}:
+            return None
+        raise
+    return images[0] if images else None
+
+
+def tagged_snapshots(tag_key: str, tag_value: str, ec2: Any = None) -> list[Mapping[str, Any]]:
+    """This account's snapshots carrying the tag, in any state."""
+    paginator = (ec2 or clients.client("ec2")).get_paginator("describe_snapshots")
+    pages = paginator.paginate(OwnerIds=["self"], Filters=[{"Name": f"tag:{tag_key}", "Values": [tag_value]}])
+    return [snapshot for page in pages for snapshot in page["Snapshots"]]
+
+
+def launch_template_snapshot_ids(launch_template_id: str, ec2: Any = None) -> set[str]:
+    """Every snapshot id any version of the launch template names in its block device mappings."""
+    paginator = (ec2 or clients.client("ec2")).get_paginator("describe_launch_template_versions")
+    # No Versions argument: every version, not just $Latest and $Default.
+    pages = paginator.paginate(LaunchTemplateId=launch_template_id)
+    return {
+        snapshot_id
+        for page in pages
+        for version in page["LaunchTemplateVersions"]
+        for mapping in version.get("LaunchTemplateData", {}).get("BlockDeviceMappings", [])
+        if (snapshot_id := mapping.get("Ebs", {}).get("SnapshotId"))
+    }
+
+
+# Fast snapshot restore states that cost money (everything but disabling/disabled).
+_FSR_BILLED_STATES = ["enabling", "optimizing", "enabled"]
+
+
+def fast_snapshot_restore_zones(snapshot_ids: list[str], ec2: Any = None) -> dict[str, set[str]]:
+    """Snapshot id -> the availability zones where fast snapshot restore is on (or turning on) for it."""
+    if not snapshot_ids:
+        return {}
+    paginator = (ec2 or clients.client("ec2")).get_paginator("describe_fast_snapshot_restores")
+    pages = paginator.paginate(
+        Filters=[{"Name": "snapshot-id", "Values": snapshot_ids}, {"Name": "state", "Values": _FSR_BILLED_STATES}]
+    )
+    zones: dict[str, set[str]] = {}
+    for page in pages:
+        for restore in page["FastSnapshotRestores"]:
+            if restore.get("State") in _FSR_BILLED_STATES:
+                zones.setdefault(restore["SnapshotId"], set()).add(restore["AvailabilityZone"])
+    return zones
+
+
+def disable_fast_snapshot_restores(snapshot_id: str, zones: set[str], ec2: Any = None) -> None:
+    (ec2 or clients.client("ec2")).disable_fast_snapshot_restores(
+        AvailabilityZones=sorted(zones), SourceSnapshotIds=[snapshot_id]
+    )
+
+
+def delete_snapshot(snapshot_id: str, ec2: Any = None) -> bool:
+    """Delete a snapshot; False if EC2 refuses because something uses it (an AMI, a volume being created from it),
+    True once it is gone (already gone included)."""
+    try:
+        (ec2 or clients.client("ec2")).delete_snapshot(SnapshotId=snapshot_id)
+    except ClientError as error:
+        if error_code(error) == "InvalidSnapshot.NotFound":
+            return True
+        if error_code(error) == "InvalidSnapshot.InUse":
+            return False
+        raise
+    return True
+
+
+def tagged_instances(tag_key: str, tag_value: str, ec2: Any = None) -> list[Mapping[str, Any]]:
+    """Instances carrying the tag that are not (being) terminated."""
+    paginator = (ec2 or clients.client("ec2")).get_paginator("describe_instances")
+    pages = paginator.paginate(
+        Filters=[
+            {"Name": f"tag:{tag_key}", "Values": [tag_value]},
+            {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
+        ]
+    )
+    return [instance for page in pages for reservation in page["Reservations"] for instance in reservation["Instances"]]
+
+
+def terminate_instances(instance_ids: list[str], ec2: Any = None) -> None:
+    if instance_ids:
+        (ec2 or clients.client("ec2")).terminate_instances(InstanceIds=instance_ids)

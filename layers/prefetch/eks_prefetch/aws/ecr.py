@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -76,3 +77,42 @@ def repository_images(repository: str, ecr: Any = None) -> list[Mapping[str, Any
         return list(describe_tagged_images(repository, ecr=ecr))
     except RepositoryNotFoundError:
         return None
+
+
+# What BatchGetImage may answer with: an index is returned as such, so its platforms can be read.
+_INDEX_MEDIA_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+_MANIFEST_MEDIA_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+
+
+def image_manifests(repository: str, digests: Iterable[str], ecr: Any = None) -> dict[str, Mapping[str, Any]]:
+    """Digest -> the image's manifest as stored (an index stays an index), 100 digests a request; a digest the
+    repository does not hold is left out. Raises RepositoryNotFoundError."""
+    client = ecr or clients.client("ecr")
+    wanted = sorted(set(digests))
+    found: dict[str, Mapping[str, Any]] = {}
+    for start in range(0, len(wanted), MAX_IMAGE_IDS):
+        try:
+            images = client.batch_get_image(
+                repositoryName=repository,
+                imageIds=[{"imageDigest": digest} for digest in wanted[start : start + MAX_IMAGE_IDS]],
+                acceptedMediaTypes=[*_INDEX_MEDIA_TYPES, *_MANIFEST_MEDIA_TYPES],
+            )["images"]
+        except ClientError as error:
+            if error_code(error) == "RepositoryNotFoundException":
+                raise RepositoryNotFoundError(repository) from error
+            raise
+        for image in images:
+            digest = image.get("imageId", {}).get("imageDigest")
+            try:
+                manifest = json.loads(image.get("imageManifest") or "")
+            except ValueError:
+                continue
+            if digest and isinstance(manifest, dict):
+                found[digest] = manifest
+    return found

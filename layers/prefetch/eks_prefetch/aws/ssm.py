@@ -141,3 +141,13 @@ def managed_instances(tag_key: str, tag_value: str, ssm: Any = None) -> list[Map
         Filters=[{"Key": f"tag:{tag_key}", "Values": [tag_value]}], PaginationConfig={"PageSize": 50}
     )
     return [info for page in pages for info in page["InstanceInformationList"]]
+
+
+def get_parameter_value(name: str, ssm: Any = None) -> str | None:
+    """A parameter's value, or None if it does not exist."""
+    try:
+        return (ssm or clients.client("ssm")).get_parameter(Name=name)["Parameter"]["Value"]
+    except ClientError as error:
+        if error_code(error) == "ParameterNotFound":
+            return None
+        raise

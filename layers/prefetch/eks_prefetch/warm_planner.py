@@ -1,0 +1,285 @@
+"""When to build a warm boot volume, and with what: the planner behind WarmPlannerFunction (docs/warm-volumes.md).
+
+Triggers:
+- a push of a watched repository only marks a build *wanted* (``warm_state``);
+- the tick (every 15 minutes) starts a build when one is wanted and the last build started at least
+  ``warm_build_debounce_minutes`` ago, so a burst of pushes lands in one build and at most one build starts per
+  window; or when the node AMI differs from the published snapshot's (a new AMI, or no snapshot yet);
+- the daily check plans whatever was or was not wanted: a missed push event, a changed tag filter.
+
+Whatever the trigger, no build starts while one runs, nor when the plan (AMI and image digests) is what the
+published snapshot already holds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from aws_lambda_powertools import Logger
+from pydantic import BaseModel, ConfigDict
+
+from eks_prefetch import aws, warm_cleanup, warm_state
+from eks_prefetch.commands import document_parameters
+from eks_prefetch.events import EcrImageActionEvent
+from eks_prefetch.images import ResolvedImage
+from eks_prefetch.node_contract import MAX_IMAGES_PER_COMMAND
+from eks_prefetch.resolution import NewestImages
+from eks_prefetch.settings import Settings
+
+logger = Logger(child=True)
+
+# EC2's architecture names -> the OCI platform's.
+OCI_ARCHITECTURES = {"x86_64": "amd64", "arm64": "arm64", "i386": "386"}
+INDEX_MEDIA_TYPES = frozenset(
+    {"application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"}
+)
+
+
+class PlannerSchedule(BaseModel):
+    """The planner's schedules' input (template.yaml: WarmPlannerFunction's Tick and Daily)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trigger: Literal["tick", "daily"]
+
+
+PlannerEvent = EcrImageActionEvent | PlannerSchedule
+
+
+class WarmPlanError(RuntimeError):
+    """The build cannot be planned (the AMI cannot be resolved): fails the invocation, so that it is retried."""
+
+
+@dataclass(frozen=True)
+class Ami:
+    id: str
+    architecture: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One build: the AMI, and the newest image of each watched repository for its architecture."""
+
+    ami: Ami
+    images: tuple[ResolvedImage, ...]
+    # When the repositories were listed: pushes before it are in this plan.
+    resolved_at: datetime
+    # Repositories whose newest image has no manifest for the AMI's architecture.
+    skipped: tuple[str, ...] = ()
+
+    def execution_input(self, settings: Settings) -> dict[str, Any]:
+        """The state machine's input (docs/warm-volumes.md, "Input")."""
+        return {
+            "images": [{"repository": image.repository, "digest": image.digest} for image in self.images],
+            "documentParameters": document_parameters(self.images, settings),
+        }
+
+    def same_as(self, published: Mapping[str, Any]) -> bool:
+        """Whether the published snapshot already holds this plan: the same AMI and the same image digests."""
+        images = published.get("images")
+        if published.get("amiId") != self.ami.id or not isinstance(images, list):
+            return False
+        held = {(image.get("repository"), image.get("digest")) for image in images if isinstance(image, dict)}
+        return held == {(image.repository, image.digest) for image in self.images}
+
+
+@dataclass(frozen=True)
+class PlannerOutcome:
+    result: str  # started | unchanged | waiting | running | lost-race | push-noted | ignored
+    reason: str = ""
+    execution: str = ""
+    images: int = 0
+    skipped: tuple[str, ...] = ()
+    builders_terminated: tuple[str, ...] = ()
+    snapshots_deleted: tuple[str, ...] = ()
+    fast_snapshot_restores_disabled: tuple[str, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items() if value}
+
+
+# --- pure decisions -----------------------------------------------------------------------------------------------
+
+
+def build_reason(
+    trigger: str, state: warm_state.WarmState, published: Mapping[str, Any], ami: Ami, now: datetime, settings: Settings
+) -> str | None:
+    """Why a build should start now (ami, first, daily, push), or None. Called with no build running."""
+    window = timedelta(minutes=settings.warm_build_debounce_minutes)
+    started_recently = state.last_started_at is not None and now - state.last_started_at < window
+    # A build of this AMI started within the window either runs or failed: a failure is retried after the window, not
+    # every tick.
+    if published.get("amiId") != ami.id and not (started_recently and state.last_ami == ami.id):
+        return "first" if not published.get("snapshotId") else "ami"
+    if trigger == "daily":
+        return "daily"
+    if state.wanted and not started_recently:
+        return "push"
+    return None
+
+
+def platforms(manifest: Mapping[str, Any]) -> set[str] | None:
+    """The architectures (linux) an index has a manifest for; None for a single manifest, whose architecture is only
+    in its config blob (not read: one more request per image; such an image is assumed to fit)."""
+    media_type = manifest.get("mediaType")
+    if media_type not in INDEX_MEDIA_TYPES and "manifests" not in manifest:
+        return None
+    return {
+        str(entry["platform"].get("architecture"))
+        for entry in manifest.get("manifests", [])
+        if isinstance(entry, dict)
+        and isinstance(entry.get("platform"), dict)
+        and entry["platform"].get("os", "linux") == "linux"
+    }
+
+
+def execution_name(reason: str, now: datetime) -> str:
+    """Unique per second (Step Functions names: 80 characters of [A-Za-z0-9_-])."""
+    return f"{reason}-{now:%Y%m%dT%H%M%SZ}"
+
+
+# --- AWS reads ----------------------------------------------------------------------------------------------------
+
+
+def resolve_ami(settings: Settings) -> Ami:
+    """The nodes' AMI now (the id, or what the SSM parameter holds), with its architecture."""
+    source = settings.warm_node_ami
+    ami_id = source if source.startswith("ami-") else aws.ssm.get_parameter_value(source)
+    if not ami_id:
+        raise WarmPlanError(f"the AMI parameter {source} does not exist or is empty")
+    image = aws.ec2.describe_image(ami_id)
+    if image is None or not image.get("Architecture"):
+        raise WarmPlanError(f"EC2 does not know the AMI {ami_id} (from {source})")
+    return Ami(id=ami_id, architecture=str(image["Architecture"]))
+
+
+def published_snapshot(settings: Settings) -> dict[str, Any]:
+    """What the builder last published ({} before the first build, or if unreadable: then a build is planned)."""
+    value = aws.ssm.get_parameter_value(settings.warm_snapshot_parameter)
+    try:
+        published = json.loads(value or "{}")
+    except ValueError:
+        logger.warning("the warm snapshot parameter is not JSON", extra={"parameter": settings.warm_snapshot_parameter})
+        return {}
+    return published if isinstance(published, dict) else {}
+
+
+def plan_build(settings: Settings, ami: Ami, now: datetime) -> Plan:
+    """The newest image of every watched repository (resolution.NewestImages, as every path resolves it) that has a
+    manifest for the AMI's architecture, at most the document's limit per command."""
+    images = NewestImages(settings).every_repository()
+    wanted_architecture = OCI_ARCHITECTURES.get(ami.architecture, ami.architecture)
+    fitting: list[ResolvedImage] = []
+    skipped: list[str] = []
+    for image in images:
+        try:
+            manifest = aws.ecr.image_manifests(image.repository, [image.digest]).get(image.digest)
+        except aws.RepositoryNotFoundError:
+            continue
+        architectures = platforms(manifest) if manifest is not None else None
+        if architectures is not None and wanted_architecture not in architectures:
+            skipped.append(image.repository)
+            logger.info(
+                "newest image has no manifest for the AMI's architecture",
+                extra={"image": image.reference, "architecture": wanted_architecture},
+            )
+            continue
+        fitting.append(image)
+    if len(fitting) > MAX_IMAGES_PER_COMMAND:
+        # The builder pulls with one command; the document takes at most this many images.
+        logger.warning(
+            "more images than one prefetch command takes: the first in RepositoryNames order are built",
+            extra={"left_out": [image.repository for image in fitting[MAX_IMAGES_PER_COMMAND:]]},
+        )
+        fitting = fitting[:MAX_IMAGES_PER_COMMAND]
+    return Plan(ami=ami, images=tuple(fitting), resolved_at=now, skipped=tuple(skipped))
+
+
+# --- entry points -------------------------------------------------------------------------------------------------
+
+
+def note_push(event: EcrImageActionEvent, settings: Settings, now: datetime) -> PlannerOutcome:
+    """A successful push of a watched repository makes a build wanted. Whether the image is the newest, tagged or
+    matching the filter is not decided here: the plan resolves every repository, and an unchanged plan builds
+    nothing."""
+    detail = event.detail
+    if detail.action_type != "PUSH" or detail.result != "SUCCESS":
+        return PlannerOutcome(result="ignored", reason="not a successful push")
+    if detail.repository_name not in settings.repository_names:
+        return PlannerOutcome(result="ignored", reason="repository not watched")
+    warm_state.record_push(settings, now)
+    logger.info("warm build wanted", extra={"repository": detail.repository_name, "digest": detail.image_digest})
+    return PlannerOutcome(result="push-noted")
+
+
+def run_schedule(trigger: str, settings: Settings, now: datetime) -> PlannerOutcome:
+    """A scheduled run: start a build if one is due; on the tick, also sweep the builders left behind and, while no
+    build runs, apply the snapshot retention."""
+    running = aws.sfn.running_executions(settings.warm_state_machine_arn)
+    # The sweep first: a plan that fails (an AMI that cannot be resolved) must not keep builders running.
+    terminated = warm_cleanup.sweep_builders(settings, running, now) if trigger == "tick" else []
+    published = {} if running else published_snapshot(settings)
+    outcome = plan_and_start(trigger, settings, now, running, published)
+    if trigger != "tick":
+        return outcome
+    kept = warm_cleanup.RetentionOutcome()
+    if not running and outcome.result != "started":
+        kept = warm_cleanup.keep_newest_snapshots(settings, published.get("snapshotId"))
+    return replace(
+        outcome,
+        builders_terminated=tuple(terminated),
+        snapshots_deleted=kept.deleted,
+        fast_snapshot_restores_disabled=kept.fast_snapshot_restores_disabled,
+    )
+
+
+def plan_and_start(
+    trigger: str,
+    settings: Settings,
+    now: datetime,
+    running: Sequence[Mapping[str, Any]],
+    published: Mapping[str, Any],
+) -> PlannerOutcome:
+    """Start a build if one is due (see the module's docstring). ``running``: the builder's running executions;
+    ``published``: what the last build published."""
+    if running:
+        return PlannerOutcome(result="running", execution=str(running[0].get("name", "")))
+    state = warm_state.read_state(settings)
+    ami = resolve_ami(settings)
+    reason = build_reason(trigger, state, published, ami, now, settings)
+    if reason is None:
+        return PlannerOutcome(result="waiting" if state.wanted else "unchanged", details={"ami": ami.id})
+
+    plan = plan_build(settings, ami, now)
+    if plan.same_as(published):
+        # Pushes before this listing are in the published snapshot already: not wanted any more.
+        warm_state.record_resolved(settings, plan.resolved_at)
+        return PlannerOutcome(result="unchanged", reason=reason, images=len(plan.images), skipped=plan.skipped)
+    if not plan.images:
+        # No watched repository has an image (for this architecture): a volume without images warms nothing, and the
+        # published snapshot, if any, stays rather than an empty one replacing it.
+        warm_state.record_resolved(settings, plan.resolved_at)
+        return PlannerOutcome(result="unchanged", reason=reason, skipped=plan.skipped, details={"noImages": True})
+
+    name = execution_name(reason, now)
+    if not warm_state.claim_build(settings, state, at=now, resolved_at=plan.resolved_at, execution=name, ami=ami.id):
+        return PlannerOutcome(result="lost-race", reason=reason)
+    try:
+        arn = aws.sfn.start_execution(settings.warm_state_machine_arn, name, plan.execution_input(settings))
+    except Exception:
+        warm_state.release_claim(settings, state, name)
+        raise
+    if arn is None:
+        return PlannerOutcome(result="lost-race", reason=reason, execution=name)
+    logger.info(
+        "warm build started",
+        extra={"reason": reason, "execution": name, "ami": ami.id, "images": [i.reference for i in plan.images]},
+    )
+    return PlannerOutcome(
+        result="started", reason=reason, execution=name, images=len(plan.images), skipped=plan.skipped
+    )

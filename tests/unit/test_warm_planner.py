@@ -1,0 +1,101 @@
+"""The warm planner's pure decisions: why a build starts, which platforms an index has, what counts as unchanged,
+and the events it accepts."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aws_lambda_powertools.utilities.parser import parse
+from pydantic import ValidationError
+
+from eks_prefetch.events import EcrImageActionEvent
+from eks_prefetch.images import ResolvedImage
+from eks_prefetch.settings import Settings
+from eks_prefetch.warm_planner import Ami, Plan, PlannerEvent, PlannerSchedule, build_reason, platforms
+from eks_prefetch.warm_state import WarmState
+from harness import template as cfn
+from testing.environment import DEPLOYMENT_ENV
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+AMI = Ami(id="ami-0123456789abcdef0", architecture="x86_64")
+PUBLISHED = {"snapshotId": "snap-1", "amiId": AMI.id, "images": [{"repository": "ml/trainer", "digest": "sha256:a"}]}
+SETTINGS = Settings.from_env({**DEPLOYMENT_ENV, "WARM_BUILD_DEBOUNCE_MINUTES": "180"})
+
+
+def _state(
+    *, pushed: float | None = None, resolved: float | None = None, started: float | None = None, ami: str = ""
+) -> WarmState:
+    """Times in minutes before NOW."""
+
+    def ago(minutes: float | None) -> datetime | None:
+        return None if minutes is None else NOW - timedelta(minutes=minutes)
+
+    return WarmState(
+        last_push_at=ago(pushed), last_resolved_at=ago(resolved), last_started_at=ago(started), last_ami=ami
+    )
+
+
+@pytest.mark.parametrize(
+    ("trigger", "state", "published", "reason"),
+    [
+        ("tick", _state(), {}, "first"),
+        ("tick", _state(), PUBLISHED, None),
+        ("tick", _state(pushed=10, resolved=60, started=60), PUBLISHED, None),  # wanted, inside the window
+        ("tick", _state(pushed=10, resolved=180, started=180), PUBLISHED, "push"),  # wanted, the window has passed
+        ("tick", _state(pushed=200, resolved=180, started=180), PUBLISHED, None),  # the push is in the last plan
+        ("tick", _state(started=10, ami="ami-old"), {**PUBLISHED, "amiId": "ami-old"}, "ami"),  # debounce ignored
+        ("tick", _state(started=10, ami=AMI.id), {**PUBLISHED, "amiId": "ami-old"}, None),  # this AMI's build: wait
+        ("tick", _state(started=180, ami=AMI.id), {**PUBLISHED, "amiId": "ami-old"}, "ami"),  # it failed: retry
+        ("daily", _state(started=10), PUBLISHED, "daily"),
+    ],
+)
+def test_build_reason(trigger: str, state: WarmState, published: dict[str, object], reason: str | None) -> None:
+    assert build_reason(trigger, state, published, AMI, NOW, SETTINGS) == reason
+
+
+def test_platforms_of_an_index_and_of_a_single_manifest() -> None:
+    index = {
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"platform": {"os": "linux", "architecture": "amd64"}},
+            {"platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+            {"platform": {"os": "unknown", "architecture": "unknown"}},  # an attestation
+            {"platform": {"os": "windows", "architecture": "amd64"}},
+        ],
+    }
+    assert platforms(index) == {"amd64", "arm64"}
+    assert platforms({"mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": []}) is None
+
+
+def _image(repository: str, digest: str) -> ResolvedImage:
+    return ResolvedImage(registry="r", repository=repository, digest=digest, tag="v1", pushed_at=NOW)
+
+
+def test_a_plan_is_the_same_only_with_the_same_ami_and_digests() -> None:
+    plan = Plan(ami=AMI, images=(_image("ml/trainer", "sha256:a"),), resolved_at=NOW)
+
+    assert plan.same_as(PUBLISHED)
+    assert not plan.same_as({**PUBLISHED, "amiId": "ami-other"})
+    assert not plan.same_as({**PUBLISHED, "images": [{"repository": "ml/trainer", "digest": "sha256:b"}]})
+    assert not plan.same_as({})
+
+
+def test_the_template_schedules_inputs_parse() -> None:
+    events = cfn.resource("WarmPlannerFunction")["Properties"]["Events"]
+    for name, trigger in (("Tick", "tick"), ("Daily", "daily")):
+        event = json.loads(events[name]["Properties"]["Input"])
+        assert parse(event=event, model=PlannerEvent) == PlannerSchedule(trigger=trigger)
+
+
+def test_a_push_event_parses_as_a_push() -> None:
+    event = json.loads((ROOT / "events" / "ecr_push" / "push-tagged.json").read_text())
+    assert isinstance(parse(event=event, model=PlannerEvent), EcrImageActionEvent)
+
+
+def test_an_unknown_trigger_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        parse(event={"trigger": "hourly"}, model=PlannerEvent)
