@@ -99,6 +99,8 @@ def values() -> dict[str, str]:
         "DEADLINE_MARGIN_MAX_SECONDS": str(contract.DEADLINE_MARGIN_MAX_SECONDS),
         "LOCK_FILE": contract.LOCK_FILE,
         "PLATFORM_SKIP_REASON": contract.PLATFORM_SKIP_REASON,
+        "NO_CONTAINERD_SOCKET": contract.NO_CONTAINERD_SOCKET,
+        "CONTAINERD_SOCKET_WAIT_SECONDS": str(contract.CONTAINERD_SOCKET_WAIT_SECONDS),
     }
 
 

@@ -117,6 +117,29 @@ fatal() { # a run-level failure: a summary with the reason, no image touched
 [[ "$SSM_maxDiskUsagePercent" =~ ^[1-9][0-9]$ ]] || fatal "invalid parameter maxDiskUsagePercent"
 [[ "$SSM_pullTimeoutSeconds" =~ ^[1-9][0-9]{1,5}$ ]] || fatal "invalid parameter pullTimeoutSeconds"
 [[ "$execution_timeout" =~ ^[1-9][0-9]{1,5}$ ]] || execution_timeout=3600
+
+# A node without containerd's socket is one this application cannot serve (Bottlerocket's control container, a
+# runtime other than containerd, containerd listening elsewhere): the summary says so with "unsupported" and the run
+# exits 0, touching nothing. The status function then leaves the node out of coverage and self-repair instead of
+# counting a failure on every push. Where containerd is installed, its socket may not be there yet (a new node's
+# command can arrive before containerd has started, or during a restart): it is awaited a while first.
+# PREFETCH_SOCKET_WAIT_SECONDS stands in for the wait in tests.
+unsupported() { # a node this application cannot serve: a summary with the reason, no image touched, exit 0
+  local reason seconds
+  json_str reason "$1" 300
+  elapsed seconds "$started"
+  emit "\"summary\":true,\"images\":0,\"failed\":0,\"omitted\":0,\"unsupported\":$reason,\"seconds\":$seconds"
+  exit 0
+}
+socket=${CONTAINERD_ADDRESS#unix://}
+if [ ! -S "$socket" ] && command -v containerd >/dev/null 2>&1; then
+  socket_wait=${PREFETCH_SOCKET_WAIT_SECONDS:-@CONTAINERD_SOCKET_WAIT_SECONDS@}
+  [[ "$socket_wait" =~ ^[0-9]{1,4}$ ]] || socket_wait=@CONTAINERD_SOCKET_WAIT_SECONDS@
+  [ "$socket_wait" -le $((execution_timeout / 2)) ] || socket_wait=$((execution_timeout / 2))
+  socket_deadline=$((SECONDS + socket_wait))
+  while [ ! -S "$socket" ] && [ "$SECONDS" -lt "$socket_deadline" ]; do sleep 1; done
+fi
+[ -S "$socket" ] || unsupported "@NO_CONTAINERD_SOCKET@ at $socket"
 command -v ctr >/dev/null 2>&1 || fatal "ctr not found on PATH"
 
 # The whole run ends before the agent's executionTimeout kills it, leaving time to report.

@@ -6,6 +6,7 @@ so that the adapters in ``eks_prefetch.aws.ssm`` run unchanged and every call is
 - every moto command is ``Success`` with empty output: ``FakeInvocations`` patches the moto SSM backend's
   ``get_command_invocation`` (the real HTTP path through botocore stays) to answer a chosen Status, StatusDetails
   and stdout per (command, node);
+  ``skipped_step`` is the answer of a step the agent skipped (a precondition not met on a Windows node);
 - moto does not implement ``ssm:ListCommandInvocations``: ``FakeInvocations`` also answers it, with the same
   invocations in SSM's pages of 50;
 - ``ManagedInstances`` answers DescribeInstanceInformation through moto's HTTP path with any PingStatus (Online,
@@ -103,6 +104,22 @@ class Answer:
     details: str = "Success"
     stdout: str = ""
     ended: datetime | None = None
+
+
+def skipped_step(step: str = "prefetchImages", *, message: bool = False, ended: datetime | None = None) -> Answer:
+    """What SSM reports for an invocation whose only step the agent skipped, which moto cannot tell (it answers
+    Success with no output for everything): a node that is not Linux, reached by a push's tag Targets, where the
+    step's ``precondition: StringEquals [platformType, Linux]`` is not met. From amazon-ssm-agent's source
+    (runpluginutil: the step gets status Skipped, code 0, this message as its Output and no stdout; contracts'
+    DocumentResultAggregator: "Skipped is a form of success"): the invocation is Success/Success, with no stdout,
+    or, where SSM shows the step's Output as its stdout (``message``), the agent's skip message."""
+    stdout = (
+        "Step execution skipped due to unsatisfied preconditions: "
+        f"'\"StringEquals\": [platformType, Linux]'. Step name: {step}"
+        if message
+        else ""
+    )
+    return Answer("Success", "Success", stdout, ended)
 
 
 @dataclass

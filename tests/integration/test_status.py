@@ -167,9 +167,11 @@ def _truncated(reference: str, digest: str) -> str:
     ],
 )
 def test_every_outcome_is_counted_under_its_own_status_and_reason(
-    fake, images, handler, lambda_context, capsys, ssm_status, details, output, counted_as, problem
+    fake, fleet, images, handler, lambda_context, capsys, ssm_status, details, output, counted_as, problem
 ):
+    # ``fleet`` (Agents): a Linux node, so that no output with Success is bad output, not a step SSM skipped.
     node = run_node()
+    fleet.online.add(node)
     digest = images[TRAINER]
     command_id = send([node], [ref(TRAINER, digest)])
     fake.set(command_id, node, Answer(ssm_status, details, _outputs(digest)[output], ended=ENDED))

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -52,7 +53,10 @@ def assert_well_formed(result: Run) -> None:
     summary = json.loads(lines[-1])
     assert summary["summary"] is True
     assert summary["omitted"] >= 0
-    if "error" not in summary:
+    if "unsupported" in summary:
+        # A node that cannot be served: no image touched, no failure.
+        assert (result.images, summary["images"], summary["failed"], result.returncode) == ([], 0, 0, 0)
+    elif "error" not in summary:
         statuses = [record["status"] for record in result.images]
         assert summary["images"] == len(statuses) + summary["omitted"]
         counts = {status: summary[status] for status in ("pulled", "cached", "skipped", "failed")}
@@ -446,6 +450,81 @@ def test_invalid_parameters_stop_the_run(node: Node, workdir: Path, lock_env: di
     assert result.returncode != 0
     assert result.summary["error"] == "invalid parameter pin"
     assert node.containerd.images() == {}
+
+
+# --- nodes the document cannot serve -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["missing", "not-a-socket"])
+def test_no_containerd_socket_makes_the_node_unsupported_touching_nothing(
+    node: Node, workdir: Path, lock_env: dict, tmp_path: Path, kind: str
+) -> None:
+    """containerd is installed here (its socket is awaited, PREFETCH_SOCKET_WAIT_SECONDS of it), but CONTAINERD_ADDRESS
+    names no socket: the summary says unsupported, the run exits 0, and nothing is pulled, pinned or locked."""
+    address = tmp_path / "containerd.sock"
+    if kind == "not-a-socket":
+        address.write_text("")
+    env = {**lock_env, "CONTAINERD_ADDRESS": str(address), "PREFETCH_SOCKET_WAIT_SECONDS": "1"}
+
+    result = run(node, workdir, [node.images["app-v1"].by_digest], env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.summary["unsupported"] == f"{node_contract.NO_CONTAINERD_SOCKET} at {address}"
+    assert node.containerd.images() == {}
+    assert not Path(lock_env["PREFETCH_LOCK_FILE"]).exists()
+
+
+def bin_without_containerd(tmp_path: Path) -> str:
+    """A PATH with only what the script runs before it looks for containerd: no containerd, no ctr (Bottlerocket's
+    control container, where the SSM agent runs commands, has neither, nor the host's containerd socket)."""
+    bin_dir = tmp_path / "bin-without-containerd"
+    bin_dir.mkdir()
+    for tool in ("bash", "cat", "date", "sleep"):
+        found = shutil.which(tool)
+        assert found, f"{tool} is not on PATH"
+        (bin_dir / tool).symlink_to(found)
+    return str(bin_dir)
+
+
+def test_a_host_without_containerd_at_the_default_socket_is_unsupported(
+    node: Node, workdir: Path, lock_env: dict, tmp_path: Path
+) -> None:
+    """The script's own default address, as on Bottlerocket (a Linux node the precondition lets through): no socket
+    at /run/containerd/containerd.sock, nor containerd to await. Unsupported, not "ctr not found": not a failure."""
+    default = Path("/run/containerd/containerd.sock")
+    if default.exists():
+        pytest.fail(f"{default} exists on this machine: the test needs a host without containerd at the default")
+    # An empty CONTAINERD_ADDRESS is unset to the script: its default, not the test node's socket.
+    env = {**lock_env, "CONTAINERD_ADDRESS": "", "PATH": bin_without_containerd(tmp_path)}
+
+    result = run(node, workdir, [node.images["app-v1"].by_digest], env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.summary["unsupported"] == f"{node_contract.NO_CONTAINERD_SOCKET} at {default}"
+
+
+def test_a_socket_that_appears_while_awaited_lets_the_run_go_on(
+    node: Node, workdir: Path, lock_env: dict, tmp_path: Path
+) -> None:
+    """A new node's command can arrive before containerd has created its socket: it is awaited, then used."""
+    address = tmp_path / "late" / "containerd.sock"
+    address.parent.mkdir()
+    env = {**lock_env, "CONTAINERD_ADDRESS": str(address), "PREFETCH_SOCKET_WAIT_SECONDS": "120"}
+    image = node.images["app-v1"]
+    appear = threading.Timer(1.0, lambda: address.symlink_to(node.containerd.address))
+
+    def start(_proc: subprocess.Popen) -> None:
+        appear.start()
+
+    try:
+        result = run_document(workdir, node.containerd, {"images": image.by_digest}, extra_env=env, on_start=start)
+    finally:
+        appear.cancel()
+    assert_well_formed(result)
+
+    assert result.returncode == 0, result.stderr
+    assert [record["status"] for record in result.images] == ["pulled"]
+    assert image.digest in {info["digest"] for info in node.containerd.images().values()}
 
 
 def test_twenty_images_stay_far_below_the_output_limit(node: Node, workdir: Path, lock_env: dict) -> None:

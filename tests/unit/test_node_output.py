@@ -76,6 +76,20 @@ def test_run_level_failure_is_a_summary_with_an_error():
     assert output.records == ()
 
 
+def test_a_node_that_cannot_be_served_says_so_in_its_summary_and_it_is_no_problem():
+    unsupported = "no containerd socket at /run/containerd/containerd.sock"
+    summary = line(summary=True, images=0, failed=0, omitted=0, unsupported=unsupported, seconds=0.01)
+
+    output = parse_node_output(summary)
+
+    assert output.problem is None
+    assert output.run_error is None
+    assert output.unsupported == unsupported
+    # A run that reports on an image reached containerd: such a summary beside records is not the script's.
+    record = line(image="127.0.0.1:5000/a@sha256:" + "ab" * 32, status="pulled", seconds=1)
+    assert parse_node_output(f"{record}\n{summary}").problem is OutputProblem.SUMMARY_MISMATCH
+
+
 @pytest.mark.parametrize("text", [None, "", "\n\n", "   \n"])
 def test_empty_output(text):
     output = parse_node_output(text)

@@ -53,13 +53,21 @@ def test_schema_is_valid_and_tells_records_from_summaries():
         {"image": "127.0.0.1:5000/a:v1", "status": "pulled", "digest": digest, "seconds": 1.25, "bytes": 10},
         {"image": "bad ref", "status": "failed", "seconds": 0, "error": "invalid image reference"},
         {"summary": True, "images": 0, "failed": 0, "omitted": 0, "error": "ctr not found on PATH", "seconds": 0.01},
+        {"summary": True, "images": 0, "failed": 0, "omitted": 0, "unsupported": "no containerd socket", "seconds": 0},
         {"summary": True, "images": 2, "pulled": 1, "cached": 0, "skipped": 0, "failed": 1, "unpinned": 0}
         | {"disk_used_percent": 42, "seconds": 3.5, "omitted": 0},
     ]
     bad = [
         {"image": "a/b:c", "status": "pulled", "seconds": -0.498},
         {"image": "a/b:c", "status": "pulled", "seconds": 1, "extra": 1},
-        {"summary": True, "images": 2, "failed": 0, "omitted": 0, "seconds": 1},  # neither error nor counts
+        {
+            "summary": True,
+            "images": 2,
+            "failed": 0,
+            "omitted": 0,
+            "seconds": 1,
+        },  # neither error, unsupported nor counts
+        {"summary": True, "images": 0, "failed": 0, "omitted": 0, "unsupported": "x" * 1025, "seconds": 0},
         {"summary": True, "images": 1, "failed": 0, "omitted": 10**400, "seconds": 1, "error": "x"},
     ]
     assert [list(validator.iter_errors(item)) for item in good] == [[]] * len(good)

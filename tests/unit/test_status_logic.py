@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from eks_prefetch.coverage import coverage_of
+from eks_prefetch.coverage import coverage_of, reported_unsupported
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.invocations import final_status
 from eks_prefetch.status_table import NodeState, parse_time, timestamp
@@ -64,3 +64,43 @@ def test_times_round_trip_and_compare_as_strings():
     assert parse_time("2026-11-01T12:00:00") == datetime(2026, 11, 1, 12, tzinfo=UTC)
     assert parse_time("garbage") is None
     assert parse_time(None) is None
+
+
+NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+WEEK = 7 * 86_400
+
+
+def _when(minutes: int) -> str:
+    return timestamp(NOW + timedelta(minutes=minutes))
+
+
+def test_a_report_of_no_socket_stands_until_a_later_report_of_the_nodes_images():
+    marked = NodeState("i-1", "a", unsupported_reason="no containerd socket at /s", unsupported_at=_when(-30))
+    older_image = NodeState("i-1", "b", digest="sha256:x", cached_at=_when(-60))
+
+    assert reported_unsupported([marked, older_image], NOW, WEEK) == {
+        "i-1": f"no containerd socket at /s (reported {_when(-30)})"
+    }
+    # Held on any of its rows since: containerd works there now.
+    assert (
+        reported_unsupported([marked, NodeState("i-1", "b", digest="sha256:x", cached_at=_when(-10))], NOW, WEEK) == {}
+    )
+
+
+@pytest.mark.parametrize(("kind", "cleared"), [("failed", True), ("skipped", True), ("Undeliverable", False)])
+def test_only_the_scripts_own_failure_records_supersede_the_mark(kind, cleared):
+    """The script's record of a failed or skipped image means it reached containerd; SSM's status of a run that said
+    nothing about the image does not."""
+    marked = NodeState("i-1", "a", unsupported_reason="no containerd socket", unsupported_at=_when(-30))
+    failure = NodeState("i-1", "b", last_error="x", last_error_at=_when(-10), last_error_kind=kind)
+
+    assert (reported_unsupported([marked, failure], NOW, WEEK) == {}) is cleared
+
+
+def test_the_mark_lapses_a_lifetime_after_the_report_and_the_newest_report_wins():
+    older = NodeState("i-1", "a", unsupported_reason="old", unsupported_at=_when(-WEEK // 60 - 10))
+    newer = NodeState("i-1", "b", unsupported_reason="new", unsupported_at=_when(-WEEK // 60 + 10))
+
+    assert reported_unsupported([older], NOW, WEEK) == {}
+    assert reported_unsupported([older, newer], NOW, WEEK) == {"i-1": f"new (reported {_when(-WEEK // 60 + 10)})"}
+    assert reported_unsupported([NodeState("i-2", "a", digest="sha256:x", cached_at=_when(-1))], NOW, WEEK) == {}

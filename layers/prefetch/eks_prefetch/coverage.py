@@ -1,14 +1,15 @@
 """Coverage: which online cluster nodes hold the newest image of each watched repository.
 
-A repository's denominator is the online nodes it applies to: supported nodes (not Windows, not Bottlerocket), that
-its node selector matches, and that did not report its newest image as having no manifest for their platform.
+A repository's denominator is the online nodes it applies to: supported nodes (not Windows, not Bottlerocket, not
+reporting that they have no containerd socket), that its node selector matches, and that did not report its newest
+image as having no manifest for their platform.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -17,10 +18,11 @@ from eks_prefetch import aws
 from eks_prefetch import status_table as table
 from eks_prefetch.deadline import TimeLeft, running_out
 from eks_prefetch.images import ResolvedImage
+from eks_prefetch.node_output import IMAGE_STATUSES
 from eks_prefetch.node_selectors import matches, tags_of
 from eks_prefetch.resolution import NewestImages
 from eks_prefetch.settings import Settings
-from eks_prefetch.status_table import NodeState
+from eks_prefetch.status_table import NodeState, parse_time
 
 logger = Logger(child=True)
 
@@ -86,6 +88,38 @@ def unsupported_reason(info: Mapping[str, Any]) -> str | None:
     return None
 
 
+def reported_unsupported(states: Iterable[NodeState], now: datetime, lifetime_seconds: int) -> dict[str, str]:
+    """Nodes whose own newest report, over the rows read, is that they cannot be served (the script found no
+    containerd socket), with the reason; pure.
+
+    The mark stands until a later report of the node's images (held, or the script's own record of a failure or skip:
+    it reached containerd) supersedes it, on any of its rows: containerd installed since, a push reaching the node by
+    its tags, a restart's node-launch command. It also lapses ``lifetime_seconds`` (NodeStateTtlSeconds) after the
+    report, and the sweep's refresh of the rows' TTL does not renew it: only the node can say it is still unsupported.
+    A platform engineer expects an observation, not a verdict: a node fixed in place with no command reaching it
+    comes back by itself (coverage then counts it missing and self-repair sends it its images: one command per node
+    and TTL, far below the coverage alarm's periods), while a node that stays unsupported renews its mark with every
+    push that reaches it by tag, so it is not retried in between."""
+    marks: dict[str, tuple[str, str]] = {}
+    seen: dict[str, str] = {}
+    for state in states:
+        node = state.instance_id
+        if state.unsupported_at and state.unsupported_at > marks.get(node, ("", ""))[0]:
+            marks[node] = (state.unsupported_at, state.unsupported_reason)
+        # What the node itself reported about its images (SSM's status of a run that said nothing is not).
+        evidence = [state.cached_at]
+        if state.last_error_kind in IMAGE_STATUSES:
+            evidence.append(state.last_error_at)
+        seen[node] = max([seen.get(node, ""), *evidence])
+    standing = {}
+    for node, (reported_at, reason) in marks.items():
+        when = parse_time(reported_at)
+        if reported_at <= seen[node] or when is None or now - when >= timedelta(seconds=lifetime_seconds):
+            continue
+        standing[node] = f"{reason or 'cannot be served'} (reported {reported_at})"
+    return standing
+
+
 def node_tags(settings: Settings, nodes: Iterable[str]) -> dict[str, dict[str, str]] | None:
     """The EC2 tags of these nodes (DescribeInstanceInformation returns none), one DescribeInstances per 200 nodes;
     None without selectors, when no tag is needed."""
@@ -125,12 +159,18 @@ class FleetView:
 
 
 def look_at_fleet(
-    settings: Settings, newest: NewestImages, *, time_left: TimeLeft = None, reserve: float = 0.0
+    settings: Settings,
+    newest: NewestImages,
+    *,
+    time_left: TimeLeft = None,
+    reserve: float = 0.0,
+    now: datetime | None = None,
 ) -> FleetView:
     """Coverage of every watched repository over the online cluster nodes: what the sweep and `make status` show.
 
     With ``time_left``, no step (a page of nodes, a repository's rows) starts with less than ``reserve`` seconds
     left: the repositories measured so far are returned, the others wait for the next look."""
+    now = now or datetime.now(UTC)
     online = online_nodes(settings, time_left=time_left, reserve=reserve)
     if online is None:
         # Coverage over part of the fleet would be wrong: nothing is measured.
@@ -142,14 +182,16 @@ def look_at_fleet(
     # repository). A node EC2 no longer describes (terminated since) is left out of every selected repository.
     tags = node_tags(settings, supported)
     states: dict[tuple[str, str], NodeState] = {}
-    coverages: list[RepositoryCoverage] = []
+    measured: list[tuple[str, ResolvedImage | None, list[str], dict[str, datetime]]] = []
+    complete = True
     for repository in settings.repository_names:
         if running_out(time_left, reserve):
             logger.warning(
                 "no time left to measure every repository's coverage",
-                extra={"measured": len(coverages), "repositories": len(settings.repository_names)},
+                extra={"measured": len(measured), "repositories": len(settings.repository_names)},
             )
-            return FleetView(online, states, tuple(coverages), complete=False, unsupported=unsupported)
+            complete = False
+            break
         image = newest.get(repository)
         selector = settings.selector_for(repository)
         nodes = (
@@ -162,5 +204,12 @@ def look_at_fleet(
         # Only the digests other than the newest that a node holds: few, asked once a resolution.
         others = {state.digest for state in rows.values() if state.digest and image and state.digest != image.digest}
         pushed = newest.push_times(repository, others) if others else {}
-        coverages.append(coverage_of(repository, image, nodes, states, pushed))
-    return FleetView(online, states, tuple(coverages), unsupported=unsupported)
+        measured.append((repository, image, nodes, pushed))
+    # Nodes that reported they cannot be served, from the rows just read (no other read): outside every coverage.
+    reported = reported_unsupported(states.values(), now, settings.node_state_ttl_seconds)
+    unsupported.update(reported)
+    coverages = tuple(
+        coverage_of(repository, image, [n for n in nodes if n not in reported], states, pushed)
+        for repository, image, nodes, pushed in measured
+    )
+    return FleetView(online, states, coverages, complete=complete, unsupported=unsupported)

@@ -22,6 +22,7 @@ from eks_prefetch import aws
 from eks_prefetch import status_metrics as m
 from eks_prefetch import status_table as table
 from eks_prefetch.commands import is_new_node_comment
+from eks_prefetch.coverage import unsupported_reason
 from eks_prefetch.events import SsmInvocationStatusEvent
 from eks_prefetch.images import DIGEST_PATTERN
 from eks_prefetch.node_contract import PLATFORM_SKIP_REASON
@@ -42,6 +43,11 @@ DETAIL_STATUSES = frozenset(
 NOT_RUN = frozenset({"DeliveryTimedOut", "Undeliverable", "Terminated", "InvalidPlatform", "AccessDenied"})
 # Final statuses reached with or without the script having run.
 MAY_NOT_HAVE_RUN = frozenset({"Cancelled", "TimedOut"})
+# What the SSM agent says of a step it did not run: a precondition not met (platformType Linux, on a Windows node
+# reached by a push's tag Targets), or a plugin the platform lacks (aws:runShellScript on Windows). The agent counts
+# a skipped step as a success (amazon-ssm-agent: "Skipped is a form of success"): the invocation is Success, with
+# this text as the step's output, or no stdout at all.
+_SKIPPED_BY_AGENT = re.compile(r"^Step execution skipped due to ")
 _DIGEST_IN_REF = re.compile(f"@({DIGEST_PATTERN})$")
 _STATUS_NAME = re.compile(r"^[A-Za-z]{1,40}$")
 # A push brings one status event per node within minutes: in a warm container, one resolution (a DescribeImages
@@ -70,6 +76,9 @@ class InvocationOutcome:
     output: NodeOutput | None = None
     push_to_cached: tuple[tuple[str, float], ...] = ()
     launch_to_cached: float | None = None
+    # Why the node cannot be served, when this invocation showed it: the script found no containerd socket, or SSM
+    # skipped the step on a node that is not Linux. Neither is a failure.
+    unsupported: str = ""
 
     @property
     def counted(self) -> bool:
@@ -82,6 +91,8 @@ class InvocationOutcome:
     @property
     def failed(self) -> bool:
         """Not a clean success: an SSM failure of any kind, bad output, or a run-level error on the node."""
+        if self.unsupported and self.status == "Success":
+            return False
         run_error = self.output.run_error if self.output else None
         return self.status != "Success" or self.problem is not None or bool(run_error)
 
@@ -95,6 +106,8 @@ class InvocationOutcome:
             result["status"] = self.status
         if self.problem:
             result["problem"] = self.problem.value
+        if self.unsupported:
+            result["unsupported"] = self.unsupported
         return result
 
 
@@ -176,6 +189,31 @@ def _held(
     return max(0.0, (at - image.pushed_at).total_seconds())
 
 
+def _skipped_by_ssm(status: str, stdout: str, instance_id: str) -> str | None:
+    """Why SSM ran nothing on the node, when the invocation is a step the agent skipped; None otherwise.
+
+    The agent reports a skipped step as Success, with its skip message or no stdout at all; the script itself always
+    prints a summary. No stdout is told apart from a broken run (EmptyOutput) by the node's platform, one
+    DescribeInstanceInformation: only for such an invocation, never for a run that printed something."""
+    if status != "Success":
+        return None
+    text = stdout.strip()
+    if text:
+        return f"SSM skipped the document's step: {text[:200]}" if _SKIPPED_BY_AGENT.match(text) else None
+    info = aws.ssm.online_agent(instance_id)
+    why = unsupported_reason(info) if info else None
+    return f"{why} (SSM skipped the document's step)" if why else None
+
+
+def _record_unsupported(scope: RecordingScope, command_id: str, instance_id: str, reason: str, at: datetime) -> None:
+    """The node reported it cannot be served: marked on its rows of the watched repositories the command sent it
+    (those whose coverage it would count in), for coverage to leave it out of every figure and self-repair."""
+    watched = set(scope.settings.repository_names)
+    repositories = {repository_of(reference) for reference in scope.requested_images(command_id)} & watched
+    for repository in sorted(repositories):
+        table.record_unsupported(scope.settings, instance_id, repository, reason=reason, command_id=command_id, at=at)
+
+
 def _update_node_state(
     scope: RecordingScope,
     command_id: str,
@@ -187,6 +225,10 @@ def _update_node_state(
     """Write the node's rows from one invocation; return (repository, push-to-cached seconds) of newly held newest
     digests."""
     push_to_cached: list[tuple[str, float]] = []
+    if output is not None and output.unsupported:
+        # Not a failure of its images: the node is outside coverage until a later report of its images.
+        _record_unsupported(scope, command_id, instance_id, output.unsupported, at)
+        return push_to_cached
     reported: set[str] = set()
     for record in output.records if output else ():
         repository = record.repository
@@ -328,8 +370,12 @@ def record_invocation(
     stdout = invocation.get("StandardOutputContent") or ""
     # Cancelled or timed out before it started, a run prints nothing: that is its status, not bad output.
     not_run = status in NOT_RUN or (status in MAY_NOT_HAVE_RUN and not stdout.strip())
-    output = None if not_run else parse_node_output(stdout, watched=settings.repository_names)
-    push_to_cached = _update_node_state(scope, command_id, instance_id, status, output, at)
+    # A node that is not Linux, reached by a push's tag Targets: SSM skipped the step. Nothing to record on its rows
+    # (coverage knows it from its platform), and no failure.
+    skipped = None if not_run else _skipped_by_ssm(status, stdout, instance_id)
+    output = None if not_run or skipped else parse_node_output(stdout, watched=settings.repository_names)
+    unsupported = skipped or (output.unsupported if output else None) or ""
+    push_to_cached = [] if skipped else _update_node_state(scope, command_id, instance_id, status, output, at)
     launch_to_cached = _launch_to_cached(
         settings, command_id, instance_id, output, at, comment=invocation.get("Comment") or ""
     )
@@ -342,6 +388,7 @@ def record_invocation(
         output=output,
         push_to_cached=tuple(push_to_cached),
         launch_to_cached=launch_to_cached,
+        unsupported=unsupported,
     )
     metrics = m.invocation_metrics(outcome, settings)
 
@@ -378,8 +425,12 @@ def _log_outcome(outcome: InvocationOutcome, invocation: Mapping[str, Any]) -> N
             fields["details"] = failed[:20]
         if output.run_error:
             fields["run_error"] = output.run_error
+    if outcome.unsupported:
+        fields["unsupported"] = outcome.unsupported
     if outcome.failed:
         logger.warning("invocation failed", extra=fields)
+    elif outcome.unsupported:
+        logger.info("invocation on a node that cannot be served: outside coverage and self-repair", extra=fields)
     else:
         logger.info("invocation succeeded", extra=fields)
 

@@ -69,6 +69,14 @@ LOCK_FILE = "/run/lock/eks-image-prefetch.lock"
 # the node is then not applicable for that image (outside its coverage, never repaired for it).
 PLATFORM_SKIP_REASON = "platform"
 
+# --- Nodes the document cannot serve --------------------------------------------------------------------------------
+# A run that finds no containerd socket prints a summary whose "unsupported" starts with this, touches nothing and
+# exits 0: the status function leaves the node out of coverage and self-repair (not a failure, not an alarm).
+NO_CONTAINERD_SOCKET = "no containerd socket"
+# Where containerd is installed but its socket is not there yet (a new node's first command can arrive before
+# containerd has started, or during its restart), the script awaits it this long before calling the node unsupported.
+CONTAINERD_SOCKET_WAIT_SECONDS = 60
+
 # --- The run's deadline ---------------------------------------------------------------------------------------------
 # The script ends its run this margin before the agent's executionTimeout kills it, to report: a tenth of the
 # timeout, 5 to 60 s. A pull timeout must fit before that deadline.

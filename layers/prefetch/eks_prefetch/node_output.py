@@ -111,6 +111,8 @@ class Summary(_Lenient):
     omitted: int = _count()
     # A run-level failure (bad parameter, no ctr, lock not acquired): no image was touched.
     error: str | None = _text()
+    # A node the document cannot serve (no containerd socket): no image was touched, and it is no failure.
+    unsupported: str | None = _text()
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,11 @@ class NodeOutput:
     @property
     def run_error(self) -> str | None:
         return self.summary.error if self.summary else None
+
+    @property
+    def unsupported(self) -> str | None:
+        """Why the node cannot be served, when its run said so (and touched nothing)."""
+        return self.summary.unsupported if self.summary else None
 
     @property
     def omitted_all_held(self) -> bool:
@@ -241,7 +248,10 @@ def _each_image_once(records: list[ImageRecord], problems: set[OutputProblem]) -
 
 
 def _adds_up(records: list[ImageRecord], summary: Summary) -> bool:
-    """The summary counts every image once by status, including the records omitted to fit SSM's limit."""
+    """The summary counts every image once by status, including the records omitted to fit SSM's limit; a node that
+    cannot be served reports on no image."""
+    if summary.unsupported:
+        return not records
     by_status = {status: sum(1 for record in records if record.status == status) for status in IMAGE_STATUSES}
     counted = {status: getattr(summary, status) for status in IMAGE_STATUSES}
     return (

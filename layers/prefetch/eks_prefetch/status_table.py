@@ -2,7 +2,7 @@
 
 One table, ``pk``/``sk``, TTL on ``expires_at``:
 - ``NODE#<instance>`` / ``REPO#<repository>`` (``NodeState``): the digest last pulled or cached there and when; the
-  last failure with its reason and time.
+  last failure with its reason and time; the last report that the node cannot be served (no containerd socket).
 - ``NODE#<instance>`` / ``NODE`` (``NodeRow``): the launch whose first report was measured (LaunchToCachedSeconds
   once per launch), and the node's self-repair record (for which digests, how often, when next).
 - ``INVOCATION#<command>`` / ``<instance>``: the claim of a counted invocation, with its final status.
@@ -83,6 +83,12 @@ class NodeState:
     # The digest the node reported as having no manifest for its OS/architecture: for that image, the node is not
     # applicable (outside the repository's coverage, never repaired for it).
     not_applicable_digest: str = ""
+    # Who recorded the last failure: the script's own record ("failed", "skipped") or SSM's status of a run that said
+    # nothing about the image ("Failed", "DeliveryTimedOut", ...).
+    last_error_kind: str = ""
+    # The node's last report that it cannot be served (the script found no containerd socket), and when.
+    unsupported_reason: str = ""
+    unsupported_at: str = ""
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> NodeState:
@@ -95,6 +101,9 @@ class NodeState:
             last_error_at=str(item.get("last_error_at", "")),
             expires_at=int(item.get("expires_at") or 0),
             not_applicable_digest=str(item.get("not_applicable_digest", "")),
+            last_error_kind=str(item.get("last_error_kind", "")),
+            unsupported_reason=str(item.get("unsupported_reason", "")),
+            unsupported_at=str(item.get("unsupported_at", "")),
         )
 
 
@@ -200,6 +209,29 @@ def record_failure(
         },
         # An older failure never overwrites a newer one.
         condition="attribute_not_exists(last_error_at) OR last_error_at <= :t",
+    )
+
+
+def record_unsupported(
+    settings: Settings, instance_id: str, repository: str, *, reason: str, command_id: str, at: datetime
+) -> None:
+    """The node reported it cannot be served (no containerd socket), on its row of a repository it was sent. The
+    newest such report wins; a later report of the node's images supersedes it (``coverage.reported_unsupported``),
+    so nothing has to be removed when the node comes good, whatever order the reports are recorded in."""
+    aws.dynamodb.update_item(
+        settings.status_table,
+        node_key(instance_id, repository),
+        "SET instance_id = :i, repository = :r, unsupported_reason = :m, unsupported_at = :t, "
+        "unsupported_command = :c, expires_at = :e",
+        {
+            ":i": instance_id,
+            ":r": repository,
+            ":m": reason[:500],
+            ":t": timestamp(at),
+            ":c": command_id,
+            ":e": _node_expiry(settings, at),
+        },
+        condition="attribute_not_exists(unsupported_at) OR unsupported_at <= :t",
     )
 
 

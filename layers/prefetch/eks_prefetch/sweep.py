@@ -262,7 +262,7 @@ def sweep(
     next_watermark = max(min(filter(None, [oldest_open, now - WATERMARK_SAFETY])), watermark)
     table.write_watermark(settings, next_watermark)
 
-    fleet = look_at_fleet(settings, scope.newest, time_left=time_left, reserve=SWEEP_RESERVE_SECONDS)
+    fleet = look_at_fleet(settings, scope.newest, time_left=time_left, reserve=SWEEP_RESERVE_SECONDS, now=now)
     if fleet.complete or fleet.online:
         m.emit_coverage_metrics(fleet.coverages, settings, online=len(fleet.online), unsupported=len(fleet.unsupported))
     refresh_ttl(settings, fleet.states.values(), now, time_left=time_left)
