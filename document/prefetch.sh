@@ -360,13 +360,16 @@ retain() {
 # FAILURE_REASONS. Order matters: 2.x words a 401 "pull access denied, ...: authorization failed".
 failure_reason() { # var text
   local _t=${2,,} _r=other
+  # HTTP status codes count only as whole words: a digest, a port or an account id in the text may hold "401" too.
+  [[ $_t =~ (^|[^0-9a-z])40[13]([^0-9a-z]|$) ]] && _t+=" <http-denied>"
+  [[ $_t =~ (^|[^0-9a-z])404([^0-9a-z]|$) ]] && _t+=" <http-not-found>"
   case $_t in
   "ecr login failed"*) _r=login_failed ;;
   "invalid image reference"*) _r=invalid_reference ;;
   "execution deadline"*) _r=deadline ;;
   *"timed out after"* | *"deadline exceeded"* | *"i/o timeout"* | *"timeout awaiting"*) _r=timeout ;;
-  *401* | *unauthorized* | *"authorization failed"* | *"no basic auth"* | *403* | *forbidden*) _r=unauthorized ;;
-  *"not found"* | *404* | *"manifest unknown"* | *"name unknown"*) _r=not_found ;;
+  *"<http-denied>"* | *unauthorized* | *"authorization failed"* | *"no basic auth"* | *forbidden*) _r=unauthorized ;;
+  *"not found"* | *"<http-not-found>"* | *"manifest unknown"* | *"name unknown"*) _r=not_found ;;
   *denied*) _r=unauthorized ;;
   *x509* | *certificate* | *tls*) _r=tls ;;
   *"no space left"* | *"disk quota"*) _r=disk ;;
