@@ -60,7 +60,9 @@ DIGEST_TAG_PREFIX = "eks-image-prefetch:digest:"
 IMDS = "http://169.254.169.254"
 BLOCK_TOOLS = ("losetup", "mkfs.xfs", "xfs_admin", "xfs_growfs", "blkid", "findmnt", "mount", "umount", "curl")
 BUILT_MIB = 320  # mkfs.xfs's minimum is 300 MB
-VOLUME_MIB = 384  # the launch template's volume is larger than the builder's filesystem: the node grows it
+GROWN_MIB = 64  # the launch template's volume is larger than the builder's filesystem: the node grows it
+# The builder's volume holds each image twice (content and unpacked snapshot) under the document's disk limit (80 %).
+ROOM_PER_IMAGE_BYTE = 3
 
 _SYSTEMCTL = """#!/bin/bash
 # systemd's one job on the builder: `systemctl stop containerd` stops this node's containerd (by its PID) and waits.
@@ -154,7 +156,8 @@ class FakeImds:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll: shutdown() waits for it, and the double sits in the warm boot's clock.
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def endpoint(self) -> str:
@@ -228,7 +231,7 @@ class Boot:
     instance_id: str
     name: str
     line: str  # warm_boot.sh's one line ("" for a node booted without a volume)
-    launched_at: float  # time.monotonic() when the launch started
+    launched_at: float  # time.monotonic() when the instance booted (its user data started; EC2's part not emulated)
     booted_at: float  # when its containerd had started
 
     @property
@@ -307,8 +310,10 @@ class WarmLoop:
         build = "harness-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         ami = self.world.node_image()
         volume = LoopVolume(self.base / f"{build}-builder.img")
+        sizes = {pushed.digest: pushed.size for pushed in self.world.pushed}
+        needed = ROOM_PER_IMAGE_BYTE * sum(sizes.get(image.digest, 0) for image in images)
         with volume.path.open("wb") as out:
-            out.truncate(BUILT_MIB << 20)
+            out.truncate(max(BUILT_MIB << 20, needed + (BUILT_MIB << 20)))  # sparse: only what is written takes room
         _run("mkfs.xfs", "-q", "-L", self.label, str(volume.path))
         self._volumes.append(volume)
 
@@ -476,8 +481,9 @@ class WarmLoop:
         volume = LoopVolume(self.base / f"{name}.img")
         _run("cp", "--sparse=always", str(snapshot.path), str(volume.path))
         with volume.path.open("r+b") as out:
-            out.truncate(VOLUME_MIB << 20)
+            out.truncate(snapshot.path.stat().st_size + (GROWN_MIB << 20))
         label = "ekpf" + secrets.token_hex(4)
+        ami = self.world.node_image()["ImageId"]  # what its IMDS answers: the AMI World.launch runs
         _run("xfs_admin", "-L", label, "-U", "generate", str(volume.path))
         volume.attach()
         self._volumes.append(volume)
@@ -485,7 +491,7 @@ class WarmLoop:
 
         def user_data(containerd: Containerd) -> None:
             containerd.root.mkdir(parents=True, exist_ok=True)
-            with FakeImds(self.world.node_image()["ImageId"]) as imds:
+            with FakeImds(ami) as imds:
                 env = {
                     "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                     "EKS_PREFETCH_WARM_ROOT": str(containerd.root),
@@ -506,13 +512,19 @@ class WarmLoop:
         return self._launch(name, None, [], **launch)
 
     def _launch(self, name: str, user_data: Any, lines: list[str], **launch: Any) -> Boot:
-        launched_at = time.monotonic()
-        instance_id = self.world.launch(name, before_containerd=user_data, **launch)
+        booting: list[float] = []
+
+        def boot(containerd: Containerd) -> None:
+            booting.append(time.monotonic())  # the instance is up, its user data starts: the boot's clock starts
+            if user_data is not None:
+                user_data(containerd)
+
+        instance_id = self.world.launch(name, before_containerd=boot, **launch)
         node = self.world.instances[instance_id].node
         assert isinstance(node, Node)
-        boot = Boot(instance_id, name, lines[0] if lines else "", launched_at, node.started_at)
-        self.boots[name] = boot
-        return boot
+        record = Boot(instance_id, name, lines[0] if lines else "", booting[0], node.started_at)
+        self.boots[name] = record
+        return record
 
     def present(self, instance_id: str, images: Sequence[WarmImage]) -> dict[str, bool]:
         """image reference -> whether the node's CRI has it by the tag a pod names (as kubelet asks)."""
@@ -544,7 +556,7 @@ def warm_scene(world: World, say: Say) -> dict[str, Any]:
     results = {}
     for kind, name in (("cold_boot", "scale-cold"), ("warm_boot", "scale-warm")):
         boot = loop.boot_warm(name, proxy=True) if kind == "warm_boot" else loop.boot_cold(name, proxy=True)
-        results[kind] = _measure(world, loop, boot, snapshot)
+        results[kind] = measure_boot(world, loop, boot, snapshot)
         if boot.line:
             say.line(f"{name}: {boot.line}")
     for kind in ("cold_boot", "warm_boot"):
@@ -558,7 +570,9 @@ def warm_scene(world: World, say: Say) -> dict[str, Any]:
     return results
 
 
-def _measure(world: World, loop: WarmLoop, boot: Boot, snapshot: Snapshot, timeout: float = 600) -> dict[str, Any]:
+def measure_boot(world: World, loop: WarmLoop, boot: Boot, snapshot: Snapshot, timeout: float = 600) -> dict[str, Any]:
+    """Run the World until the node's first prefetch is done: whether its images were present at boot, the seconds
+    from its launch until they were (CRI, by the pod's tag), and the bytes its route to the registry carried."""
     # Asked before anything was sent to the node (its launch event waits in the node-launch queue until settle).
     reached = any(boot.instance_id in command.invocations for command in world.agent.commands.values())
     at_boot = not reached and all(loop.present(boot.instance_id, snapshot.images).values())
