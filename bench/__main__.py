@@ -15,7 +15,16 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import api_calls, cold_start, coverage, end_to_end, new_node_delay, node_overhead, status_throughput
+from bench import (
+    api_calls,
+    cold_start,
+    coverage,
+    end_to_end,
+    new_node_delay,
+    node_overhead,
+    status_throughput,
+    warm_boot,
+)
 from bench.report import Section, SectionSpec, not_measured, render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +39,7 @@ SECTIONS = [
     SectionSpec(5, "Cold start and package size", "cold-start", cold_start.measure),
     SectionSpec(6, "Status throughput", "status", status_throughput.measure),
     SectionSpec(7, "End-to-end overhead", "end-to-end", end_to_end.measure),
+    SectionSpec(8, "Warm boot volumes", "warm-boot", warm_boot.measure),
 ]
 
 RUN_FIRST = {"node-overhead"}

@@ -21,7 +21,9 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,10 +86,18 @@ class Node:
     # x86 host. Its containerd still runs this machine's platform, so give it only images its script skips.
     uname_machine: str | None = None
     _scripts: set = field(default_factory=set)  # running document scripts (Popen), killed by id on stop
+    # The containerd release this node runs (None: the default one), and what happens on the node before its
+    # containerd first starts (the warm boot user-data part: harness.warm).
+    release: str | None = None
+    before_containerd: Callable[[Containerd], None] | None = None
 
     def start(self) -> Node:
         self.base.mkdir(parents=True, exist_ok=True)
-        self.containerd = Containerd(self.base / "containerd").start()
+        containerd = Containerd(self.base / "containerd", **({"release": self.release} if self.release else {}))
+        if self.before_containerd is not None:
+            self.before_containerd(containerd)
+        self.containerd = containerd.start()
+        self.started_at = time.monotonic()  # when its containerd answered: the node has booted
         bin_dir = self.base / "bin"
         bin_dir.mkdir(exist_ok=True)
         self.route(self.registry.host)
@@ -297,6 +307,7 @@ class CuttableProxy:
         self.listener.listen(64)
         self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.budget: int | None = None
+        self.bytes_down = 0  # what the node received from the registry through this route
         self.cut_done = threading.Event()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
@@ -347,6 +358,8 @@ class CuttableProxy:
             while data := source.recv(65536):
                 if counted and not self._spend(len(data)):
                     return
+                if counted:
+                    self.bytes_down += len(data)
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)

@@ -22,7 +22,7 @@ from moto.ecr.models import ecr_backends
 
 from harness.agent import LINUX, Platform, RunCommandAgent
 from harness.cluster import CuttableProxy, DryRunNode, EcrRegistry, Node, PushedImage
-from harness.node import missing_prerequisites
+from harness.node import Containerd, missing_prerequisites
 from harness.routing import Delivery, Router, event_envelope
 from harness.stack import ACCOUNT, FAKE_CREDENTIALS, REGION, Stack
 
@@ -57,6 +57,7 @@ class World:
         # be swallowed on its way out.
         self.interrupted = threading.Event()
         self.registry: EcrRegistry | None = None
+        self.cleanups: list[Callable[[], None]] = []  # run on close, once the nodes are stopped (add_cleanup)
         self._mock: Any = None
         self._own_base = False
         self._saved_env: dict[str, str | None] = {}
@@ -109,6 +110,8 @@ class World:
             if instance.proxy:
                 instance.proxy.close()
             instance.node.stop()
+        while self.cleanups:
+            self.cleanups.pop()()
         if agent is not None:
             agent.uninstall()
         if self.registry is not None:
@@ -148,11 +151,15 @@ class World:
         tags: Mapping[str, str] | None = None,
         platform: Platform = LINUX,
         uname_machine: str | None = None,
+        containerd_release: str | None = None,
+        before_containerd: Callable[[Containerd], None] | None = None,
     ) -> str:
         """Run an EC2 instance (tagged as a cluster node or not, plus ``tags``: its node pool's), give it a node,
         register its SSM agent after ``register_after`` seconds (None: never), and emit its pending and running state
         changes. A node of another OS than Linux (``platform``) runs no containerd: SSM's precondition skips the
-        document's step there. ``uname_machine``: the architecture its script sees, when not this machine's."""
+        document's step there. ``uname_machine``: the architecture its script sees, when not this machine's.
+        ``containerd_release``: the node's containerd (default: harness.node's); ``before_containerd``: run on the node
+        before its containerd first starts (a real node only)."""
         instance_tags = [{"Key": "Name", "Value": name}, *({"Key": k, "Value": v} for k, v in (tags or {}).items())]
         if node:
             key, value = self.node_tag
@@ -171,7 +178,14 @@ class World:
             backing: Node | DryRunNode = DryRunNode(name, base, f"{platform.name}: no containerd to run").start()
         elif self.dry_run_reason is None:
             assert self.registry is not None
-            backing = Node(name, base, self.registry, uname_machine=uname_machine).start()
+            backing = Node(
+                name,
+                base,
+                self.registry,
+                uname_machine=uname_machine,
+                release=containerd_release,
+                before_containerd=before_containerd,
+            ).start()
         else:
             backing = DryRunNode(name, base, self.dry_run_reason).start()
         instance = Instance(instance_id, name, backing, node)
@@ -190,6 +204,15 @@ class World:
                 )
             )
         return instance_id
+
+    def node_image(self) -> dict[str, Any]:
+        """The AMI every instance launches from (DescribeImages' entry)."""
+        return self.ec2.describe_images(Owners=["amazon"])["Images"][0]
+
+    def add_cleanup(self, cleanup: Callable[[], None]) -> None:
+        """Run on close, after every node has stopped (last added, first run): what outlives a node's processes,
+        such as a volume mounted under its root."""
+        self.cleanups.append(cleanup)
 
     def tags(self, instance_id: str) -> dict[str, str]:
         (reservation,) = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]

@@ -5,19 +5,17 @@ containerd root into which a real containerd pulled an image through the CRI, th
 own format string, unmounted, and made larger (the launch template's volume is larger than the builder's). The script
 then runs with its mount point, containerd state dir, containerd binary and IMDS endpoint pointed at the test's
 (its environment overrides): it must mount and grow the volume only when the stamp matches, and exit 0 saying warm or
-cold on every path. `FakeImds` is the double of EC2's instance metadata service (IMDSv2: token first).
+cold on every path. `FakeImds` (harness.warm) is the double of EC2's instance metadata service (IMDSv2: token first).
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.server
 import os
 import re
 import secrets
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,8 @@ import pytest
 
 from harness.cri import Cri
 from harness.node import Containerd, default_release, missing_prerequisites
-from harness.template import resource, template
+from harness.template import template
+from harness.warm import FakeImds, assignment, builder_script
 from tests.node.conftest import SKIP_NODE_TESTS, Registries
 
 SCRIPT = Path(__file__).resolve().parents[2] / "document" / "warm_boot.sh"
@@ -35,18 +34,6 @@ OTHER_AMI = "ami-0fedcba9876543210"
 BLOCK_TOOLS = ("losetup", "mkfs.xfs", "xfs_growfs", "blkid", "findmnt", "mount", "umount", "curl")
 BUILT_MIB = 320  # mkfs.xfs's minimum is 300 MB
 VOLUME_MIB = 420
-
-
-def builder_script(logical_id: str) -> str:
-    (step,) = resource(logical_id)["Properties"]["Content"]["mainSteps"]
-    (script,) = step["inputs"]["runCommand"]
-    return script
-
-
-def assignment(script: str, name: str) -> str:
-    match = re.search(rf"^\s*{name}=(\S+)$", script, re.MULTILINE)
-    assert match, f"no {name}= in the script"
-    return match.group(1)
 
 
 def seal_stamp(containerd_version: str, ami: str) -> str:
@@ -79,59 +66,6 @@ def test_the_template_hands_the_script_out_as_it_is() -> None:
 
 
 # --- On a real block device ------------------------------------------------------------------------------------------
-
-
-class FakeImds:
-    """EC2's instance metadata service as the script uses it: PUT /latest/api/token, then the AMI id with the token."""
-
-    def __init__(self, ami: str, tokens: bool = True) -> None:
-        self.ami = ami
-        self.tokens = tokens
-        self.token = secrets.token_hex(16)
-        imds = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_PUT(self) -> None:
-                if (
-                    imds.tokens
-                    and self.path == "/latest/api/token"
-                    and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
-                ):
-                    self._reply(200, imds.token)
-                else:
-                    self._reply(400, "")
-
-            def do_GET(self) -> None:
-                if self.headers.get("X-aws-ec2-metadata-token") != imds.token:
-                    self._reply(401, "")
-                elif self.path == "/latest/meta-data/ami-id":
-                    self._reply(200, imds.ami)
-                else:
-                    self._reply(404, "")
-
-            def _reply(self, status: int, body: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> FakeImds:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def run(*argv: str) -> str:

@@ -1,0 +1,603 @@
+"""The warm boot loop of issue 19 (docs/warm-volumes.md) on real containerd, inside a World.
+
+- **Build**: a builder instance (launched in moto's EC2, tagged as the builder's are, registered with the Run Command
+  agent; no cluster tag) whose containerd root is an XFS filesystem on a loop device, labelled and mounted before its
+  containerd starts (what WarmPrepareDocument does on a fresh volume). The planner's input is resolved by the
+  application's own code (``NewestImages.every_repository`` and ``commands.document_parameters``, in the node-launch
+  function's environment), and the stack's PrefetchDocument is sent to the builder through SSM: the agent runs it.
+  Then template.yaml's own WarmSealDocument is sent (created in moto's SSM with three local substitutions: the root
+  directory, the label and the IMDS endpoint; ``systemctl stop containerd`` and ``containerd`` are small tools on the
+  builder's PATH): it stops containerd, writes the stamp, syncs, unmounts and prints the stamp.
+- **Snapshot**: a sparse copy of the sealed image file, registered in moto's EC2 as the state machine registers it
+  (a volume tagged ``eks-image-prefetch:warm-builder``, a snapshot with the same tags, digest tags, a launch template
+  version naming it) and published in the stack's SSM parameter in the builder's format.
+- **Boot**: a new World node whose containerd root is a copy of the snapshot file on its own loop device, mounted by
+  document/warm_boot.sh (environment overrides: the node's root and state, its release's containerd, an IMDSv2
+  double answering the AMI) before its containerd starts; then it registers like any node, so the node-launch path
+  sends its prefetch.
+
+Not emulated: the state machine itself (the loop is built from the same documents; tests/integration runs the
+definition in moto), WarmPrepareDocument's device discovery and its copy of the AMI's /var/lib/containerd (the harness
+node's own root is empty), EBS's lazy loading (the copy is local disk: see docs/warm-volumes.md). Each copy gets a
+label and an XFS UUID of its own: blkid sees every loop device of this shared machine, while an instance sees only its
+own volume, and XFS refuses to mount two filesystems with one UUID.
+"""
+
+from __future__ import annotations
+
+import copy
+import http.server
+import importlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import yaml
+
+from harness.cluster import Node
+from harness.cri import Cri
+from harness.node import PROJECT_ROOT, Containerd, missing_prerequisites
+from harness.template import resource
+
+if TYPE_CHECKING:
+    from harness.world import World
+
+BOOT_SCRIPT = PROJECT_ROOT / "document" / "warm_boot.sh"
+BUILDER_TAG = "eks-image-prefetch:warm-builder"
+BUILD_TAG = "eks-image-prefetch:build"
+SNAPSHOT_TAG = "eks-image-prefetch:warm-snapshot"
+DIGEST_TAG_PREFIX = "eks-image-prefetch:digest:"
+IMDS = "http://169.254.169.254"
+BLOCK_TOOLS = ("losetup", "mkfs.xfs", "xfs_admin", "xfs_growfs", "blkid", "findmnt", "mount", "umount", "curl")
+BUILT_MIB = 320  # mkfs.xfs's minimum is 300 MB
+GROWN_MIB = 64  # the launch template's volume is larger than the builder's filesystem: the node grows it
+# The builder's volume holds each image twice (content and unpacked snapshot) under the document's disk limit (80 %).
+ROOM_PER_IMAGE_BYTE = 3
+
+_SYSTEMCTL = """#!/bin/bash
+# systemd's one job on the builder: `systemctl stop containerd` stops this node's containerd (by its PID) and waits.
+[ "$1 $2" = "stop containerd" ] || {{ echo "emulated builder: systemctl $* is not emulated" >&2; exit 1; }}
+pid=$(cat {pid_file})
+kill -TERM "$pid" 2>/dev/null || exit 0
+for _ in $(seq 1 300); do
+  state=$(awk '{{print $3}}' "/proc/$pid/stat" 2>/dev/null) || exit 0
+  [ -n "$state" ] && [ "$state" != Z ] || exit 0  # gone, or a zombie its parent (the harness) has not reaped
+  sleep 0.1
+done
+exit 1
+"""
+
+_CONTAINERD = """#!/bin/bash
+# This node's containerd release (the step's PATH holds the node's tools and the system's, not the release's).
+exec {binary} "$@"
+"""
+
+
+class Say(Protocol):
+    def step(self, text: str) -> None: ...
+    def line(self, text: str) -> None: ...
+
+
+def missing_block_tools() -> str | None:
+    """Why this machine cannot run the loop (besides the nodes' own prerequisites), or None."""
+    missing = [tool for tool in BLOCK_TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"the warm loop needs {', '.join(missing)} (xfsprogs, util-linux, curl)"
+    if not Path("/dev/loop-control").exists():
+        return "the warm loop needs loop devices (/dev/loop-control)"
+    return None
+
+
+def builder_script(logical_id: str) -> str:
+    """The script of one of the builder's documents in template.yaml (WarmPrepareDocument, WarmSealDocument)."""
+    (step,) = resource(logical_id)["Properties"]["Content"]["mainSteps"]
+    (script,) = step["inputs"]["runCommand"]
+    return script
+
+
+def assignment(script: str, name: str) -> str:
+    """The value a script gives a variable (``NAME=value`` on a line of its own)."""
+    match = re.search(rf"^\s*{name}=(\S+)$", script, re.MULTILINE)
+    if not match:
+        raise ValueError(f"no {name}= in the script")
+    return match.group(1)
+
+
+def _run(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=120).stdout
+
+
+class FakeImds:
+    """EC2's instance metadata service as the builder's and the node's scripts use it: PUT /latest/api/token, then the
+    AMI id with the token (IMDSv2). ``tokens`` False: no token is given (a hop limit too low for the caller)."""
+
+    def __init__(self, ami: str, tokens: bool = True) -> None:
+        self.ami = ami
+        self.tokens = tokens
+        self.token = secrets.token_hex(16)
+        imds = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                if (
+                    imds.tokens
+                    and self.path == "/latest/api/token"
+                    and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+                ):
+                    self._reply(200, imds.token)
+                else:
+                    self._reply(400, "")
+
+            def do_GET(self) -> None:
+                if self.headers.get("X-aws-ec2-metadata-token") != imds.token:
+                    self._reply(401, "")
+                elif self.path == "/latest/meta-data/ami-id":
+                    self._reply(200, imds.ami)
+                else:
+                    self._reply(404, "")
+
+            def _reply(self, status: int, body: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # A short poll: shutdown() waits for it, and the double sits in the warm boot's clock.
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> FakeImds:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class LoopVolume:
+    """An image file attached to a loop device: the harness's EBS volume."""
+
+    path: Path
+    device: str | None = None
+
+    def attach(self) -> str:
+        self.device = _run("losetup", "--find", "--show", str(self.path)).strip()
+        return self.device
+
+    def detach(self) -> None:
+        """Unmount it wherever it is mounted, and free its loop device (idempotent)."""
+        if self.device is None:
+            return
+        targets = subprocess.run(
+            ["findmnt", "-rn", "-o", "TARGET", "-S", self.device], check=False, capture_output=True, text=True
+        ).stdout.split()
+        for target in reversed(targets):
+            subprocess.run(["umount", target], check=False, capture_output=True)
+        subprocess.run(["losetup", "-d", self.device], check=False, capture_output=True)
+        self.device = None
+
+
+@dataclass
+class WarmImage:
+    repository: str
+    digest: str
+    tag: str
+    reference: str  # what the node is sent: registry/repository:tag@digest
+
+    @property
+    def by_tag(self) -> str:
+        """What a pod spec names (kubelet asks the CRI for it)."""
+        return self.reference.split("@", 1)[0]
+
+    @property
+    def by_digest(self) -> str:
+        return f"{self.by_tag.rsplit(':', 1)[0]}@{self.digest}"
+
+
+@dataclass
+class Snapshot:
+    snapshot_id: str
+    path: Path  # the sealed image file: the snapshot's blocks
+    stamp: dict[str, str]
+    ami: str
+    architecture: str
+    images: list[WarmImage]
+    build: str
+    builder: str  # its instance id
+    build_seconds: float
+
+
+@dataclass
+class Boot:
+    instance_id: str
+    name: str
+    line: str  # warm_boot.sh's one line ("" for a node booted without a volume)
+    launched_at: float  # time.monotonic() when the instance booted (its user data started; EC2's part not emulated)
+    booted_at: float  # when its containerd had started
+
+    @property
+    def warm(self) -> bool:
+        return self.line.startswith("eks-image-prefetch: warm boot: ")
+
+
+class BuildFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class WarmLoop:
+    """Build warm snapshots and boot nodes on them, in a World on real nodes. Its volumes are detached when the World
+    closes (after its nodes stop), or by close()."""
+
+    world: World
+    label: str = field(default_factory=lambda: "ekpf" + secrets.token_hex(4))  # 12 characters, XFS's limit
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    boots: dict[str, Boot] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        reason = self.world.dry_run_reason or missing_prerequisites() or missing_block_tools()
+        if reason:
+            raise RuntimeError(f"the warm loop needs real nodes: {reason}")
+        assert self.world.base is not None
+        self.base = self.world.base / "warm"
+        self.base.mkdir(parents=True, exist_ok=True)
+        self._volumes: list[LoopVolume] = []
+        self._launch_template_id: str | None = None
+        self.world.add_cleanup(self.close)
+
+    def __enter__(self) -> WarmLoop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the nodes on the loop's volumes (their containerd holds the mount), then detach every volume."""
+        for boot in self.boots.values():
+            self.world.instances[boot.instance_id].node.stop()
+        while self._volumes:
+            self._volumes.pop().detach()
+
+    # --- the builder ------------------------------------------------------------------------------------------
+
+    @property
+    def parameter_name(self) -> str:
+        """WarmSnapshotParameter's name, from the template."""
+        name = resource("WarmSnapshotParameter")["Properties"]["Name"]["Fn::Sub"]
+        return name.replace("${AWS::StackName}", self.world.stack.name)
+
+    def resolve(self, repositories: Sequence[str] | None = None) -> tuple[list[WarmImage], dict[str, list[str]]]:
+        """The builder's input as the planner computes it: the newest image of every watched repository (or of
+        these), and the prefetch document's parameters for them; by the application's code, in the node-launch
+        function's environment."""
+        function = self.world.stack.functions["NodeLaunchFunction"]
+        with function.container(fresh=True):
+            settings = importlib.import_module("eks_prefetch.settings").get_settings()
+            resolution = importlib.import_module("eks_prefetch.resolution")
+            commands = importlib.import_module("eks_prefetch.commands")
+            resolved = resolution.NewestImages(settings).every_repository(repositories)
+            parameters = commands.document_parameters(resolved, settings)
+        images = [WarmImage(image.repository, image.digest, image.tag, image.reference) for image in resolved]
+        return images, parameters
+
+    def build(self, repositories: Sequence[str] | None = None, release: str | None = None) -> Snapshot:
+        """One build: a builder on a fresh labelled volume pulls the newest images through the prefetch document,
+        seals through WarmSealDocument, and its volume becomes a snapshot, registered and published. ``release``:
+        the builder's containerd (default: the nodes')."""
+        started = time.monotonic()
+        images, parameters = self.resolve(repositories)
+        if not images:
+            raise BuildFailed("no image to build: nothing pushed to the watched repositories")
+        build = "harness-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        ami = self.world.node_image()
+        volume = LoopVolume(self.base / f"{build}-builder.img")
+        sizes = {pushed.digest: pushed.size for pushed in self.world.pushed}
+        needed = ROOM_PER_IMAGE_BYTE * sum(sizes.get(image.digest, 0) for image in images)
+        with volume.path.open("wb") as out:
+            out.truncate(max(BUILT_MIB << 20, needed + (BUILT_MIB << 20)))  # sparse: only what is written takes room
+        _run("mkfs.xfs", "-q", "-L", self.label, str(volume.path))
+        self._volumes.append(volume)
+
+        def prepare(containerd: Containerd) -> None:
+            # WarmPrepareDocument on a fresh volume: containerd's root on the labelled filesystem, before it starts.
+            containerd.root.mkdir(parents=True, exist_ok=True)
+            _run("mount", volume.attach(), str(containerd.root))
+
+        builder = self.world.launch(
+            f"warm-builder-{len(self.snapshots) + 1}",
+            node=False,
+            tags={BUILDER_TAG: self.world.stack.name, BUILD_TAG: build},
+            containerd_release=release,
+            before_containerd=prepare,
+        )
+        node = self.world.instances[builder].node
+        assert isinstance(node, Node)
+        try:
+            self._pull(builder, parameters, images)
+            stamp = self._seal(builder, node, ami["ImageId"])
+        finally:
+            node.stop()
+            volume.detach()
+            self.world.ec2.terminate_instances(InstanceIds=[builder])
+        snapshot_file = self.base / f"{build}.img"
+        _run("cp", "--sparse=always", str(volume.path), str(snapshot_file))
+        volume.path.unlink()
+        snapshot = self._register(builder, build, snapshot_file, stamp, ami, images, time.monotonic() - started)
+        self.snapshots[snapshot.snapshot_id] = snapshot
+        return snapshot
+
+    def _pull(self, builder: str, parameters: dict[str, list[str]], images: list[WarmImage]) -> None:
+        """The stack's own PrefetchDocument, sent to the builder only, with the planner's parameters."""
+        command = self.world.ssm.send_command(
+            DocumentName=self.world.stack.document_name,
+            InstanceIds=[builder],
+            Parameters=parameters,
+            Comment="warm volume build: prefetch",
+        )["Command"]
+        self.world.settle(900)
+        invocation = self.world.invocation(command["CommandId"], builder)
+        records = [json.loads(line) for line in invocation["StandardOutputContent"].splitlines() if line]
+        done = {record.get("digest") for record in records if record.get("status") in {"pulled", "cached"}}
+        missing = [image.reference for image in images if image.digest not in done]
+        if invocation["Status"] != "Success" or missing:
+            raise BuildFailed(f"the builder's prefetch: {invocation['Status']}, not pulled {missing}: {records}")
+
+    def _seal(self, builder: str, node: Node, ami: str) -> dict[str, str]:
+        """template.yaml's WarmSealDocument, run by the agent on the builder, pointed at the builder's root, label
+        and IMDS double; returns the stamp it printed."""
+        bin_dir = node.base / "bin"
+        assert node.containerd.proc is not None
+        (node.base / "containerd.pid").write_text(str(node.containerd.proc.pid))
+        (bin_dir / "systemctl").write_text(_SYSTEMCTL.format(pid_file=node.base / "containerd.pid"))
+        (bin_dir / "containerd").write_text(_CONTAINERD.format(binary=node.containerd.binary("containerd")))
+        for tool in ("systemctl", "containerd"):
+            (bin_dir / tool).chmod(0o755)
+        with FakeImds(ami) as imds:
+            name = f"{self.world.stack.name}-WarmSealDocument-{builder}"
+            self.world.ssm.create_document(
+                Name=name,
+                Content=yaml.safe_dump(self._seal_content(node.containerd.root, imds.endpoint)),
+                DocumentType="Command",
+                DocumentFormat="YAML",
+            )
+            command = self.world.ssm.send_command(DocumentName=name, InstanceIds=[builder], Comment="warm seal")
+            self.world.settle(300)
+        invocation = self.world.invocation(command["Command"]["CommandId"], builder)
+        if invocation["Status"] != "Success":
+            raise BuildFailed(f"seal: {invocation['StandardOutputContent']} {invocation['StandardErrorContent']}")
+        return json.loads(invocation["StandardOutputContent"])
+
+    def _seal_content(self, root: Path, imds: str) -> dict[str, Any]:
+        content = copy.deepcopy(resource("WarmSealDocument")["Properties"]["Content"])
+        (step,) = content["mainSteps"]
+        script = step["inputs"]["runCommand"][0]
+        for old, new in (
+            (f"ROOT={assignment(script, 'ROOT')}\n", f"ROOT={root}\n"),
+            (f"LABEL={assignment(script, 'LABEL')}\n", f"LABEL={self.label}\n"),
+            (IMDS, imds),
+        ):
+            if old not in script:
+                raise ValueError(f"WarmSealDocument no longer has {old.strip()!r}: the harness cannot point it here")
+            script = script.replace(old, new)
+        step["inputs"]["runCommand"] = [script]
+        content.setdefault("parameters", {})  # none: the node's runner reads the key
+        return content
+
+    def _register(
+        self,
+        builder: str,
+        build: str,
+        path: Path,
+        stamp: dict[str, str],
+        ami: dict[str, Any],
+        images: list[WarmImage],
+        seconds: float,
+    ) -> Snapshot:
+        """The state machine's CreateSnapshot, DigestTags, launch template version and PublishParameter, in moto."""
+        ec2, stack = self.world.ec2, self.world.stack.name
+        (reservation,) = ec2.describe_instances(InstanceIds=[builder])["Reservations"]
+        zone = reservation["Instances"][0]["Placement"]["AvailabilityZone"]
+        volume_id = ec2.create_volume(
+            AvailabilityZone=zone,
+            Size=max(1, -(-path.stat().st_size // (1 << 30))),
+            TagSpecifications=[{"ResourceType": "volume", "Tags": [{"Key": BUILDER_TAG, "Value": stack}]}],
+        )["VolumeId"]
+        tags = {
+            SNAPSHOT_TAG: stack,
+            "eks-image-prefetch:ami": ami["ImageId"],
+            "eks-image-prefetch:architecture": ami["Architecture"],
+            "eks-image-prefetch:containerd-version": stamp["containerd"],
+            BUILD_TAG: build,
+        }
+        snapshot_id = ec2.create_snapshot(
+            VolumeId=volume_id,
+            Description=f"eks-image-prefetch warm volume of {stack} for {ami['ImageId']}",
+            TagSpecifications=[{"ResourceType": "snapshot", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
+        )["SnapshotId"]
+        ec2.create_tags(
+            Resources=[snapshot_id],
+            Tags=[{"Key": DIGEST_TAG_PREFIX + image.repository, "Value": image.digest} for image in images],
+        )
+        version = self._launch_template_version(snapshot_id)
+        published = {
+            "snapshotId": snapshot_id,
+            "amiId": ami["ImageId"],
+            "architecture": ami["Architecture"],
+            "containerdVersion": stamp["containerd"],
+            "images": [{"repository": image.repository, "digest": image.digest} for image in images],
+            "launchTemplateVersion": version,
+            "builtAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "build": build,
+        }
+        self.world.ssm.put_parameter(
+            Name=self.parameter_name, Type="String", Overwrite=True, Value=json.dumps(published)
+        )
+        return Snapshot(snapshot_id, path, stamp, ami["ImageId"], ami["Architecture"], images, build, builder, seconds)
+
+    def _launch_template_version(self, snapshot_id: str) -> int:
+        """A new default version of the stack's warm launch template whose /dev/xvdb comes from the snapshot."""
+        data = {"BlockDeviceMappings": [{"DeviceName": "/dev/xvdb", "Ebs": {"SnapshotId": snapshot_id}}]}
+        ec2 = self.world.ec2
+        if self._launch_template_id is None:
+            created = ec2.create_launch_template(
+                LaunchTemplateName=f"{self.world.stack.name}-warm", LaunchTemplateData=data
+            )["LaunchTemplate"]
+            self._launch_template_id = created["LaunchTemplateId"]
+            return int(created["LatestVersionNumber"])
+        version = ec2.create_launch_template_version(LaunchTemplateId=self._launch_template_id, LaunchTemplateData=data)
+        number = int(version["LaunchTemplateVersion"]["VersionNumber"])
+        ec2.modify_launch_template(LaunchTemplateId=self._launch_template_id, DefaultVersion=str(number))
+        return number
+
+    def published(self) -> dict[str, Any]:
+        """What the stack's snapshot parameter holds ({} before the first build)."""
+        return json.loads(self.world.ssm.get_parameter(Name=self.parameter_name)["Parameter"]["Value"])
+
+    # --- new nodes --------------------------------------------------------------------------------------------
+
+    def boot_warm(self, name: str, snapshot_id: str | None = None, **launch: Any) -> Boot:
+        """A new node with a volume made from the snapshot (default: the published one), mounted by warm_boot.sh
+        before its containerd starts; ``launch``: World.launch's options (proxy, tags, register_after...)."""
+        snapshot = self.snapshots[snapshot_id or self.published()["snapshotId"]]
+        volume = LoopVolume(self.base / f"{name}.img")
+        _run("cp", "--sparse=always", str(snapshot.path), str(volume.path))
+        with volume.path.open("r+b") as out:
+            out.truncate(snapshot.path.stat().st_size + (GROWN_MIB << 20))
+        label = "ekpf" + secrets.token_hex(4)
+        ami = self.world.node_image()["ImageId"]  # what its IMDS answers: the AMI World.launch runs
+        _run("xfs_admin", "-L", label, "-U", "generate", str(volume.path))
+        volume.attach()
+        self._volumes.append(volume)
+        lines: list[str] = []
+
+        def user_data(containerd: Containerd) -> None:
+            containerd.root.mkdir(parents=True, exist_ok=True)
+            with FakeImds(ami) as imds:
+                env = {
+                    "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                    "EKS_PREFETCH_WARM_ROOT": str(containerd.root),
+                    "EKS_PREFETCH_WARM_STATE": str(containerd.base / "state"),
+                    "EKS_PREFETCH_WARM_CONTAINERD": containerd.binary("containerd"),
+                    "EKS_PREFETCH_WARM_IMDS": imds.endpoint,
+                    "EKS_PREFETCH_WARM_LABEL": label,
+                }
+                result = subprocess.run(
+                    ["bash", str(BOOT_SCRIPT)], check=False, env=env, capture_output=True, text=True, timeout=120
+                )
+            lines.append(result.stdout.strip() or result.stderr.strip())
+
+        return self._launch(name, user_data, lines, **launch)
+
+    def boot_cold(self, name: str, **launch: Any) -> Boot:
+        """A new node without a warm volume: as every node boots today."""
+        return self._launch(name, None, [], **launch)
+
+    def _launch(self, name: str, user_data: Any, lines: list[str], **launch: Any) -> Boot:
+        booting: list[float] = []
+
+        def boot(containerd: Containerd) -> None:
+            booting.append(time.monotonic())  # the instance is up, its user data starts: the boot's clock starts
+            if user_data is not None:
+                user_data(containerd)
+
+        instance_id = self.world.launch(name, before_containerd=boot, **launch)
+        node = self.world.instances[instance_id].node
+        assert isinstance(node, Node)
+        record = Boot(instance_id, name, lines[0] if lines else "", booting[0], node.started_at)
+        self.boots[name] = record
+        return record
+
+    def present(self, instance_id: str, images: Sequence[WarmImage]) -> dict[str, bool]:
+        """image reference -> whether the node's CRI has it by the tag a pod names (as kubelet asks)."""
+        node = self.world.instances[instance_id].node
+        assert isinstance(node, Node)
+        with Cri(node.containerd.address) as cri:
+            return {image.reference: cri.image_status(image.by_tag) is not None for image in images}
+
+
+# --- the demo's scene -----------------------------------------------------------------------------------------------
+
+
+def warm_scene(world: World, say: Say, tags: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Build a snapshot of the newest images, then scale out one node cold and one warm: the bytes each pulled from
+    the registry (through its own route) and the seconds until its images were present (CRI, by the pod's tag).
+    ``tags``: the scaled-out nodes' (their node pool's), so that every image of the snapshot is sent to them."""
+    say.step("Warm boot volumes: a builder pulls the newest images through the document, seals, and is snapshotted")
+    try:
+        loop = WarmLoop(world)
+    except RuntimeError as error:
+        say.line(f"skipped: {error}")
+        return {"warm_boot": {"node": None, "skipped": str(error)}, "cold_boot": {"node": None}}
+    snapshot = loop.build()
+    say.line(
+        f"builder {snapshot.builder}: {len(snapshot.images)} image(s) pulled, sealed by containerd "
+        f"{snapshot.stamp['containerd']} on {snapshot.ami}, in {snapshot.build_seconds:.1f} s; builder terminated"
+    )
+    say.line(f"snapshot {snapshot.snapshot_id} (a copy of the sealed volume), published in {loop.parameter_name}")
+    say.step("Scale out: one node boots cold, one on a volume made from the snapshot")
+    results = {}
+    for kind, name in (("cold_boot", "scale-cold"), ("warm_boot", "scale-warm")):
+        launch = {"proxy": True, "tags": dict(tags or {})}
+        boot = loop.boot_warm(name, **launch) if kind == "warm_boot" else loop.boot_cold(name, **launch)
+        results[kind] = measure_boot(world, loop, boot, snapshot)
+        if boot.line:
+            say.line(f"{name}: {boot.line}")
+    for kind in ("cold_boot", "warm_boot"):
+        result = results[kind]
+        if result["seconds_to_images"] is None:
+            say.line(f"{result['node']}: not every image present after its prefetch: {result['missing']}")
+            continue
+        say.line(
+            f"{result['node']}: images present {result['seconds_to_images']:.1f} s after boot, "
+            f"{result['bytes_pulled'] / 1e6:.1f} MB pulled from the registry"
+            + (f", present at boot: {result['images_present_at_boot']}" if kind == "warm_boot" else "")
+        )
+    results["warm_boot"]["snapshot"] = snapshot.snapshot_id
+    return results
+
+
+def measure_boot(world: World, loop: WarmLoop, boot: Boot, snapshot: Snapshot, timeout: float = 600) -> dict[str, Any]:
+    """Run the World until the node's first prefetch is done: whether its images were present at boot, the seconds
+    from its launch until they were (CRI, by the pod's tag), and the bytes its route to the registry carried."""
+    # Asked before anything was sent to the node (its launch event waits in the node-launch queue until settle).
+    reached = any(boot.instance_id in command.invocations for command in world.agent.commands.values())
+    at_boot = not reached and all(loop.present(boot.instance_id, snapshot.images).values())
+    ready: list[float] = [boot.booted_at] if at_boot else []
+
+    def tick() -> None:
+        if not ready and all(loop.present(boot.instance_id, snapshot.images).values()):
+            ready.append(time.monotonic())
+
+    world.settle(timeout, tick=tick)
+    tick()
+    present = loop.present(boot.instance_id, snapshot.images)
+    proxy = world.instances[boot.instance_id].proxy
+    return {
+        "node": boot.name,
+        "instance_id": boot.instance_id,
+        "bytes_pulled": proxy.bytes_down if proxy else None,
+        "images_present_at_boot": at_boot,
+        # None: not every image was present once its prefetch had run (a node pool the repository is not sent to).
+        "seconds_to_images": round(ready[0] - boot.launched_at, 2) if ready else None,
+        "missing": sorted(reference for reference, found in present.items() if not found),
+        "boot": boot.line or "no warm volume",
+    }
