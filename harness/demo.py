@@ -24,6 +24,7 @@ from harness.cri import Cri
 from harness.node import PIN_LABEL
 from harness.routing import Delivery
 from harness.stack import ACCOUNT, REGION
+from harness.warm import warm_scene
 from harness.world import World
 
 TRAINER = "ml/trainer"
@@ -194,6 +195,8 @@ def run(world: World, say: Narrator) -> dict[str, Any]:
     world.settle(120, tick=lambda: _progress(world, say))
     (command,) = [c for c in world.agent.commands.values() if late in c.invocations]
     node_report(world, say, command.command_id, late)
+
+    summary.update(warm_scene(world, say, tags=GPU_POOL))
 
     say.step("What kubelet sees: the CRI's ImageStatus for the tag a pod names")
     summary["cri"] = cri_view(world, say, {TRAINER: trainer_v2, TOOLS: tools})
@@ -442,7 +445,9 @@ def status_function_view(world: World, say: Narrator) -> dict[str, Any]:
         return world.instances[instance_id].name
 
     return {
-        "coverage": {
+        # The contract for scripts and CI: repository -> percent.
+        "coverage": {c.repository: round(c.percent, 1) for c in fleet.coverages},
+        "coverage_detail": {
             c.repository: {
                 "percent": round(c.percent, 1),
                 "nodes": sorted(name(n) for n in c.online),

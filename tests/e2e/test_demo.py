@@ -1,5 +1,6 @@
 """`make demo` end to end, on containerd 1.7 (the other end-to-end tests run on 2.x, so both releases EKS AMIs ship
-run the whole loop): the mixed cluster, the failure and its repair, coverage per repository, and the CRI's view."""
+run the whole loop): the mixed cluster, the failure and its repair, coverage per repository, warm and cold boots, and
+the CRI's view."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from harness.demo import SUMMARY_MARK
 from tests.e2e.conftest import require_real_nodes
 
 ROOT = Path(__file__).resolve().parents[2]
-GPU = ["gpu-1", "gpu-2", "gpu-3"]
+# The GPU pool: two at the start, one scaled out through the node-launch path, one cold and one warm booted.
+GPU = ["gpu-1", "gpu-2", "gpu-3", "scale-cold", "scale-warm"]
 
 
 def test_make_demo_tells_the_whole_story_on_containerd_1_7() -> None:
@@ -40,9 +42,10 @@ def test_make_demo_tells_the_whole_story_on_containerd_1_7() -> None:
 
     # Each repository's own denominator: the trainer's selector picks the GPU pool; the arm64 node skipped the
     # amd64-only tools image (not applicable); the Windows node is outside every figure.
-    assert summary["coverage"] == {
+    assert summary["coverage"] == {"ml/trainer": 100.0, "ml/tools": 100.0}
+    assert summary["coverage_detail"] == {
         "ml/trainer": {"percent": 100.0, "nodes": GPU, "missing": []},
-        "ml/tools": {"percent": 100.0, "nodes": ["cpu-1", *GPU], "missing": []},
+        "ml/tools": {"percent": 100.0, "nodes": sorted(["cpu-1", *GPU]), "missing": []},
     }
     assert list(summary["unsupported"]) == ["win-1"]
     assert "ml/tools skipped (reason platform: no manifest for linux/arm64)" in run.stdout
@@ -62,6 +65,13 @@ def test_make_demo_tells_the_whole_story_on_containerd_1_7() -> None:
     }
     assert cri["win-1"] == {"containerd": None}
 
+    # Warm boot: the node booted on the snapshot's copy had its images before any command and pulled nothing; the
+    # cold one pulled them.
+    warm, cold = summary["warm_boot"], summary["cold_boot"]
+    assert (warm["node"], warm["images_present_at_boot"], warm["bytes_pulled"]) == ("scale-warm", True, 0)
+    assert warm["snapshot"].startswith("snap-")
+    assert cold["node"] == "scale-cold" and cold["bytes_pulled"] > 0 and not cold["images_present_at_boot"]
+
     # Nothing lost, nothing sent where it does not belong, and the figures are the story's.
     assert set(summary["dead_letters"].values()) == {0}
     assert summary["non_nodes_sent_commands"] == []
@@ -69,5 +79,6 @@ def test_make_demo_tells_the_whole_story_on_containerd_1_7() -> None:
     assert "BadOutput" not in metrics
     assert metrics["ImagesFailedByReason"]["sum"] == 1
     assert metrics["NodesRepaired"]["sum"] == 1
-    # Only gpu-3's first images came through the new-node path: the one launch-to-cached figure.
-    assert metrics["LaunchToCachedSeconds"]["points"] == 1
+    # Only the nodes scaled out after the pushes got their first images through the new-node path: gpu-3, the cold
+    # and the warm one.
+    assert metrics["LaunchToCachedSeconds"]["points"] == 3
