@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -84,12 +85,30 @@ class WarmStack:
         built = self.execution_input(execution)
         ami = self.ssm.get_parameter(Name=AMI_PARAMETER)["Parameter"]["Value"]
         snapshot = self.snapshot(build=execution["name"])
-        self.use_in_launch_template(snapshot)
-        self.publish(snapshot, ami, built["images"])
+        version = self.use_in_launch_template(snapshot)
+        self.publish(snapshot, ami, built["images"], launch_template_version=version, build=execution["name"])
         return snapshot
 
-    def publish(self, snapshot: str, ami: str, images: Iterable[Mapping[str, str]]) -> None:
-        value = {"snapshotId": snapshot, "amiId": ami, "images": list(images), "build": "test"}
+    def publish(
+        self,
+        snapshot: str,
+        ami: str,
+        images: Iterable[Mapping[str, str]],
+        *,
+        launch_template_version: int = 2,
+        build: str = "test",
+    ) -> None:
+        """What the builder's DescribePublished state writes (builtAt as Step Functions' EnteredTime: now)."""
+        value = {
+            "snapshotId": snapshot,
+            "amiId": ami,
+            "architecture": "x86_64",
+            "containerdVersion": "1.7.27",
+            "images": list(images),
+            "launchTemplateVersion": launch_template_version,
+            "builtAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+            "build": build,
+        }
         self.ssm.put_parameter(Name=SNAPSHOT_PARAMETER, Type="String", Value=json.dumps(value), Overwrite=True)
 
     def published(self) -> dict[str, Any]:
