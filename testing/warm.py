@@ -6,10 +6,13 @@
 - ``FastSnapshotRestores``: moto has no fast snapshot restore (Describe/DisableFastSnapshotRestores); the double
   keeps the state per snapshot and zone and answers both.
 - ``WarmStack.delete_launch_template_version``: moto has no DeleteLaunchTemplateVersions either.
+- ``inherit_source_version``: moto's CreateLaunchTemplateVersion ignores SourceVersion; the double gives the new version
+  the source's data, with the request's own top-level members in place of the source's, as EC2 documents it.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -17,6 +20,7 @@ from typing import Any
 
 import boto3
 from moto.ec2.models import ec2_backends
+from moto.ec2.responses.launch_templates import LaunchTemplates
 
 from testing.answers import answer_from
 from testing.environment import ACCOUNT, REGION, STATUS_TABLE
@@ -205,3 +209,23 @@ class FastSnapshotRestores:
                     self.state[(snapshot, zone)] = "disabling"
                     successful.append({"SnapshotId": snapshot, "AvailabilityZone": zone, "State": "disabling"})
         return {"Successful": successful, "Unsuccessful": []}
+
+
+def inherit_source_version(monkeypatch: Any) -> None:
+    """Double: CreateLaunchTemplateVersion with SourceVersion inherits the source version's launch parameters; those the
+    request gives replace the source's (EC2's documented behaviour; moto keeps only the request's)."""
+    original = LaunchTemplates.create_launch_template_version
+
+    def create_launch_template_version(self: LaunchTemplates) -> Any:
+        result = original(self)
+        source = self._get_param("SourceVersion")
+        if source:
+            template = self.ec2_backend.get_launch_template(self._get_param("LaunchTemplateId"))
+            created = template.versions[-1]
+            merged = {**copy.deepcopy(template.get_version(source).data), **created.data}
+            # The response holds the same dict: it answers the merged data too.
+            created.data.clear()
+            created.data.update(merged)
+        return result
+
+    monkeypatch.setattr(LaunchTemplates, "create_launch_template_version", create_launch_template_version)
