@@ -1,7 +1,8 @@
 """`make template`: writes the SSM documents' content into template.yaml, from document/ (PrefetchDocument:
 content.yaml, the document's parameters and step, and prefetch.sh, the node script; UnpinDocument: unpin.yaml and
 unpin.sh), with the values they share with the functions (eks_prefetch/node_contract.py) in place of their @NAME@
-placeholders; and the user-data scripts the template hands out as Outputs (WarmBootUserData: warm_boot.sh).
+placeholders; and the user-data scripts the template hands out as Outputs (WarmBootUserData: warm_boot.sh) and puts in
+launch templates' user data (WarmLaunchTemplate: warm_boot.sh as the text/x-shellscript part of a MIME multi-part).
 
 Only the text between each document's two marker lines changes; the rest of template.yaml stays byte for byte.
 template.yaml is committed as generated, so that `sam deploy` needs no extra step; a unit test fails when it differs
@@ -58,11 +59,36 @@ class ScriptOutput:
         return f"    # END GENERATED {self.output} value"
 
 
+@dataclass(frozen=True)
+class LaunchTemplateUserData:
+    """A launch template's UserData: a script of document/ as the one part of a MIME multi-part (so that EKS merges it
+    with its own NodeConfig part for managed node groups, and users may add theirs)."""
+
+    resource: str
+    script: ScriptOutput
+
+    @property
+    def begin(self) -> str:
+        return f"        # BEGIN GENERATED {self.resource} UserData by `make template`: edit document/, not this block."
+
+    @property
+    def end(self) -> str:
+        return f"        # END GENERATED {self.resource} UserData"
+
+
 PREFETCH = Document("PrefetchDocument", HERE / "content.yaml", HERE / "prefetch.sh")
 UNPIN = Document("UnpinDocument", HERE / "unpin.yaml", HERE / "unpin.sh")
 DOCUMENTS = (PREFETCH, UNPIN)
 WARM_BOOT = ScriptOutput("WarmBootUserData", HERE / "warm_boot.sh")
 SCRIPT_OUTPUTS = (WARM_BOOT,)
+WARM_LAUNCH_TEMPLATE = LaunchTemplateUserData("WarmLaunchTemplate", WARM_BOOT)
+LAUNCH_TEMPLATES = (WARM_LAUNCH_TEMPLATE,)
+# The MIME boundary of the launch template's user data: no line of the script may start with "--" and it.
+MIME_BOUNDARY = "==EKS-IMAGE-PREFETCH-WARM-BOOT=="
+# EC2's limit on user data, before base64.
+USER_DATA_MAX_BYTES = 16 * 1024
+# Where LaunchTemplateData's members sit (8 spaces); UserData's Fn::Base64 2 deeper, its literal block 2 more.
+USER_DATA_INDENT = " " * 8
 # Where an Output's Value sits: its members at 4 spaces, the literal block's lines 2 deeper.
 VALUE_INDENT = " " * 4
 # The prefetch document's, by the names the harness and tests use.
@@ -180,7 +206,47 @@ def render_template(template: str) -> str:
         template = _render_block(template, document)
     for output in SCRIPT_OUTPUTS:
         template = _render_value(template, output)
+    for launch_template in LAUNCH_TEMPLATES:
+        template = _render_user_data(template, launch_template)
     return template
+
+
+def render_mime_user_data(launch_template: LaunchTemplateUserData = WARM_LAUNCH_TEMPLATE) -> str:
+    """The script as the one text/x-shellscript part of a MIME multi-part user data (cloud-init runs it; EKS merges a
+    MIME multi-part with its NodeConfig part for managed node groups)."""
+    script = render_output_script(launch_template.script)
+    if any(line.startswith("--" + MIME_BOUNDARY) for line in script.splitlines()):
+        raise ValueError(f"{launch_template.script.script} has a line that would end the MIME part")
+    if not script.isascii():
+        raise ValueError(f"{launch_template.script.script} is not ASCII (the part says us-ascii)")
+    user_data = (
+        "MIME-Version: 1.0\n"
+        f'Content-Type: multipart/mixed; boundary="{MIME_BOUNDARY}"\n'
+        "\n"
+        f"--{MIME_BOUNDARY}\n"
+        'Content-Type: text/x-shellscript; charset="us-ascii"\n'
+        "\n"
+        f"{script}"
+        "\n"
+        f"--{MIME_BOUNDARY}--\n"
+    )
+    if len(user_data.encode()) > USER_DATA_MAX_BYTES:
+        raise ValueError(f"{launch_template.resource}'s user data is over EC2's {USER_DATA_MAX_BYTES} bytes")
+    return user_data
+
+
+def _render_user_data(template: str, launch_template: LaunchTemplateUserData) -> str:
+    lines, begin, end = _marked_span(template, launch_template.begin, launch_template.end, launch_template.resource)
+    user_data = render_mime_user_data(launch_template)
+    block = (
+        f"{USER_DATA_INDENT}UserData:\n{USER_DATA_INDENT}  Fn::Base64: |\n"
+        f"{_indented(user_data, USER_DATA_INDENT + '    ')}"
+    )
+    if yaml.safe_load(block) != {"UserData": {"Fn::Base64": user_data}}:
+        raise AssertionError(f"the generated block does not parse back to {launch_template.resource}'s user data")
+    return (
+        "".join(lines[:begin]) + f"{launch_template.begin}\n{block}{launch_template.end}\n" + "".join(lines[end + 1 :])
+    )
 
 
 def render_output_script(output: ScriptOutput = WARM_BOOT) -> str:

@@ -6,16 +6,21 @@
 - ``FastSnapshotRestores``: moto has no fast snapshot restore (Describe/DisableFastSnapshotRestores); the double
   keeps the state per snapshot and zone and answers both.
 - ``WarmStack.delete_launch_template_version``: moto has no DeleteLaunchTemplateVersions either.
+- ``inherit_source_version``: moto's CreateLaunchTemplateVersion ignores SourceVersion; the double gives the new version
+  the source's data, with the request's own top-level members in place of the source's, as EC2 documents it.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
 from moto.ec2.models import ec2_backends
+from moto.ec2.responses.launch_templates import LaunchTemplates
 
 from testing.answers import answer_from
 from testing.environment import ACCOUNT, REGION, STATUS_TABLE
@@ -84,12 +89,30 @@ class WarmStack:
         built = self.execution_input(execution)
         ami = self.ssm.get_parameter(Name=AMI_PARAMETER)["Parameter"]["Value"]
         snapshot = self.snapshot(build=execution["name"])
-        self.use_in_launch_template(snapshot)
-        self.publish(snapshot, ami, built["images"])
+        version = self.use_in_launch_template(snapshot)
+        self.publish(snapshot, ami, built["images"], launch_template_version=version, build=execution["name"])
         return snapshot
 
-    def publish(self, snapshot: str, ami: str, images: Iterable[Mapping[str, str]]) -> None:
-        value = {"snapshotId": snapshot, "amiId": ami, "images": list(images), "build": "test"}
+    def publish(
+        self,
+        snapshot: str,
+        ami: str,
+        images: Iterable[Mapping[str, str]],
+        *,
+        launch_template_version: int = 2,
+        build: str = "test",
+    ) -> None:
+        """What the builder's DescribePublished state writes (builtAt as Step Functions' EnteredTime: now)."""
+        value = {
+            "snapshotId": snapshot,
+            "amiId": ami,
+            "architecture": "x86_64",
+            "containerdVersion": "1.7.27",
+            "images": list(images),
+            "launchTemplateVersion": launch_template_version,
+            "builtAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+            "build": build,
+        }
         self.ssm.put_parameter(Name=SNAPSHOT_PARAMETER, Type="String", Value=json.dumps(value), Overwrite=True)
 
     def published(self) -> dict[str, Any]:
@@ -186,3 +209,23 @@ class FastSnapshotRestores:
                     self.state[(snapshot, zone)] = "disabling"
                     successful.append({"SnapshotId": snapshot, "AvailabilityZone": zone, "State": "disabling"})
         return {"Successful": successful, "Unsuccessful": []}
+
+
+def inherit_source_version(monkeypatch: Any) -> None:
+    """Double: CreateLaunchTemplateVersion with SourceVersion inherits the source version's launch parameters; those the
+    request gives replace the source's (EC2's documented behaviour; moto keeps only the request's)."""
+    original = LaunchTemplates.create_launch_template_version
+
+    def create_launch_template_version(self: LaunchTemplates) -> Any:
+        result = original(self)
+        source = self._get_param("SourceVersion")
+        if source:
+            template = self.ec2_backend.get_launch_template(self._get_param("LaunchTemplateId"))
+            created = template.versions[-1]
+            merged = {**copy.deepcopy(template.get_version(source).data), **created.data}
+            # The response holds the same dict: it answers the merged data too.
+            created.data.clear()
+            created.data.update(merged)
+        return result
+
+    monkeypatch.setattr(LaunchTemplates, "create_launch_template_version", create_launch_template_version)

@@ -41,4 +41,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if parsed.trigger == "tick":
         metrics.add_metric(name="WarmBuildersLeftBehind", unit=MetricUnit.Count, value=len(outcome.builders_terminated))
         metrics.add_metric(name="WarmSnapshotsDeleted", unit=MetricUnit.Count, value=len(outcome.snapshots_deleted))
+        snapshot = outcome.snapshot
+        if snapshot is not None:
+            metrics.add_metric(name="WarmSnapshotAgeSeconds", unit=MetricUnit.Seconds, value=snapshot.age_seconds)
+            metrics.add_metric(name="WarmSnapshotImages", unit=MetricUnit.Count, value=snapshot.images)
     return {"trigger": parsed.trigger, **outcome.as_dict()}

@@ -390,6 +390,83 @@ def test_the_new_node_functions_command_measures_launch_to_cached(fake, fleet, i
     assert values(capsys.readouterr().out, "LaunchToCachedSeconds", **C) == [70.0]
 
 
+# --- nodes that booted warm (issue 19): the new node's first report, the one LaunchToCachedSeconds measures ---------
+
+
+def _first_report(fake, handler, lambda_context, capsys, records: list[tuple[str, str, str | None]]) -> str:
+    """A node launched 80 s before ENDED whose first report answers the new-node command with ``records``; what the
+    status function printed."""
+    node = run_node(launched=ENDED - timedelta(seconds=80))
+    command_id = send_to_new_node(node, [reference for reference, _state, _digest in records])
+    fake.set(command_id, node, Answer("Success", "Success", good_output(records), ENDED))
+    capsys.readouterr()
+    invoke(handler, lambda_context, status_event(command_id, node, "Success", DOCUMENT))
+    return capsys.readouterr().out
+
+
+def test_a_new_node_that_found_every_image_cached_booted_warm(fake, images, handler, lambda_context, capsys):
+    trainer, inference = images[TRAINER], images[INFERENCE]
+
+    printed = _first_report(
+        fake,
+        handler,
+        lambda_context,
+        capsys,
+        [(ref(TRAINER, trainer), "cached", trainer), (ref(INFERENCE, inference), "cached", inference)],
+    )
+
+    assert values(printed, "NodesBootedWarm", **C) == [1.0]
+    assert values(printed, "NodesBootedCold", **C) == [0.0]
+    assert values(printed, "LaunchToCachedSeconds", **C) == [80.0]
+
+
+@pytest.mark.parametrize(
+    "inference_state",
+    [
+        pytest.param(("pulled", True), id="one-image-pulled"),
+        pytest.param(("failed", False), id="one-image-failed"),
+    ],
+)
+def test_a_new_node_that_pulled_or_failed_an_image_booted_cold(
+    fake, images, handler, lambda_context, capsys, inference_state
+):
+    trainer, inference = images[TRAINER], images[INFERENCE]
+    state, with_digest = inference_state
+    records = [
+        (ref(TRAINER, trainer), "cached", trainer),
+        (ref(INFERENCE, inference), state, inference if with_digest else None),
+    ]
+
+    printed = _first_report(fake, handler, lambda_context, capsys, records)
+
+    assert values(printed, "NodesBootedWarm", **C) == [0.0]
+    assert values(printed, "NodesBootedCold", **C) == [1.0]
+
+
+def test_only_the_launchs_first_new_node_report_says_how_it_booted(fake, images, handler, lambda_context, capsys):
+    """A later report of the same node (a push's, all cached) and a node first served by a push count neither."""
+    digest = images[TRAINER]
+    node = run_node(launched=ENDED - timedelta(seconds=80))
+    first = send_to_new_node(node, [ref(TRAINER, digest)])
+    later = send([node], [ref(TRAINER, digest)], comment=comment_of(node, new_node=False))
+    fake.set(first, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)]), ENDED))
+    cached = good_output([(ref(TRAINER, digest), "cached", digest)])
+    fake.set(later, node, Answer("Success", "Success", cached, ENDED + timedelta(minutes=2)))
+    old = run_node(launched=ENDED - timedelta(hours=2))
+    pushed = send([old], [ref(TRAINER, digest)], comment=comment_of(old, new_node=False))
+    launch = send_to_new_node(old, [ref(TRAINER, digest)])
+    fake.set(pushed, old, Answer("Success", "Success", cached, ENDED))
+    fake.set(launch, old, Answer("Success", "Success", cached, ENDED + timedelta(seconds=30)))
+    capsys.readouterr()
+
+    for command_id, instance_id in ((first, node), (later, node), (first, node), (pushed, old), (launch, old)):
+        invoke(handler, lambda_context, status_event(command_id, instance_id, "Success", DOCUMENT))
+
+    printed = capsys.readouterr().out
+    assert values(printed, "NodesBootedWarm", **C) == [0.0]
+    assert values(printed, "NodesBootedCold", **C) == [1.0]
+
+
 # --- exactly once ---------------------------------------------------------------------------------------------------
 
 

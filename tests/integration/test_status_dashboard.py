@@ -6,7 +6,8 @@ the alarms in template.yaml.
 
 Test doubles (testing/ssm.py): ``FakeInvocations`` and ``Agents`` (moto has no real invocation results,
 ListCommandInvocations or DescribeInstanceInformation), and the node-launch queue on moto's SQS with Lambda's event
-source (testing/sqs.py ``LaunchQueue``).
+source (testing/sqs.py ``LaunchQueue``). The warm planner runs against ``WarmStack`` (testing/warm.py: the WarmVolumes
+resources in moto; the builder is not executed, ``WarmStack.finish`` publishes what it would).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from harness import template as cfn
 from testing.deployment import load_handler
 from testing.ec2 import NODE_TAGS, run_instance
 from testing.ecr import at
-from testing.events import running_event, scheduled_event, status_event
+from testing.events import push_event, running_event, scheduled_event, status_event
 from testing.output import emf_documents, image_line, summary_line
 from testing.sqs import LaunchQueue
 from testing.ssm import Answer
+from testing.warm import WarmStack
 from tests.integration.test_status import (
     ENDED,
     INFERENCE,
@@ -48,8 +50,22 @@ CONTRACT = {
     ("Invocations", frozenset({"ClusterName", "Status"})),
     ("PushToCachedSeconds", frozenset({"ClusterName", "Repository"})),
     ("LaunchToCachedSeconds", frozenset({"ClusterName"})),
+    ("NodesBootedWarm", frozenset({"ClusterName"})),
+    ("NodesBootedCold", frozenset({"ClusterName"})),
     ("Coverage", frozenset({"ClusterName", "Repository"})),
     ("NodesMissingNewest", frozenset({"ClusterName", "Repository"})),
+}
+# The warm planner's (a Powertools Metrics object: it carries the function's service), on the warm row.
+WARM_CONTRACT = {
+    (name, frozenset({"ClusterName", "service"}))
+    for name in (
+        "WarmBuildsStarted",
+        "WarmBuildsWanted",
+        "WarmBuildersLeftBehind",
+        "WarmSnapshotsDeleted",
+        "WarmSnapshotAgeSeconds",
+        "WarmSnapshotImages",
+    )
 }
 
 
@@ -99,6 +115,18 @@ def everything_emitted(
     queue.publish(running_event(run_instance(NODE_TAGS)))  # a node the fleet's agents do not know
     queue.deliver()
     queue.deliver()
+
+    # The warm planner: a first build, published; a tick that measures the snapshot; a push.
+    warm = WarmStack()
+    for key, value in warm.environment().items():
+        monkeypatch.setenv(key, value)
+    settings.get_settings.cache_clear()
+    planner = load_handler("warm_planner").lambda_handler
+    assert planner({"trigger": "tick"}, lambda_context)["result"] == "started"
+    (execution,) = warm.executions("RUNNING")
+    warm.finish(execution)
+    planner({"trigger": "tick"}, lambda_context)
+    planner(push_event(TRAINER, trainer, "v2"), lambda_context)
 
     printed = capsys.readouterr().out
     assert {document["_aws"]["CloudWatchMetrics"][0]["Namespace"] for document in emf_documents(printed)} == {
@@ -152,8 +180,8 @@ def test_the_dashboard_and_alarms_show_only_metrics_the_code_emits(everything_em
 def test_the_dashboard_shows_the_whole_contract(everything_emitted):
     shown = {(name, dims) for namespace, name, dims in dashboard_metrics() if namespace == NAMESPACE}
 
-    assert everything_emitted >= CONTRACT
-    assert shown >= CONTRACT
+    assert everything_emitted >= CONTRACT | WARM_CONTRACT
+    assert shown >= CONTRACT | WARM_CONTRACT
     assert ("NodesNotReady", frozenset({"ClusterName", "service"})) in shown & everything_emitted
     assert ("NodesGivenUp", frozenset({"ClusterName", "service"})) in shown & everything_emitted
 
@@ -171,3 +199,33 @@ def test_the_service_dimension_of_node_launch_metrics_matches_the_template():
 
     assert node_rows
     assert all(row[2:6] == ["ClusterName", "STANDIN-ClusterName", "service", service] for row in node_rows)
+
+
+def test_the_service_dimension_of_warm_planner_metrics_matches_the_template():
+    service = cfn.resource("WarmPlannerFunction")["Properties"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
+    rows = [row for widget in dashboard_body()["widgets"] for row in widget["properties"].get("metrics", [])]
+    warm_rows = [row for row in rows if row[:1] == [NAMESPACE] and str(row[1]).startswith("Warm")]
+    alarm = cfn.resource("WarmBuildersLeftBehindAlarm")["Properties"]
+
+    assert len(warm_rows) == len(WARM_CONTRACT)
+    assert all(row[2:6] == ["ClusterName", "STANDIN-ClusterName", "service", service] for row in warm_rows)
+    assert alarm["Dimensions"][1] == {"Name": "service", "Value": service}
+
+
+def test_the_builds_are_step_functions_own_metrics_of_this_builder():
+    rows = [row for widget in dashboard_body()["widgets"] for row in widget["properties"].get("metrics", [])]
+    states = {row[1]: row[2:4] for row in rows if row[:1] == ["AWS/States"]}
+    alarm = cfn.resource("WarmBuildFailuresAlarm")["Properties"]["Metrics"]
+
+    assert set(states) == {
+        "ExecutionsStarted",
+        "ExecutionsSucceeded",
+        "ExecutionsFailed",
+        "ExecutionsTimedOut",
+        "ExecutionsAborted",
+        "ExecutionTime",
+    }
+    assert all(dimension == ["StateMachineArn", "STANDIN-WarmVolumeBuilder"] for dimension in states.values())
+    stats = [m["MetricStat"]["Metric"] for m in alarm if "MetricStat" in m]
+    assert {m["MetricName"] for m in stats} == {"ExecutionsFailed", "ExecutionsTimedOut"}
+    assert all(m["Dimensions"] == [{"Name": "StateMachineArn", "Value": {"Ref": "WarmVolumeBuilder"}}] for m in stats)

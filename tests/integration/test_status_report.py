@@ -173,3 +173,72 @@ def test_a_stack_without_the_status_function_is_a_clear_error(stacks):
 
     assert report.main(["--stack", "older"], out=out, err=err) == 2
     assert "has no StatusFunctionName output" in err.getvalue()
+
+
+# --- WarmVolumes: the published warm boot snapshot -------------------------------------------------------------------
+
+WARM_PARAMETER = f"/eks-image-prefetch/{STACK}/warm-snapshot"
+
+
+@pytest.fixture
+def warm_deployed(images, stacks, fake, fleet):
+    """A WarmVolumes stack: its outputs name the snapshot parameter, holding what the builder published."""
+    deploy_stack()
+    stacks.exists(
+        STACK,
+        {"StatusFunctionName": FUNCTION, "PrefetchDocumentName": DOCUMENT, "WarmSnapshotParameterName": WARM_PARAMETER},
+    )
+    boto3.client("ssm").put_parameter(Name=WARM_PARAMETER, Type="String", Value="{}")
+    return fake, fleet
+
+
+def publish(value: dict) -> None:
+    boto3.client("ssm").put_parameter(Name=WARM_PARAMETER, Type="String", Value=json.dumps(value), Overwrite=True)
+
+
+def test_shows_the_warm_snapshot_and_which_newest_images_it_holds(warm_deployed, images):
+    old_inference = "sha256:" + "e" * 64
+    publish(
+        {
+            "snapshotId": "snap-0123456789abcdef0",
+            "amiId": "ami-0123456789abcdef0",
+            "architecture": "arm64",
+            "containerdVersion": "1.7.27",
+            "images": [
+                {"repository": TRAINER, "digest": images[TRAINER]},
+                {"repository": "ml/inference", "digest": old_inference},
+                {"repository": "ml/retired", "digest": "sha256:" + "f" * 64},
+            ],
+            "launchTemplateVersion": 4,
+            "builtAt": "2026-11-01T11:00:00.000Z",
+            "build": "push-20261101T103000Z",
+        }
+    )
+
+    code, out, _err = run_report()
+
+    section = out[out.index("warm boot snapshot:") :].splitlines()
+    assert section[0] == (
+        "warm boot snapshot: snap-0123456789abcdef0 (launch template version 4, build push-20261101T103000Z)"
+    )
+    assert section[1].startswith(
+        "  built on: ami-0123456789abcdef0 (arm64), containerd 1.7.27, at 2026-11-01T11:00:00.000Z ("
+    )
+    assert section[2].split() == [TRAINER, images[TRAINER], "newest"]
+    assert section[3].split()[:4] == ["ml/inference", old_inference, "not", "the"]
+    assert f"newest: v1 {images['ml/inference']}" in section[3]
+    assert section[4].split() == ["ml/retired", "sha256:" + "f" * 64, "no", "longer", "watched"]
+    # An older image in the snapshot does not change the exit status: coverage does (no online node here).
+    assert code == 0
+
+
+def test_before_the_first_build_says_none_yet(warm_deployed):
+    _code, out, _err = run_report()
+
+    assert "warm boot snapshot: none published yet" in out
+
+
+def test_a_stack_without_warm_volumes_has_no_snapshot_section(deployed):
+    _code, out, _err = run_report()
+
+    assert "warm boot snapshot" not in out

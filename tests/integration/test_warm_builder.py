@@ -1,10 +1,12 @@
 """The warm volume builder (statemachines/warm_volume_builder.asl.json) executed by moto's Step Functions, with the
 DefinitionSubstitutions template.yaml gives it, against moto's EC2 and SSM.
 
-moto cannot play two steps, so two small doubles stand in, named where they are used:
+moto cannot play three steps, so small doubles stand in, named where they are used:
 - ``node_outcomes``: moto's GetCommandInvocation answers every command ``Success`` with no output. The double
   answers, per document, the status and output of the builder's steps (the seal step's JSON stamp).
 - ``failing_snapshots``: moto's snapshots are ``completed`` at once. The double makes them ``error``.
+- ``inherit_source_version`` (testing/warm.py): moto's CreateLaunchTemplateVersion ignores SourceVersion; the double
+  inherits the source version's launch parameters, as EC2 does.
 
 And one gap of moto's Step Functions is bridged: ``sfn_casing``. AWS takes and returns an aws-sdk integration's
 fields in PascalCase whatever the service's own casing; moto hands them to boto3 as written, and boto3's Step
@@ -14,6 +16,7 @@ is affected: EC2's and SSM's fields are PascalCase in boto3 too.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import time
@@ -32,9 +35,11 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state
 )
 
 from harness import template as cfn
+from testing.warm import inherit_source_version
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = ROOT / "statemachines" / "warm_volume_builder.asl.json"
+WARM_BOOT_SCRIPT = ROOT / "document" / "warm_boot.sh"
 REGION = "us-east-1"
 STACK = "eks-image-prefetch"
 BUILDER_TAG = "eks-image-prefetch:warm-builder"
@@ -98,7 +103,7 @@ class Stack:
         properties = cfn.resource("WarmLaunchTemplate")["Properties"]
         self.launch_template = self.ec2.create_launch_template(
             LaunchTemplateName="warm",
-            LaunchTemplateData=_numbers(cfn.resolve(properties["LaunchTemplateData"], values)),
+            LaunchTemplateData=_base64(_numbers(cfn.resolve(properties["LaunchTemplateData"], values))),
         )["LaunchTemplate"]["LaunchTemplateId"]
         parameter = cfn.resolve(cfn.resource("WarmSnapshotParameter")["Properties"], values)
         self.ssm.put_parameter(Name=parameter["Name"], Type="String", Value=parameter["Value"])
@@ -203,8 +208,20 @@ def _numbers(value: Any) -> Any:
     return int(value) if isinstance(value, str) and value.isdigit() else value
 
 
+def _base64(value: Any) -> Any:
+    """Fn::Base64, which the harness's resolver leaves as it is, done as CloudFormation does it."""
+    if isinstance(value, dict) and set(value) == {"Fn::Base64"}:
+        return base64.b64encode(value["Fn::Base64"].encode()).decode()
+    if isinstance(value, dict):
+        return {key: _base64(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_base64(item) for item in value]
+    return value
+
+
 @pytest.fixture
-def stack(aws: None) -> Stack:
+def stack(aws: None, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    inherit_source_version(monkeypatch)
     return Stack()
 
 
@@ -292,6 +309,13 @@ def test_a_build_launches_the_builder_pulls_snapshots_publishes_and_terminates(
     assert mapping["Ebs"]["SnapshotId"] == snapshot["SnapshotId"]
     assert mapping["Ebs"]["VolumeInitializationRate"] == 300
     assert newest["DefaultVersion"] and not first["DefaultVersion"]
+    # Based on the default version, the new one keeps the template's user data: the warm boot part, whole.
+    assert stack.request(result, "describeLaunchTemplateVersions")["Versions"] == ["$Default"]
+    assert stack.request(result, "createLaunchTemplateVersion")["SourceVersion"] == str(first["VersionNumber"])
+    assert newest["LaunchTemplateData"]["UserData"] == first["LaunchTemplateData"]["UserData"]
+    user_data = base64.b64decode(newest["LaunchTemplateData"]["UserData"]).decode()
+    assert WARM_BOOT_SCRIPT.read_text() in user_data
+    assert 'Content-Type: text/x-shellscript; charset="us-ascii"' in user_data
 
     published = stack.published()
     assert published["snapshotId"] == snapshot["SnapshotId"]
@@ -313,6 +337,13 @@ def test_the_next_build_starts_from_the_previous_snapshot(stack: Stack, node_out
     assert mapping["Ebs"]["SnapshotId"] == previous
     assert stack.published()["snapshotId"] not in {previous, None}
     assert {builder["State"]["Name"] for builder in stack.builders()} == {"terminated"}
+    # Based on the first build's version (then the default): the user data goes on from version to version.
+    created, built, rebuilt = stack.launch_template_versions()
+    assert stack.request(second, "createLaunchTemplateVersion")["SourceVersion"] == str(built["VersionNumber"])
+    assert rebuilt["LaunchTemplateData"]["UserData"] == created["LaunchTemplateData"]["UserData"]
+    assert (
+        rebuilt["LaunchTemplateData"]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] == stack.published()["snapshotId"]
+    )
 
 
 @pytest.mark.parametrize("step", ["WarmPrepareDocument", "PrefetchDocument", "WarmSealDocument"])

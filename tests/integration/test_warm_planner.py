@@ -221,6 +221,61 @@ def test_a_malformed_event_is_dropped_and_counted(
     assert warm.executions() == []
 
 
+# --- the published snapshot, measured on the tick -------------------------------------------------------------------
+
+
+def test_the_tick_measures_the_published_snapshots_age_and_images_even_during_a_build(
+    warm: WarmStack, clock: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    built(warm, clock)  # published 20 minutes after START
+    clock.move_to(START + timedelta(hours=2))
+    run(TICK)
+    quiet = capsys.readouterr().out
+    clock.move_to(START + DEBOUNCE)
+    push(TRAINER, "trainer-v2", "v2", START + DEBOUNCE)
+    assert run(TICK)["result"] == "started"
+    capsys.readouterr()
+    clock.shift(timedelta(minutes=15))
+
+    outcome = run(TICK)
+
+    during = capsys.readouterr().out
+    assert outcome["result"] == "running"
+    assert metric(quiet, "WarmSnapshotAgeSeconds") == [100 * 60.0]
+    assert metric(quiet, "WarmSnapshotImages") == [2]
+    # The build in progress has published nothing yet: the snapshot nodes get is still the first one.
+    assert metric(during, "WarmSnapshotAgeSeconds") == [(180 + 15 - 20) * 60.0]
+    assert metric(during, "WarmSnapshotImages") == [2]
+
+
+def test_no_snapshot_yet_measures_nothing_and_the_daily_check_never_does(
+    warm: WarmStack, clock: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(TICK)  # no image anywhere: nothing built, nothing published
+    before = capsys.readouterr().out
+    built(warm, clock)
+    capsys.readouterr()
+    run(DAILY)
+
+    daily = capsys.readouterr().out
+    assert metric(before, "WarmSnapshotAgeSeconds") == [] and metric(before, "WarmSnapshotImages") == []
+    assert metric(before, "WarmBuildsStarted") == [0]
+    assert metric(daily, "WarmSnapshotAgeSeconds") == []
+
+
+def test_a_published_value_without_a_build_time_measures_nothing(
+    warm: WarmStack, clock: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A parameter written by hand, or by an older builder: no age rather than a wrong one."""
+    snapshot = warm.snapshot()
+    value = {"snapshotId": snapshot, "amiId": warm.amd64_ami, "images": [], "builtAt": "yesterday"}
+    boto3.client("ssm").put_parameter(Name=SNAPSHOT_PARAMETER, Value=json.dumps(value), Type="String", Overwrite=True)
+
+    run(TICK)
+
+    assert metric(capsys.readouterr().out, "WarmSnapshotAgeSeconds") == []
+
+
 # --- the AMI ----------------------------------------------------------------------------------------------------------
 
 

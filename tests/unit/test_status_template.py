@@ -117,7 +117,9 @@ def test_alarms_notify_the_encrypted_topic():
         "DeadLetterAlarm",
         "CoverageAlarm",
         "FunctionErrorsAlarm",
-        "WarmPlannerErrorsAlarm",  # only with WarmVolumes
+        "WarmPlannerErrorsAlarm",  # only with WarmVolumes, as the two below
+        "WarmBuildFailuresAlarm",
+        "WarmBuildersLeftBehindAlarm",
     }
     for alarm in alarms.values():
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
@@ -187,10 +189,43 @@ def test_function_errors_alarm_covers_every_function():
     )
 
 
-def dashboard_body() -> dict[str, Any]:
-    """The dashboard JSON with every ${...} of the !Sub replaced by a stand-in."""
-    text = cfn.resource("PrefetchDashboard")["Properties"]["DashboardBody"]["Fn::Sub"]
+def dashboard_text(*, warm: bool = True) -> str:
+    """The dashboard's !Sub text with its variables (the warm row: an !If on WarmVolumes) put in as CloudFormation
+    does, for WarmVolumes on or off; ${...} of resources and parameters left as they are."""
+    text, variables = cfn.resource("PrefetchDashboard")["Properties"]["DashboardBody"]["Fn::Sub"]
+    for name, value in variables.items():
+        condition, when_on, when_off = value["Fn::If"]
+        assert condition == "WarmVolumes"
+        chosen = when_on if warm else when_off
+        text = text.replace("${" + name + "}", chosen["Fn::Sub"] if isinstance(chosen, dict) else chosen)
+    return text
+
+
+def dashboard_body(*, warm: bool = True) -> dict[str, Any]:
+    """The dashboard JSON with every ${...} of the !Sub replaced by a stand-in (WarmVolumes on: every widget)."""
+    text = dashboard_text(warm=warm)
     return json.loads(re.sub(r"\$\{([^}!]+)\}", lambda match: f"STANDIN-{match.group(1)}", text))
+
+
+def test_the_warm_row_is_on_the_dashboard_only_with_warm_volumes():
+    on, off = dashboard_body(warm=True), dashboard_body(warm=False)
+    warm_resources = {"WarmVolumeBuilder", "WarmPlannerFunction", "WarmPlannerErrorsAlarm"}
+
+    assert len(on["widgets"]) > len(off["widgets"])
+    assert on["widgets"][: len(off["widgets"])] == off["widgets"]
+    assert not [name for name in warm_resources if name in json.dumps(off)]
+    assert all(f"STANDIN-{name}" in json.dumps(on) for name in warm_resources)
+    # Every warm resource the row names exists under the same condition.
+    for name in re.findall(r"\$\{(Warm\w+)", dashboard_text(warm=True)):
+        assert cfn.resource(name).get("Condition") == "WarmVolumes", name
+    # Side by side, never on top of each other.
+    cells = [
+        (x, y)
+        for widget in on["widgets"]
+        for x in range(widget["x"], widget["x"] + widget["width"])
+        for y in range(widget["y"], widget["y"] + widget["height"])
+    ]
+    assert len(cells) == len(set(cells))
 
 
 def test_dashboard_body_is_valid_json_and_shows_every_queue_and_function():
@@ -207,9 +242,7 @@ def test_dashboard_body_is_valid_json_and_shows_every_queue_and_function():
                 for widget in body["widgets"]
                 for row in widget["properties"].get("metrics", [])
             ), (name, metric)
-    substituted = set(
-        re.findall(r"\$\{([^}]+)\}", cfn.resource("PrefetchDashboard")["Properties"]["DashboardBody"]["Fn::Sub"])
-    )
+    substituted = set(re.findall(r"\$\{([^}]+)\}", dashboard_text(warm=True)))
     resources = set(cfn.template()["Resources"]) | set(cfn.template()["Parameters"])
     assert {name.split(".")[0] for name in substituted if not name.startswith("AWS::")} <= resources
 

@@ -3,6 +3,7 @@ least privilege hold."""
 
 from __future__ import annotations
 
+import email
 import json
 import re
 import shutil
@@ -65,7 +66,7 @@ def test_off_there_is_no_builder_and_no_ec2_write_permission() -> None:
 def test_every_warm_resource_and_output_is_under_the_condition() -> None:
     template = cfn.template()
     warm = [logical_id for logical_id in template["Resources"] if logical_id.startswith("Warm")]
-    assert len(warm) == 10
+    assert len(warm) == 12  # with WarmBuildFailuresAlarm and WarmBuildersLeftBehindAlarm
     assert all(template["Resources"][logical_id].get("Condition") == "WarmVolumes" for logical_id in warm)
     outputs = [name for name in template["Outputs"] if name.startswith("Warm")]
     assert outputs and all(template["Outputs"][name].get("Condition") == "WarmVolumes" for name in outputs)
@@ -190,3 +191,32 @@ def test_the_planner_has_its_own_errors_alarm() -> None:
     assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "WarmPlannerFunction"}}]
     assert alarm["MetricName"] == "Errors" and alarm["Threshold"] == 0
     assert alarm["AlarmActions"] == cfn.resource("FunctionErrorsAlarm")["Properties"]["AlarmActions"]
+
+
+def test_the_launch_template_carries_the_warm_boot_part_as_mime_multipart() -> None:
+    """What a managed node group (EKS merges its NodeConfig part into a MIME multi-part) or cloud-init reads."""
+    data = _resources("true")["WarmLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    message = email.message_from_string(data["UserData"]["Fn::Base64"])
+
+    assert message.is_multipart() and message.get_content_type() == "multipart/mixed"
+    (part,) = message.get_payload()
+    assert part.get_content_type() == "text/x-shellscript"
+    assert part.get_payload() == (ROOT / "document" / "warm_boot.sh").read_text()
+    assert len(data["UserData"]["Fn::Base64"].encode()) <= 16 * 1024  # EC2's limit before base64
+
+
+def test_each_build_bases_its_version_on_the_default_one() -> None:
+    states = json.loads(DEFINITION.read_text())["States"]
+    read = states["ReadDefaultLaunchTemplateVersion"]
+
+    assert read["Parameters"] == {"LaunchTemplateId": "${LaunchTemplateId}", "Versions": ["$Default"]}
+    assert read["Next"] == "CreateLaunchTemplateVersion"
+    assert states["CreateLaunchTemplateVersion"]["Parameters"]["SourceVersion.$"] == "$.sourceVersion.version"
+    into_create = [
+        name
+        for name, state in states.items()
+        if "CreateLaunchTemplateVersion"
+        in json.dumps({k: v for k, v in state.items() if k in {"Next", "Choices", "Catch", "Default"}})
+    ]
+    assert into_create == ["ReadDefaultLaunchTemplateVersion"]
+    assert "ec2:DescribeLaunchTemplateVersions" in _actions(_resources("true")["WarmVolumeBuilder"])

@@ -79,6 +79,9 @@ class InvocationOutcome:
     # Why the node cannot be served, when this invocation showed it: the script found no containerd socket, or SSM
     # skipped the step on a node that is not Linux. Neither is a failure.
     unsupported: str = ""
+    # The new node's first report (measured as launch_to_cached): True when it found every image already cached (a
+    # warm boot: nothing to pull), False when it pulled or failed something; None for any other report.
+    booted_warm: bool | None = None
 
     @property
     def counted(self) -> bool:
@@ -300,12 +303,27 @@ def _record_unreported_failures(
         )
 
 
-def _launch_to_cached(
+@dataclass(frozen=True)
+class NewNodeReport:
+    """The first report since a launch, when it answers the new-node path's command."""
+
+    seconds: float
+    booted_warm: bool
+
+
+def booted_warm(output: NodeOutput) -> bool:
+    """Whether a new node's first prefetch found everything it was asked for already cached: nothing pulled, nothing
+    failed (a failed image is one the node did not hold). Platform skips are not the node's to hold."""
+    return not any(record.status in {"pulled", "failed"} for record in output.records)
+
+
+def _new_node_report(
     settings: Settings, command_id: str, instance_id: str, output: NodeOutput | None, at: datetime, *, comment: str
-) -> float | None:
+) -> NewNodeReport | None:
     """Seconds from the instance's launch to its first report of a pulled or cached image, once per launch, and only
     if that first report answers the new-node path's command: a node launched before anything was pushed, or served
-    first by a push or a repair, would measure the wait for that instead of the new-node path."""
+    first by a push or a repair, would measure the wait for that instead of the new-node path. The same report says
+    whether the node booted warm."""
     if output is None or not any(record.status in {"pulled", "cached"} for record in output.records):
         return None
     instance = aws.ec2.describe_instance(instance_id)
@@ -317,7 +335,7 @@ def _launch_to_cached(
         return None
     if not is_new_node_comment(comment):
         return None
-    return max(0.0, (at - launched).total_seconds())
+    return NewNodeReport(seconds=max(0.0, (at - launched).total_seconds()), booted_warm=booted_warm(output))
 
 
 def record_invocation(
@@ -376,9 +394,7 @@ def record_invocation(
     output = None if not_run or skipped else parse_node_output(stdout, watched=settings.repository_names)
     unsupported = skipped or (output.unsupported if output else None) or ""
     push_to_cached = [] if skipped else _update_node_state(scope, command_id, instance_id, status, output, at)
-    launch_to_cached = _launch_to_cached(
-        settings, command_id, instance_id, output, at, comment=invocation.get("Comment") or ""
-    )
+    new_node = _new_node_report(settings, command_id, instance_id, output, at, comment=invocation.get("Comment") or "")
     outcome = InvocationOutcome(
         command_id,
         instance_id,
@@ -387,7 +403,8 @@ def record_invocation(
         via=via,
         output=output,
         push_to_cached=tuple(push_to_cached),
-        launch_to_cached=launch_to_cached,
+        launch_to_cached=new_node.seconds if new_node else None,
+        booted_warm=new_node.booted_warm if new_node else None,
         unsupported=unsupported,
     )
     metrics = m.invocation_metrics(outcome, settings)

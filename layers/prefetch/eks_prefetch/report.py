@@ -3,7 +3,8 @@
 It reads the stack with the same code the status function runs: the stack's outputs name the status function, whose
 environment becomes the Settings; coverage is ``coverage.look_at_fleet``, exactly what the sweep measures. It prints,
 per watched repository, the newest image, the coverage and the online nodes missing it with their last error and
-when self-repair will next send to them.
+when self-repair will next send to them; with WarmVolumes, the published warm boot snapshot and whether it holds each
+repository's newest image.
 
 Exit status: 0 when every repository is at 100%, 1 when one is below (for scripts and alarms' runbooks), 2 when the
 stack cannot be read (no region or credentials included). ``scripts/operator.sh status`` keeps it; make makes it 2.
@@ -16,17 +17,20 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from eks_prefetch import aws, repair
+from eks_prefetch import aws, repair, warm_planner
 from eks_prefetch.coverage import RepositoryCoverage, look_at_fleet
+from eks_prefetch.images import ResolvedImage
 from eks_prefetch.operator_cli import stack_arguments
 from eks_prefetch.resolution import NewestImages
 from eks_prefetch.settings import Settings
 
 STATUS_FUNCTION_OUTPUT = "StatusFunctionName"
+# With WarmVolumes only: the SSM parameter the warm volume builder publishes its snapshot in.
+WARM_SNAPSHOT_OUTPUT = "WarmSnapshotParameterName"
 
 
 class StackError(RuntimeError):
@@ -44,8 +48,10 @@ def settings_of_stack(stack_name: str, region: str | None = None) -> Settings:
         )
     environment = aws.stack.function_environment(function)
     region = region or aws.stack.current_region() or os.environ.get("AWS_REGION")
+    # The status function does not read the warm snapshot: the stack's output tells whether there is one.
+    warm = {"WARM_SNAPSHOT_PARAMETER": outputs[WARM_SNAPSHOT_OUTPUT]} if outputs.get(WARM_SNAPSHOT_OUTPUT) else {}
     try:
-        return Settings.from_env({**environment, "AWS_REGION": region or ""})
+        return Settings.from_env({**environment, **warm, "AWS_REGION": region or ""})
     except ValidationError as error:
         raise StackError(f"the status function's environment is not valid: {error}") from error
 
@@ -102,6 +108,54 @@ def render(
                 out.write(f"            {repair_line}\n")
 
 
+def render_warm_snapshot(
+    published: Mapping[str, Any], newest: Mapping[str, ResolvedImage | None], out: TextIO, now: datetime
+) -> None:
+    """The warm boot snapshot the builder published (``published``: its SSM parameter's JSON, {} before the first
+    build), and whether it holds each watched repository's ``newest`` image."""
+    if not published.get("snapshotId"):
+        out.write("\nwarm boot snapshot: none published yet (the planner starts the first build at its first tick)\n")
+        return
+    out.write(
+        f"\nwarm boot snapshot: {published['snapshotId']} (launch template version "
+        f"{published.get('launchTemplateVersion', '?')}, build {published.get('build', '?')})\n"
+    )
+    built = _built_at(published.get("builtAt"))
+    age = f" ({(now - built).total_seconds() / 3600:.1f} h ago)" if built else ""
+    out.write(
+        f"  built on: {published.get('amiId', '?')} ({published.get('architecture', '?')}), containerd "
+        f"{published.get('containerdVersion', '?')}, at {published.get('builtAt', '?')}{age}\n"
+    )
+    held = {
+        str(image.get("repository")): str(image.get("digest"))
+        for image in published.get("images") or []
+        if isinstance(image, dict)
+    }
+    width = max(len(repository) for repository in {*newest, *held})
+    for repository in [*newest, *sorted(set(held) - set(newest))]:
+        digest = held.get(repository)
+        image = newest.get(repository)
+        if repository not in newest:
+            why = "no longer watched"
+        elif digest is None:
+            why = "not in the snapshot" + (f" (newest: {image.tag} {image.digest})" if image else "")
+        elif image is None:
+            why = "no newest image to compare"
+        elif image.digest == digest:
+            why = "newest"
+        else:
+            why = f"not the newest (newest: {image.tag} {image.digest}, pushed {image.pushed_at.isoformat()})"
+        out.write(f"  {repository.ljust(width)}  {digest or '-'}  {why}\n")
+
+
+def _built_at(value: Any) -> datetime | None:
+    try:
+        built = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return built if built.tzinfo else None
+
+
 def _selector_text(selector: Mapping[str, Sequence[str]]) -> str:
     if not selector:
         return "every cluster node"
@@ -128,6 +182,15 @@ def report_fleet(settings: Settings, out: TextIO) -> list[str]:
         unsupported=fleet.unsupported,
         selector_of=settings.selector_for if settings.node_selectors else None,
     )
+    if settings.warm_snapshot_parameter:
+        newest_of = {coverage.repository: coverage.newest for coverage in coverages}
+        try:
+            published = warm_planner.published_snapshot(settings)
+        except aws.AWS_ERRORS as error:
+            # The coverage above stands without it (the caller may lack ssm:GetParameter on this parameter).
+            out.write(f"\nwarm boot snapshot: cannot read {settings.warm_snapshot_parameter}: {error}\n")
+        else:
+            render_warm_snapshot(published, newest_of, out, datetime.now(UTC))
     return [coverage.repository for coverage in coverages if coverage.percent < 100.0]
 
 

@@ -34,6 +34,11 @@ IMAGES_OMITTED = "ImagesOmitted"
 IMAGES_FAILED_BY_REASON = "ImagesFailedByReason"
 PUSH_TO_CACHED = "PushToCachedSeconds"
 LAUNCH_TO_CACHED = "LaunchToCachedSeconds"
+# New nodes whose first prefetch (the report LaunchToCachedSeconds measures) found every image cached, or not. Both are
+# emitted for each such node (1 and 0), with or without WarmVolumes: their sums count nodes, and NodesBootedWarm's
+# average is the share of warm boots; the cold count before WarmVolumes is the baseline to compare with.
+NODES_BOOTED_WARM = "NodesBootedWarm"
+NODES_BOOTED_COLD = "NodesBootedCold"
 COVERAGE = "Coverage"
 NODES_MISSING_NEWEST = "NodesMissingNewest"
 ONLINE_NODES = "OnlineNodes"
@@ -100,6 +105,9 @@ def invocation_metrics(outcome: InvocationOutcome, settings: Settings) -> list[D
         totals.append((SWEEP_RECOVERED, MetricUnit.Count, 1))
     if outcome.launch_to_cached is not None:
         totals.append((LAUNCH_TO_CACHED, MetricUnit.Seconds, outcome.launch_to_cached))
+    if outcome.booted_warm is not None:
+        totals.append((NODES_BOOTED_WARM, MetricUnit.Count, int(outcome.booted_warm)))
+        totals.append((NODES_BOOTED_COLD, MetricUnit.Count, int(not outcome.booted_warm)))
     output = outcome.output
     if output is not None and output.summary is not None and output.summary.omitted:
         totals.append((IMAGES_OMITTED, MetricUnit.Count, output.summary.omitted))

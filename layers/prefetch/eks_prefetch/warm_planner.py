@@ -97,10 +97,23 @@ class PlannerOutcome:
     builders_terminated: tuple[str, ...] = ()
     snapshots_deleted: tuple[str, ...] = ()
     fast_snapshot_restores_disabled: tuple[str, ...] = ()
+    # The published snapshot, measured on the tick (WarmSnapshotAgeSeconds, WarmSnapshotImages); None without one.
+    snapshot: SnapshotMeasures | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items() if value}
+        """The decision and what it did (the snapshot's measures are metrics only)."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in asdict(self).items()
+            if value and key != "snapshot"
+        }
+
+
+@dataclass(frozen=True)
+class SnapshotMeasures:
+    age_seconds: float
+    images: int
 
 
 # --- pure decisions -----------------------------------------------------------------------------------------------
@@ -136,6 +149,23 @@ def platforms(manifest: Mapping[str, Any]) -> set[str] | None:
         and isinstance(entry.get("platform"), dict)
         and entry["platform"].get("os", "linux") == "linux"
     }
+
+
+def snapshot_measures(published: Mapping[str, Any], now: datetime) -> SnapshotMeasures | None:
+    """The published snapshot's age (from the builder's ``builtAt``) and its number of images; None before the first
+    build or when the parameter does not say when it was built."""
+    if not published.get("snapshotId"):
+        return None
+    try:
+        built_at = datetime.fromisoformat(str(published.get("builtAt", "")).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if built_at.tzinfo is None:
+        return None
+    images = published.get("images")
+    return SnapshotMeasures(
+        age_seconds=max(0.0, (now - built_at).total_seconds()), images=len(images) if isinstance(images, list) else 0
+    )
 
 
 def execution_name(reason: str, now: datetime) -> str:
@@ -223,7 +253,8 @@ def run_schedule(trigger: str, settings: Settings, now: datetime) -> PlannerOutc
     running = aws.sfn.running_executions(settings.warm_state_machine_arn)
     # The sweep first: a plan that fails (an AMI that cannot be resolved) must not keep builders running.
     terminated = warm_cleanup.sweep_builders(settings, running, now) if trigger == "tick" else []
-    published = {} if running else published_snapshot(settings)
+    # Read during a build too, on the tick: the snapshot's age and images are measured every tick.
+    published = published_snapshot(settings) if trigger == "tick" or not running else {}
     outcome = plan_and_start(trigger, settings, now, running, published)
     if trigger != "tick":
         return outcome
@@ -235,6 +266,7 @@ def run_schedule(trigger: str, settings: Settings, now: datetime) -> PlannerOutc
         builders_terminated=tuple(terminated),
         snapshots_deleted=kept.deleted,
         fast_snapshot_restores_disabled=kept.fast_snapshot_restores_disabled,
+        snapshot=snapshot_measures(published, now),
     )
 
 
