@@ -325,6 +325,23 @@ def test_a_build_launches_the_builder_pulls_snapshots_publishes_and_terminates(
     assert published["launchTemplateVersion"] == newest["VersionNumber"]
 
 
+def test_with_fast_snapshot_restore_the_published_volume_has_no_initialization_rate(
+    stack: Stack, node_outcomes: dict[str, Outcome]
+) -> None:
+    """EC2 initializes a volume created with VolumeInitializationRate at that rate even from an FSR-enabled snapshot:
+    with FSR zones named, the published version leaves the rate out, so that nodes get the FSR they pay for."""
+    result = stack.run(stack.state_machine(FsrAvailabilityZones="us-east-1a,us-east-1b"))
+
+    assert result["status"] == "SUCCEEDED", "\n".join(map(str, stack.why(result)))
+    (snapshot,) = stack.snapshots()
+    assert stack.request(result, "enableFastSnapshotRestores")["AvailabilityZones"] == ["us-east-1a", "us-east-1b"]
+    _first, newest = stack.launch_template_versions()
+    (mapping,) = newest["LaunchTemplateData"]["BlockDeviceMappings"]
+    assert mapping["Ebs"]["SnapshotId"] == snapshot["SnapshotId"]
+    assert "VolumeInitializationRate" not in mapping["Ebs"]
+    assert stack.published()["launchTemplateVersion"] == newest["VersionNumber"]
+
+
 def test_the_next_build_starts_from_the_previous_snapshot(stack: Stack, node_outcomes: dict[str, Outcome]) -> None:
     machine = stack.state_machine()
     assert stack.run(machine)["status"] == "SUCCEEDED"

@@ -210,13 +210,17 @@ def test_each_build_bases_its_version_on_the_default_one() -> None:
     read = states["ReadDefaultLaunchTemplateVersion"]
 
     assert read["Parameters"] == {"LaunchTemplateId": "${LaunchTemplateId}", "Versions": ["$Default"]}
-    assert read["Next"] == "CreateLaunchTemplateVersion"
-    assert states["CreateLaunchTemplateVersion"]["Parameters"]["SourceVersion.$"] == "$.sourceVersion.version"
+    assert read["Next"] == "RateOrFastSnapshotRestore"
+    creates = ["CreateLaunchTemplateVersion", "CreateLaunchTemplateVersionForFastSnapshotRestore"]
+    for create in creates:
+        assert states[create]["Parameters"]["SourceVersion.$"] == "$.sourceVersion.version"
     into_create = [
         name
         for name, state in states.items()
-        if "CreateLaunchTemplateVersion"
-        in json.dumps({k: v for k, v in state.items() if k in {"Next", "Choices", "Catch", "Default"}})
+        if any(
+            f'"{create}"' in json.dumps({k: v for k, v in state.items() if k in {"Next", "Choices", "Catch", "Default"}})
+            for create in creates
+        )
     ]
-    assert into_create == ["ReadDefaultLaunchTemplateVersion"]
+    assert into_create == ["RateOrFastSnapshotRestore"]
     assert "ec2:DescribeLaunchTemplateVersions" in _actions(_resources("true")["WarmVolumeBuilder"])
