@@ -214,13 +214,10 @@ def test_each_build_bases_its_version_on_the_default_one() -> None:
     creates = ["CreateLaunchTemplateVersion", "CreateLaunchTemplateVersionForFastSnapshotRestore"]
     for create in creates:
         assert states[create]["Parameters"]["SourceVersion.$"] == "$.sourceVersion.version"
-    into_create = [
-        name
+    transitions = {
+        name: json.dumps({k: v for k, v in state.items() if k in {"Next", "Choices", "Catch", "Default"}})
         for name, state in states.items()
-        if any(
-            f'"{create}"' in json.dumps({k: v for k, v in state.items() if k in {"Next", "Choices", "Catch", "Default"}})
-            for create in creates
-        )
-    ]
+    }
+    into_create = [name for name, text in transitions.items() if any(f'"{create}"' in text for create in creates)]
     assert into_create == ["RateOrFastSnapshotRestore"]
     assert "ec2:DescribeLaunchTemplateVersions" in _actions(_resources("true")["WarmVolumeBuilder"])
