@@ -24,7 +24,7 @@ from harness.cri import Cri
 from harness.node import PIN_LABEL
 from harness.routing import Delivery
 from harness.stack import ACCOUNT, REGION
-from harness.warm import warm_scene
+from harness.warm import BUILDER_TAG, warm_scene
 from harness.world import World
 
 TRAINER = "ml/trainer"
@@ -494,7 +494,8 @@ def status_view(world: World, say: Narrator) -> dict[str, Any]:
             say.line(f"{logical_id}: {dead_letters[logical_id]} message(s)")
     touched = []
     for instance in world.instances.values():
-        if not instance.is_node:
+        # The warm volume builder is the one instance outside the cluster that is sent commands (its own build).
+        if not instance.is_node and BUILDER_TAG not in world.tags(instance.instance_id):
             sent = any(instance.instance_id in command.invocations for command in world.agent.commands.values())
             touched += [instance.name] if sent else []
             say.line(f"{instance.name} (not a node): {'sent a command!' if sent else 'never sent a command'}")

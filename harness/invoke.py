@@ -24,7 +24,7 @@ from moto.ec2.models import ec2_backends
 from harness.agent import TERMINAL
 from harness.cluster import DryRunNode
 from harness.stack import ACCOUNT, REGION, STACK_NAME, Invocation
-from harness.template import deployment_parameters, template
+from harness.template import Resolver, deployment_parameters, template
 from harness.world import World
 
 SCHEDULED_SOURCES = ("aws.events", "aws.scheduler")
@@ -207,10 +207,16 @@ def _ref(value: Any) -> str | None:
     return None
 
 
-def _receivers() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-    """(event source -> functions, queue -> functions) as template.yaml wires them: the functions' own rules and
-    schedules, their SQS event sources, and the rules that feed those queues."""
-    resources = template()["Resources"]
+def _receivers(parameters: dict[str, str] | None = None) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(event source -> functions, queue -> functions) as template.yaml wires them for these stack parameters: the
+    functions' own rules and schedules, their SQS event sources, and the rules that feed those queues. A resource
+    whose Condition is false for the parameters (the warm planner with WarmVolumes off) does not exist."""
+    resolver = Resolver(deployment_parameters(parameters), {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT})
+    resources = {
+        name: resource
+        for name, resource in template()["Resources"].items()
+        if "Condition" not in resource or resolver.condition(resource["Condition"])
+    }
     sources: dict[str, set[str]] = {}
     queues: dict[str, set[str]] = {}
     for name, resource in resources.items():
@@ -233,14 +239,14 @@ def _receivers() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     return sources, queues
 
 
-def owners(event: Any) -> list[str]:
-    """The functions of template.yaml that receive this kind of event."""
+def owners(event: Any, parameters: dict[str, str] | None = None) -> list[str]:
+    """The functions of template.yaml that receive this kind of event, in a stack of these parameters."""
     if not isinstance(event, dict):
         return []
     if "RequestType" in event:  # the custom resources' functions
         tokens = [r.get("Properties", {}).get("ServiceToken") for r in template()["Resources"].values()]
         return sorted({name for name in map(_ref, tokens) if name})
-    sources, queues = _receivers()
+    sources, queues = _receivers(parameters)
     if "Records" in event:
         return sorted(set().union(*queues.values()))
     return sorted(sources.get(event.get("source", ""), set()))
@@ -278,7 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = parse_overrides(args.parameter_overrides)
         event = read_event(args.event)
-        receivers = owners(event)
+        parameters = {**SAMPLE_PARAMETERS, **overrides}
+        try:
+            deployment_parameters(parameters)
+        except ValueError as error:  # what CloudFormation would refuse
+            raise UsageError(str(error)) from None
+        receivers = owners(event, parameters)
         if args.function not in receivers:
             functions = sorted(
                 name for name, r in template()["Resources"].items() if r["Type"] == "AWS::Serverless::Function"
@@ -287,11 +298,6 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"no function {args.function} in template.yaml; functions: {', '.join(functions)}")
             where = f"it is for {', '.join(receivers)}" if receivers else "no function of the stack receives it"
             raise UsageError(f"{args.event} is {event_kind(event)}: {where}, not {args.function}")
-        parameters = {**SAMPLE_PARAMETERS, **overrides}
-        try:
-            deployment_parameters(parameters)
-        except ValueError as error:  # what CloudFormation would refuse
-            raise UsageError(str(error)) from None
         print(
             f"stack {STACK_NAME} (emulated) with "
             + " ".join(f"{key}={value}" for key, value in parameters.items())
