@@ -1,26 +1,30 @@
 """The warm boot loop of issue 19 (docs/warm-volumes.md) on real containerd, inside a World.
 
-- **Build**: a builder instance (launched in moto's EC2, tagged as the builder's are, registered with the Run Command
-  agent; no cluster tag) whose containerd root is an XFS filesystem on a loop device, labelled and mounted before its
-  containerd starts (what WarmPrepareDocument does on a fresh volume). The planner's input is resolved by the
+- **Build**, in a World deployed with ``WarmVolumes=true``: an execution of the stack's own ``WarmVolumeBuilder``,
+  run by moto's Step Functions (aws-sdk integrations against the same moto), with the planner's input resolved by the
   application's own code (``NewestImages.every_repository`` and ``commands.document_parameters``, in the node-launch
-  function's environment), and the stack's PrefetchDocument is sent to the builder through SSM: the agent runs it.
-  Then template.yaml's own WarmSealDocument is sent (created in moto's SSM with three local substitutions: the root
-  directory, the label and the IMDS endpoint; ``systemctl stop containerd`` and ``containerd`` are small tools on the
-  builder's PATH): it stops containerd, writes the stamp, syncs, unmounts and prints the stamp.
-- **Snapshot**: a sparse copy of the sealed image file, registered in moto's EC2 as the state machine registers it
-  (a volume tagged ``eks-image-prefetch:warm-builder``, a snapshot with the same tags, digest tags, a launch template
-  version naming it) and published in the stack's SSM parameter in the builder's format.
+  function's environment). The builder instance its RunInstances creates gets a real node as it appears
+  (``World.on_launch``), registered with the Run Command agent: its containerd root is on a loop device (empty, or a
+  relabelled copy of the snapshot it was launched from), its PATH has ``systemctl`` (FakeSystemd: the harness stops
+  and starts the node's containerd), ``containerd`` (the node's release) and ``lsblk`` (EC2's block devices: the
+  loop device is the one "Amazon Elastic Block Store" data volume), and an IMDSv2 double answers its AMI. The
+  state machine's three commands run there for real: template.yaml's WarmPrepareDocument (discovers the volume,
+  formats, labels, copies the node's root onto it, mounts it, restarts containerd), the stack's PrefetchDocument,
+  and WarmSealDocument, with three local substitutions in the two builder scripts (their root, label and staging
+  assignments, and the IMDS endpoint: ``BuilderAgentView``). Snapshot, digest tags, launch template version, SSM
+  parameter and termination are the state machine's own calls; then the sealed volume's file is copied as the
+  snapshot it created (keyed by its id).
+- **Without WarmVolumes** (the demo's stack), the same documents run on a builder launched by the harness, and the
+  harness registers what the state machine would (``_register``): the demo can turn WarmVolumes on and drop that.
 - **Boot**: a new World node whose containerd root is a copy of the snapshot file on its own loop device, mounted by
   document/warm_boot.sh (environment overrides: the node's root and state, its release's containerd, an IMDSv2
   double answering the AMI) before its containerd starts; then it registers like any node, so the node-launch path
   sends its prefetch.
 
-Not emulated: the state machine itself (the loop is built from the same documents; tests/integration runs the
-definition in moto), WarmPrepareDocument's device discovery and its copy of the AMI's /var/lib/containerd (the harness
-node's own root is empty), EBS's lazy loading (the copy is local disk: see docs/warm-volumes.md). Each copy gets a
-label and an XFS UUID of its own: blkid sees every loop device of this shared machine, while an instance sees only its
-own volume, and XFS refuses to mount two filesystems with one UUID.
+Not emulated: EBS's lazy loading (the copy is local disk: see docs/warm-volumes.md), the AMI's baked-in images (the
+builder's root starts empty). Each copy gets a label and an XFS UUID of its own: blkid sees every loop device of
+this shared machine, while an instance sees only its own volume, and XFS refuses to mount two filesystems with one
+UUID.
 """
 
 from __future__ import annotations
@@ -775,12 +779,14 @@ class WarmLoop:
 
 def _failures(sfn: Any, execution: str) -> list[Any]:
     """The failed events and the error the execution's states recorded, for BuildFailed's message."""
-    events = sfn.get_execution_history(executionArn=execution)["events"]
-    return [
-        {key: value for key, value in event.items() if key.endswith("EventDetails")}
-        for event in events
-        if "Failed" in event["type"]
-    ]
+    events = sfn.get_execution_history(executionArn=execution, maxResults=1000)["events"]
+    failures: list[Any] = []
+    for event in events:
+        if event["type"] == "FailStateEntered":  # the error the states caught (a step's, the snapshot's...)
+            failures.append(json.loads(event["stateEnteredEventDetails"]["input"]).get("error"))
+        elif "Failed" in event["type"]:
+            failures.append({key: value for key, value in event.items() if key.endswith("EventDetails")})
+    return failures
 
 
 # --- the demo's scene -----------------------------------------------------------------------------------------------
