@@ -10,6 +10,7 @@ Powertools loggers) is per function and survives between invocations, as in a wa
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib
 import io
@@ -248,10 +249,14 @@ class Stack:
         parameters: dict[str, str] | None = None,
         name: str = STACK_NAME,
         physical_names: dict[str, str] | None = None,
+        definition_substitutions: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.name = name
         # Names CloudFormation would generate, given instead (make invoke: the names a sample event carries).
         self.physical_names = dict(physical_names or {})
+        # State machine logical id -> DefinitionSubstitutions that replace the template's (the harness's short polls).
+        self.definition_substitutions = dict(definition_substitutions or {})
+        self.state_machines: dict[str, str] = {}  # logical id -> ARN
         self.parameters = deployment_parameters(parameters)
         self.resolver = Resolver(
             self.parameters,
@@ -306,6 +311,10 @@ class Stack:
             "AWS::Serverless::Function": self._function,
             "AWS::Events::Rule": self._rule,
             "AWS::Lambda::EventSourceMapping": self._event_source_mapping,
+            "AWS::Serverless::StateMachine": self._state_machine,
+            "AWS::SSM::Parameter": self._parameter,
+            "AWS::EC2::LaunchTemplate": self._launch_template,
+            "AWS::IAM::InstanceProfile": self._instance_profile,
         }.get(resource["Type"])
         properties = self.resolver.resolve(resource.get("Properties") or {})
         if resource["Type"] == "Custom::ValidateConfiguration":
@@ -477,6 +486,56 @@ class Stack:
         self.event_sources.append(EventSource("sqs", logical_id, mapping, [arn]))
         self.resolver.refs[logical_id] = str(uuid.uuid4())
 
+    def _state_machine(self, logical_id: str, properties: dict[str, Any]) -> None:
+        """The definition file with its DefinitionSubstitutions, as SAM substitutes them, created in moto's Step
+        Functions (which executes it when the mock is started with execute_state_machine)."""
+        substitutions = {
+            name: str(value)
+            for name, value in {
+                **(properties.get("DefinitionSubstitutions") or {}),
+                **self.definition_substitutions.get(logical_id, {}),
+            }.items()
+        }
+        definition = (ROOT / properties["DefinitionUri"]).read_text()
+        for name, value in substitutions.items():
+            definition = definition.replace("${" + name + "}", value)
+        if "${" in definition:
+            raise RuntimeError(f"{logical_id}: a substitution the template does not give")
+        name = properties.get("Name") or self._name(logical_id)
+        arn = boto3.client("stepfunctions", region_name=REGION).create_state_machine(
+            name=name, definition=definition, roleArn=f"arn:aws:iam::{ACCOUNT}:role/{name}"
+        )["stateMachineArn"]
+        self.state_machines[logical_id] = arn
+        self.physical[logical_id] = name
+        self.resolver.refs[logical_id] = arn
+        self.resolver.attributes[(logical_id, "Name")] = name
+
+    def _parameter(self, logical_id: str, properties: dict[str, Any]) -> None:
+        name = properties.get("Name") or self._name(logical_id, 2048)
+        boto3.client("ssm", region_name=REGION).put_parameter(
+            Name=name, Type=properties.get("Type", "String"), Value=properties["Value"]
+        )
+        self.physical[logical_id] = name
+        self.resolver.refs[logical_id] = name
+
+    def _launch_template(self, logical_id: str, properties: dict[str, Any]) -> None:
+        name = properties.get("LaunchTemplateName") or self._name(logical_id, 128)
+        created = boto3.client("ec2", region_name=REGION).create_launch_template(
+            LaunchTemplateName=name, LaunchTemplateData=_api_values(properties["LaunchTemplateData"])
+        )["LaunchTemplate"]
+        self.physical[logical_id] = name
+        self.resolver.refs[logical_id] = created["LaunchTemplateId"]
+        self.resolver.attributes[(logical_id, "LatestVersionNumber")] = str(created["LatestVersionNumber"])
+        self.resolver.attributes[(logical_id, "DefaultVersionNumber")] = str(created["DefaultVersionNumber"])
+
+    def _instance_profile(self, logical_id: str, properties: dict[str, Any]) -> None:
+        # Without its roles: IAM roles are not emulated (nothing evaluates them); RunInstances checks the profile.
+        name = properties.get("InstanceProfileName") or self._name(logical_id, 128)
+        profile = boto3.client("iam", region_name=REGION).create_instance_profile(InstanceProfileName=name)
+        self.physical[logical_id] = name
+        self.resolver.refs[logical_id] = name
+        self.resolver.attributes[(logical_id, "Arn")] = profile["InstanceProfile"]["Arn"]
+
     # --- lookups ----------------------------------------------------------------------------------------------
 
     def function_by_arn(self, arn: str) -> Function | None:
@@ -495,3 +554,19 @@ class Stack:
 
     def environment(self, logical_id: str) -> dict[str, str]:
         return dict(self.functions[logical_id].environment)
+
+
+# Number members of a launch template's data: !Ref of a Number parameter is a string, CloudFormation converts it.
+_NUMBERS = frozenset({"VolumeSize", "Iops", "Throughput", "VolumeInitializationRate"})
+
+
+def _api_values(value: Any, key: str = "") -> Any:
+    """Properties as CloudFormation hands them to the API: Fn::Base64 (which the resolver leaves) encoded, numbers
+    given as strings converted."""
+    if isinstance(value, dict) and set(value) == {"Fn::Base64"}:
+        return base64.b64encode(value["Fn::Base64"].encode()).decode()
+    if isinstance(value, dict):
+        return {name: _api_values(item, name) for name, item in value.items()}
+    if isinstance(value, list):
+        return [_api_values(item) for item in value]
+    return int(value) if key in _NUMBERS and isinstance(value, str) else value

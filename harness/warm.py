@@ -1,26 +1,30 @@
 """The warm boot loop of issue 19 (docs/warm-volumes.md) on real containerd, inside a World.
 
-- **Build**: a builder instance (launched in moto's EC2, tagged as the builder's are, registered with the Run Command
-  agent; no cluster tag) whose containerd root is an XFS filesystem on a loop device, labelled and mounted before its
-  containerd starts (what WarmPrepareDocument does on a fresh volume). The planner's input is resolved by the
+- **Build**, in a World deployed with ``WarmVolumes=true``: an execution of the stack's own ``WarmVolumeBuilder``,
+  run by moto's Step Functions (aws-sdk integrations against the same moto), with the planner's input resolved by the
   application's own code (``NewestImages.every_repository`` and ``commands.document_parameters``, in the node-launch
-  function's environment), and the stack's PrefetchDocument is sent to the builder through SSM: the agent runs it.
-  Then template.yaml's own WarmSealDocument is sent (created in moto's SSM with three local substitutions: the root
-  directory, the label and the IMDS endpoint; ``systemctl stop containerd`` and ``containerd`` are small tools on the
-  builder's PATH): it stops containerd, writes the stamp, syncs, unmounts and prints the stamp.
-- **Snapshot**: a sparse copy of the sealed image file, registered in moto's EC2 as the state machine registers it
-  (a volume tagged ``eks-image-prefetch:warm-builder``, a snapshot with the same tags, digest tags, a launch template
-  version naming it) and published in the stack's SSM parameter in the builder's format.
+  function's environment). The builder instance its RunInstances creates gets a real node as it appears
+  (``World.on_launch``), registered with the Run Command agent: its containerd root is on a loop device (empty, or a
+  relabelled copy of the snapshot it was launched from), its PATH has ``systemctl`` (FakeSystemd: the harness stops
+  and starts the node's containerd), ``containerd`` (the node's release) and ``lsblk`` (EC2's block devices: the
+  loop device is the one "Amazon Elastic Block Store" data volume), and an IMDSv2 double answers its AMI. The
+  state machine's three commands run there for real: template.yaml's WarmPrepareDocument (discovers the volume,
+  formats, labels, copies the node's root onto it, mounts it, restarts containerd), the stack's PrefetchDocument,
+  and WarmSealDocument, with three local substitutions in the two builder scripts (their root, label and staging
+  assignments, and the IMDS endpoint: ``BuilderAgentView``). Snapshot, digest tags, launch template version, SSM
+  parameter and termination are the state machine's own calls; then the sealed volume's file is copied as the
+  snapshot it created (keyed by its id).
+- **Without WarmVolumes** (the demo's stack), the same documents run on a builder launched by the harness, and the
+  harness registers what the state machine would (``_register``): the demo can turn WarmVolumes on and drop that.
 - **Boot**: a new World node whose containerd root is a copy of the snapshot file on its own loop device, mounted by
   document/warm_boot.sh (environment overrides: the node's root and state, its release's containerd, an IMDSv2
   double answering the AMI) before its containerd starts; then it registers like any node, so the node-launch path
   sends its prefetch.
 
-Not emulated: the state machine itself (the loop is built from the same documents; tests/integration runs the
-definition in moto), WarmPrepareDocument's device discovery and its copy of the AMI's /var/lib/containerd (the harness
-node's own root is empty), EBS's lazy loading (the copy is local disk: see docs/warm-volumes.md). Each copy gets a
-label and an XFS UUID of its own: blkid sees every loop device of this shared machine, while an instance sees only its
-own volume, and XFS refuses to mount two filesystems with one UUID.
+Not emulated: EBS's lazy loading (the copy is local disk: see docs/warm-volumes.md), the AMI's baked-in images (the
+builder's root starts empty). Each copy gets a label and an XFS UUID of its own: blkid sees every loop device of
+this shared machine, while an instance sees only its own volume, and XFS refuses to mount two filesystems with one
+UUID.
 """
 
 from __future__ import annotations
@@ -42,15 +46,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import boto3
 import yaml
 
 from harness.cluster import Node
 from harness.cri import Cri
 from harness.node import PROJECT_ROOT, Containerd, missing_prerequisites
+from harness.stack import REGION
 from harness.template import resource
 
 if TYPE_CHECKING:
-    from harness.world import World
+    from harness.world import Launched, World
 
 BOOT_SCRIPT = PROJECT_ROOT / "document" / "warm_boot.sh"
 BUILDER_TAG = "eks-image-prefetch:warm-builder"
@@ -65,6 +71,15 @@ GROWN_MIB = 64  # the launch template's volume is larger than the builder's file
 ROOM_PER_IMAGE_BYTE = 3
 
 _SYSTEMCTL = """#!/bin/bash
+# systemd on the builder, for its one unit: `systemctl stop|start containerd` asks the harness, which runs this
+# node's containerd (FakeSystemd), and returns once it has stopped or answers.
+case "$1 $2" in
+  "stop containerd"|"start containerd") exec curl -sf -m 60 -X POST "{endpoint}/$1" >/dev/null ;;
+  *) echo "emulated builder: systemctl $* is not emulated" >&2; exit 1 ;;
+esac
+"""
+
+_SYSTEMCTL_BY_PID = """#!/bin/bash
 # systemd's one job on the builder: `systemctl stop containerd` stops this node's containerd (by its PID) and waits.
 [ "$1 $2" = "stop containerd" ] || {{ echo "emulated builder: systemctl $* is not emulated" >&2; exit 1; }}
 pid=$(cat {pid_file})
@@ -75,6 +90,16 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 exit 1
+"""
+
+_LSBLK = """#!/bin/bash
+# The builder's block devices as EC2 presents them to lsblk: a root disk and one data volume, both of the model
+# "Amazon Elastic Block Store"; the data volume is this builder's loop device. The two forms WarmPrepareDocument asks.
+case "$*" in
+  "-no PKNAME "*) echo nvme0n1 ;;
+  "-dno NAME,MODEL") printf '%s\\n' "nvme0n1 Amazon Elastic Block Store" "{device} Amazon Elastic Block Store" ;;
+  *) echo "emulated builder: lsblk $* is not emulated" >&2; exit 1 ;;
+esac
 """
 
 _CONTAINERD = """#!/bin/bash
@@ -172,6 +197,75 @@ class FakeImds:
         self.server.server_close()
 
 
+class FakeSystemd:
+    """systemd on the builder, for containerd only: POST /stop and /start stop and start the node's containerd (the
+    harness's process, so that the node's own stop still ends it), answering once done."""
+
+    def __init__(self) -> None:
+        self.containerd: Containerd | None = None
+        systemd = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                containerd = systemd.containerd
+                try:
+                    if containerd is None or self.path not in {"/stop", "/start"}:
+                        raise ValueError(self.path)
+                    containerd.stop() if self.path == "/stop" else containerd.start()
+                except Exception:  # the unit failed: systemctl exits non-zero
+                    self.send_response(500)
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class BuilderAgentView:
+    """The builder as the Run Command agent sees it: its node, with the two builder documents' scripts pointed at the
+    node's containerd root, its staging directory, the build's label and its IMDS double (local substitutions of their
+    assignments; a script that no longer has one fails loudly). Other documents run as they are."""
+
+    node: Node
+    substitutions: dict[str, str]  # assignment name -> value
+    imds: str
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    def execute(self, content: dict[str, Any], values: dict[str, str], command_id: str, timeout: float) -> Any:
+        content = copy.deepcopy(content)
+        (step,) = content["mainSteps"]
+        script = step["inputs"]["runCommand"][0]
+        if "EKS Image Prefetch warm volume builder" in script:
+            for name, value in self.substitutions.items():
+                if name == "STAGING" and "STAGING=" not in script:
+                    continue
+                old = f"{name}={assignment(script, name)}\n"
+                script = script.replace(old, f"{name}={value}\n")
+            if IMDS not in script:
+                raise ValueError("a builder document no longer asks the IMDS: the harness cannot point it here")
+            step["inputs"]["runCommand"] = [script.replace(IMDS, self.imds)]
+            content.setdefault("parameters", {})  # none: the node's runner reads the key
+        return self.node.execute(content, values, command_id, timeout)
+
+
 @dataclass
 class LoopVolume:
     """An image file attached to a loop device: the harness's EBS volume."""
@@ -244,6 +338,30 @@ class BuildFailed(RuntimeError):
 
 
 @dataclass
+class _Build:
+    """One build by the state machine, and its builder once RunInstances has created it."""
+
+    needed_bytes: int
+    release: str | None
+    instance_id: str | None = None
+    node: Node | None = None
+    volume: LoopVolume | None = None
+    imds: FakeImds | None = None
+    systemd: FakeSystemd | None = None
+
+    def end(self) -> None:
+        """The builder is gone (terminated): its processes stop, its volume is detached (its file stays)."""
+        if self.node is not None:
+            self.node.stop()
+        if self.volume is not None:
+            self.volume.detach()
+        if self.imds is not None:
+            self.imds.__exit__()
+        if self.systemd is not None:
+            self.systemd.close()
+
+
+@dataclass
 class WarmLoop:
     """Build warm snapshots and boot nodes on them, in a World on real nodes. Its volumes are detached when the World
     closes (after its nodes stop), or by close()."""
@@ -252,6 +370,7 @@ class WarmLoop:
     label: str = field(default_factory=lambda: "ekpf" + secrets.token_hex(4))  # 12 characters, XFS's limit
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
     boots: dict[str, Boot] = field(default_factory=dict)
+    executions: list[dict[str, Any]] = field(default_factory=list)  # the builder's, as DescribeExecution ended them
 
     def __post_init__(self) -> None:
         reason = self.world.dry_run_reason or missing_prerequisites() or missing_block_tools()
@@ -262,7 +381,11 @@ class WarmLoop:
         self.base.mkdir(parents=True, exist_ok=True)
         self._volumes: list[LoopVolume] = []
         self._launch_template_id: str | None = None
+        self._build: _Build | None = None
+        self._names = 0
         self.world.add_cleanup(self.close)
+        if self.by_state_machine:
+            self.world.on_launch.append(self._builder_launched)
 
     def __enter__(self) -> WarmLoop:
         return self
@@ -299,6 +422,19 @@ class WarmLoop:
         images = [WarmImage(image.repository, image.digest, image.tag, image.reference) for image in resolved]
         return images, parameters
 
+    @property
+    def by_state_machine(self) -> bool:
+        """Whether the stack has the builder (WarmVolumes=true): builds are then its executions."""
+        return "WarmVolumeBuilder" in self.world.stack.state_machines
+
+    @property
+    def launch_template_id(self) -> str:
+        """The launch template the builds publish in: the stack's WarmLaunchTemplate (or the loop's own)."""
+        template_id = self.world.stack.resolver.refs.get("WarmLaunchTemplate") or self._launch_template_id
+        if template_id is None:
+            raise LookupError("no warm launch template yet")
+        return template_id
+
     def build(self, repositories: Sequence[str] | None = None, release: str | None = None) -> Snapshot:
         """One build: a builder on a fresh labelled volume pulls the newest images through the prefetch document,
         seals through WarmSealDocument, and its volume becomes a snapshot, registered and published. ``release``:
@@ -307,6 +443,8 @@ class WarmLoop:
         images, parameters = self.resolve(repositories)
         if not images:
             raise BuildFailed("no image to build: nothing pushed to the watched repositories")
+        if self.by_state_machine:
+            return self._execute(images, parameters, release, started)
         build = "harness-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         ami = self.world.node_image()
         volume = LoopVolume(self.base / f"{build}-builder.img")
@@ -345,6 +483,111 @@ class WarmLoop:
         self.snapshots[snapshot.snapshot_id] = snapshot
         return snapshot
 
+    def _execute(
+        self, images: list[WarmImage], parameters: dict[str, list[str]], release: str | None, started: float
+    ) -> Snapshot:
+        """The stack's WarmVolumeBuilder, executed by moto with the planner's input; its builder runs the three
+        documents for real (_builder_launched). Then the sealed volume's file is the snapshot it created."""
+        sizes = {pushed.digest: pushed.size for pushed in self.world.pushed}
+        self._build = build = _Build(ROOM_PER_IMAGE_BYTE * sum(sizes.get(i.digest, 0) for i in images), release)
+        self._names += 1
+        name = f"harness-{self._names}-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        sfn = boto3.client("stepfunctions", region_name=REGION)
+        execution = sfn.start_execution(
+            stateMachineArn=self.world.stack.state_machines["WarmVolumeBuilder"],
+            name=name,
+            input=json.dumps(
+                {
+                    "images": [{"repository": i.repository, "digest": i.digest} for i in images],
+                    "documentParameters": parameters,
+                }
+            ),
+        )["executionArn"]
+        try:
+            described = self._wait(sfn, execution)
+        finally:
+            build.end()
+            self._build = None
+        self.executions.append(described)
+        if described["status"] != "SUCCEEDED" or build.instance_id is None or build.volume is None:
+            raise BuildFailed(f"execution {name}: {described['status']}: {_failures(sfn, execution)}")
+        published = self.published()
+        snapshot_file = self.base / f"{published['snapshotId']}.img"
+        _run("cp", "--sparse=always", str(build.volume.path), str(snapshot_file))
+        build.volume.path.unlink()
+        snapshot = Snapshot(
+            published["snapshotId"],
+            snapshot_file,
+            self._stamp(build.instance_id),
+            published["amiId"],
+            published["architecture"],
+            images,
+            name,
+            build.instance_id,
+            time.monotonic() - started,
+        )
+        self.snapshots[snapshot.snapshot_id] = snapshot
+        return snapshot
+
+    def _wait(self, sfn: Any, execution: str, timeout: float = 1800) -> dict[str, Any]:
+        """Run the World (the agent's events routed) until the execution ends."""
+        deadline = time.monotonic() + timeout
+        while True:
+            described = sfn.describe_execution(executionArn=execution)
+            if described["status"] != "RUNNING":
+                return described
+            if time.monotonic() > deadline:
+                sfn.stop_execution(executionArn=execution)
+                raise BuildFailed(f"execution still running after {timeout:.0f} s")
+            self.world.settle(timeout)
+            time.sleep(0.2)
+
+    def _stamp(self, builder: str) -> dict[str, str]:
+        """What the seal step printed on the builder (the stamp the state machine read)."""
+        seal = self.world.stack.physical["WarmSealDocument"]
+        (command,) = [
+            c for c in self.world.agent.commands.values() if c.document_name == seal and builder in c.invocations
+        ]
+        return json.loads(command.invocations[builder].stdout)
+
+    def _builder_launched(self, launched: Launched) -> None:
+        """RunInstances of the state machine's builder (in its thread, before it answers): the instance gets a node
+        whose data volume is a loop device (empty, or a relabelled copy of the snapshot it was launched from), tools
+        for what the documents ask of the instance (systemctl, containerd, lsblk), an IMDS answering its AMI, and its
+        agent registered."""
+        build = self._build
+        if build is None or launched.tags.get(BUILDER_TAG) != self.world.stack.name:
+            return
+        build.instance_id = launched.instance_id
+        name = f"warm-builder-{len(self.snapshots) + 1}"
+        build.volume = volume = LoopVolume(self.base / f"{name}-{launched.instance_id}.img")
+        previous = self.snapshots.get(launched.snapshots.get("/dev/xvdb") or "")
+        if previous is not None:
+            _run("cp", "--sparse=always", str(previous.path), str(volume.path))
+            _run("xfs_admin", "-L", self.label, "-U", "generate", str(volume.path))
+            with volume.path.open("r+b") as out:
+                out.truncate(max(previous.path.stat().st_size, build.needed_bytes + (BUILT_MIB << 20)))
+        else:
+            with volume.path.open("wb") as out:
+                out.truncate(max(BUILT_MIB << 20, build.needed_bytes + (BUILT_MIB << 20)))  # sparse
+        self._volumes.append(volume)
+        device = volume.attach()
+        build.imds = FakeImds(launched.image_id).__enter__()
+        build.systemd = FakeSystemd()
+        instance = self.world.adopt(launched.instance_id, name, register_after=None, containerd_release=build.release)
+        node = instance.node
+        assert isinstance(node, Node)
+        build.node = node
+        build.systemd.containerd = node.containerd
+        bin_dir = node.base / "bin"
+        (bin_dir / "systemctl").write_text(_SYSTEMCTL.format(endpoint=build.systemd.endpoint))
+        (bin_dir / "containerd").write_text(_CONTAINERD.format(binary=node.containerd.binary("containerd")))
+        (bin_dir / "lsblk").write_text(_LSBLK.format(device=Path(device).name))
+        for tool in ("systemctl", "containerd", "lsblk"):
+            (bin_dir / tool).chmod(0o755)
+        substitutions = {"ROOT": str(node.containerd.root), "LABEL": self.label, "STAGING": str(node.base / "staging")}
+        self.world.agent.register(launched.instance_id, BuilderAgentView(node, substitutions, build.imds.endpoint))
+
     def _pull(self, builder: str, parameters: dict[str, list[str]], images: list[WarmImage]) -> None:
         """The stack's own PrefetchDocument, sent to the builder only, with the planner's parameters."""
         command = self.world.ssm.send_command(
@@ -367,7 +610,7 @@ class WarmLoop:
         bin_dir = node.base / "bin"
         assert node.containerd.proc is not None
         (node.base / "containerd.pid").write_text(str(node.containerd.proc.pid))
-        (bin_dir / "systemctl").write_text(_SYSTEMCTL.format(pid_file=node.base / "containerd.pid"))
+        (bin_dir / "systemctl").write_text(_SYSTEMCTL_BY_PID.format(pid_file=node.base / "containerd.pid"))
         (bin_dir / "containerd").write_text(_CONTAINERD.format(binary=node.containerd.binary("containerd")))
         for tool in ("systemctl", "containerd"):
             (bin_dir / tool).chmod(0o755)
@@ -532,6 +775,18 @@ class WarmLoop:
         assert isinstance(node, Node)
         with Cri(node.containerd.address) as cri:
             return {image.reference: cri.image_status(image.by_tag) is not None for image in images}
+
+
+def _failures(sfn: Any, execution: str) -> list[Any]:
+    """The failed events and the error the execution's states recorded, for BuildFailed's message."""
+    events = sfn.get_execution_history(executionArn=execution, maxResults=1000)["events"]
+    failures: list[Any] = []
+    for event in events:
+        if event["type"] == "FailStateEntered":  # the error the states caught (a step's, the snapshot's...)
+            failures.append(json.loads(event["stateEnteredEventDetails"]["input"]).get("error"))
+        elif "Failed" in event["type"]:
+            failures.append({key: value for key, value in event.items() if key.endswith("EventDetails")})
+    return failures
 
 
 # --- the demo's scene -----------------------------------------------------------------------------------------------

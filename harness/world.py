@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import shutil
 import tempfile
 import threading
@@ -18,13 +19,18 @@ from typing import Any
 
 import boto3
 from moto import mock_aws
+from moto.ec2.models import EC2Backend
 from moto.ecr.models import ecr_backends
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk import (
+    StateTaskServiceAwsSdk,
+)
 
 from harness.agent import LINUX, Platform, RunCommandAgent
 from harness.cluster import CuttableProxy, DryRunNode, EcrRegistry, Node, PushedImage
 from harness.node import Containerd, missing_prerequisites
 from harness.routing import Delivery, Router, event_envelope
 from harness.stack import ACCOUNT, FAKE_CREDENTIALS, REGION, Stack
+from testing.warm import inherit_source_version
 
 
 @dataclass
@@ -36,6 +42,78 @@ class Instance:
     proxy: CuttableProxy | None = None
 
 
+@dataclass(frozen=True)
+class Launched:
+    """An instance RunInstances created other than through World.launch (a state machine's), as on_launch sees it."""
+
+    instance_id: str
+    image_id: str
+    tags: dict[str, str]
+    snapshots: dict[str, str | None]  # device name -> the snapshot its volume was created from
+
+
+class _MotoPatches:
+    """What the stack's state machine needs of moto beyond its mock, set on start and undone on close:
+
+    - RunInstances tells ``on_launch`` of every instance it creates (other than World.launch's), in the caller's
+      thread, before it answers: the harness gives such an instance its node as EC2 would boot it.
+    - aws-sdk:sfn's field casing: AWS takes and returns an aws-sdk integration's fields in PascalCase whatever the
+      service's own casing; moto hands them to boto3 as written, and boto3's Step Functions fields are camelCase
+      (the builder's one-build-at-a-time check). EC2's and SSM's fields are PascalCase in boto3 too.
+    - CreateLaunchTemplateVersion's SourceVersion, which moto ignores (testing.warm.inherit_source_version).
+    """
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.saved: list[tuple[Any, str, Any]] = []
+        self.local = threading.local()  # set while World.launch runs its own RunInstances
+
+    def setattr(self, owner: Any, name: str, value: Any) -> None:
+        self.saved.append((owner, name, owner.__dict__.get(name)))
+        setattr(owner, name, value)
+
+    def install(self) -> None:
+        patches = self
+        run_instances = EC2Backend.run_instances
+
+        def run_and_tell(backend: EC2Backend, *args: Any, **kwargs: Any) -> Any:
+            reservation = run_instances(backend, *args, **kwargs)
+            if getattr(patches.local, "launching", False):
+                return reservation
+            for instance in reservation.instances:
+                snapshots = {
+                    device: backend.get_volume(mapping.volume_id).snapshot_id
+                    for device, mapping in instance.get_block_device_mapping
+                }
+                tags = {tag["key"]: tag["value"] for tag in instance.get_tags()}
+                for callback in list(patches.world.on_launch):
+                    callback(Launched(instance.id, instance.image_id, tags, snapshots))
+            return reservation
+
+        def parameters(task: StateTaskServiceAwsSdk, parameters: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+            if task.resource.api_name == "sfn":
+                for key in list(parameters):
+                    parameters[key[0].lower() + key[1:]] = parameters.pop(key)
+
+        def response(task: StateTaskServiceAwsSdk, answer: Any, *args: Any, **kwargs: Any) -> None:
+            if task.resource.api_name == "sfn" and isinstance(answer, dict):
+                for key in list(answer):
+                    answer[key[0].upper() + key[1:]] = answer.pop(key)
+
+        self.setattr(EC2Backend, "run_instances", run_and_tell)
+        self.setattr(StateTaskServiceAwsSdk, "_normalise_parameters", parameters)
+        self.setattr(StateTaskServiceAwsSdk, "_normalise_response", response)
+        inherit_source_version(self)
+
+    def uninstall(self) -> None:
+        while self.saved:
+            owner, name, original = self.saved.pop()
+            if original is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+
+
 @dataclass
 class World:
     parameters: dict[str, str] = field(default_factory=dict)
@@ -44,6 +122,11 @@ class World:
     real_nodes: bool | None = None
     on_delivery: Callable[[Delivery], None] | None = None
     physical_names: dict[str, str] = field(default_factory=dict)
+    # State machine logical id -> DefinitionSubstitutions in place of the template's. The builder checks its steps
+    # every second rather than every 30 (its bound, MaxPolls checks, stays): the harness's clock is the real one.
+    definition_substitutions: dict[str, dict[str, str]] = field(
+        default_factory=lambda: {"WarmVolumeBuilder": {"PollSeconds": "1"}}
+    )
 
     def __post_init__(self) -> None:
         self.instances: dict[str, Instance] = {}
@@ -58,6 +141,11 @@ class World:
         self.interrupted = threading.Event()
         self.registry: EcrRegistry | None = None
         self.cleanups: list[Callable[[], None]] = []  # run on close, once the nodes are stopped (add_cleanup)
+        # Told of each instance RunInstances creates other than World.launch's (a state machine's builder).
+        self.on_launch: list[Callable[[Launched], None]] = []
+        # Events of instances adopted off the main thread: put on the bus by settle() (the router is the main thread's).
+        self.pending_events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._patches = _MotoPatches(self)
         self._mock: Any = None
         self._own_base = False
         self._saved_env: dict[str, str | None] = {}
@@ -85,9 +173,16 @@ class World:
         for key, value in {**FAKE_CREDENTIALS, "AWS_DEFAULT_REGION": REGION}.items():
             self._saved_env[key] = os.environ.get(key)
             os.environ[key] = value
-        self._mock = mock_aws()
+        # moto runs the stack's state machines (aws-sdk integrations against this same mock).
+        self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
         self._mock.start()
-        self.stack = Stack(self.parameters, physical_names=self.physical_names).create()
+        self._patches.install()
+        self.parameters = {**self.parameters, **self._account_parameters()}
+        self.stack = Stack(
+            self.parameters,
+            physical_names=self.physical_names,
+            definition_substitutions=self.definition_substitutions,
+        ).create()
         self.agent = RunCommandAgent()
         self.agent.install()
         self.router = Router(self.stack, on_delivery=self._delivered)
@@ -116,6 +211,7 @@ class World:
             agent.uninstall()
         if self.registry is not None:
             self.registry.stop()
+        self._patches.uninstall()
         if self._mock is not None:
             self._mock.stop()
             self._mock = None
@@ -131,6 +227,19 @@ class World:
         self.deliveries.append(delivery)
         if self.on_delivery:
             self.on_delivery(delivery)
+
+    def _account_parameters(self) -> dict[str, str]:
+        """With WarmVolumes on, what only this account can give unless the caller did: the builder's subnet (the
+        default VPC's first) and the nodes' AMI (the one every instance here launches from)."""
+        if self.parameters.get("WarmVolumes") != "true":
+            return {}
+        ec2 = boto3.client("ec2", region_name=REGION)
+        found: dict[str, str] = {}
+        if not self.parameters.get("WarmBuilderSubnetId"):
+            found["WarmBuilderSubnetId"] = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+        if not self.parameters.get("WarmNodeAmi"):
+            found["WarmNodeAmi"] = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        return found
 
     # --- settings ---------------------------------------------------------------------------------------------
 
@@ -165,14 +274,47 @@ class World:
             key, value = self.node_tag
             instance_tags.append({"Key": key, "Value": value})
         image_id = self.ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-        (described,) = self.ec2.run_instances(
-            ImageId=image_id,
-            MinCount=1,
-            MaxCount=1,
-            InstanceType="m5.xlarge",
-            TagSpecifications=[{"ResourceType": "instance", "Tags": instance_tags}],
-        )["Instances"]
+        self._patches.local.launching = True
+        try:
+            (described,) = self.ec2.run_instances(
+                ImageId=image_id,
+                MinCount=1,
+                MaxCount=1,
+                InstanceType="m5.xlarge",
+                TagSpecifications=[{"ResourceType": "instance", "Tags": instance_tags}],
+            )["Instances"]
+        finally:
+            self._patches.local.launching = False
         instance_id = described["InstanceId"]
+        self.adopt(
+            instance_id,
+            name,
+            node=node,
+            register_after=register_after,
+            proxy=proxy,
+            platform=platform,
+            uname_machine=uname_machine,
+            containerd_release=containerd_release,
+            before_containerd=before_containerd,
+        )
+        return instance_id
+
+    def adopt(
+        self,
+        instance_id: str,
+        name: str,
+        *,
+        node: bool = False,
+        register_after: float | None = 0.0,
+        proxy: bool = False,
+        platform: Platform = LINUX,
+        uname_machine: str | None = None,
+        containerd_release: str | None = None,
+        before_containerd: Callable[[Containerd], None] | None = None,
+    ) -> Instance:
+        """Give an instance already in moto's EC2 its node, as World.launch does (its options), and register its
+        agent. From another thread than the main one (a state machine's RunInstances), its state-change events wait
+        in ``pending_events`` for settle()."""
         base = self.base / "nodes" / name
         if platform.type != "Linux":
             backing: Node | DryRunNode = DryRunNode(name, base, f"{platform.name}: no containerd to run").start()
@@ -194,16 +336,19 @@ class World:
             backing.route(instance.proxy.address)
         self.instances[instance_id] = instance
         self.agent.register(instance_id, backing, register_after, platform)
+        main = threading.current_thread() is threading.main_thread()
         for state in ("pending", "running"):
-            self.emit(
-                event_envelope(
-                    "aws.ec2",
-                    "EC2 Instance State-change Notification",
-                    {"instance-id": instance_id, "state": state},
-                    [f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/{instance_id}"],
-                )
+            event = event_envelope(
+                "aws.ec2",
+                "EC2 Instance State-change Notification",
+                {"instance-id": instance_id, "state": state},
+                [f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/{instance_id}"],
             )
-        return instance_id
+            if main:
+                self.emit(event)
+            else:
+                self.pending_events.put(event)
+        return instance
 
     def node_image(self) -> dict[str, Any]:
         """The AMI every instance launches from (DescribeImages' entry)."""
@@ -296,6 +441,9 @@ class World:
                 raise KeyboardInterrupt
             busy = self.agent.busy()
             progressed = False
+            while not self.pending_events.empty():
+                self.emit(self.pending_events.get_nowait())
+                progressed = True
             for event in self.agent.drain_events():
                 self._ship_output(event)
                 self.emit(event)

@@ -13,11 +13,13 @@ import json
 import subprocess
 from typing import Any
 
+import boto3
 import pytest
 
 from harness.cluster import Node
 from harness.cri import Cri
 from harness.node import PIN_LABEL, Containerd, default_release, release_available
+from harness.stack import REGION
 from harness.warm import BUILDER_TAG, DIGEST_TAG_PREFIX, SNAPSHOT_TAG, Snapshot, WarmLoop
 from harness.world import World
 
@@ -53,6 +55,17 @@ def _mounted(path: str) -> bool:
     return bool(found.stdout.strip())
 
 
+def _requests(world: World, execution_arn: str) -> dict[str, dict[str, Any]]:
+    """aws-sdk action -> the parameters of the execution's last call of it."""
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    events = sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
+    return {
+        event["taskScheduledEventDetails"]["resource"]: json.loads(event["taskScheduledEventDetails"]["parameters"])
+        for event in events
+        if event["type"] == "TaskScheduled"
+    }
+
+
 def _assert_built_and_published(world: World, loop: WarmLoop, snapshot: Snapshot, digests: dict[str, str]) -> None:
     # The builder: launched, tagged as the state machine tags it, given the stack's document with the planner's
     # parameters (the newest image of each repository, by the pod's tag and the digest), then terminated.
@@ -85,23 +98,53 @@ def _assert_built_and_published(world: World, loop: WarmLoop, snapshot: Snapshot
     assert {k: v for k, v in tags.items() if k.startswith(DIGEST_TAG_PREFIX)} == {
         f"{DIGEST_TAG_PREFIX}{repository}": digest for repository, digest in digests.items()
     }
-    (volume,) = world.ec2.describe_volumes(VolumeIds=[described["VolumeId"]])["Volumes"]
-    assert _tags(volume)[BUILDER_TAG] == world.stack.name
+    # Of the builder's data volume, launched tagged as the builder's and deleted with it (DeleteOnTermination).
+    requests = _requests(world, loop.executions[0]["executionArn"])
+    assert requests["createSnapshot"]["VolumeId"] == described["VolumeId"]
+    (volume_tags,) = [
+        spec["Tags"] for spec in requests["runInstances"]["TagSpecifications"] if spec["ResourceType"] == "volume"
+    ]
+    assert {tag["Key"]: tag["Value"] for tag in volume_tags}[BUILDER_TAG] == world.stack.name
+    volume_filter = [{"Name": "volume-id", "Values": [described["VolumeId"]]}]
+    assert world.ec2.describe_volumes(Filters=volume_filter)["Volumes"] == []
     published = loop.published()
     assert published["snapshotId"] == snapshot.snapshot_id
     assert (published["amiId"], published["containerdVersion"]) == (snapshot.ami, snapshot.stamp["containerd"])
     assert published["images"] == [{"repository": i.repository, "digest": i.digest} for i in snapshot.images]
     (version,) = world.ec2.describe_launch_template_versions(
-        LaunchTemplateName=f"{world.stack.name}-warm", Versions=[str(published["launchTemplateVersion"])]
+        LaunchTemplateId=loop.launch_template_id, Versions=[str(published["launchTemplateVersion"])]
     )["LaunchTemplateVersions"]
     (mapping,) = version["LaunchTemplateData"]["BlockDeviceMappings"]
     assert mapping["Ebs"]["SnapshotId"] == snapshot.snapshot_id
+    assert version["DefaultVersion"]
+
+    # All of it by the stack's WarmVolumeBuilder, executed in moto: its execution succeeded, and the builder's three
+    # steps, the snapshot, the launch template version and the parameter are its own calls.
+    (execution,) = loop.executions
+    assert execution["status"] == "SUCCEEDED"
+    assert execution["name"] == snapshot.build == published["build"] == _tags(described)["eks-image-prefetch:build"]
+    assert _tags(builder)["eks-image-prefetch:build"] == execution["name"]
+    assert [
+        c["DocumentName"]
+        for c in sorted(world.commands(), key=lambda c: c["RequestedDateTime"])
+        if c["InstanceIds"] == [snapshot.builder]
+    ] == [
+        world.stack.physical["WarmPrepareDocument"],
+        world.stack.document_name,
+        world.stack.physical["WarmSealDocument"],
+    ]
+    requests = _requests(world, execution["executionArn"])
+    assert (
+        requests["createLaunchTemplateVersion"]["LaunchTemplateData"]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+        == snapshot.snapshot_id
+    )
+    assert json.loads(requests["putParameter"]["Value"]) == published
 
 
 def test_a_node_booted_from_the_sealed_copy_has_every_image_and_its_first_prefetch_finds_them_cached(
     make_world,
 ) -> None:
-    world = make_world(RepositoryNames=",".join(REPOSITORIES))
+    world = make_world(RepositoryNames=",".join(REPOSITORIES), WarmVolumes="true")
     trainer = world.push("ml/trainer", "v1", [1.5, 1.5])
     tools = world.push("ml/tools", "1.0", [1.0])
     world.settle(60)
@@ -148,7 +191,7 @@ def test_a_snapshot_sealed_by_another_containerd_is_not_mounted_and_the_node_pul
     other = "1.7" if nodes != "1.7" else "2.x"
     if not release_available(other):
         pytest.fail(f"containerd {other} is not fetched (scripts/containerd-releases.sh)", pytrace=False)
-    world = make_world(RepositoryNames="ml/trainer")
+    world = make_world(RepositoryNames="ml/trainer", WarmVolumes="true")
     image = world.push("ml/trainer", "v1", [1.5])
     world.settle(60)
     loop = WarmLoop(world)
