@@ -48,6 +48,8 @@ OVERRIDES = {
     "NodeLaunchRetryMaxSeconds": "2",
     # A node that lacks the newest image is repaired by the next sweep, not 15 minutes after the push (default 900).
     "RepairGraceSeconds": "0",
+    # The warm boot volume builder (a Step Functions state machine, run by moto) for the warm boot scene.
+    "WarmVolumes": "true",
 }
 TRAINER_MB = [float(size) for size in os.environ.get("DEMO_IMAGE_MB", "100,100,100").split(",")]
 TRAINER_UPDATE_MB = [float(os.environ.get("DEMO_UPDATE_MB", "30"))]
@@ -331,7 +333,7 @@ def failed_records(world: World, digest: str) -> list[dict[str, str]]:
 def sweep(world: World, say: Narrator) -> dict[str, Any]:
     """The status function's 5-minute schedule, fired now: it counts what it finds and repairs what is missing."""
     result: dict[str, Any] = {}
-    for delivery in world.router.fire_schedules():
+    for delivery in world.router.fire_schedules("StatusFunction"):
         if delivery.invocation and isinstance(delivery.invocation.result, dict):
             result = delivery.invocation.result
             say.line(

@@ -140,11 +140,17 @@ class Router:
                 deliveries.append(self._deliver(rule.logical_id, target, payload))
         return deliveries
 
-    def fire_schedules(self) -> list[Delivery]:
-        """Every scheduled rule fires once now (an EventBridge rule schedule's event)."""
+    def fire_schedules(self, function: str | None = None) -> list[Delivery]:
+        """Every scheduled rule fires once now (an EventBridge rule schedule's event); with ``function``, only the
+        rules that target that function (its logical id)."""
         deliveries = []
         for rule in self.rules:
             if rule.schedule is None:
+                continue
+            if function is not None and not any(
+                (found := self.stack.function_by_arn(target["Arn"])) is not None and found.logical_id == function
+                for target in rule.targets
+            ):
                 continue
             event = event_envelope("aws.events", "Scheduled Event", {})
             for target in rule.targets:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import queue
 import shutil
@@ -173,7 +174,10 @@ class World:
         for key, value in {**FAKE_CREDENTIALS, "AWS_DEFAULT_REGION": REGION}.items():
             self._saved_env[key] = os.environ.get(key)
             os.environ[key] = value
-        # moto runs the stack's state machines (aws-sdk integrations against this same mock).
+        # moto runs the stack's state machines (aws-sdk integrations against this same mock). Its interpreter logs a
+        # Choice's IsPresent on a missing path as an error, though the state goes on as AWS's does: the execution's
+        # history, which the harness reads, keeps every real failure.
+        logging.getLogger("moto.stepfunctions.parser.asl.component.eval_component").setLevel(logging.CRITICAL)
         self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
         self._mock.start()
         self._patches.install()
