@@ -23,6 +23,8 @@ PARAMETERS = {
     "NodeTagGraceSeconds": "0",
     "NodeLaunchRetryBaseSeconds": "1",
     "NodeLaunchRetryMaxSeconds": "1",
+    # The stack's own builder (a state machine moto runs) makes the snapshot.
+    "WarmVolumes": "true",
 }
 FIGURES = [
     "boot → images present, warm-booted node",

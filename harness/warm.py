@@ -14,8 +14,6 @@
   assignments, and the IMDS endpoint: ``BuilderAgentView``). Snapshot, digest tags, launch template version, SSM
   parameter and termination are the state machine's own calls; then the sealed volume's file is copied as the
   snapshot it created (keyed by its id).
-- **Without WarmVolumes** (the demo's stack), the same documents run on a builder launched by the harness, and the
-  harness registers what the state machine would (``_register``): the demo can turn WarmVolumes on and drop that.
 - **Boot**: a new World node whose containerd root is a copy of the snapshot file on its own loop device, mounted by
   document/warm_boot.sh (environment overrides: the node's root and state, its release's containerd, an IMDSv2
   double answering the AMI) before its containerd starts; then it registers like any node, so the node-launch path
@@ -47,7 +45,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import boto3
-import yaml
 
 from harness.cluster import Node
 from harness.cri import Cri
@@ -60,7 +57,6 @@ if TYPE_CHECKING:
 
 BOOT_SCRIPT = PROJECT_ROOT / "document" / "warm_boot.sh"
 BUILDER_TAG = "eks-image-prefetch:warm-builder"
-BUILD_TAG = "eks-image-prefetch:build"
 SNAPSHOT_TAG = "eks-image-prefetch:warm-snapshot"
 DIGEST_TAG_PREFIX = "eks-image-prefetch:digest:"
 IMDS = "http://169.254.169.254"
@@ -79,18 +75,6 @@ case "$1 $2" in
 esac
 """
 
-_SYSTEMCTL_BY_PID = """#!/bin/bash
-# systemd's one job on the builder: `systemctl stop containerd` stops this node's containerd (by its PID) and waits.
-[ "$1 $2" = "stop containerd" ] || {{ echo "emulated builder: systemctl $* is not emulated" >&2; exit 1; }}
-pid=$(cat {pid_file})
-kill -TERM "$pid" 2>/dev/null || exit 0
-for _ in $(seq 1 300); do
-  state=$(awk '{{print $3}}' "/proc/$pid/stat" 2>/dev/null) || exit 0
-  [ -n "$state" ] && [ "$state" != Z ] || exit 0  # gone, or a zombie its parent (the harness) has not reaped
-  sleep 0.1
-done
-exit 1
-"""
 
 _LSBLK = """#!/bin/bash
 # The builder's block devices as EC2 presents them to lsblk: a root disk and one data volume, both of the model
@@ -380,7 +364,6 @@ class WarmLoop:
         self.base = self.world.base / "warm"
         self.base.mkdir(parents=True, exist_ok=True)
         self._volumes: list[LoopVolume] = []
-        self._launch_template_id: str | None = None
         self._build: _Build | None = None
         self._names = 0
         self.world.add_cleanup(self.close)
@@ -429,8 +412,8 @@ class WarmLoop:
 
     @property
     def launch_template_id(self) -> str:
-        """The launch template the builds publish in: the stack's WarmLaunchTemplate (or the loop's own)."""
-        template_id = self.world.stack.resolver.refs.get("WarmLaunchTemplate") or self._launch_template_id
+        """The launch template the builds publish in: the stack's WarmLaunchTemplate."""
+        template_id = self.world.stack.resolver.refs.get("WarmLaunchTemplate")
         if template_id is None:
             raise LookupError("no warm launch template yet")
         return template_id
@@ -443,45 +426,9 @@ class WarmLoop:
         images, parameters = self.resolve(repositories)
         if not images:
             raise BuildFailed("no image to build: nothing pushed to the watched repositories")
-        if self.by_state_machine:
-            return self._execute(images, parameters, release, started)
-        build = "harness-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        ami = self.world.node_image()
-        volume = LoopVolume(self.base / f"{build}-builder.img")
-        sizes = {pushed.digest: pushed.size for pushed in self.world.pushed}
-        needed = ROOM_PER_IMAGE_BYTE * sum(sizes.get(image.digest, 0) for image in images)
-        with volume.path.open("wb") as out:
-            out.truncate(max(BUILT_MIB << 20, needed + (BUILT_MIB << 20)))  # sparse: only what is written takes room
-        _run("mkfs.xfs", "-q", "-L", self.label, str(volume.path))
-        self._volumes.append(volume)
-
-        def prepare(containerd: Containerd) -> None:
-            # WarmPrepareDocument on a fresh volume: containerd's root on the labelled filesystem, before it starts.
-            containerd.root.mkdir(parents=True, exist_ok=True)
-            _run("mount", volume.attach(), str(containerd.root))
-
-        builder = self.world.launch(
-            f"warm-builder-{len(self.snapshots) + 1}",
-            node=False,
-            tags={BUILDER_TAG: self.world.stack.name, BUILD_TAG: build},
-            containerd_release=release,
-            before_containerd=prepare,
-        )
-        node = self.world.instances[builder].node
-        assert isinstance(node, Node)
-        try:
-            self._pull(builder, parameters, images)
-            stamp = self._seal(builder, node, ami["ImageId"])
-        finally:
-            node.stop()
-            volume.detach()
-            self.world.ec2.terminate_instances(InstanceIds=[builder])
-        snapshot_file = self.base / f"{build}.img"
-        _run("cp", "--sparse=always", str(volume.path), str(snapshot_file))
-        volume.path.unlink()
-        snapshot = self._register(builder, build, snapshot_file, stamp, ami, images, time.monotonic() - started)
-        self.snapshots[snapshot.snapshot_id] = snapshot
-        return snapshot
+        if not self.by_state_machine:
+            raise BuildFailed("the stack has no builder: its parameters need WarmVolumes=true")
+        return self._execute(images, parameters, release, started)
 
     def _execute(
         self, images: list[WarmImage], parameters: dict[str, list[str]], release: str | None, started: float
@@ -587,129 +534,6 @@ class WarmLoop:
             (bin_dir / tool).chmod(0o755)
         substitutions = {"ROOT": str(node.containerd.root), "LABEL": self.label, "STAGING": str(node.base / "staging")}
         self.world.agent.register(launched.instance_id, BuilderAgentView(node, substitutions, build.imds.endpoint))
-
-    def _pull(self, builder: str, parameters: dict[str, list[str]], images: list[WarmImage]) -> None:
-        """The stack's own PrefetchDocument, sent to the builder only, with the planner's parameters."""
-        command = self.world.ssm.send_command(
-            DocumentName=self.world.stack.document_name,
-            InstanceIds=[builder],
-            Parameters=parameters,
-            Comment="warm volume build: prefetch",
-        )["Command"]
-        self.world.settle(900)
-        invocation = self.world.invocation(command["CommandId"], builder)
-        records = [json.loads(line) for line in invocation["StandardOutputContent"].splitlines() if line]
-        done = {record.get("digest") for record in records if record.get("status") in {"pulled", "cached"}}
-        missing = [image.reference for image in images if image.digest not in done]
-        if invocation["Status"] != "Success" or missing:
-            raise BuildFailed(f"the builder's prefetch: {invocation['Status']}, not pulled {missing}: {records}")
-
-    def _seal(self, builder: str, node: Node, ami: str) -> dict[str, str]:
-        """template.yaml's WarmSealDocument, run by the agent on the builder, pointed at the builder's root, label
-        and IMDS double; returns the stamp it printed."""
-        bin_dir = node.base / "bin"
-        assert node.containerd.proc is not None
-        (node.base / "containerd.pid").write_text(str(node.containerd.proc.pid))
-        (bin_dir / "systemctl").write_text(_SYSTEMCTL_BY_PID.format(pid_file=node.base / "containerd.pid"))
-        (bin_dir / "containerd").write_text(_CONTAINERD.format(binary=node.containerd.binary("containerd")))
-        for tool in ("systemctl", "containerd"):
-            (bin_dir / tool).chmod(0o755)
-        with FakeImds(ami) as imds:
-            name = f"{self.world.stack.name}-WarmSealDocument-{builder}"
-            self.world.ssm.create_document(
-                Name=name,
-                Content=yaml.safe_dump(self._seal_content(node.containerd.root, imds.endpoint)),
-                DocumentType="Command",
-                DocumentFormat="YAML",
-            )
-            command = self.world.ssm.send_command(DocumentName=name, InstanceIds=[builder], Comment="warm seal")
-            self.world.settle(300)
-        invocation = self.world.invocation(command["Command"]["CommandId"], builder)
-        if invocation["Status"] != "Success":
-            raise BuildFailed(f"seal: {invocation['StandardOutputContent']} {invocation['StandardErrorContent']}")
-        return json.loads(invocation["StandardOutputContent"])
-
-    def _seal_content(self, root: Path, imds: str) -> dict[str, Any]:
-        content = copy.deepcopy(resource("WarmSealDocument")["Properties"]["Content"])
-        (step,) = content["mainSteps"]
-        script = step["inputs"]["runCommand"][0]
-        for old, new in (
-            (f"ROOT={assignment(script, 'ROOT')}\n", f"ROOT={root}\n"),
-            (f"LABEL={assignment(script, 'LABEL')}\n", f"LABEL={self.label}\n"),
-            (IMDS, imds),
-        ):
-            if old not in script:
-                raise ValueError(f"WarmSealDocument no longer has {old.strip()!r}: the harness cannot point it here")
-            script = script.replace(old, new)
-        step["inputs"]["runCommand"] = [script]
-        content.setdefault("parameters", {})  # none: the node's runner reads the key
-        return content
-
-    def _register(
-        self,
-        builder: str,
-        build: str,
-        path: Path,
-        stamp: dict[str, str],
-        ami: dict[str, Any],
-        images: list[WarmImage],
-        seconds: float,
-    ) -> Snapshot:
-        """The state machine's CreateSnapshot, DigestTags, launch template version and PublishParameter, in moto."""
-        ec2, stack = self.world.ec2, self.world.stack.name
-        (reservation,) = ec2.describe_instances(InstanceIds=[builder])["Reservations"]
-        zone = reservation["Instances"][0]["Placement"]["AvailabilityZone"]
-        volume_id = ec2.create_volume(
-            AvailabilityZone=zone,
-            Size=max(1, -(-path.stat().st_size // (1 << 30))),
-            TagSpecifications=[{"ResourceType": "volume", "Tags": [{"Key": BUILDER_TAG, "Value": stack}]}],
-        )["VolumeId"]
-        tags = {
-            SNAPSHOT_TAG: stack,
-            "eks-image-prefetch:ami": ami["ImageId"],
-            "eks-image-prefetch:architecture": ami["Architecture"],
-            "eks-image-prefetch:containerd-version": stamp["containerd"],
-            BUILD_TAG: build,
-        }
-        snapshot_id = ec2.create_snapshot(
-            VolumeId=volume_id,
-            Description=f"eks-image-prefetch warm volume of {stack} for {ami['ImageId']}",
-            TagSpecifications=[{"ResourceType": "snapshot", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
-        )["SnapshotId"]
-        ec2.create_tags(
-            Resources=[snapshot_id],
-            Tags=[{"Key": DIGEST_TAG_PREFIX + image.repository, "Value": image.digest} for image in images],
-        )
-        version = self._launch_template_version(snapshot_id)
-        published = {
-            "snapshotId": snapshot_id,
-            "amiId": ami["ImageId"],
-            "architecture": ami["Architecture"],
-            "containerdVersion": stamp["containerd"],
-            "images": [{"repository": image.repository, "digest": image.digest} for image in images],
-            "launchTemplateVersion": version,
-            "builtAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "build": build,
-        }
-        self.world.ssm.put_parameter(
-            Name=self.parameter_name, Type="String", Overwrite=True, Value=json.dumps(published)
-        )
-        return Snapshot(snapshot_id, path, stamp, ami["ImageId"], ami["Architecture"], images, build, builder, seconds)
-
-    def _launch_template_version(self, snapshot_id: str) -> int:
-        """A new default version of the stack's warm launch template whose /dev/xvdb comes from the snapshot."""
-        data = {"BlockDeviceMappings": [{"DeviceName": "/dev/xvdb", "Ebs": {"SnapshotId": snapshot_id}}]}
-        ec2 = self.world.ec2
-        if self._launch_template_id is None:
-            created = ec2.create_launch_template(
-                LaunchTemplateName=f"{self.world.stack.name}-warm", LaunchTemplateData=data
-            )["LaunchTemplate"]
-            self._launch_template_id = created["LaunchTemplateId"]
-            return int(created["LatestVersionNumber"])
-        version = ec2.create_launch_template_version(LaunchTemplateId=self._launch_template_id, LaunchTemplateData=data)
-        number = int(version["LaunchTemplateVersion"]["VersionNumber"])
-        ec2.modify_launch_template(LaunchTemplateId=self._launch_template_id, DefaultVersion=str(number))
-        return number
 
     def published(self) -> dict[str, Any]:
         """What the stack's snapshot parameter holds ({} before the first build)."""
