@@ -22,16 +22,13 @@ import boto3
 from moto import mock_aws
 from moto.ec2.models import EC2Backend
 from moto.ecr.models import ecr_backends
-from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk import (
-    StateTaskServiceAwsSdk,
-)
 
 from harness.agent import LINUX, Platform, RunCommandAgent
 from harness.cluster import CuttableProxy, DryRunNode, EcrRegistry, Node, PushedImage
 from harness.node import Containerd, missing_prerequisites
 from harness.routing import Delivery, Router, event_envelope
 from harness.stack import ACCOUNT, FAKE_CREDENTIALS, REGION, Stack
-from testing.warm import inherit_source_version
+from testing.warm import inherit_source_version, sfn_aws_casing
 
 
 @dataclass
@@ -91,19 +88,8 @@ class _MotoPatches:
                     callback(Launched(instance.id, instance.image_id, tags, snapshots))
             return reservation
 
-        def parameters(task: StateTaskServiceAwsSdk, parameters: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-            if task.resource.api_name == "sfn":
-                for key in list(parameters):
-                    parameters[key[0].lower() + key[1:]] = parameters.pop(key)
-
-        def response(task: StateTaskServiceAwsSdk, answer: Any, *args: Any, **kwargs: Any) -> None:
-            if task.resource.api_name == "sfn" and isinstance(answer, dict):
-                for key in list(answer):
-                    answer[key[0].upper() + key[1:]] = answer.pop(key)
-
         self.setattr(EC2Backend, "run_instances", run_and_tell)
-        self.setattr(StateTaskServiceAwsSdk, "_normalise_parameters", parameters)
-        self.setattr(StateTaskServiceAwsSdk, "_normalise_response", response)
+        sfn_aws_casing(self)
         inherit_source_version(self)
 
     def uninstall(self) -> None:

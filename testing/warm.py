@@ -21,6 +21,9 @@ from typing import Any
 import boto3
 from moto.ec2.models import ec2_backends
 from moto.ec2.responses.launch_templates import LaunchTemplates
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk import (
+    StateTaskServiceAwsSdk,
+)
 
 from testing.answers import answer_from
 from testing.environment import ACCOUNT, REGION, STATUS_TABLE
@@ -229,3 +232,23 @@ def inherit_source_version(monkeypatch: Any) -> None:
         return result
 
     monkeypatch.setattr(LaunchTemplates, "create_launch_template_version", create_launch_template_version)
+
+
+def sfn_aws_casing(monkeypatch: Any) -> None:
+    """Bridge: aws-sdk:sfn fields in AWS's casing. AWS takes and returns an aws-sdk integration's fields in PascalCase
+    whatever the service's own casing; moto hands them to boto3 as written, and boto3's Step Functions fields are
+    camelCase (stateMachineArn, executions). Only aws-sdk:sfn (the builder's one-build-at-a-time check) is affected:
+    EC2's and SSM's fields are PascalCase in boto3 too."""
+
+    def parameters(self: StateTaskServiceAwsSdk, parameters: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        if self.resource.api_name == "sfn":
+            for key in list(parameters):
+                parameters[key[0].lower() + key[1:]] = parameters.pop(key)
+
+    def response(self: StateTaskServiceAwsSdk, answer: Any, *args: Any, **kwargs: Any) -> None:
+        if self.resource.api_name == "sfn" and isinstance(answer, dict):
+            for key in list(answer):
+                answer[key[0].upper() + key[1:]] = answer.pop(key)
+
+    monkeypatch.setattr(StateTaskServiceAwsSdk, "_normalise_parameters", parameters)
+    monkeypatch.setattr(StateTaskServiceAwsSdk, "_normalise_response", response)

@@ -30,12 +30,9 @@ import yaml
 from moto import mock_aws
 from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.ssm.models import Command
-from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk import (
-    StateTaskServiceAwsSdk,
-)
 
 from harness import template as cfn
-from testing.warm import inherit_source_version
+from testing.warm import inherit_source_version, sfn_aws_casing
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = ROOT / "statemachines" / "warm_volume_builder.asl.json"
@@ -56,20 +53,8 @@ TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 
 @pytest.fixture
 def sfn_casing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """aws-sdk:sfn fields in AWS's casing (see the module's docstring)."""
-
-    def parameters(self: StateTaskServiceAwsSdk, parameters: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-        if self.resource.api_name == "sfn":
-            for key in list(parameters):
-                parameters[key[0].lower() + key[1:]] = parameters.pop(key)
-
-    def response(self: StateTaskServiceAwsSdk, response: Any, *args: Any, **kwargs: Any) -> None:
-        if self.resource.api_name == "sfn" and isinstance(response, dict):
-            for key in list(response):
-                response[key[0].upper() + key[1:]] = response.pop(key)
-
-    monkeypatch.setattr(StateTaskServiceAwsSdk, "_normalise_parameters", parameters)
-    monkeypatch.setattr(StateTaskServiceAwsSdk, "_normalise_response", response)
+    """aws-sdk:sfn fields in AWS's casing (testing/warm.py, see the module's docstring)."""
+    sfn_aws_casing(monkeypatch)
 
 
 @pytest.fixture
