@@ -39,11 +39,15 @@ def describe_instances(instance_ids: list[str], ec2: Any = None) -> dict[str, Ma
 
 def running_instances(tag_key: str, tag_value: str, ec2: Any = None) -> list[Mapping[str, Any]]:
     """Running EC2 instances carrying the node tag."""
+    return _instances_with_tag(tag_key, tag_value, ["running"], ec2)
+
+
+def _instances_with_tag(tag_key: str, tag_value: str, states: list[str], ec2: Any = None) -> list[Mapping[str, Any]]:
     paginator = (ec2 or clients.client("ec2")).get_paginator("describe_instances")
     pages = paginator.paginate(
         Filters=[
             {"Name": f"tag:{tag_key}", "Values": [tag_value]},
-            {"Name": "instance-state-name", "Values": ["running"]},
+            {"Name": "instance-state-name", "Values": states},
         ]
     )
     return [instance for page in pages for reservation in page["Reservations"] for instance in reservation["Instances"]]
@@ -148,14 +152,7 @@ def delete_snapshot(snapshot_id: str, ec2: Any = None) -> bool:
 
 def tagged_instances(tag_key: str, tag_value: str, ec2: Any = None) -> list[Mapping[str, Any]]:
     """Instances carrying the tag that are not (being) terminated."""
-    paginator = (ec2 or clients.client("ec2")).get_paginator("describe_instances")
-    pages = paginator.paginate(
-        Filters=[
-            {"Name": f"tag:{tag_key}", "Values": [tag_value]},
-            {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
-        ]
-    )
-    return [instance for page in pages for reservation in page["Reservations"] for instance in reservation["Instances"]]
+    return _instances_with_tag(tag_key, tag_value, ["pending", "running", "stopping", "stopped"], ec2)
 
 
 def terminate_instances(instance_ids: list[str], ec2: Any = None) -> None:
