@@ -53,25 +53,23 @@ def read_state(settings: Settings) -> WarmState:
 
 def record_push(settings: Settings, at: datetime) -> None:
     """A build is wanted. Never moves ``last_push_at`` back (events arrive out of order)."""
-    require_status_table(settings)
-    aws.dynamodb.update_item(
-        settings.status_table,
-        WARM_KEY,
-        "SET last_push_at = :at",
-        {":at": timestamp(at)},
-        condition="attribute_not_exists(last_push_at) OR last_push_at < :at",
-    )
+    _advance(settings, "last_push_at", at)
 
 
 def record_resolved(settings: Settings, at: datetime) -> None:
     """A plan listed the repositories at ``at``: pushes before it need no build of their own."""
+    _advance(settings, "last_resolved_at", at)
+
+
+def _advance(settings: Settings, attribute: str, at: datetime) -> None:
+    """Set the row's time ``attribute`` to ``at``, only forward."""
     require_status_table(settings)
     aws.dynamodb.update_item(
         settings.status_table,
         WARM_KEY,
-        "SET last_resolved_at = :at",
+        f"SET {attribute} = :at",
         {":at": timestamp(at)},
-        condition="attribute_not_exists(last_resolved_at) OR last_resolved_at < :at",
+        condition=f"attribute_not_exists({attribute}) OR {attribute} < :at",
     )
 
 
