@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from moto import mock_aws
 from moto.ec2.models import EC2Backend
 from moto.ecr.models import ecr_backends
 
@@ -28,6 +27,7 @@ from harness.cluster import CuttableProxy, DryRunNode, EcrRegistry, Node, Pushed
 from harness.node import Containerd, missing_prerequisites
 from harness.routing import Delivery, Router, event_envelope
 from harness.stack import ACCOUNT, FAKE_CREDENTIALS, REGION, Stack
+from testing.environment import emulated_aws
 from testing.warm import inherit_source_version, sfn_aws_casing
 
 
@@ -164,7 +164,7 @@ class World:
         # Choice's IsPresent on a missing path as an error, though the state goes on as AWS's does: the execution's
         # history, which the harness reads, keeps every real failure.
         logging.getLogger("moto.stepfunctions.parser.asl.component.eval_component").setLevel(logging.CRITICAL)
-        self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
+        self._mock = emulated_aws(run_state_machines=True)
         self._mock.start()
         self._patches.install()
         self.parameters = {**self.parameters, **self._account_parameters()}

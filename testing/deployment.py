@@ -12,10 +12,9 @@ from types import ModuleType
 from typing import Any
 
 import boto3
-from moto import mock_aws
 
 from eks_prefetch import aws, settings
-from testing.environment import ACCOUNT, DEPLOYMENT_ENV, REGION, STATUS_TABLE, TABLE
+from testing.environment import ACCOUNT, DEPLOYMENT_ENV, REGION, STATUS_TABLE, TABLE, emulated_aws
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @contextlib.contextmanager
 def mocked_aws() -> Iterator[None]:
     """moto for every AWS call, with the idempotency table the template defines, and fresh cached clients."""
-    with mock_aws():
+    with emulated_aws():
         aws.reset_clients()
         boto3.client("dynamodb").create_table(
             TableName=TABLE,

@@ -1,9 +1,21 @@
 """The test deployment: moto's account and region, the stack's names, and the environment the functions get.
 
 Nothing here imports the application, so the harness, which loads each function with its own layer as Lambda does,
-can use it too."""
+can use it too. ``emulated_aws`` is the one way tests, harness and benchmarks start moto."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+# moto's EC2 loads its AMI catalogue (thousands of images, seconds) into every new backend unless MOTO_AMIS_PATH names
+# a file; the tests need four of them, copied from moto's catalogue (its example id, EKS Linux and Windows, an arm64
+# one). Read when moto's EC2 models are first imported, so it is set before moto is.
+AMIS_FILE = Path(__file__).with_name("amis.json")
+os.environ.setdefault("MOTO_AMIS_PATH", str(AMIS_FILE))
+
+from moto import mock_aws  # noqa: E402 - after MOTO_AMIS_PATH
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -45,3 +57,16 @@ DEPLOYMENT_ENV = {
     "POWERTOOLS_TRACE_DISABLED": "true",
     "POWERTOOLS_DEV": "false",
 }
+
+
+def emulated_aws(*, run_state_machines: bool = False) -> Any:
+    """moto for every AWS call (a context manager; ``start()``/``stop()`` too).
+
+    boto3's default session is kept across mocks (moto's ``core.reset_boto3_session`` off): a new session re-parses
+    botocore's service models, about a tenth of a second per client, in every test. Each mock still starts with empty
+    backends, and the credentials it sets are the ones every test uses. ``run_state_machines``: Step Functions
+    executions run their states (aws-sdk integrations against this same mock) instead of only being recorded."""
+    config: dict[str, Any] = {"core": {"reset_boto3_session": False}}
+    if run_state_machines:
+        config["stepfunctions"] = {"execute_state_machine": True}
+    return mock_aws(config=config)

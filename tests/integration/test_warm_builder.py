@@ -27,11 +27,11 @@ from typing import Any
 import boto3
 import pytest
 import yaml
-from moto import mock_aws
 from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.ssm.models import Command
 
 from harness import template as cfn
+from testing.environment import emulated_aws
 from testing.warm import inherit_source_version, sfn_aws_casing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,7 +65,7 @@ def aws(monkeypatch: pytest.MonkeyPatch, sfn_casing: None) -> Iterator[None]:
         "AWS_SECRET_ACCESS_KEY": "testing",
     }.items():
         monkeypatch.setenv(key, value)
-    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+    with emulated_aws(run_state_machines=True):
         yield
 
 
