@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 
 from bench.report import Row, Section, median, ratio, verdict
-from eks_prefetch.invocations import InvocationOutcome, final_status
 from eks_prefetch.node_output import parse_node_output
 from eks_prefetch.settings import Settings
-from eks_prefetch.status_metrics import emit_invocation_metrics
+from eks_prefetch.status.invocations import InvocationOutcome, final_status
+from eks_prefetch.status.metrics import emit_invocation_metrics
 from testing.environment import DEPLOYMENT_ENV
 
 IMAGES = 20

@@ -356,7 +356,7 @@ def show_backoff(world: World, say: Narrator, instance_id: str) -> None:
     if function is None:
         return
     with function.container(fresh=True):
-        table = importlib.import_module("eks_prefetch.status_table")
+        table = importlib.import_module("eks_prefetch.status.table")
         settings = importlib.import_module("eks_prefetch.settings").get_settings()
         state = table.read_repair_states(settings, [instance_id]).get(instance_id)
     if state is None or not state.attempts:
@@ -432,9 +432,9 @@ def status_function_view(world: World, say: Narrator) -> dict[str, Any]:
     if function is None:
         return {}
     with function.container(fresh=True):
-        report = importlib.import_module("eks_prefetch.report")
-        coverage = importlib.import_module("eks_prefetch.coverage")
-        resolution = importlib.import_module("eks_prefetch.resolution")
+        report = importlib.import_module("prefetchctl.status")
+        coverage = importlib.import_module("eks_prefetch.status.coverage")
+        resolution = importlib.import_module("eks_prefetch.prefetch.resolution")
         settings = importlib.import_module("eks_prefetch.settings").get_settings()
         text = io.StringIO()
         report.report_fleet(settings, text)

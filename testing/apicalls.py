@@ -21,7 +21,9 @@ from typing import Any
 
 import boto3
 
-from eks_prefetch import aws, settings, status_table, sweep
+from eks_prefetch import aws, settings
+from eks_prefetch.status import sweep
+from eks_prefetch.status import table as status_table
 from testing.clock import Clock
 from testing.deployment import FakeLambdaContext, create_status_table, deployment, load_handler
 from testing.ec2 import run_nodes

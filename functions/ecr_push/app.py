@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws, tracing
 from eks_prefetch.events import EcrImageActionEvent, parse_or_drop
-from eks_prefetch.push import prefetch_pushed_image
+from eks_prefetch.prefetch.push import prefetch_pushed_image
 from eks_prefetch.settings import get_settings
 
 logger = Logger()

@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws, tracing
 from eks_prefetch.events import Ec2StateChangeEvent, parse_or_drop
-from eks_prefetch.launch import Delivery, LaunchBatch, prefetch_launched_node
+from eks_prefetch.prefetch.launch import Delivery, LaunchBatch, prefetch_launched_node
 from eks_prefetch.settings import get_settings
 
 logger = Logger()

@@ -10,9 +10,9 @@ from pydantic import Field
 
 from eks_prefetch import aws, tracing
 from eks_prefetch.events import ScheduledEvent, SsmInvocationStatusEvent, parse_or_drop
-from eks_prefetch.invocations import RecordingScope, record_status_event
 from eks_prefetch.settings import Settings, get_settings
-from eks_prefetch.sweep import sweep_and_repair
+from eks_prefetch.status.invocations import RecordingScope, record_status_event
+from eks_prefetch.status.sweep import sweep_and_repair
 
 logger = Logger()
 metrics = Metrics()

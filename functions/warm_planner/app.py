@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from eks_prefetch import aws, tracing
 from eks_prefetch.events import EcrImageActionEvent, parse_or_drop
 from eks_prefetch.settings import get_settings
-from eks_prefetch.warm_planner import PlannerEvent, note_push, run_schedule
+from eks_prefetch.warm.planner import PlannerEvent, note_push, run_schedule
 
 logger = Logger()
 metrics = Metrics()

@@ -22,9 +22,9 @@ from moto.dynamodb.models import dynamodb_backends
 from moto.ssm.models import ssm_backends
 
 from eks_prefetch import aws
-from eks_prefetch.push import PushedImageNotFoundError
-from eks_prefetch.resolution import NewestImages
-from eks_prefetch.sending import SendOutcomeUnknownError, event_marker
+from eks_prefetch.prefetch.push import PushedImageNotFoundError
+from eks_prefetch.prefetch.resolution import NewestImages
+from eks_prefetch.prefetch.sending import SendOutcomeUnknownError, event_marker
 from eks_prefetch.settings import get_settings
 from testing import events
 from testing.apicalls import ApiCalls

@@ -16,11 +16,13 @@ from datetime import timedelta
 import boto3
 import pytest
 
-from eks_prefetch import aws, report, settings, sweep
-from eks_prefetch.coverage import look_at_fleet
-from eks_prefetch.invocations import record_invocation
-from eks_prefetch.resolution import NewestImages
+from eks_prefetch import aws, settings
+from eks_prefetch.prefetch.resolution import NewestImages
 from eks_prefetch.settings import get_settings
+from eks_prefetch.status import sweep
+from eks_prefetch.status.coverage import look_at_fleet
+from eks_prefetch.status.invocations import record_invocation
+from prefetchctl import status as report
 from testing.apicalls import ApiCalls
 from testing.ec2 import run_nodes
 from testing.ecr import at

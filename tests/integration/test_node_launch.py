@@ -33,11 +33,12 @@ from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import ec2_backends
 from moto.ssm.models import ssm_backends
 
-from eks_prefetch import aws, sending
-from eks_prefetch.commands import send_command_request, with_comment_marker
+from eks_prefetch import aws
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.node_output import repository_of
-from eks_prefetch.sending import event_marker
+from eks_prefetch.prefetch import sending
+from eks_prefetch.prefetch.commands import send_command_request, with_comment_marker
+from eks_prefetch.prefetch.sending import event_marker
 from eks_prefetch.settings import get_settings
 from testing.deployment import idempotency_records, load_handler
 from testing.ec2 import NODE_TAGS, launch_time_of, run_instance, set_launch_time

@@ -18,10 +18,11 @@ import pytest
 from moto.core.responses import ActionResult
 from moto.ecr.responses import ECRResponse
 
-from eks_prefetch import aws, report, settings
-from eks_prefetch.coverage import look_at_fleet
-from eks_prefetch.resolution import NewestImages
+from eks_prefetch import aws, settings
+from eks_prefetch.prefetch.resolution import NewestImages
 from eks_prefetch.settings import get_settings
+from eks_prefetch.status.coverage import look_at_fleet
+from prefetchctl import status as report
 from testing.ecr import at, digest_of, push_image
 from testing.environment import CLUSTER
 from testing.output import values

@@ -17,8 +17,11 @@ import pytest
 from botocore.exceptions import ClientError
 from moto.ec2.models import ec2_backends
 
-from eks_prefetch import aws, commands, coverage, invocations, resolution, sending, settings, status_table
+from eks_prefetch import aws, settings
 from eks_prefetch.images import ResolvedImage
+from eks_prefetch.prefetch import commands, resolution, sending
+from eks_prefetch.status import coverage, invocations
+from eks_prefetch.status import table as status_table
 from testing.deployment import load_handler
 from testing.ecr import at, create_repository, push_image
 from testing.environment import ACCOUNT, CLUSTER, DOCUMENT, REGION, REGISTRY, STATUS_TABLE

@@ -1,4 +1,4 @@
-"""`make status` (eks_prefetch.report) against moto: a deployed stack's outputs and its status function's
+"""`make status` (prefetchctl.status) against moto: a deployed stack's outputs and its status function's
 environment, the status table the function wrote, and the fleet.
 
 Test doubles: ``FakeInvocations`` and ``Agents`` (testing/ssm.py) for what moto lacks (invocation
@@ -16,8 +16,11 @@ import zipfile
 import boto3
 import pytest
 
-from eks_prefetch import aws, invocations, report, status_table
+from eks_prefetch import aws
 from eks_prefetch.settings import get_settings
+from eks_prefetch.status import invocations
+from eks_prefetch.status import table as status_table
+from prefetchctl import status as report
 from testing.cloudformation import DeployedStacks
 from testing.ecr import at
 from testing.environment import CLUSTER, DEPLOYMENT_ENV, DOCUMENT, STATUS_TABLE

@@ -16,8 +16,11 @@ from typing import Any
 import boto3
 import pytest
 
-from eks_prefetch import aws, report, settings, status_table, sweep
+from eks_prefetch import aws, settings
 from eks_prefetch.settings import get_settings
+from eks_prefetch.status import sweep
+from eks_prefetch.status import table as status_table
+from prefetchctl import status as report
 from testing.cloudformation import DeployedStacks
 from testing.environment import CLUSTER, DOCUMENT, STATUS_TABLE
 from testing.output import total

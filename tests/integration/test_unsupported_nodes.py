@@ -17,11 +17,14 @@ from datetime import datetime, timedelta
 import pytest
 import time_machine
 
-from eks_prefetch import aws, report, settings, status_table, sweep
-from eks_prefetch.coverage import look_at_fleet
+from eks_prefetch import aws, settings
 from eks_prefetch.node_contract import NO_CONTAINERD_SOCKET
-from eks_prefetch.resolution import NewestImages
+from eks_prefetch.prefetch.resolution import NewestImages
 from eks_prefetch.settings import get_settings
+from eks_prefetch.status import sweep
+from eks_prefetch.status import table as status_table
+from eks_prefetch.status.coverage import look_at_fleet
+from prefetchctl import status as report
 from testing.deployment import load_handler
 from testing.ec2 import run_nodes
 from testing.ecr import at

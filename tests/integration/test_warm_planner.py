@@ -17,10 +17,10 @@ import pytest
 import time_machine
 
 from eks_prefetch import settings as settings_module
-from eks_prefetch import warm_state
-from eks_prefetch.commands import document_parameters
-from eks_prefetch.resolution import NewestImages
+from eks_prefetch.prefetch.commands import document_parameters
+from eks_prefetch.prefetch.resolution import NewestImages
 from eks_prefetch.settings import get_settings
+from eks_prefetch.warm import state as warm_state
 from testing.deployment import FakeLambdaContext, create_status_table, load_handler
 from testing.ecr import create_repository, push_image
 from testing.environment import CLUSTER, REGISTRY

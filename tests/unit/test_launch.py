@@ -19,9 +19,10 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from pydantic import ValidationError
 
-from eks_prefetch import aws, launch
+from eks_prefetch import aws
 from eks_prefetch.events import Ec2StateChangeEvent
-from eks_prefetch.launch import LaunchOutcome, NodeVerdict, backoff_seconds, classify_instance
+from eks_prefetch.prefetch import launch
+from eks_prefetch.prefetch.launch import LaunchOutcome, NodeVerdict, backoff_seconds, classify_instance
 from eks_prefetch.settings import Settings
 from testing.environment import CLUSTER, DEPLOYMENT_ENV
 

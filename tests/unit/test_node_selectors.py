@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from eks_prefetch.commands import send_command_request
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.node_selectors import SelectorError, matches, parse_node_selectors
+from eks_prefetch.prefetch.commands import send_command_request
 from eks_prefetch.settings import Settings
 from testing.environment import DEPLOYMENT_ENV, WATCHED
 

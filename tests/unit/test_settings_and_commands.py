@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from eks_prefetch.commands import is_new_node_comment, send_command_request, with_comment_marker
 from eks_prefetch.images import ResolvedImage
+from eks_prefetch.prefetch.commands import is_new_node_comment, send_command_request, with_comment_marker
 from eks_prefetch.settings import Settings
 from harness import template as cfn
 from testing.environment import DEPLOYMENT_ENV

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from eks_prefetch.commands import image_batches, send_command_request
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.node_contract import deadline_margin_seconds
+from eks_prefetch.prefetch.commands import image_batches, send_command_request
 from eks_prefetch.settings import Settings
 from harness import template as cfn
 from testing.environment import DEPLOYMENT_ENV

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from eks_prefetch.events import EcrImageActionEvent
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.settings import Settings
-from eks_prefetch.warm_planner import Ami, Plan, PlannerEvent, PlannerSchedule, build_reason, platforms
-from eks_prefetch.warm_state import WarmState
+from eks_prefetch.warm.planner import Ami, Plan, PlannerEvent, PlannerSchedule, build_reason, platforms
+from eks_prefetch.warm.state import WarmState
 from harness import template as cfn
 from testing.environment import DEPLOYMENT_ENV
 

@@ -20,13 +20,13 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAl
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws
-from eks_prefetch.commands import image_batches, send_command_request
-from eks_prefetch.coverage import unsupported_reason
 from eks_prefetch.events import INSTANCE_ID_PATTERN, Ec2StateChangeEvent
 from eks_prefetch.images import ResolvedImage
+from eks_prefetch.node_contract import unsupported_reason
 from eks_prefetch.node_selectors import tags_of
-from eks_prefetch.resolution import NewestImages
-from eks_prefetch.sending import SendOutcomeUnknownError, send_once
+from eks_prefetch.prefetch.commands import image_batches, send_command_request
+from eks_prefetch.prefetch.resolution import NewestImages
+from eks_prefetch.prefetch.sending import SendOutcomeUnknownError, send_once
 from eks_prefetch.settings import Settings
 
 logger = Logger(child=True)

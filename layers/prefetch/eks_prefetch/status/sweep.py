@@ -17,14 +17,14 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws
-from eks_prefetch import status_metrics as m
-from eks_prefetch import status_table as table
-from eks_prefetch.coverage import FleetView, look_at_fleet
-from eks_prefetch.deadline import TimeLeft, running_out
-from eks_prefetch.invocations import NON_TERMINAL, RecordingScope, record_invocation
-from eks_prefetch.repair import RepairInputs, repair
 from eks_prefetch.settings import Settings
-from eks_prefetch.status_table import NodeState, parse_time, require_status_table, timestamp
+from eks_prefetch.status import metrics as m
+from eks_prefetch.status import table
+from eks_prefetch.status.coverage import FleetView, look_at_fleet
+from eks_prefetch.status.deadline import TimeLeft, running_out
+from eks_prefetch.status.invocations import NON_TERMINAL, RecordingScope, record_invocation
+from eks_prefetch.status.repair import RepairInputs, repair
+from eks_prefetch.status.table import NodeState, parse_time, require_status_table, timestamp
 
 logger = Logger(child=True)
 

@@ -1,4 +1,4 @@
-"""The operator's view of a deployed stack: ``make status STACK=<name>`` (or ``python -m eks_prefetch.report``).
+"""The operator's view of a deployed stack: ``make status STACK=<name>`` (``python -m prefetchctl status``).
 
 It reads the stack with the same code the status function runs: the stack's outputs name the status function, whose
 environment becomes the Settings; coverage is ``coverage.look_at_fleet``, exactly what the sweep measures. It prints,
@@ -21,12 +21,14 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from eks_prefetch import aws, repair, warm_planner
-from eks_prefetch.coverage import RepositoryCoverage, look_at_fleet
+from eks_prefetch import aws
 from eks_prefetch.images import ResolvedImage
-from eks_prefetch.operator_cli import stack_arguments
-from eks_prefetch.resolution import NewestImages
+from eks_prefetch.prefetch.resolution import NewestImages
 from eks_prefetch.settings import Settings
+from eks_prefetch.status import repair
+from eks_prefetch.status.coverage import RepositoryCoverage, look_at_fleet
+from eks_prefetch.warm import planner as warm_planner
+from prefetchctl.cli import stack_arguments
 
 STATUS_FUNCTION_OUTPUT = "StatusFunctionName"
 # With WarmVolumes only: the SSM parameter the warm volume builder publishes its snapshot in.
@@ -211,7 +213,3 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         out.write(f"\ncoverage below 100%: {', '.join(below)}\n")
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,13 +22,15 @@ from typing import Any, Literal
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict
 
-from eks_prefetch import aws, warm_cleanup, warm_state
-from eks_prefetch.commands import document_parameters
+from eks_prefetch import aws
 from eks_prefetch.events import EcrImageActionEvent
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.node_contract import MAX_IMAGES_PER_COMMAND
-from eks_prefetch.resolution import NewestImages
+from eks_prefetch.prefetch.commands import document_parameters
+from eks_prefetch.prefetch.resolution import NewestImages
 from eks_prefetch.settings import Settings
+from eks_prefetch.warm import cleanup as warm_cleanup
+from eks_prefetch.warm import state as warm_state
 
 logger = Logger(child=True)
 

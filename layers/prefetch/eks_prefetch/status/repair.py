@@ -28,16 +28,16 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws
-from eks_prefetch import status_metrics as m
-from eks_prefetch import status_table as table
-from eks_prefetch.commands import image_batches, send_command_request
-from eks_prefetch.coverage import FleetView, RepositoryCoverage
-from eks_prefetch.deadline import running_out
 from eks_prefetch.images import ResolvedImage
-from eks_prefetch.resolution import NewestImages
-from eks_prefetch.sending import send_once
+from eks_prefetch.prefetch.commands import image_batches, send_command_request
+from eks_prefetch.prefetch.resolution import NewestImages
+from eks_prefetch.prefetch.sending import send_once
 from eks_prefetch.settings import Settings
-from eks_prefetch.status_table import NodeState, RepairState, parse_time, timestamp
+from eks_prefetch.status import metrics as m
+from eks_prefetch.status import table
+from eks_prefetch.status.coverage import FleetView, RepositoryCoverage
+from eks_prefetch.status.deadline import running_out
+from eks_prefetch.status.table import NodeState, RepairState, parse_time, timestamp
 
 logger = Logger(child=True)
 

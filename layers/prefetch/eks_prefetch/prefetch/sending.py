@@ -20,8 +20,8 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws
-from eks_prefetch.commands import with_comment_marker
-from eks_prefetch.idempotency import run_once
+from eks_prefetch.prefetch.commands import with_comment_marker
+from eks_prefetch.prefetch.idempotency import run_once
 from eks_prefetch.settings import Settings
 
 logger = Logger(child=True)

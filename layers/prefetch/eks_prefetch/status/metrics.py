@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 if TYPE_CHECKING:
-    from eks_prefetch.coverage import RepositoryCoverage
-    from eks_prefetch.invocations import InvocationOutcome
     from eks_prefetch.settings import Settings
+    from eks_prefetch.status.coverage import RepositoryCoverage
+    from eks_prefetch.status.invocations import InvocationOutcome
 
 # Metric names (the contract).
 IMAGES_BY_STATUS = {

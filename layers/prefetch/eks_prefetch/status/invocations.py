@@ -19,17 +19,16 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from eks_prefetch import aws
-from eks_prefetch import status_metrics as m
-from eks_prefetch import status_table as table
-from eks_prefetch.commands import is_new_node_comment
-from eks_prefetch.coverage import unsupported_reason
 from eks_prefetch.events import SsmInvocationStatusEvent
 from eks_prefetch.images import DIGEST_PATTERN
-from eks_prefetch.node_contract import PLATFORM_SKIP_REASON
+from eks_prefetch.node_contract import PLATFORM_SKIP_REASON, unsupported_reason
 from eks_prefetch.node_output import NodeOutput, OutputProblem, parse_node_output, repository_of
-from eks_prefetch.resolution import NewestImages
+from eks_prefetch.prefetch.commands import is_new_node_comment
+from eks_prefetch.prefetch.resolution import NewestImages
 from eks_prefetch.settings import Settings
-from eks_prefetch.status_table import parse_time, require_status_table
+from eks_prefetch.status import metrics as m
+from eks_prefetch.status import table
+from eks_prefetch.status.table import parse_time, require_status_table
 
 logger = Logger(child=True)
 

@@ -23,8 +23,8 @@ from typing import Any, TextIO
 
 from eks_prefetch import aws
 from eks_prefetch.images import pick_newest
-from eks_prefetch.node_role import SSM_CORE, Grant, Need, attach_commands, describe, node_needs, unmet
-from eks_prefetch.operator_cli import stack_arguments
+from prefetchctl.cli import stack_arguments
+from prefetchctl.node_role import SSM_CORE, Grant, Need, attach_commands, describe, node_needs, unmet
 
 READY, FINDINGS, UNREADABLE = 0, 1, 2
 NODE_POLICY_OUTPUT = "NodeRolePolicyArn"
@@ -427,7 +427,3 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     findings = findings_of(observed)
     render(observed, findings, out)
     return exit_code(findings, observed.unreadable)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,7 +18,7 @@ from datetime import datetime
 
 from eks_prefetch import aws
 from eks_prefetch.settings import Settings
-from eks_prefetch.status_table import parse_time, require_status_table, timestamp
+from eks_prefetch.status.table import parse_time, require_status_table, timestamp
 
 WARM_KEY = {"pk": "WARM", "sk": "BUILD"}
 

@@ -15,14 +15,15 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from eks_prefetch import aws
-from eks_prefetch import status_table as table
-from eks_prefetch.deadline import TimeLeft, running_out
 from eks_prefetch.images import ResolvedImage
+from eks_prefetch.node_contract import unsupported_reason
 from eks_prefetch.node_output import IMAGE_STATUSES
 from eks_prefetch.node_selectors import matches, tags_of
-from eks_prefetch.resolution import NewestImages
+from eks_prefetch.prefetch.resolution import NewestImages
 from eks_prefetch.settings import Settings
-from eks_prefetch.status_table import NodeState, parse_time
+from eks_prefetch.status import table
+from eks_prefetch.status.deadline import TimeLeft, running_out
+from eks_prefetch.status.table import NodeState, parse_time
 
 logger = Logger(child=True)
 
@@ -73,19 +74,6 @@ def coverage_of(
             held = (pushed or {}).get(state.digest) if state.digest else None
             (ahead if held is not None and held > newest.pushed_at else missing).append(state)
     return RepositoryCoverage(repository, newest, nodes, tuple(missing), tuple(ahead))
-
-
-def unsupported_reason(info: Mapping[str, Any]) -> str | None:
-    """Why a managed node cannot be served, from DescribeInstanceInformation; None when it can. The document's script
-    needs a Linux host with containerd's socket and ctr: Windows has neither (the document's precondition keeps the
-    script off it), and Bottlerocket keeps containerd out of reach of the SSM agent's control container."""
-    platform_type = str(info.get("PlatformType") or "")
-    platform_name = str(info.get("PlatformName") or "")
-    if platform_type and platform_type != "Linux":
-        return f"{platform_type} node: the document runs on Linux only"
-    if "bottlerocket" in platform_name.lower():
-        return "Bottlerocket node: containerd is not reachable from the SSM agent's control container"
-    return None
 
 
 def reported_unsupported(states: Iterable[NodeState], now: datetime, lifetime_seconds: int) -> dict[str, str]:
