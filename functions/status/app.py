@@ -11,7 +11,8 @@ from pydantic import Field
 from eks_prefetch import aws, tracing
 from eks_prefetch.events import ScheduledEvent, SsmInvocationStatusEvent, parse_or_drop
 from eks_prefetch.settings import Settings, get_settings
-from eks_prefetch.status.invocations import RecordingScope, record_status_event
+from eks_prefetch.status.invocations import record_status_event
+from eks_prefetch.status.reports import RecordingScope
 from eks_prefetch.status.sweep import sweep_and_repair
 
 logger = Logger()

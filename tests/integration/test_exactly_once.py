@@ -17,7 +17,7 @@ import time_machine
 from eks_prefetch import aws, settings
 from eks_prefetch.status import metrics as status_metrics
 from eks_prefetch.status import table as status_table
-from eks_prefetch.status.table import CLAIM_STALE_SECONDS
+from eks_prefetch.status.claims import CLAIM_STALE_SECONDS
 from harness.template import resource
 from testing.deployment import load_handler
 from testing.ecr import at, push_image

@@ -22,7 +22,7 @@ from eks_prefetch import aws, settings
 from eks_prefetch.settings import get_settings
 from eks_prefetch.status import repair, sweep
 from eks_prefetch.status import table as status_table
-from eks_prefetch.status.invocations import RecordingScope
+from eks_prefetch.status.reports import RecordingScope
 from testing.ecr import at, push_image
 from testing.environment import ACCOUNT, DOCUMENT, REGION, REGISTRY, STATUS_TABLE
 from testing.output import image_line, summary_line, total

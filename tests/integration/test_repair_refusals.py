@@ -20,7 +20,7 @@ from eks_prefetch import aws, settings
 from eks_prefetch.settings import get_settings
 from eks_prefetch.status import repair, sweep
 from eks_prefetch.status import table as status_table
-from eks_prefetch.status.invocations import RecordingScope
+from eks_prefetch.status.reports import RecordingScope
 from testing.ecr import at
 from testing.environment import ACCOUNT, REGION, STATUS_TABLE
 from tests.faults import ThrottlingException

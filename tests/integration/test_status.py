@@ -20,7 +20,7 @@ from moto.ec2.models import ec2_backends
 from eks_prefetch import aws, settings
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.prefetch import commands, resolution, sending
-from eks_prefetch.status import coverage, invocations
+from eks_prefetch.status import claims, coverage, invocations, reports
 from eks_prefetch.status import table as status_table
 from testing.deployment import load_handler
 from testing.ecr import at, create_repository, push_image
@@ -785,7 +785,7 @@ def test_records_omitted_for_the_output_limit_count_as_held_when_the_summary_say
 def test_two_deliveries_racing_past_the_claim_check_still_count_once(fake, images, capsys, monkeypatch):
     """The conditional write decides: both read "not claimed", only the first write wins (and emits metrics)."""
     node, _digest, command_id = newest_trainer_pulled(fake, images)
-    monkeypatch.setattr(status_table, "read_claim", lambda *_args: None)
+    monkeypatch.setattr(claims, "read_claim", lambda *_args: None)
     capsys.readouterr()
 
     first = invocations.record_invocation(command_id, node, settings.get_settings(), via="event")
@@ -804,7 +804,7 @@ def test_push_to_cached_is_measured_against_a_push_newer_than_the_warm_resolutio
     """A warm function resolved the newest trainer image before a new push; a node then reports the new digest.
     The report of a digest other than the cached newest redoes the listing (at most every REFRESH_FLOOR_SECONDS,
     0 here), so the latency is the new push's."""
-    monkeypatch.setattr(invocations, "REFRESH_FLOOR_SECONDS", 0.0)
+    monkeypatch.setattr(reports, "REFRESH_FLOOR_SECONDS", 0.0)
     old = images[TRAINER]
     first, second = run_node(), run_node()
     command_id = send([first], [ref(TRAINER, old)])

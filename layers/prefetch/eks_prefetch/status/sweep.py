@@ -18,12 +18,13 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws
 from eks_prefetch.settings import Settings
+from eks_prefetch.status import claims, table
 from eks_prefetch.status import metrics as m
-from eks_prefetch.status import table
 from eks_prefetch.status.coverage import FleetView, look_at_fleet
 from eks_prefetch.status.deadline import TimeLeft, running_out
-from eks_prefetch.status.invocations import NON_TERMINAL, RecordingScope, record_invocation
+from eks_prefetch.status.invocations import NON_TERMINAL, record_invocation
 from eks_prefetch.status.repair import RepairInputs, repair
+from eks_prefetch.status.reports import RecordingScope
 from eks_prefetch.status.table import NodeState, parse_time, require_status_table, timestamp
 
 logger = Logger(child=True)
@@ -122,14 +123,14 @@ def _sweep_command(
             return tally.stop()
         try:
             # The claims of the finished invocations, 100 a request: a sweep's reads grow with pages, not nodes.
-            claims = table.read_claims(settings, command_id, chunk)
+            chunk_claims = claims.read_claims(settings, command_id, chunk)
         except Exception:
             logger.exception("sweep could not read a command's claims", extra={"command_id": command_id})
             tally.errors += 1
             tally.still_open = True
             return tally
         for instance_id in chunk:
-            if _claimed(claims.get(instance_id), now, tally):
+            if _claimed(chunk_claims.get(instance_id), now, tally):
                 continue
             if running_out(time_left, reserve):
                 return tally.stop()
@@ -137,13 +138,13 @@ def _sweep_command(
     return tally
 
 
-def _claimed(claim: table.Claim | None, now: datetime, tally: _CommandTally) -> bool:
+def _claimed(claim: claims.Claim | None, now: datetime, tally: _CommandTally) -> bool:
     """Whether an invocation's claim leaves nothing to record now (counted, or being counted)."""
     standing = claim.standing(now) if claim is not None else None
-    if standing is table.Standing.COUNTED:
+    if standing is claims.Standing.COUNTED:
         tally.already += 1
         return True
-    if standing is table.Standing.IN_PROGRESS:
+    if standing is claims.Standing.IN_PROGRESS:
         # Being counted right now, or by a recording that died: looked at again until it is final.
         tally.still_open = True
         return True
