@@ -45,7 +45,7 @@ from tests.integration.test_status import (
 def _without_repair(status_env, monkeypatch):
     # Counting only; self-repair sends commands after each sweep and has its own tests.
     monkeypatch.setenv("REPAIR_ENABLED", "false")
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ C = {"ClusterName": CLUSTER}
 def env(status_env, monkeypatch):
     # These tests are about counting; self-repair, which sends commands after each sweep, has its own tests.
     monkeypatch.setenv("REPAIR_ENABLED", "false")
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +81,9 @@ def comment_of(node: str, *, new_node: bool) -> str:
     """The Comment of a command to ``node`` as the functions build it: the new-node path's (``new_node``), or a push's
     or a repair's, marked with an event key as ``send_once`` marks every command."""
     image = ResolvedImage(REGISTRY, TRAINER, "sha256:" + "0" * 64, "v2", at(0))
-    request = commands.send_command_request([image], settings.get_settings(), instance_ids=[node], new_node=new_node)
+    request = commands.send_command_request(
+        [image], settings.load(settings.StatusSettings), instance_ids=[node], new_node=new_node
+    )
     return commands.with_comment_marker(request, sending.event_marker({"instance": node}))["Comment"]
 
 
@@ -645,7 +647,7 @@ def test_coverage_as_nodes_join_leave_fail_and_catch_up(fake, fleet, images, han
     fleet.online.add(c)  # a node joins
     assert sweep()[:2] == (pytest.approx(100 / 3), 2)
     coverages = coverage.look_at_fleet(
-        settings.get_settings(), resolution.NewestImages(settings.get_settings())
+        settings.load(settings.StatusSettings), resolution.NewestImages(settings.load(settings.StatusSettings))
     ).coverages
     trainer = next(coverage for coverage in coverages if coverage.repository == TRAINER)
     missing = {state.instance_id: state for state in trainer.missing}
@@ -788,8 +790,8 @@ def test_two_deliveries_racing_past_the_claim_check_still_count_once(fake, image
     monkeypatch.setattr(claims, "read_claim", lambda *_args: None)
     capsys.readouterr()
 
-    first = invocations.record_invocation(command_id, node, settings.get_settings(), via="event")
-    second = invocations.record_invocation(command_id, node, settings.get_settings(), via="sweep")
+    first = invocations.record_invocation(command_id, node, settings.load(settings.StatusSettings), via="event")
+    second = invocations.record_invocation(command_id, node, settings.load(settings.StatusSettings), via="sweep")
 
     assert (first.result, second.result) == ("counted", "duplicate")
     printed = capsys.readouterr().out

@@ -17,7 +17,7 @@ import boto3
 import pytest
 
 from eks_prefetch import aws
-from eks_prefetch.settings import get_settings
+from eks_prefetch.settings import StatusSettings, load
 from eks_prefetch.status import invocations
 from eks_prefetch.status import table as status_table
 from prefetchctl import status as report
@@ -91,7 +91,7 @@ def test_names_the_failed_node_with_its_reason_and_exits_non_zero(deployed, imag
     output = image_line(ref(TRAINER, digest), "failed", error="failed to pull: 403 Forbidden") + "\n"
     fake.set(failed, broken, Answer("Failed", "Failed", output + summary_line(failed=1), ENDED))
     for command_id, node in ((ok, healthy), (failed, broken)):
-        invocations.record_invocation(command_id, node, get_settings(), via="event")
+        invocations.record_invocation(command_id, node, load(StatusSettings), via="event")
 
     code, out, err = run_report()
 
@@ -151,7 +151,7 @@ def test_full_coverage_exits_zero(deployed, images):
     records = [(ref(TRAINER, images[TRAINER]), "cached", images[TRAINER])]
     records.append((ref("ml/inference", images["ml/inference"]), "pulled", images["ml/inference"]))
     fake.set(command_id, node, Answer("Success", "Success", good_output(records), ENDED))
-    invocations.record_invocation(command_id, node, get_settings(), via="event")
+    invocations.record_invocation(command_id, node, load(StatusSettings), via="event")
 
     code, out, _err = run_report("--region", "us-east-1")
 

@@ -32,10 +32,10 @@ def warm(aws_mock: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[WarmStack]
     stack = WarmStack()
     for key, value in stack.environment().items():
         monkeypatch.setenv(key, value)
-    settings_module.get_settings.cache_clear()
+    settings_module.load.cache_clear()
     create_status_table()
     yield stack
-    settings_module.get_settings.cache_clear()
+    settings_module.load.cache_clear()
 
 
 @pytest.fixture

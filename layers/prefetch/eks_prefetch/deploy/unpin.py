@@ -10,12 +10,13 @@ Two ways in, one request: the stack's custom resource on deletion (``functions/u
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from eks_prefetch.settings import EnvironmentSettings
 
 # The command's Comment (ListCommands shows it): what sent it.
 COMMENT = "eks-image-prefetch uninstall: remove this application's pins"
@@ -26,21 +27,13 @@ MAX_ERRORS = "100%"
 DELIVERY_TIMEOUT_SECONDS = 600
 
 
-class UnpinTarget(BaseModel):
-    """Which document to send and to which nodes: from the function's environment, or the deployed stack."""
+class UnpinTarget(EnvironmentSettings):
+    """Which document to send and to which nodes: the unpin function's settings (its environment), or the deployed
+    stack's (``make unpin``)."""
 
-    document_name: str = Field(min_length=3, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
-    node_tag_key: str = Field(min_length=1, max_length=128)
-    node_tag_value: str = Field(min_length=1, max_length=256)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> UnpinTarget:
-        env = os.environ if env is None else env
-        return cls(
-            document_name=env.get("UNPIN_DOCUMENT_NAME", ""),
-            node_tag_key=env.get("NODE_TAG_KEY", ""),
-            node_tag_value=env.get("NODE_TAG_VALUE", ""),
-        )
+    document_name: str = Field(alias="UNPIN_DOCUMENT_NAME", min_length=3, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    node_tag_key: str = Field(alias="NODE_TAG_KEY", min_length=1, max_length=128)
+    node_tag_value: str = Field(alias="NODE_TAG_VALUE", min_length=1, max_length=256)
 
 
 def unpin_request(target: UnpinTarget) -> dict[str, Any]:

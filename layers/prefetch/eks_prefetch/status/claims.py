@@ -11,7 +11,7 @@ from enum import Enum
 from typing import Any
 
 from eks_prefetch import aws
-from eks_prefetch.settings import Settings
+from eks_prefetch.settings import StatusSettings
 from eks_prefetch.status.table import claim_key, parse_time, timestamp
 
 
@@ -50,12 +50,12 @@ class Claim:
         return Standing.STALE
 
 
-def read_claim(settings: Settings, command_id: str, instance_id: str) -> Claim | None:
+def read_claim(settings: StatusSettings, command_id: str, instance_id: str) -> Claim | None:
     item = aws.dynamodb.get_item(settings.status_table, claim_key(command_id, instance_id))
     return Claim.from_item(item) if item else None
 
 
-def read_claims(settings: Settings, command_id: str, instance_ids: Iterable[str]) -> dict[str, Claim]:
+def read_claims(settings: StatusSettings, command_id: str, instance_ids: Iterable[str]) -> dict[str, Claim]:
     """The claims of the command's invocations on these nodes, by node (BatchGetItem, 100 keys a request)."""
     keys = [claim_key(command_id, instance_id) for instance_id in instance_ids]
     if not keys:
@@ -65,7 +65,7 @@ def read_claims(settings: Settings, command_id: str, instance_ids: Iterable[str]
 
 
 def claim(
-    settings: Settings,
+    settings: StatusSettings,
     command_id: str,
     instance_id: str,
     *,
@@ -108,7 +108,7 @@ def claim(
     return mine is not None and mine.token == token
 
 
-def mark_counted(settings: Settings, command_id: str, instance_id: str, token: str) -> None:
+def mark_counted(settings: StatusSettings, command_id: str, instance_id: str, token: str) -> None:
     """The claimant emitted the metrics: the claim is final."""
     aws.dynamodb.update_item(
         settings.status_table,

@@ -20,7 +20,7 @@ from eks_prefetch.node_contract import unsupported_reason
 from eks_prefetch.node_output import IMAGE_STATUSES
 from eks_prefetch.node_selectors import matches, tags_of
 from eks_prefetch.prefetch.resolution import NewestImages
-from eks_prefetch.settings import Settings
+from eks_prefetch.settings import StatusSettings
 from eks_prefetch.status import table
 from eks_prefetch.status.deadline import TimeLeft, running_out
 from eks_prefetch.status.table import NodeState, parse_time
@@ -108,7 +108,7 @@ def reported_unsupported(states: Iterable[NodeState], now: datetime, lifetime_se
     return standing
 
 
-def node_tags(settings: Settings, nodes: Iterable[str]) -> dict[str, dict[str, str]] | None:
+def node_tags(settings: StatusSettings, nodes: Iterable[str]) -> dict[str, dict[str, str]] | None:
     """The EC2 tags of these nodes (DescribeInstanceInformation returns none), one DescribeInstances per 200 nodes;
     None without selectors, when no tag is needed."""
     if not settings.node_selectors:
@@ -117,7 +117,7 @@ def node_tags(settings: Settings, nodes: Iterable[str]) -> dict[str, dict[str, s
 
 
 def online_nodes(
-    settings: Settings, *, time_left: TimeLeft = None, reserve: float = 0.0
+    settings: StatusSettings, *, time_left: TimeLeft = None, reserve: float = 0.0
 ) -> dict[str, Mapping[str, Any]] | None:
     """The online cluster nodes, by instance id, as DescribeInstanceInformation describes them; None if less than
     ``reserve`` seconds were left before the last page."""
@@ -147,7 +147,7 @@ class FleetView:
 
 
 def look_at_fleet(
-    settings: Settings,
+    settings: StatusSettings,
     newest: NewestImages,
     *,
     time_left: TimeLeft = None,

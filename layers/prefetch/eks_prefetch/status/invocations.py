@@ -23,11 +23,11 @@ from eks_prefetch import aws
 from eks_prefetch.events import SsmInvocationStatusEvent
 from eks_prefetch.node_contract import unsupported_reason
 from eks_prefetch.node_output import NodeOutput, OutputProblem, parse_node_output
-from eks_prefetch.settings import Settings
+from eks_prefetch.settings import StatusSettings
 from eks_prefetch.status import claims
 from eks_prefetch.status import metrics as m
 from eks_prefetch.status.reports import NOT_RUN, RecordingScope, new_node_report, update_node_state
-from eks_prefetch.status.table import parse_time, require_status_table
+from eks_prefetch.status.table import parse_time
 
 logger = Logger(child=True)
 
@@ -120,7 +120,7 @@ def _skipped_by_ssm(status: str, stdout: str, instance_id: str) -> str | None:
 def record_invocation(
     command_id: str,
     instance_id: str,
-    settings: Settings,
+    settings: StatusSettings,
     *,
     via: str,
     scope: RecordingScope | None = None,
@@ -233,7 +233,6 @@ def _log_outcome(outcome: InvocationOutcome, invocation: Mapping[str, Any]) -> N
 
 def record_status_event(event: SsmInvocationStatusEvent, scope: RecordingScope) -> InvocationOutcome:
     settings = scope.settings
-    require_status_table(settings)
     detail = event.detail
     if detail.document_name != settings.document_name:
         logger.warning("status event of another document dropped", extra={"document": detail.document_name})

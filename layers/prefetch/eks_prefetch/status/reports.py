@@ -15,7 +15,7 @@ from eks_prefetch.node_contract import PLATFORM_SKIP_REASON
 from eks_prefetch.node_output import NodeOutput, OutputProblem, repository_of
 from eks_prefetch.prefetch.commands import is_new_node_comment
 from eks_prefetch.prefetch.resolution import NewestImages
-from eks_prefetch.settings import Settings
+from eks_prefetch.settings import StatusSettings
 from eks_prefetch.status import table
 from eks_prefetch.status.table import parse_time
 
@@ -37,19 +37,19 @@ class RecordingScope:
     """What the recordings of one sweep, or of a warm container's status events, share; its owner decides how long
     it lives: the newest images, and each command's requested images."""
 
-    settings: Settings
+    settings: StatusSettings
     newest: NewestImages
     _requested: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def for_events(cls, settings: Settings) -> RecordingScope:
+    def for_events(cls, settings: StatusSettings) -> RecordingScope:
         newest = NewestImages(
             settings, lifetime_seconds=EVENT_RESOLUTION_SECONDS, refresh_floor_seconds=REFRESH_FLOOR_SECONDS
         )
         return cls(settings, newest)
 
     @classmethod
-    def for_sweep(cls, settings: Settings) -> RecordingScope:
+    def for_sweep(cls, settings: StatusSettings) -> RecordingScope:
         return cls(settings, NewestImages(settings, refresh_floor_seconds=REFRESH_FLOOR_SECONDS))
 
     def requested_images(self, command_id: str) -> tuple[str, ...]:
@@ -179,7 +179,7 @@ def update_node_state(
 
 
 def _record_unreported_failures(
-    settings: Settings,
+    settings: StatusSettings,
     instance_id: str,
     references: list[str],
     status: str,
@@ -220,7 +220,13 @@ def booted_warm(output: NodeOutput) -> bool:
 
 
 def new_node_report(
-    settings: Settings, command_id: str, instance_id: str, output: NodeOutput | None, at: datetime, *, comment: str
+    settings: StatusSettings,
+    command_id: str,
+    instance_id: str,
+    output: NodeOutput | None,
+    at: datetime,
+    *,
+    comment: str,
 ) -> NewNodeReport | None:
     """Seconds from the instance's launch to its first report of a pulled or cached image, once per launch, and only
     if that first report answers the new-node path's command: a node launched before anything was pushed, or served

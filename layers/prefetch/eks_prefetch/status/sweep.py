@@ -17,7 +17,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws
-from eks_prefetch.settings import Settings
+from eks_prefetch.settings import StatusSettings
 from eks_prefetch.status import claims, table
 from eks_prefetch.status import metrics as m
 from eks_prefetch.status.coverage import FleetView, look_at_fleet
@@ -25,7 +25,7 @@ from eks_prefetch.status.deadline import TimeLeft, running_out
 from eks_prefetch.status.invocations import NON_TERMINAL, record_invocation
 from eks_prefetch.status.repair import RepairInputs, repair
 from eks_prefetch.status.reports import RecordingScope
-from eks_prefetch.status.table import NodeState, parse_time, require_status_table, timestamp
+from eks_prefetch.status.table import NodeState, parse_time, timestamp
 
 logger = Logger(child=True)
 
@@ -175,14 +175,14 @@ def _record(command_id: str, instance_id: str, scope: RecordingScope, now: datet
         tally.already += 1
 
 
-def load_watermark(settings: Settings, now: datetime) -> datetime:
+def load_watermark(settings: StatusSettings, now: datetime) -> datetime:
     stored = table.read_watermark(settings)
     floor = now - timedelta(seconds=settings.sweep_max_lookback_seconds)
     start = stored or now - FIRST_SWEEP_LOOKBACK
     return max(start, floor)
 
 
-def refreshes_per_run(settings: Settings, rows: int) -> int:
+def refreshes_per_run(settings: StatusSettings, rows: int) -> int:
     """How many rows one sweep's TTL refresh rewrites at most: enough that, were every row to fall due at once (half
     its TTL left), all are rewritten within half of what is left, at the sweep's schedule; never fewer than
     MIN_REFRESHES_PER_SWEEP. At 10,000 nodes and 20 repositories (200,000 rows) and the 7-day default TTL: 397."""
@@ -190,7 +190,9 @@ def refreshes_per_run(settings: Settings, rows: int) -> int:
     return max(MIN_REFRESHES_PER_SWEEP, math.ceil(2 * rows / sweeps_before_expiry))
 
 
-def refresh_ttl(settings: Settings, states: Iterable[NodeState], now: datetime, *, time_left: TimeLeft = None) -> int:
+def refresh_ttl(
+    settings: StatusSettings, states: Iterable[NodeState], now: datetime, *, time_left: TimeLeft = None
+) -> int:
     """Push back the expiry of the rows of nodes seen online, once half their TTL has passed: the rows nearest their
     expiry first, at most ``refreshes_per_run`` a sweep and none with less than SWEEP_RESERVE_SECONDS left. A row
     refreshed now expires a whole TTL later, so that rows that fell due together spread over the sweeps."""
@@ -213,7 +215,7 @@ def refresh_ttl(settings: Settings, states: Iterable[NodeState], now: datetime, 
 
 
 def sweep(
-    settings: Settings,
+    settings: StatusSettings,
     *,
     now: datetime | None = None,
     time_left: Callable[[], float] | None = None,
@@ -225,7 +227,6 @@ def sweep(
     minutes before this sweep: every command is looked at until all its invocations are counted. An invocation
     that fails to be recorded is logged and left for the next sweep, which is the retry (no storm: one per schedule).
     """
-    require_status_table(settings)
     now = now or datetime.now(UTC)
     watermark = load_watermark(settings, now)
     scope = scope or RecordingScope.for_sweep(settings)
@@ -281,7 +282,7 @@ def sweep(
 
 
 def sweep_and_repair(
-    settings: Settings,
+    settings: StatusSettings,
     *,
     now: datetime | None = None,
     time_left: Callable[[], float] | None = None,

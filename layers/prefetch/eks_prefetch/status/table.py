@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from eks_prefetch import aws
-from eks_prefetch.settings import Settings
+from eks_prefetch.settings import StatusTableSettings
 
 WATERMARK_KEY = {"pk": "SWEEP", "sk": "WATERMARK"}
 
@@ -52,16 +52,7 @@ def parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-class StatusTableMissingError(RuntimeError):
-    """STATUS_TABLE is not set: a deployment error, loud rather than counting nothing."""
-
-
-def require_status_table(settings: Settings) -> None:
-    if not settings.status_table:
-        raise StatusTableMissingError("STATUS_TABLE is not set in the function's environment")
-
-
-def _node_expiry(settings: Settings, at: datetime) -> int:
+def _node_expiry(settings: StatusTableSettings, at: datetime) -> int:
     return int(at.timestamp()) + settings.node_state_ttl_seconds
 
 
@@ -107,7 +98,7 @@ class NodeState:
 
 
 def record_held(
-    settings: Settings,
+    settings: StatusTableSettings,
     instance_id: str,
     repository: str,
     *,
@@ -173,7 +164,7 @@ def record_held(
 
 
 def record_failure(
-    settings: Settings,
+    settings: StatusTableSettings,
     instance_id: str,
     repository: str,
     *,
@@ -212,7 +203,7 @@ def record_failure(
 
 
 def record_unsupported(
-    settings: Settings, instance_id: str, repository: str, *, reason: str, command_id: str, at: datetime
+    settings: StatusTableSettings, instance_id: str, repository: str, *, reason: str, command_id: str, at: datetime
 ) -> None:
     """The node reported it cannot be served (no containerd socket), on its row of a repository it was sent. The
     newest such report wins; a later report of the node's images supersedes it (``coverage.reported_unsupported``),
@@ -235,7 +226,7 @@ def record_unsupported(
 
 
 def read_node_states(
-    settings: Settings, nodes: Iterable[str], repositories: Iterable[str]
+    settings: StatusTableSettings, nodes: Iterable[str], repositories: Iterable[str]
 ) -> dict[tuple[str, str], NodeState]:
     """The rows of these nodes for these repositories, by (instance, repository); absent rows are left out."""
     keys = [node_key(node, repository) for node in nodes for repository in repositories]
@@ -246,7 +237,7 @@ def read_node_states(
     return states
 
 
-def refresh_expiry(settings: Settings, state: NodeState, now: datetime) -> None:
+def refresh_expiry(settings: StatusTableSettings, state: NodeState, now: datetime) -> None:
     """Push back the expiry of a row that still exists."""
     aws.dynamodb.update_item(
         settings.status_table,
@@ -261,7 +252,7 @@ def refresh_expiry(settings: Settings, state: NodeState, now: datetime) -> None:
 
 
 def record_first_report(
-    settings: Settings, instance_id: str, *, launched: datetime, at: datetime, command_id: str
+    settings: StatusTableSettings, instance_id: str, *, launched: datetime, at: datetime, command_id: str
 ) -> bool:
     """Note the node's first report since this launch. True if this command's report is that first one (measured
     once per launch); idempotent like ``record_held``."""
@@ -305,13 +296,13 @@ class RepairState:
         return self if self.digests == digests else RepairState()
 
 
-def read_repair_states(settings: Settings, nodes: Iterable[str]) -> dict[str, RepairState]:
+def read_repair_states(settings: StatusTableSettings, nodes: Iterable[str]) -> dict[str, RepairState]:
     items = aws.dynamodb.batch_get_items(settings.status_table, [node_row_key(node) for node in nodes])
     return {str(item["pk"]).removeprefix("NODE#"): RepairState.from_item(item) for item in items}
 
 
 def record_repair_attempt(
-    settings: Settings,
+    settings: StatusTableSettings,
     instance_id: str,
     *,
     digests: str,
@@ -338,10 +329,10 @@ def record_repair_attempt(
 # --- the sweep's watermark ------------------------------------------------------------------------------------------
 
 
-def read_watermark(settings: Settings) -> datetime | None:
+def read_watermark(settings: StatusTableSettings) -> datetime | None:
     item = aws.dynamodb.get_item(settings.status_table, WATERMARK_KEY)
     return parse_time(item.get("watermark")) if item else None
 
 
-def write_watermark(settings: Settings, watermark: datetime) -> None:
+def write_watermark(settings: StatusTableSettings, watermark: datetime) -> None:
     aws.dynamodb.put_item(settings.status_table, {**WATERMARK_KEY, "watermark": timestamp(watermark)})
