@@ -5,7 +5,7 @@ images.
 The node-launch handler against moto, its queue driven as Lambda's event source drives it (testing/sqs.py
 ``LaunchQueue``); time moves with time-machine. Both watched repositories hold a 3.5 GB image (moto gives the
 manifest's config size as the image's size, testing/ecr.py), and the budget is 1 Gbit/s (125 MB/s): a node's run of
-7 GB takes ~200 s at a pull's 35 MB/s, so 3 nodes pull at once and the next starts every ~67 s.
+7 GB takes ~213 s at a pull's 33 MB/s, so 3 nodes pull at once and the next starts every ~71 s.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from testing.ssm import Agents
 
 START = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 GIGABYTES = 1_000_000_000
-# A node's run: 2 images x (0.2 s + 3.5 GB / 35 MB/s) = 200.4 s; 3 at once within 125 MB/s; one every 200.4 / 3 s.
-RUN_SECONDS = 200.4
+# A node's run: 2 x 0.2 s + 7 GB / 33 MB/s = 212.5 s; 3 at once within 125 MB/s; one every 212.5 / 3 s.
+RUN_SECONDS = 0.4 + 7e9 / 33e6
 INTERVAL = RUN_SECONDS / 3
 
 
@@ -113,18 +113,18 @@ def test_a_burst_pulls_as_many_at_once_as_the_budget_carries_then_one_per_slot(q
     nodes = launch(queue, agents, 5)
 
     assert failed(deliver(queue, clock)) == 2
-    assert sent == nodes[:3]  # 3 x 7 GB over ~200 s each: 105 MB/s of the 125
-    assert visibility == [67, 134]  # the 4th and 5th nodes' slots, one interval apart
+    assert sent == nodes[:3]  # 3 x 7 GB over ~213 s each: 99 MB/s of the 125
+    assert visibility == [71, 142]  # the 4th and 5th nodes' slots, one interval apart
     assert schedule() == pytest.approx(START.timestamp() + 5 * INTERVAL, abs=0.01)
 
-    clock.shift(timedelta(seconds=67))
+    clock.shift(timedelta(seconds=71))
     assert failed(deliver(queue, clock)) == 1
     assert sent == nodes[:4]
     # The 5th came back early (the queue delivers what is visible): it waits for the slot it holds, reserving nothing.
-    assert visibility == [67, 134, 67]
+    assert visibility == [71, 142, 71]
     assert schedule() == pytest.approx(START.timestamp() + 5 * INTERVAL, abs=0.01)
 
-    clock.shift(timedelta(seconds=67))
+    clock.shift(timedelta(seconds=71))
     assert failed(deliver(queue, clock)) == 0
     assert sent == nodes
     assert deliver(queue, clock) is None

@@ -82,8 +82,8 @@ def test_fleet_request_targets_the_tag_and_sets_every_safety_knob():
     assert request["Targets"] == [{"Key": "tag:eks:cluster-name", "Values": ["ml-prod"]}]
     assert "InstanceIds" not in request
     assert request["MaxErrors"] == "3"
-    # 50 Gbit/s (the default budget) over what one node's pull of 3.5 GB asks: 35 MB/s once past its fixed 0.2 s.
-    assert request["MaxConcurrency"] == "178"
+    # 50 Gbit/s (the default budget) over what one node's pull of 3.5 GB asks: 33 MB/s once past its fixed 0.2 s.
+    assert request["MaxConcurrency"] == "189"
     assert request["DocumentVersion"] == "1"
     assert request["Parameters"] == {
         # The pod's tag and the digest: the node pulls the digest and names the image by the tag too.
@@ -180,24 +180,24 @@ def test_the_concurrency_follows_the_bytes_a_command_sends() -> None:
     loaded = settings()
     counts = {size: pulls_at_once([image("ml/trainer", "v2", "a", size)], loaded) for size in SIZES[2:6]}
 
-    assert counts == {50_000_000: 203, 500_000_000: 181, 3_500_000_000: 178, 10_000_000_000: 178}
-    assert int(6.25e9 / PULL_BYTES_PER_SECOND) == 178
+    assert counts == {50_000_000: 214, 500_000_000: 191, 3_500_000_000: 189, 10_000_000_000: 189}
+    assert int(6.25e9 / PULL_BYTES_PER_SECOND) == 189
     pair = [image("ml/trainer", "v2", "a", 500_000_000), image("ml/inference", "v1", "b", 500_000_000)]
-    assert pulls_at_once(pair, loaded) == 181
+    assert pulls_at_once(pair, loaded) == 191
     # An image whose size ECR does not give counts as a large one.
-    assert pulls_at_once([image("ml/trainer", "v2", "a", None)], loaded) == 178
+    assert pulls_at_once([image("ml/trainer", "v2", "a", None)], loaded) == 189
 
 
 def test_the_budget_scales_the_concurrency_and_a_share_of_it_scales_it_down() -> None:
     images = [image("ml/trainer", "v2", "a")]
-    assert pulls_at_once(images, settings(REGISTRY_BANDWIDTH_GBPS="100")) == 357
+    assert pulls_at_once(images, settings(REGISTRY_BANDWIDTH_GBPS="100")) == 379
     assert pulls_at_once(images, settings(REGISTRY_BANDWIDTH_GBPS="1")) == 3
-    assert pulls_at_once(images, settings(), share=0.25) == 44
+    assert pulls_at_once(images, settings(), share=0.25) == 47
     assert (
         send_command_request(images, settings(), instance_ids=["i-0123456789abcdef0"], budget_share=0.25)[
             "MaxConcurrency"
         ]
-        == "44"
+        == "47"
     )
 
 
