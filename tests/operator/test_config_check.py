@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from eks_prefetch.deploy.config_check import on_request
 from harness.stack import ACCOUNT, REGION, Stack, StackRefusedError
 from harness.template import template
 from tests.operator.test_uninstall import STACK_ID, CloudFormationEndpoint, endpoint  # noqa: F401 - fixture
@@ -48,6 +49,11 @@ def test_a_valid_selector_deploys_and_reaches_every_function(aws_mock: None) -> 
         ('{"ml/trainer": ', "not valid JSON"),
         ('{"ml/unwatched": {"pool": "gpu"}}', "'ml/unwatched' is not one of RepositoryNames"),
         ('{"ml/trainer": {"a": "1", "b": "2", "c": "3", "d": "4", "e": "5"}}', "5 tag keys, at most 4"),
+        # EC2 allows '+' in a tag key; SSM's SendCommand Targets do not: every push of ml/trainer would dead-letter.
+        (
+            '{"ml/trainer": {"team+pool": "gpu"}}',
+            "tag key 'team+pool' has '+', which SSM Run Command's Targets refuse in a tag key",
+        ),
     ],
 )
 def test_an_invalid_selector_fails_the_stack_creation_with_the_reason(
@@ -56,6 +62,19 @@ def test_an_invalid_selector_fails_the_stack_creation_with_the_reason(
     with pytest.raises(StackRefusedError, match="ValidateConfiguration failed: invalid configuration") as refused:
         Stack({**PARAMETERS, "RepositoryNodeSelectors": selectors}).create()
     assert reason in str(refused.value)
+
+
+def test_a_node_tag_key_ssm_refuses_fails_the_deploy_with_the_reason(aws_mock: None) -> None:
+    """Refused by the parameter's pattern (CloudFormation shows its ConstraintDescription), and by the check too,
+    should a stack give it one some other way."""
+    with pytest.raises(ValueError, match="NodeTagKey"):
+        Stack({**PARAMETERS, "NodeTagKey": "team+cluster"}).create()
+
+    outcome = on_request(
+        "Update", {"RepositoryNames": "ml/trainer", "NodeTagKey": "team+cluster"}, "ValidateConfiguration", "x"
+    )
+    assert outcome.status == "FAILED"
+    assert outcome.reason.startswith("invalid configuration: NodeTagKey 'team+cluster' has '+', which SSM Run")
 
 
 def test_the_function_answers_cloudformation_failed_on_update_and_success_on_delete(

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from eks_prefetch.node_selectors import SelectorError, parse_node_selectors
+from eks_prefetch.node_selectors import SelectorError, parse_node_selectors, target_key_problem
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,12 @@ class CheckOutcome:
 def check_properties(properties: Mapping[str, Any]) -> str | None:
     """The problem with the configuration the resource's properties carry, or None when the functions accept it."""
     watched = [name.strip() for name in str(properties.get("RepositoryNames", "")).split(",") if name.strip()]
+    node_tag_key = str(properties.get("NodeTagKey", ""))
+    problem = target_key_problem(node_tag_key)
+    if problem:
+        return f"NodeTagKey {node_tag_key!r} {problem}"
     try:
-        parse_node_selectors(
-            str(properties.get("RepositoryNodeSelectors", "")), watched, str(properties.get("NodeTagKey", ""))
-        )
+        parse_node_selectors(str(properties.get("RepositoryNodeSelectors", "")), watched, node_tag_key)
     except SelectorError as error:
         return str(error)
     return None
