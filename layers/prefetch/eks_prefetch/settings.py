@@ -164,7 +164,9 @@ class SendingSettings(CommandSettings):
     """Sending each command exactly once: the idempotency table (prefetch/sending.py) beside the command."""
 
     idempotency_table: str = Field(alias="IDEMPOTENCY_TABLE", min_length=3)
-    idempotency_ttl_seconds: Annotated[int, Field(ge=60)] = Field(alias="IDEMPOTENCY_TTL_SECONDS", default=86_400)
+    idempotency_ttl_seconds: Annotated[int, Field(ge=60, le=31_536_000)] = Field(
+        alias="IDEMPOTENCY_TTL_SECONDS", default=86_400
+    )
 
 
 class StatusTableSettings(EnvironmentSettings):
