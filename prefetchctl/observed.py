@@ -85,8 +85,15 @@ class Profile:
     arn: str
     exists: bool
     roles: tuple[str, ...] = ()
-    attached: frozenset[str] = frozenset()
+    attached: frozenset[str] = frozenset()  # the managed policies' ARNs
     inline: tuple[Mapping[str, Any], ...] = ()  # the roles' inline policy documents
+    attached_documents: tuple[Mapping[str, Any], ...] = ()  # the attached policies' default versions
+    unread: tuple[str, ...] = ()  # attached policies whose documents could not be read
+
+    @property
+    def documents(self) -> tuple[Mapping[str, Any], ...]:
+        """Every policy document of the roles that was read: what they grant together."""
+        return (*self.inline, *self.attached_documents)
 
 
 @dataclass
@@ -101,6 +108,23 @@ class Observed:
 
 def _denied(what: str, error: Exception) -> str:
     return f"{what}: {error}"
+
+
+def _attached_documents(arns: list[str], observed: Observed) -> tuple[list[Mapping[str, Any]], list[str]]:
+    """The documents of these managed policies (AWS's or the account's own), and those that could not be read."""
+    documents, unread = [], []
+    for arn in arns:
+        try:
+            document = aws.iam.policy_document(arn)
+        except aws.AWS_ERRORS as error:
+            observed.unreadable.append(
+                _denied(f"the document of policy {arn} (iam:GetPolicy, iam:GetPolicyVersion)", error)
+            )
+            unread.append(arn)
+            continue
+        if document is not None:
+            documents.append(document)
+    return documents, unread
 
 
 def observe(deployment: Deployment) -> Observed:
@@ -151,9 +175,12 @@ def observe(deployment: Deployment) -> Observed:
             continue
         if policies is None:
             observed.profiles[arn] = Profile(arn, False)
-        else:
-            roles, attached, inline = policies
-            observed.profiles[arn] = Profile(arn, True, tuple(roles), frozenset(attached), tuple(inline))
+            continue
+        roles, attached, inline = policies
+        documents, unread = _attached_documents(sorted(attached), observed)
+        observed.profiles[arn] = Profile(
+            arn, True, tuple(roles), frozenset(attached), tuple(inline), tuple(documents), tuple(unread)
+        )
 
     for vpc_id in sorted({node.vpc_id for node in observed.nodes if node.vpc_id}):
         try:

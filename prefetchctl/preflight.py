@@ -4,7 +4,8 @@ to do about it.
 - each watched repository exists and holds an image whose tag matches the filter;
 - the running instances carrying the node tag against what SSM reports online (nodes offline or never registered,
   and why when it can be told);
-- the nodes' instance profiles carry the policies they need, attached or as inline policies (``node_role``);
+- the nodes' instance profiles carry the policies they need, or policies (attached or inline, AWS managed or the
+  account's own) that grant the same (``node_role``);
 - the nodes' VPCs have the ECR and S3 endpoints, or else what one push costs in NAT data processing.
 
 Exit status: 0 ready, 1 findings, 2 the stack (or part of what is checked) cannot be read.
@@ -74,8 +75,8 @@ def _names(nodes: Sequence[Node]) -> str:
 
 
 def _unmet_needs(profile: Profile, deployment: Deployment) -> dict[Need, tuple[Grant, ...]]:
-    """The needs the profile's roles meet neither by an attached policy nor inline, with what the inline policies
-    lack."""
+    """The needs the profile's roles meet neither by an attached policy nor by what their policies grant, with what
+    they lack."""
     needs = node_needs(
         partition=deployment.partition,
         region=deployment.region,
@@ -84,7 +85,7 @@ def _unmet_needs(profile: Profile, deployment: Deployment) -> dict[Need, tuple[G
         node_policy=(NODE_POLICY_OUTPUT, deployment.node_policy_arn) if deployment.node_policy_arn else None,
         log_group=deployment.log_group,
     )
-    found = {need: unmet(need, profile.attached, profile.inline) for need in needs}
+    found = {need: unmet(need, profile.attached, profile.documents) for need in needs}
     return {need: lacking for need, lacking in found.items() if lacking is not None}
 
 
@@ -119,15 +120,17 @@ def check_roles(observed: Observed) -> list[Finding]:
         if missing:
             problem = f"not attached: {', '.join(need.label for need in missing)}"
             lacking = describe(missing.values())
-            if profile.inline and lacking:
-                problem += f"; nor granted by its inline policies, which lack {lacking}"
+            if profile.documents and lacking:
+                problem += f"; nor granted by its other policies (attached and inline), which lack {lacking}"
+            if profile.unread:
+                problem += f"; not read: {', '.join(profile.unread)}, which may grant it"
             findings.append(
                 Finding(
                     "roles",
                     f"role {', '.join(profile.roles)} ({len(nodes)} node(s), profile {arn.rsplit('/', 1)[-1]})",
                     problem,
                     attach_commands(profile.roles, missing, deployment.partition)
-                    + " (or grant what is lacking in an inline policy of the role)",
+                    + " (or grant what is lacking in a policy of the role)",
                 )
             )
     return findings
@@ -142,7 +145,10 @@ def _agent_reason(node: Node, observed: Observed) -> str:
     if profile is not None and (not profile.exists or not profile.roles):
         return "its instance profile has no role"
     if profile is not None and any(need.label == SSM_CORE for need in _unmet_needs(profile, deployment)):
-        return f"its instance profile lacks SSM permissions ({SSM_CORE} is not attached to its role, nor inline)"
+        return (
+            f"its instance profile lacks SSM permissions ({SSM_CORE} is not attached to its role, nor what it grants "
+            "granted by its other policies)"
+        )
     services = observed.endpoints.get(node.vpc_id or "")
     if services is not None:
         absent = [name for name in AGENT_ENDPOINTS if not _has_endpoint(services, name, deployment.region)]

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto.iam.aws_managed_policies import aws_managed_policies_data
 from moto.iam.models import AWSManagedPolicy, iam_backends
 
+from eks_prefetch import aws
 from prefetchctl import preflight
 from prefetchctl.node_role import SSM_CORE, allowed
 from testing.cloudformation import DeployedStacks
@@ -206,7 +208,7 @@ def test_each_seeded_finding_is_named_with_what_to_do(cluster: Cluster) -> None:
     never_node = f"{never[0]['PrivateDnsName']} ({never[0]['InstanceId']})"
     assert (
         "problem: SSM does not know these nodes (agent never registered): its instance profile lacks SSM permissions "
-        "(AmazonSSMManagedInstanceCore is not attached to its role, nor inline)"
+        "(AmazonSSMManagedInstanceCore is not attached to its role, nor what it grants granted by its other policies)"
     ) in blocks[f"[nodes] {never_node}"]
     # The role without the policies, with the commands that attach them.
     (role_block,) = [block for title, block in blocks.items() if title.startswith(f"[roles] role {bare_role} ")]
@@ -319,8 +321,9 @@ def test_an_inline_policy_short_of_the_needs_is_a_finding_naming_what_it_lacks(c
     problem, fix = role.splitlines()[1:]
     assert problem == (
         "  problem: not attached: AmazonSSMManagedInstanceCore, AmazonEC2ContainerRegistryReadOnly, "
-        f"NodeRolePolicyArn ({cluster.node_policy}); nor granted by its inline policies, which lack "
-        "ssm:UpdateInstanceInformation, ssmmessages:CreateControlChannel, ssmmessages:OpenControlChannel on *; "
+        f"NodeRolePolicyArn ({cluster.node_policy}); nor granted by its other policies (attached and inline), "
+        "which lack ssm:UpdateInstanceInformation, ssmmessages:CreateControlChannel, "
+        "ssmmessages:OpenControlChannel on *; "
         f"ecr:BatchGetImage, ecr:GetDownloadUrlForLayer on arn:aws:ecr:{REGION}:{ACCOUNT}:repository/ml/inference; "
         f"logs:CreateLogStream, logs:DescribeLogStreams on {GROUP}{LOG_GROUP}:*; "
         f"logs:PutLogEvents on {GROUP}{LOG_GROUP}:log-stream:*; logs:DescribeLogGroups on {GROUP}*"
@@ -328,9 +331,7 @@ def test_an_inline_policy_short_of_the_needs_is_a_finding_naming_what_it_lacks(c
     assert fix.startswith(
         f"  do:      aws iam attach-role-policy --role-name short-nodes --policy-arn {AWS_POLICY}{SSM_CORE}; "
     )
-    assert fix.endswith(
-        f"--policy-arn {cluster.node_policy} (or grant what is lacking in an inline policy of the role)"
-    )
+    assert fix.endswith(f"--policy-arn {cluster.node_policy} (or grant what is lacking in a policy of the role)")
     # The node the role keeps from registering is told apart from one whose agent merely is not running.
     node_block = blocks[f"[nodes] {node['PrivateDnsName']} ({node['InstanceId']})"]
     assert "its instance profile lacks SSM permissions" in node_block
@@ -355,3 +356,100 @@ def test_how_an_inline_statement_is_read(statement: dict, granted: bool) -> None
     resource = "arn:aws:ecr:us-east-1:123456789012:repository/ml/trainer"
 
     assert allowed([{"Statement": [statement]}], "ecr:BatchGetImage", resource) is granted
+
+
+# --- attached policies, by what they grant ----------------------------------------------------------------------------
+
+
+def managed_role(name: str, *documents: dict, aws_policies: tuple[str, ...] = ()) -> str:
+    """A node role whose permissions come only from attached managed policies: these customer-managed ones (one
+    per document), and AWS managed ones by name; its instance profile's ARN."""
+    iam = boto3.client("iam")
+    arns = [f"{AWS_POLICY}{policy}" for policy in aws_policies]
+    for number, statements in enumerate(documents):
+        document = json.dumps({"Version": "2012-10-17", "Statement": statements})
+        arns.append(iam.create_policy(PolicyName=f"{name}-{number}", PolicyDocument=document)["Policy"]["Arn"])
+    profile, _role = node_role(name, arns)
+    return profile
+
+
+def test_a_customer_managed_policy_granting_what_nodes_need_is_no_finding(cluster: Cluster) -> None:
+    """The nodes are online and pulling: their role has no AWS managed policy and no inline one, but a policy of the
+    account's own that grants everything. That is no "not attached" finding (it was, exit 1)."""
+    profile = managed_role("platform-nodes", INLINE_GRANTS)
+    cluster.launch(2, profile=profile)
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3"))
+    cluster.deploy()
+
+    code, out, err = run()
+
+    assert (code, err) == (0, ""), out
+    assert out.splitlines()[0].endswith(": ready")
+
+
+def test_an_aws_managed_policy_not_named_here_counts_by_what_it_grants(cluster: Cluster) -> None:
+    """AdministratorAccess (not one of the policies the prerequisites name) grants all the nodes need."""
+    aws_managed_policies("AdministratorAccess")
+    profile = managed_role("admin-nodes", aws_policies=("AdministratorAccess",))
+    cluster.launch(1, profile=profile)
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3"))
+    cluster.deploy()
+
+    code, out, err = run()
+
+    assert (code, err) == (0, ""), out
+
+
+def test_attached_policies_short_of_the_needs_name_what_they_lack(cluster: Cluster) -> None:
+    """A customer-managed policy granting ECR pulls of one repository of two, and the output log: the finding names
+    the missing agent permissions and the other repository, not what the policy grants."""
+    profile = managed_role(
+        "narrow-nodes",
+        INLINE_GRANTS[1:2],
+        INLINE_GRANTS[3:],
+        [{**INLINE_GRANTS[2], "Resource": (f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/ml/trainer")}],
+    )
+    cluster.launch(1, profile=profile)
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3"))
+    cluster.deploy()
+
+    code, out, _err = run()
+
+    assert code == 1, out
+    blocks = {block.splitlines()[0]: block for block in out.split("\n\n")[1:]}
+    (role,) = [block for title, block in blocks.items() if title.startswith("[roles] role narrow-nodes ")]
+    problem = role.splitlines()[1]
+    assert problem == (
+        "  problem: not attached: AmazonSSMManagedInstanceCore, AmazonEC2ContainerRegistryReadOnly; nor granted by "
+        "its other policies (attached and inline), which lack ssm:UpdateInstanceInformation, "
+        "ssmmessages:CreateControlChannel, ssmmessages:OpenControlChannel on *; ecr:BatchGetImage, "
+        f"ecr:GetDownloadUrlForLayer on arn:aws:ecr:{REGION}:{ACCOUNT}:repository/ml/inference"
+    )
+
+
+def test_a_policy_whose_document_cannot_be_read_is_said_so(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Double: IAM denies GetPolicyVersion on one policy (moto allows everything). The finding cannot tell whether
+    that policy grants what is lacking, and says so; the run exits 2 (part of what is checked is unreadable)."""
+    profile = managed_role("hidden-nodes", INLINE_GRANTS)
+    (hidden,) = [
+        policy["PolicyArn"]
+        for policy in boto3.client("iam").list_attached_role_policies(RoleName="hidden-nodes")["AttachedPolicies"]
+    ]
+    reading = aws.iam.policy_document
+
+    def denied(arn: str, iam: object = None) -> object:
+        if arn == hidden:
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "not authorized"}}, "GetPolicyVersion")
+        return reading(arn, iam)
+
+    monkeypatch.setattr(aws.iam, "policy_document", denied)
+    cluster.launch(1, profile=profile)
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3"))
+    cluster.deploy()
+
+    code, out, _err = run()
+
+    assert code == 2, out
+    assert f"not checked: the document of policy {hidden} (iam:GetPolicy, iam:GetPolicyVersion): " in out
+    (role,) = [block for block in out.split("\n\n") if block.startswith("[roles] role hidden-nodes ")]
+    assert f"; not read: {hidden}, which may grant it" in role
