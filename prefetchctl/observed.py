@@ -1,7 +1,7 @@
 """What ``make preflight`` reads of a deployed stack and its account: the stack's deployment, and an ``Observed``
-snapshot of the repositories, the tagged nodes and their SSM registration, their instance profiles' policies and
-their VPCs' endpoints, gathered with the ``aws`` adapters. A read the caller may not make is recorded as unreadable,
-and the rest is still read."""
+snapshot of the repositories, the tagged nodes (their tags and SSM registration), their instance profiles' policies
+and their VPCs' endpoints, gathered with the ``aws`` adapters. A read the caller may not make is recorded as
+unreadable, and the rest is still read."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 from eks_prefetch import aws
 from eks_prefetch.images import pick_newest
+from eks_prefetch.node_selectors import tags_of
 
 NODE_POLICY_OUTPUT = "NodeRolePolicyArn"
 LOG_GROUP_OUTPUT = "CommandOutputLogGroupName"
@@ -31,6 +32,7 @@ class Deployment:
     node_tag_value: str
     node_policy_arn: str | None
     log_group: str | None = None
+    node_selectors: str = ""  # RepositoryNodeSelectors, as given
 
     @property
     def partition(self) -> str:
@@ -55,6 +57,7 @@ class Deployment:
             node_tag_value=parameters.get("NodeTagValue") or cluster,
             node_policy_arn=outputs.get(NODE_POLICY_OUTPUT),
             log_group=outputs.get(LOG_GROUP_OUTPUT),
+            node_selectors=parameters.get("RepositoryNodeSelectors") or "",
         )
 
 
@@ -74,6 +77,7 @@ class Node:
     vpc_id: str | None
     ping_status: str | None  # None: SSM does not know it (never registered)
     last_ping: datetime | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -164,6 +168,7 @@ def observe(deployment: Deployment) -> Observed:
                 vpc_id=instance.get("VpcId"),
                 ping_status=info.get("PingStatus") if info else None,
                 last_ping=info.get("LastPingDateTime") if info else None,
+                tags=tags_of(instance),
             )
         )
 

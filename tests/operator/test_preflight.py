@@ -72,8 +72,13 @@ class Cluster:
     role: str
     nodes: list[dict] = field(default_factory=list)
 
-    def launch(self, count: int, profile: str | None = None, registered: str | None = "Online") -> list[dict]:
+    def launch(
+        self, count: int, profile: str | None = None, registered: str | None = "Online", tags: dict | None = None
+    ) -> list[dict]:
         extra = {"IamInstanceProfile": {"Arn": profile or self.profile}} if profile != "" else {}
+        node_tags = [{"Key": "eks:cluster-name", "Value": CLUSTER}] + [
+            {"Key": key, "Value": value} for key, value in (tags or {}).items()
+        ]
         # One at a time: moto gives the instance profile to the first instance of a multi-instance launch only.
         instances = [
             boto3.client("ec2").run_instances(
@@ -81,9 +86,7 @@ class Cluster:
                 MinCount=1,
                 MaxCount=1,
                 SubnetId=self.subnet,
-                TagSpecifications=[
-                    {"ResourceType": "instance", "Tags": [{"Key": "eks:cluster-name", "Value": CLUSTER}]}
-                ],
+                TagSpecifications=[{"ResourceType": "instance", "Tags": node_tags}],
                 **extra,
             )["Instances"][0]
             for _ in range(count)
@@ -94,7 +97,7 @@ class Cluster:
         self.nodes.extend(instances)
         return instances
 
-    def deploy(self, repositories: str = "ml/trainer,ml/inference") -> None:
+    def deploy(self, repositories: str = "ml/trainer,ml/inference", selectors: str = "") -> None:
         self.stacks.exists(
             STACK,
             {"NodeRolePolicyArn": self.node_policy, "CommandOutputLogGroupName": LOG_GROUP, "UnpinDocumentName": "doc"},
@@ -103,6 +106,7 @@ class Cluster:
                 "RepositoryNames": repositories,
                 "NodeTagKey": "eks:cluster-name",
                 "NodeTagValue": "",
+                "RepositoryNodeSelectors": selectors,
             },
         )
 
@@ -175,6 +179,7 @@ def test_a_ready_deployment_exits_zero(cluster: Cluster) -> None:
     assert (code, err) == (0, ""), out
     assert out.splitlines() == [
         f"preflight of stack {STACK} (cluster {CLUSTER}, {REGION}): ready",
+        "  nodes per repository: ml/trainer 3 (every node), ml/inference 3 (every node)",
         f"  2 repositories with a matching image; 3 running node(s), all online with the policies they need; "
         f"ECR and S3 endpoints in {cluster.vpc}",
     ]
@@ -453,3 +458,60 @@ def test_a_policy_whose_document_cannot_be_read_is_said_so(cluster: Cluster, mon
     assert f"not checked: the document of policy {hidden} (iam:GetPolicy, iam:GetPolicyVersion): " in out
     (role,) = [block for block in out.split("\n\n") if block.startswith("[roles] role hidden-nodes ")]
     assert f"; not read: {hidden}, which may grant it" in role
+
+
+# --- node selectors -------------------------------------------------------------------------------------------------
+
+
+def test_each_repository_reports_the_nodes_its_selector_matches(cluster: Cluster) -> None:
+    cluster.launch(1, tags={"karpenter.sh/nodepool": "gpu-a"})
+    cluster.launch(2, tags={"karpenter.sh/nodepool": "cpu"})
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3"))
+    cluster.deploy(selectors=json.dumps({"ml/trainer": {"karpenter.sh/nodepool": ["gpu-a", "gpu-b"]}}))
+
+    code, out, err = run()
+
+    assert (code, err) == (0, ""), out
+    assert out.splitlines()[1] == (
+        "  nodes per repository: ml/trainer 1 (karpenter.sh/nodepool=gpu-a|gpu-b), ml/inference 3 (every node)"
+    )
+
+
+def test_a_selector_matching_no_running_node_is_a_finding(cluster: Cluster) -> None:
+    """A typo in a node pool's name: the deploy accepted it (any tag value may exist), and ml/trainer is then
+    prefetched nowhere. That was "ready", exit 0."""
+    cluster.launch(2, tags={"karpenter.sh/nodepool": "gpu-a"})
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3"))
+    cluster.deploy(selectors=json.dumps({"ml/trainer": {"karpenter.sh/nodepool": "gpu-A", "team": "ml"}}))
+
+    code, out, _err = run()
+
+    assert code == 1, out
+    assert out.splitlines()[:2] == [
+        f"preflight of stack {STACK} (cluster {CLUSTER}, {REGION}): 1 finding(s)",
+        "  nodes per repository: ml/trainer 0 (karpenter.sh/nodepool=gpu-A, team=ml), ml/inference 2 (every node)",
+    ]
+    (block,) = [block for block in out.split("\n\n") if block.startswith("[selectors] ml/trainer")]
+    problem, fix = block.splitlines()[1:]
+    assert problem == (
+        "  problem: RepositoryNodeSelectors selects no running node of the cluster (karpenter.sh/nodepool=gpu-A, "
+        "team=ml): its images are prefetched nowhere; the running nodes have karpenter.sh/nodepool=gpu-a, no team tag"
+    )
+    assert fix == (
+        "  do:      correct the selector to the nodes' tags (sam deploy --parameter-overrides "
+        "RepositoryNodeSelectors=...), or remove it to prefetch ml/trainer on every node"
+    )
+
+
+def test_a_selector_the_functions_refuse_is_a_finding(cluster: Cluster) -> None:
+    """A stack deployed before the deploy check refused it."""
+    cluster.launch(1)
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3"))
+    cluster.deploy(selectors=json.dumps({"ml/trainer": {"team+pool": "gpu"}}))
+
+    code, out, _err = run()
+
+    assert code == 1, out
+    (block,) = [block for block in out.split("\n\n") if block.startswith("[selectors] RepositoryNodeSelectors")]
+    assert "problem: RepositoryNodeSelectors['ml/trainer']: tag key 'team+pool' has '+'" in block
+    assert "do:      correct it (sam deploy --parameter-overrides RepositoryNodeSelectors=...)" in block
