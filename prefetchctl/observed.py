@@ -108,6 +108,7 @@ class Observed:
     profiles: dict[str, Profile] = field(default_factory=dict)
     endpoints: dict[str, frozenset[str]] = field(default_factory=dict)  # VPC id -> endpoint service names
     unreadable: list[str] = field(default_factory=list)  # what could not be checked, and why
+    nodes_read: bool = True  # False: the nodes could not be listed (none is known, not "none runs")
 
 
 def _denied(what: str, error: Exception) -> str:
@@ -157,6 +158,7 @@ def observe(deployment: Deployment) -> Observed:
         }
     except aws.AWS_ERRORS as error:
         observed.unreadable.append(_denied("the nodes (ec2:DescribeInstances, ssm:DescribeInstanceInformation)", error))
+        observed.nodes_read = False
         return observed
     for instance in instances:
         info = managed.get(instance["InstanceId"])

@@ -119,7 +119,7 @@ def check_selectors(observed: Observed) -> list[Finding]:
             )
         ]
     if not observed.nodes:
-        return []  # no node carries the node tag: check_nodes says so
+        return []  # no node carries the node tag (check_nodes says so), or they could not be read
     return [
         Finding(
             "selectors",
@@ -228,6 +228,8 @@ def _agent_reason(node: Node, observed: Observed) -> str:
 def check_nodes(observed: Observed) -> list[Finding]:
     deployment = observed.deployment
     tag = f"{deployment.node_tag_key}={deployment.node_tag_value}"
+    if not observed.nodes_read:
+        return []  # listed as not checked
     if not observed.nodes:
         return [
             Finding(
@@ -316,8 +318,12 @@ def exit_code(findings: Sequence[Finding], unreadable: Sequence[str]) -> int:
 def render(observed: Observed, findings: Sequence[Finding], out: TextIO) -> None:
     deployment = observed.deployment
     head = f"preflight of stack {deployment.stack} (cluster {deployment.cluster}, {deployment.region})"
-    selected = ", ".join(
-        f"{name} {count} ({_condition(selector)})" for name, count, selector in nodes_per_repository(observed)
+    selected = (
+        ", ".join(
+            f"{name} {count} ({_condition(selector)})" for name, count, selector in nodes_per_repository(observed)
+        )
+        if observed.nodes_read
+        else "not known (the nodes could not be read: see below)"
     )
     if not findings and not observed.unreadable:
         online = sum(node.ping_status == "Online" for node in observed.nodes)

@@ -515,3 +515,28 @@ def test_a_selector_the_functions_refuse_is_a_finding(cluster: Cluster) -> None:
     (block,) = [block for block in out.split("\n\n") if block.startswith("[selectors] RepositoryNodeSelectors")]
     assert "problem: RepositoryNodeSelectors['ml/trainer']: tag key 'team+pool' has '+'" in block
     assert "do:      correct it (sam deploy --parameter-overrides RepositoryNodeSelectors=...)" in block
+
+
+def test_nodes_that_cannot_be_read_are_not_reported_as_absent(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Double: EC2 denies DescribeInstances (moto allows everything). Nothing is said of the nodes or the selectors'
+    counts but that they could not be read: not "no running instance carries the node tag"."""
+
+    def denied(*_args: object, **_kwargs: object) -> object:
+        raise ClientError(
+            {"Error": {"Code": "UnauthorizedOperation", "Message": "not authorized"}}, "DescribeInstances"
+        )
+
+    monkeypatch.setattr(aws.ec2, "running_instances", denied)
+    cluster.deploy(selectors=json.dumps({"ml/trainer": {"karpenter.sh/nodepool": "gpu"}}))
+
+    code, out, _err = run()
+
+    assert code == 2, out
+    assert out.splitlines()[:2] == [
+        f"preflight of stack {STACK} (cluster {CLUSTER}, {REGION}): 0 finding(s)",
+        "  nodes per repository: not known (the nodes could not be read: see below)",
+    ]
+    assert "[nodes]" not in out and "[selectors]" not in out
+    assert "not checked: the nodes (ec2:DescribeInstances, ssm:DescribeInstanceInformation): " in out
