@@ -210,9 +210,10 @@ def _agent_reason(node: Node, observed: Observed) -> str:
     if profile is not None and (not profile.exists or not profile.roles):
         return "its instance profile has no role"
     if profile is not None and any(need.label == SSM_CORE for need in _unmet_needs(profile, deployment)):
+        unread = f"; unless {', '.join(profile.unread)}, not read, grants it" if profile.unread else ""
         return (
             f"its instance profile lacks SSM permissions ({SSM_CORE} is not attached to its role, nor what it grants "
-            "granted by its other policies)"
+            f"granted by its other policies{unread})"
         )
     services = observed.endpoints.get(node.vpc_id or "")
     if services is not None:
