@@ -448,7 +448,7 @@ def test_a_policy_whose_document_cannot_be_read_is_said_so(cluster: Cluster, mon
         return reading(arn, iam)
 
     monkeypatch.setattr(aws.iam, "policy_document", denied)
-    cluster.launch(1, profile=profile)
+    (node,) = cluster.launch(1, profile=profile, registered=None)
     endpoints(cluster, ("ecr.api", "ecr.dkr", "s3"))
     cluster.deploy()
 
@@ -458,6 +458,8 @@ def test_a_policy_whose_document_cannot_be_read_is_said_so(cluster: Cluster, mon
     assert f"not checked: the document of policy {hidden} (iam:GetPolicy, iam:GetPolicyVersion): " in out
     (role,) = [block for block in out.split("\n\n") if block.startswith("[roles] role hidden-nodes ")]
     assert f"; not read: {hidden}, which may grant it" in role
+    (agent,) = [block for block in out.split("\n\n") if block.startswith(f"[nodes] {node['PrivateDnsName']}")]
+    assert f"granted by its other policies; unless {hidden}, not read, grants it)" in agent
 
 
 # --- node selectors -------------------------------------------------------------------------------------------------
