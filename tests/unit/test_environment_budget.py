@@ -24,6 +24,8 @@ from harness import template as cfn
 PARTITION, REGION, ACCOUNT = "aws-us-gov", "ap-southeast-7", "123456789012"
 # Names CloudFormation generates, at most as long as the type allows.
 GENERATED_NAME_LIMITS = {"AWS::SSM::Document": 128, "AWS::DynamoDB::Table": 255}
+# Attributes that reach an environment, at their longest (a launch template's version number: 10 digits bound it).
+LONGEST_ATTRIBUTES = {("WarmLaunchTemplate", "LatestVersionNumber"): "9" * 10}
 # Parameters without MaxValue or AllowedValues whose patterns bound them: their longest value.
 BOUNDED_BY_PATTERN = {"MaxConcurrency": "999999", "MaxErrors": "999999"}
 MEASURED = {parameter for function in FUNCTIONS.values() for parameter in function.parameters.values()}
@@ -49,6 +51,11 @@ class WorstCase(cfn.Resolver):
         if kind in GENERATED_NAME_LIMITS and "Name" not in properties and "TableName" not in properties:
             return f"{self.pseudo['AWS::StackName']}-{name}-{'X' * 12}"[-GENERATED_NAME_LIMITS[kind] :]
         raise AssertionError(f"no longest value known for !Ref {name} ({kind}) in a function's environment: add it")
+
+    def get_att(self, logical_id: str, attribute: str) -> Any:
+        if (logical_id, attribute) in LONGEST_ATTRIBUTES:
+            return LONGEST_ATTRIBUTES[(logical_id, attribute)]
+        raise AssertionError(f"no longest value known for !GetAtt {logical_id}.{attribute} in an environment: add it")
 
 
 def parameters_at_longest(tracing: str) -> dict[str, Any]:
