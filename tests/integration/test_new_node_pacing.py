@@ -25,8 +25,9 @@ from eks_prefetch.settings import load
 from testing.deployment import load_handler
 from testing.ec2 import NODE_TAGS, run_instance
 from testing.ecr import at, create_repository, push_image
-from testing.environment import TABLE
+from testing.environment import CLUSTER, TABLE
 from testing.events import running_event
+from testing.output import total
 from testing.sqs import LaunchQueue
 from testing.ssm import Agents
 
@@ -109,12 +110,18 @@ def deliver(queue: LaunchQueue, clock: Any) -> dict[str, Any] | None:
     return queue.deliver()
 
 
-def test_a_burst_pulls_as_many_at_once_as_the_budget_carries_then_one_per_slot(queue, agents, clock, visibility, sent):
+def test_a_burst_pulls_as_many_at_once_as_the_budget_carries_then_one_per_slot(
+    queue, agents, clock, visibility, sent, capsys
+):
     nodes = launch(queue, agents, 5)
 
     assert failed(deliver(queue, clock)) == 2
     assert sent == nodes[:3]  # 3 x 7 GB over ~213 s each: 99 MB/s of the 125
     assert visibility == [71, 142]  # the 4th and 5th nodes' slots, one interval apart
+    printed = capsys.readouterr().out
+    dimensions = {"ClusterName": CLUSTER, "service": "test"}  # the test deployment's service name
+    assert total(printed, "NodesWaitingForBandwidth", **dimensions) == 2
+    assert total(printed, "NodesNotReady", **dimensions) == 0
     assert schedule() == pytest.approx(START.timestamp() + 5 * INTERVAL, abs=0.01)
 
     clock.shift(timedelta(seconds=71))

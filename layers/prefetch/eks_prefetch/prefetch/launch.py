@@ -11,7 +11,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -59,7 +59,7 @@ class Delivery:
 
 @dataclass(frozen=True)
 class LaunchOutcome:
-    status: str  # sent | duplicate | ignored | retry | gave_up
+    status: str  # sent | duplicate | ignored | retry | waiting (for its slot in the budget) | gave_up
     reason: str = ""
     instance_id: str = ""
     images: tuple[str, ...] = ()
@@ -69,7 +69,7 @@ class LaunchOutcome:
     @property
     def failed(self) -> bool:
         """The record must be reported as a batch failure: retried by SQS, or dead-lettered."""
-        return self.status in {"retry", "gave_up"}
+        return self.status in {"retry", "waiting", "gave_up"}
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -298,7 +298,7 @@ def _wait_for_slot(
         "new node waits for its slot in the registry path's budget",
         extra={"instance_id": instance_id, "wait_seconds": wait, "pulls_at_once": slot.at_once},
     )
-    return _not_ready(
+    outcome = _not_ready(
         "waiting for the registry path's budget",
         event,
         delivery,
@@ -306,6 +306,7 @@ def _wait_for_slot(
         now,
         delay=min(wait, MAX_VISIBILITY_SECONDS),
     )
+    return replace(outcome, status="waiting")
 
 
 def _send_to_node(
