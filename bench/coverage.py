@@ -259,7 +259,15 @@ def _measure_default(section: Section, scaled: list[float], fleets: tuple[int, .
             slow = result.last_warm > LIMIT_FACTOR * limit
             why = []
             if slow:
-                why.append(f"by {result.last_warm / limit - LIMIT_FACTOR:.2f}x of the limit")
+                # Whole waves of pulls against the budget's fraction of one: the least a sliding window of equal
+                # pulls could take; the spread of this run's pulls adds its slowest to the last wave.
+                waves = -(-fleet // int(concurrency))
+                floor = waves / (limit / statistics.median(durations))
+                why.append(
+                    f"by {result.last_warm / limit - LIMIT_FACTOR:.2f}x of the limit: {waves} waves of pulls where the "
+                    f"budget carries {limit / statistics.median(durations):.1f} ({floor:.2f}x with equal pulls), and "
+                    f"this run's pulls spread {min(durations):.0f}-{max(durations):.0f} s (section 4's rounds)"
+                )
             if over_cap:
                 why.append(f"asks {_gbits(result.peak_demand)}, over the {CAP_GBITS:g} Gbit/s budget")
             section.rows.append(
