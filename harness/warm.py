@@ -9,9 +9,10 @@
   and starts the node's containerd), ``containerd`` (the node's release) and ``lsblk`` (EC2's block devices: the
   loop device is the one "Amazon Elastic Block Store" data volume), and an IMDSv2 double answers its AMI. The
   state machine's three commands run there for real: template.yaml's WarmPrepareDocument (discovers the volume,
-  formats, labels, copies the node's root onto it, mounts it, restarts containerd), the stack's PrefetchDocument,
-  and WarmSealDocument, with three local substitutions in the two builder scripts (their root, label and staging
-  assignments, and the IMDS endpoint: ``BuilderAgentView``). Snapshot, digest tags, launch template version, SSM
+  formats, labels, copies the node's root onto it, mounts it, restarts containerd), WarmPullDocument (the stack's
+  PrefetchDocument under the builder's own name), and WarmSealDocument, with three local substitutions in the two
+  builder scripts (their root, label and staging assignments, and the IMDS endpoint: ``BuilderAgentView``).
+  Snapshot, digest tags, launch template version, SSM
   parameter and termination are the state machine's own calls; then the sealed volume's file is copied as the
   snapshot it created (keyed by its id).
 - **Boot**: a new World node whose containerd root is a copy of the snapshot file on its own loop device, mounted by

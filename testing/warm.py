@@ -6,6 +6,8 @@
 - ``FastSnapshotRestores``: moto has no fast snapshot restore (Describe/DisableFastSnapshotRestores); the double
   keeps the state per snapshot and zone and answers both.
 - ``WarmStack.delete_launch_template_version``: moto has no DeleteLaunchTemplateVersions either.
+- ``delete_launch_template_versions``: the same gap for code that calls it (the builder's rollback): the double
+  deletes the versions as EC2 does (never the default one), and DescribeLaunchTemplateVersions no longer lists them.
 - ``inherit_source_version``: moto's CreateLaunchTemplateVersion ignores SourceVersion; the double gives the new version
   the source's data, with the request's own top-level members in place of the source's, as EC2 documents it.
 """
@@ -19,7 +21,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import boto3
+from moto.core.responses import ActionResult
 from moto.ec2.models import ec2_backends
+from moto.ec2.models.launch_templates import LaunchTemplateBackend
 from moto.ec2.responses.launch_templates import LaunchTemplates
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk import (
     StateTaskServiceAwsSdk,
@@ -252,3 +256,44 @@ def sfn_aws_casing(monkeypatch: Any) -> None:
 
     monkeypatch.setattr(StateTaskServiceAwsSdk, "_normalise_parameters", parameters)
     monkeypatch.setattr(StateTaskServiceAwsSdk, "_normalise_response", response)
+
+
+def delete_launch_template_versions(monkeypatch: Any) -> None:
+    """Double: DeleteLaunchTemplateVersions, which moto lacks. The default version is refused (EC2 never deletes it;
+    the code is the API's generic one), others are deleted: DescribeLaunchTemplateVersions lists them no more. moto
+    numbers versions by their place in a list, so a deleted one stays there, marked."""
+
+    def delete(self: LaunchTemplates) -> ActionResult:
+        template = self.ec2_backend.get_launch_template(self._get_param("LaunchTemplateId"))
+        deleted, refused = [], []
+        for number in self._get_param("LaunchTemplateVersion", []):
+            version = template.get_version(number)
+            entry = {
+                "LaunchTemplateId": template.id,
+                "LaunchTemplateName": template.name,
+                "VersionNumber": version.number,
+            }
+            if template.is_default(version) or getattr(version, "deleted", False):
+                code = "unexpectedError" if template.is_default(version) else "launchTemplateVersionDoesNotExist"
+                refused.append({**entry, "ResponseError": {"Code": code, "Message": "not deleted"}})
+            else:
+                version.deleted = True
+                deleted.append(entry)
+        return ActionResult(
+            {
+                "SuccessfullyDeletedLaunchTemplateVersions": deleted,
+                "UnsuccessfullyDeletedLaunchTemplateVersions": refused,
+            }
+        )
+
+    original = LaunchTemplateBackend.describe_launch_template_versions
+
+    def describe(self: LaunchTemplateBackend, *args: Any, **kwargs: Any) -> Any:
+        return [
+            (template, version)
+            for template, version in original(self, *args, **kwargs)
+            if not getattr(version, "deleted", False)
+        ]
+
+    monkeypatch.setattr(LaunchTemplates, "delete_launch_template_versions", delete, raising=False)
+    monkeypatch.setattr(LaunchTemplateBackend, "describe_launch_template_versions", describe)

@@ -67,12 +67,18 @@ def _requests(world: World, execution_arn: str) -> dict[str, dict[str, Any]]:
 
 
 def _assert_built_and_published(world: World, loop: WarmLoop, snapshot: Snapshot, digests: dict[str, str]) -> None:
-    # The builder: launched, tagged as the state machine tags it, given the stack's document with the planner's
-    # parameters (the newest image of each repository, by the pod's tag and the digest), then terminated.
+    # The builder: launched, tagged as the state machine tags it, given its copy of the stack's document
+    # (WarmPullDocument) with the planner's parameters (the newest image of each repository, by the pod's tag and the
+    # digest), then terminated. Never the cluster's PrefetchDocument: the status function never counts the builder.
     (prefetch,) = [
         c
         for c in world.commands()
-        if c["DocumentName"] == world.stack.document_name and c["InstanceIds"] == [snapshot.builder]
+        if c["DocumentName"] == world.stack.physical["WarmPullDocument"] and c["InstanceIds"] == [snapshot.builder]
+    ]
+    assert not [
+        c
+        for c in world.commands()
+        if c["DocumentName"] == world.stack.document_name and snapshot.builder in c["InstanceIds"]
     ]
     assert prefetch["Parameters"]["images"] == [",".join(image.reference for image in snapshot.images)]
     assert {i.repository: i.digest for i in snapshot.images} == digests
@@ -130,7 +136,7 @@ def _assert_built_and_published(world: World, loop: WarmLoop, snapshot: Snapshot
         if c["InstanceIds"] == [snapshot.builder]
     ] == [
         world.stack.physical["WarmPrepareDocument"],
-        world.stack.document_name,
+        world.stack.physical["WarmPullDocument"],
         world.stack.physical["WarmSealDocument"],
     ]
     requests = _requests(world, execution["executionArn"])

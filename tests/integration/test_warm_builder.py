@@ -31,6 +31,7 @@ from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.ssm.models import Command
 
 from harness import template as cfn
+from harness.routing import routed_events
 from testing.environment import emulated_aws
 from testing.warm import inherit_source_version, sfn_aws_casing
 
@@ -82,7 +83,7 @@ class Stack:
         self.subnet = self.ec2.describe_subnets()["Subnets"][0]["SubnetId"]
         self.documents = {
             logical_id: self._document(logical_id)
-            for logical_id in ("PrefetchDocument", "WarmPrepareDocument", "WarmSealDocument")
+            for logical_id in ("PrefetchDocument", "WarmPrepareDocument", "WarmPullDocument", "WarmSealDocument")
         }
         values = cfn.parameter_values(WarmVolumes="true", WarmBuilderSubnetId=self.subnet, WarmNodeAmi=AMI_PARAMETER)
         properties = cfn.resource("WarmLaunchTemplate")["Properties"]
@@ -269,7 +270,7 @@ def test_a_build_launches_the_builder_pulls_snapshots_publishes_and_terminates(
     documents = [command["DocumentName"] for command in stack.commands()]
     assert documents == [
         stack.documents["WarmPrepareDocument"],
-        stack.documents["PrefetchDocument"],
+        stack.documents["WarmPullDocument"],
         stack.documents["WarmSealDocument"],
     ]
     assert all(command["InstanceIds"] == [builder["InstanceId"]] for command in stack.commands())
@@ -348,7 +349,7 @@ def test_the_next_build_starts_from_the_previous_snapshot(stack: Stack, node_out
     )
 
 
-@pytest.mark.parametrize("step", ["WarmPrepareDocument", "PrefetchDocument", "WarmSealDocument"])
+@pytest.mark.parametrize("step", ["WarmPrepareDocument", "WarmPullDocument", "WarmSealDocument"])
 def test_a_failed_step_terminates_the_builder_and_publishes_nothing(
     stack: Stack, node_outcomes: dict[str, Outcome], step: str
 ) -> None:
@@ -372,7 +373,7 @@ def test_a_failed_snapshot_is_deleted_and_the_builder_terminated(
 def test_a_step_that_never_ends_times_out_terminates_the_builder_and_publishes_nothing(
     stack: Stack, node_outcomes: dict[str, Outcome]
 ) -> None:
-    node_outcomes[stack.documents["PrefetchDocument"]] = ("InProgress", "")
+    node_outcomes[stack.documents["WarmPullDocument"]] = ("InProgress", "")
 
     result = stack.run(stack.state_machine(MaxPolls="3"))
 
@@ -383,7 +384,7 @@ def test_a_step_that_never_ends_times_out_terminates_the_builder_and_publishes_n
 
 def test_a_build_while_another_runs_does_nothing(stack: Stack, node_outcomes: dict[str, Outcome]) -> None:
     # The first build's pull does not end (within a long bound): it is running when the second starts.
-    node_outcomes[stack.documents["PrefetchDocument"]] = ("InProgress", "")
+    node_outcomes[stack.documents["WarmPullDocument"]] = ("InProgress", "")
     machine = stack.state_machine(MaxPolls="1000000")
     first = stack.sfn.start_execution(
         stateMachineArn=machine, name="first", input=json.dumps({"documentParameters": {}})
@@ -400,6 +401,39 @@ def test_a_build_while_another_runs_does_nothing(stack: Stack, node_outcomes: di
     assert second["status"] == "SUCCEEDED"
     assert "SkippedAnotherBuildRunning" in stack.why(second)
     assert len(stack.builders()) == 1  # the first build's only
+
+
+def test_the_builder_pulls_with_its_own_document_whose_events_never_reach_the_status_function(
+    stack: Stack, node_outcomes: dict[str, Outcome]
+) -> None:
+    """The builder is no cluster node: its pull must never count in the cluster's invocations, node rows or alarms.
+    The status function hears of invocations through its rule (and its sweep lists commands) by the cluster's
+    document's name: the builder pulls with a document of its own, the same content and script."""
+    result = stack.run(stack.state_machine())
+    assert result["status"] == "SUCCEEDED", "\n".join(map(str, stack.why(result)))
+    (builder,) = stack.builders()
+    pull = stack.commands()[1]
+    assert pull["DocumentName"] == stack.documents["WarmPullDocument"] != stack.documents["PrefetchDocument"]
+    pull_content = cfn.resource("WarmPullDocument")["Properties"]["Content"]
+    assert pull_content == cfn.resource("PrefetchDocument")["Properties"]["Content"]
+
+    rule = cfn.resource("StatusFunction")["Properties"]["Events"]["InvocationStatus"]["Properties"]["Pattern"]
+    pattern = cfn.resolve(rule, {"PrefetchDocument": stack.documents["PrefetchDocument"]})
+
+    def status_event(document: str, instance: str) -> dict[str, Any]:
+        detail = {"command-id": pull["CommandId"], "document-name": document, "instance-id": instance}
+        detail |= {"requested-date-time": "2026-01-01T00:00:00Z", "status": "Success"}
+        detail_type = "EC2 Command Invocation Status-change Notification"
+        return {"source": "aws.ssm", "detail-type": detail_type, "resources": [], "detail": detail}
+
+    routed = routed_events(
+        pattern,
+        [
+            status_event(pull["DocumentName"], builder["InstanceId"]),
+            status_event(pattern["detail"]["document-name"][0], "i-0node"),
+        ],
+    )
+    assert [event["detail"]["instance-id"] for event in routed] == ["i-0node"]  # the cluster's own still reach it
 
 
 def _assert_nothing_published(stack: Stack) -> None:

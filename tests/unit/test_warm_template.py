@@ -65,7 +65,7 @@ def test_off_there_is_no_builder_and_no_ec2_write_permission() -> None:
 def test_every_warm_resource_and_output_is_under_the_condition() -> None:
     template = cfn.template()
     warm = [logical_id for logical_id in template["Resources"] if logical_id.startswith("Warm")]
-    assert len(warm) == 12  # with WarmBuildFailuresAlarm and WarmBuildersLeftBehindAlarm
+    assert len(warm) == 13  # with WarmPullDocument, WarmBuildFailuresAlarm and WarmBuildersLeftBehindAlarm
     assert all(template["Resources"][logical_id].get("Condition") == "WarmVolumes" for logical_id in warm)
     outputs = [name for name in template["Outputs"] if name.startswith("Warm")]
     assert outputs and all(template["Outputs"][name].get("Condition") == "WarmVolumes" for name in outputs)
@@ -84,6 +84,14 @@ def test_on_the_builder_exists_with_ec2_writes_scoped() -> None:
         # Whatever terminates, tags or deletes needs this stack's tag on the resource.
         if {"ec2:TerminateInstances", "ec2:DeleteSnapshot"} & set(actions):
             assert "ec2:ResourceTag/" in json.dumps(statement["Condition"])
+
+
+def test_the_builder_cannot_send_the_clusters_document() -> None:
+    """Its pull is WarmPullDocument's: the cluster's PrefetchDocument (whose commands the status function counts) is
+    not among the documents its role may send."""
+    statements = cfn.resource("WarmVolumeBuilder")["Properties"]["Policies"][0]["Statement"]
+    (documents,) = [s["Resource"] for s in statements if s["Sid"] == "RunBuilderSteps"]
+    assert "PrefetchDocument" not in json.dumps(documents) and "WarmPullDocument" in json.dumps(documents)
 
 
 def test_the_definition_gets_every_substitution_it_names() -> None:
