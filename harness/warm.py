@@ -12,7 +12,7 @@
   formats, labels, copies the node's root onto it, mounts it, restarts containerd), WarmPullDocument (the stack's
   PrefetchDocument under the builder's own name), and WarmSealDocument, with three local substitutions in the two
   builder scripts (their root, label and staging assignments, and the IMDS endpoint: ``BuilderAgentView``).
-  Snapshot, digest tags, launch template version, SSM
+  Snapshot, its tags, launch template version, SSM
   parameter and termination are the state machine's own calls; then the sealed volume's file is copied as the
   snapshot it created (keyed by its id).
 - **Boot**: a new World node whose containerd root is a copy of the snapshot file on its own loop device, mounted by
@@ -446,7 +446,9 @@ class WarmLoop:
             name=name,
             input=json.dumps(
                 {
-                    "images": [{"repository": i.repository, "digest": i.digest} for i in images],
+                    "images": [
+                        {"repository": i.repository, "digest": i.digest, "reference": i.reference} for i in images
+                    ],
                     "documentParameters": parameters,
                 }
             ),

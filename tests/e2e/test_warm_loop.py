@@ -93,17 +93,16 @@ def _assert_built_and_published(world: World, loop: WarmLoop, snapshot: Snapshot
     assert snapshot.stamp["containerd"].startswith(node_release.version)
     assert snapshot.stamp["ami"] == world.node_image()["ImageId"] == snapshot.ami
 
-    # The snapshot in moto: of a volume tagged as the builder's, tagged with the AMI, architecture, containerd and
-    # digests; published in the stack's parameter and in a launch template version.
+    # The snapshot in moto: of a volume tagged as the builder's, tagged with the AMI, architecture and
+    # containerd; published in the stack's parameter and in a launch template version.
     (described,) = world.ec2.describe_snapshots(SnapshotIds=[snapshot.snapshot_id])["Snapshots"]
     tags = _tags(described)
     assert tags[SNAPSHOT_TAG] == world.stack.name
     assert tags["eks-image-prefetch:ami"] == snapshot.ami
     assert tags["eks-image-prefetch:architecture"] == world.node_image()["Architecture"]
     assert tags["eks-image-prefetch:containerd-version"] == snapshot.stamp["containerd"]
-    assert {k: v for k, v in tags.items() if k.startswith(DIGEST_TAG_PREFIX)} == {
-        f"{DIGEST_TAG_PREFIX}{repository}": digest for repository, digest in digests.items()
-    }
+    # What it holds is in the parameter (below), not in tags: EC2 allows 50 per resource, keys of 128 characters.
+    assert not [key for key in tags if key.startswith(DIGEST_TAG_PREFIX)]
     # Of the builder's data volume, launched tagged as the builder's and deleted with it (DeleteOnTermination).
     requests = _requests(world, loop.executions[0]["executionArn"])
     assert requests["createSnapshot"]["VolumeId"] == described["VolumeId"]

@@ -44,10 +44,17 @@ BUILDER_TAG = "eks-image-prefetch:warm-builder"
 SNAPSHOT_TAG = "eks-image-prefetch:warm-snapshot"
 # The user's own AMI parameter: moto reserves /aws/ names and holds no EKS ones.
 AMI_PARAMETER = "/platform/eks-node-ami"
-IMAGES = [
-    {"repository": "ml/trainer", "digest": "sha256:" + "a" * 64},
-    {"repository": "ml/inference", "digest": "sha256:" + "b" * 64},
-]
+REGISTRY = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+
+
+def _image(repository: str, digest: str) -> dict[str, str]:
+    """An item of the execution's input, as the planner gives it: the reference is what the pull is sent."""
+    return {"repository": repository, "digest": digest, "reference": f"{REGISTRY}/{repository}:v1@{digest}"}
+
+
+IMAGES = [_image("ml/trainer", "sha256:" + "a" * 64), _image("ml/inference", "sha256:" + "b" * 64)]
+# What the parameter and make status say the snapshot holds: each image by repository and digest.
+HELD = [{"repository": image["repository"], "digest": image["digest"]} for image in IMAGES]
 STAMP = {"containerd": "v1.7.27", "ami": "", "architecture": "x86_64", "sealedAt": "2026-01-01T00:00:00Z"}
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 
@@ -132,11 +139,13 @@ class Stack:
             name=self.name, definition=text, roleArn="arn:aws:iam::123456789012:role/warm-builder"
         )["stateMachineArn"]
 
-    def run(self, machine: str, timeout: float = 60) -> dict[str, Any]:
+    def run(self, machine: str, images: list[dict[str, str]] | None = None, timeout: float = 60) -> dict[str, Any]:
+        images = IMAGES if images is None else images
+        parameters = {"images": [",".join(image["reference"] for image in images)], "pin": ["true"]}
         execution = self.sfn.start_execution(
             stateMachineArn=machine,
             name=f"build-{next(self._names)}",
-            input=json.dumps({"images": IMAGES, "documentParameters": {"images": ["repo@sha256:x"], "pin": ["true"]}}),
+            input=json.dumps({"images": images, "documentParameters": parameters}),
         )["executionArn"]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -147,14 +156,16 @@ class Stack:
         raise AssertionError(f"execution still {described['status']} after {timeout} s")
 
     def why(self, execution: dict[str, Any]) -> list[Any]:
-        """The failures in the execution's history, for an assertion's message."""
+        """The states entered and the failures in the execution's history (each cut short), for an assertion's
+        message."""
         events = self.sfn.get_execution_history(executionArn=execution["executionArn"])["events"]
         return [
-            {key: value for key, value in event.items() if key.endswith("EventDetails") and "Failed" in key}
-            or event.get("stateEnteredEventDetails", {}).get("name")
-            or event.get("stateExitedEventDetails")
+            str(
+                {key: value for key, value in event.items() if key.endswith("EventDetails") and "Failed" in key}
+                or event.get("stateEnteredEventDetails", {}).get("name")
+            )[:500]
             for event in events
-            if "Failed" in event["type"] or event["type"].endswith(("StateEntered", "StateExited"))
+            if "Failed" in event["type"] or event["type"].endswith("StateEntered")
         ]
 
     def request(self, execution: dict[str, Any], action: str) -> dict[str, Any]:
@@ -275,17 +286,16 @@ def test_a_build_launches_the_builder_pulls_snapshots_publishes_and_terminates(
     ]
     assert all(command["InstanceIds"] == [builder["InstanceId"]] for command in stack.commands())
     pull = stack.commands()[1]
-    assert pull["Parameters"] == {"images": ["repo@sha256:x"], "pin": ["true"]}
+    assert pull["Parameters"] == {"images": [",".join(image["reference"] for image in IMAGES)], "pin": ["true"]}
 
     (snapshot,) = stack.snapshots()
     assert snapshot["State"] == "completed"
+    # What EC2 needs (this stack's, its AMI, architecture, containerd, build); what it holds is in the parameter.
     assert _tags(snapshot) | {"eks-image-prefetch:build": "-"} == {
         SNAPSHOT_TAG: STACK,
         "eks-image-prefetch:ami": stack.ami,
         "eks-image-prefetch:architecture": "x86_64",
         "eks-image-prefetch:containerd-version": "v1.7.27",
-        "eks-image-prefetch:digest:ml/trainer": "sha256:" + "a" * 64,
-        "eks-image-prefetch:digest:ml/inference": "sha256:" + "b" * 64,
         "eks-image-prefetch:build": "-",
     }
 
@@ -307,7 +317,7 @@ def test_a_build_launches_the_builder_pulls_snapshots_publishes_and_terminates(
     assert published["snapshotId"] == snapshot["SnapshotId"]
     assert published["amiId"] == stack.ami
     assert published["containerdVersion"] == "v1.7.27"
-    assert published["images"] == IMAGES
+    assert published["images"] == HELD
     assert published["launchTemplateVersion"] == newest["VersionNumber"]
 
 
@@ -434,6 +444,26 @@ def test_the_builder_pulls_with_its_own_document_whose_events_never_reach_the_st
         ],
     )
     assert [event["detail"]["instance-id"] for event in routed] == ["i-0node"]  # the cluster's own still reach it
+
+
+def test_fifty_images_and_a_repository_name_of_120_characters_build_and_are_published(
+    stack: Stack, node_outcomes: dict[str, Outcome]
+) -> None:
+    """EC2 allows 50 tags per resource and keys of 128 characters; RepositoryNames allows 256-character names and the
+    document 50 images. Whatever the plan, the snapshot's tags fit, and what it holds is in the parameter."""
+    long_name = "platform/" + "x" * 111  # 120 characters: as a tag key's suffix, 146 characters
+    images = [_image(f"team/app-{n:02d}", f"sha256:{n:064x}") for n in range(49)]
+    images.append(_image(long_name, "sha256:" + "c" * 64))
+
+    result = stack.run(stack.state_machine(), images=images)
+
+    assert result["status"] == "SUCCEEDED", "\n".join(map(str, stack.why(result)))
+    (snapshot,) = stack.snapshots()
+    tags = _tags(snapshot)
+    assert len(tags) <= 50 and max(map(len, tags)) <= 128 and max(map(len, tags.values())) <= 256
+    published = stack.ssm.get_parameter(Name=stack.snapshot_parameter)["Parameter"]["Value"]
+    assert json.loads(published)["images"] == [{"repository": i["repository"], "digest": i["digest"]} for i in images]
+    assert len(published.encode()) <= 8192  # an advanced parameter's limit (Intelligent-Tiering)
 
 
 def _assert_nothing_published(stack: Stack) -> None:
