@@ -147,6 +147,9 @@ class Stack:
             name=f"build-{next(self._names)}",
             input=json.dumps({"images": images, "documentParameters": parameters}),
         )["executionArn"]
+        return self.wait(execution, timeout)
+
+    def wait(self, execution: str, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             described = self.sfn.describe_execution(executionArn=execution)
@@ -167,6 +170,12 @@ class Stack:
             for event in events
             if "Failed" in event["type"] or event["type"].endswith("StateEntered")
         ]
+
+    def error(self, execution: dict[str, Any]) -> dict[str, Any]:
+        """The error the states recorded before the execution's Fail state (its Cause says: see it)."""
+        events = self.sfn.get_execution_history(executionArn=execution["executionArn"])["events"]
+        (entered,) = [event["stateEnteredEventDetails"] for event in events if event["type"] == "FailStateEntered"]
+        return json.loads(entered["input"])["error"]
 
     def request(self, execution: dict[str, Any], action: str) -> dict[str, Any]:
         """The parameters of the execution's one call of this aws-sdk action."""
@@ -225,16 +234,30 @@ def stack(aws: None, monkeypatch: pytest.MonkeyPatch) -> Stack:
 Outcome = tuple[str, str]  # (Status, StandardOutputContent)
 
 
+def pull_report(statuses: dict[str, str]) -> str:
+    """What the pull (the prefetch script) prints: one record per image sent (reference -> status), then a summary."""
+    records = [{"image": reference, "status": status, "seconds": 0.1} for reference, status in statuses.items()]
+    counts = {status: sum(1 for s in statuses.values() if s == status) for status in ("pulled", "cached", "skipped")}
+    summary = {"summary": True, "images": len(statuses), "failed": 0, "omitted": 0, "seconds": 0.2, **counts}
+    return "".join(json.dumps(line) + "\n" for line in [*records, summary])
+
+
 @pytest.fixture
 def node_outcomes(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> dict[str, Outcome]:
     """Double for the builder's side of Run Command (moto answers Success with no output): per document name, the
-    status and output GetCommandInvocation answers. Defaults: every step succeeds; the seal step prints its stamp."""
-    outcomes = {name: ("Success", "") for name in stack.documents.values()}
+    status and output GetCommandInvocation answers. Defaults: every step succeeds; the pull reports every image it
+    was sent pulled; the seal step prints its stamp."""
+    outcomes: dict[str, Outcome | None] = {name: ("Success", "") for name in stack.documents.values()}
+    outcomes[stack.documents["WarmPullDocument"]] = None  # from the command's own images parameter
     outcomes[stack.documents["WarmSealDocument"]] = ("Success", json.dumps({**STAMP, "ami": stack.ami}))
     original: Callable[..., dict[str, Any]] = Command.invocation_response
 
     def invocation_response(self: Command, instance_id: str, plugin_name: str) -> dict[str, Any]:
-        status, output = outcomes[self.document_name]
+        outcome = outcomes[self.document_name]
+        if outcome is None:
+            (images,) = self.parameters["images"]
+            outcome = ("Success", pull_report(dict.fromkeys(images.split(","), "pulled")))
+        status, output = outcome
         return {
             **original(self, instance_id, plugin_name),
             "Status": status,
@@ -243,7 +266,7 @@ def node_outcomes(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> dict[str, Ou
         }
 
     monkeypatch.setattr(Command, "invocation_response", invocation_response)
-    return outcomes
+    return outcomes  # type: ignore[return-value]
 
 
 @pytest.fixture
@@ -397,7 +420,7 @@ def test_a_build_while_another_runs_does_nothing(stack: Stack, node_outcomes: di
     node_outcomes[stack.documents["WarmPullDocument"]] = ("InProgress", "")
     machine = stack.state_machine(MaxPolls="1000000")
     first = stack.sfn.start_execution(
-        stateMachineArn=machine, name="first", input=json.dumps({"documentParameters": {}})
+        stateMachineArn=machine, name="first", input=json.dumps({"images": IMAGES, "documentParameters": {}})
     )
     deadline = time.monotonic() + 30
     while len(stack.commands()) < 2 and time.monotonic() < deadline:
@@ -464,6 +487,109 @@ def test_fifty_images_and_a_repository_name_of_120_characters_build_and_are_publ
     published = stack.ssm.get_parameter(Name=stack.snapshot_parameter)["Parameter"]["Value"]
     assert json.loads(published)["images"] == [{"repository": i["repository"], "digest": i["digest"]} for i in images]
     assert len(published.encode()) <= 8192  # an advanced parameter's limit (Intelligent-Tiering)
+
+
+@pytest.mark.parametrize(
+    "seal",
+    [
+        "containerd stopped",  # not JSON
+        "",  # nothing printed
+        '["v1.7.27"]',  # JSON, not an object
+        '{"ami": "ami-0123456789abcdef0", "architecture": "x86_64"}',  # no containerd version
+        '{"containerd": 1.7, "ami": "ami-0123456789abcdef0", "architecture": "x86_64"}',  # not a string
+    ],
+)
+def test_seal_output_that_is_not_the_stamp_terminates_the_builder_and_publishes_nothing(
+    stack: Stack, node_outcomes: dict[str, Outcome], seal: str
+) -> None:
+    """Every path after the launch ends with the builder terminated, runtime errors included: an intrinsic that
+    fails in a Pass state, or a path the output lacks, would otherwise end the execution with the builder up."""
+    node_outcomes[stack.documents["WarmSealDocument"]] = ("Success", seal)
+
+    result = stack.run(stack.state_machine())
+
+    assert result["status"] == "FAILED"
+    _assert_nothing_published(stack)
+
+
+def test_a_build_publishes_only_what_the_pull_reports_held_and_fails(
+    stack: Stack, node_outcomes: dict[str, Outcome]
+) -> None:
+    """A too small volume (the disk guard skips) or an image of another architecture: the pull exits 0 without it.
+    The parameter claims only what the volume holds; the build fails (ExecutionsFailed: WarmBuildFailuresAlarm)
+    after publishing it, so that nodes still get what it does hold, and the planner's plan no longer matches."""
+    trainer, inference = IMAGES
+    report = pull_report({trainer["reference"]: "cached", inference["reference"]: "skipped"})
+    node_outcomes[stack.documents["WarmPullDocument"]] = ("Success", report)
+
+    result = stack.run(stack.state_machine())
+
+    assert result["status"] == "FAILED"
+    assert result["error"] == "WarmBuild.ImagesMissing"
+    assert "ml/inference" in stack.error(result)["Cause"] and "ml/trainer" not in stack.error(result)["Cause"]
+    (builder,) = stack.builders()
+    assert builder["State"]["Name"] == "terminated"
+    (snapshot,) = stack.snapshots()
+    published = stack.published()
+    assert published["snapshotId"] == snapshot["SnapshotId"]
+    assert published["images"] == [{"repository": "ml/trainer", "digest": trainer["digest"]}]
+    _first, newest = stack.launch_template_versions()
+    assert newest["DefaultVersion"]
+    assert newest["LaunchTemplateData"]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] == snapshot["SnapshotId"]
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        # A builder the document cannot serve (no containerd socket where it looks): exit 0, nothing touched.
+        '{"summary": true, "images": 0, "failed": 0, "omitted": 0, "unsupported": "no socket", "seconds": 0}',
+        # Every image skipped (a volume too small for any of them).
+        pull_report({image["reference"]: "skipped" for image in IMAGES}),
+        # Records of other images only.
+        pull_report({"registry.example/other:v1@sha256:" + "d" * 64: "pulled"}),
+    ],
+)
+def test_a_pull_that_holds_none_of_the_plan_publishes_nothing(
+    stack: Stack, node_outcomes: dict[str, Outcome], report: str
+) -> None:
+    node_outcomes[stack.documents["WarmPullDocument"]] = ("Success", report)
+
+    result = stack.run(stack.state_machine())
+
+    assert result["status"] == "FAILED"
+    _assert_nothing_published(stack)
+
+
+@pytest.mark.parametrize("execution_input", [{"documentParameters": {}}, {"images": [], "documentParameters": {}}])
+def test_an_input_without_images_launches_nothing(stack: Stack, execution_input: dict[str, Any]) -> None:
+    execution = stack.sfn.start_execution(stateMachineArn=stack.state_machine(), input=json.dumps(execution_input))
+    described = stack.wait(execution["executionArn"])
+
+    assert (described["status"], described["error"]) == ("FAILED", "WarmBuild.InvalidInput")
+    assert stack.builders() == []
+
+
+def test_a_plan_of_one_image_publishes_a_list_of_one(stack: Stack, node_outcomes: dict[str, Outcome]) -> None:
+    """JSONPath's one-element results (a filter, [*]) are lists in AWS and in moto alike."""
+    result = stack.run(stack.state_machine(), images=IMAGES[:1])
+
+    assert result["status"] == "SUCCEEDED", "\n".join(map(str, stack.why(result)))
+    assert stack.published()["images"] == HELD[:1]
+
+
+def test_a_record_cut_short_holds_nothing(stack: Stack, node_outcomes: dict[str, Outcome]) -> None:
+    """A line of the pull's report that is not one JSON object (cut short by the agent's output limit) is never
+    parsed (a failing intrinsic would be a runtime error no Catch catches): the image it was about is not claimed."""
+    trainer, inference = IMAGES
+    cut = json.dumps({"image": trainer["reference"], "status": "pulled"})[:-12]
+    report = pull_report({inference["reference"]: "pulled"}) + cut
+    node_outcomes[stack.documents["WarmPullDocument"]] = ("Success", report)
+
+    result = stack.run(stack.state_machine())
+
+    assert result["status"] == "FAILED" and result["error"] == "WarmBuild.ImagesMissing"
+    assert stack.published()["images"] == [{"repository": "ml/inference", "digest": inference["digest"]}]
+    assert {builder["State"]["Name"] for builder in stack.builders()} == {"terminated"}
 
 
 def _assert_nothing_published(stack: Stack) -> None:
