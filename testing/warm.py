@@ -266,7 +266,7 @@ def delete_launch_template_versions(monkeypatch: Any) -> None:
     def delete(self: LaunchTemplates) -> ActionResult:
         template = self.ec2_backend.get_launch_template(self._get_param("LaunchTemplateId"))
         deleted, refused = [], []
-        for number in self._get_param("LaunchTemplateVersion", []):
+        for number in self._get_param("Versions", []):
             version = template.get_version(number)
             entry = {
                 "LaunchTemplateId": template.id,

@@ -7,6 +7,8 @@ moto cannot play three steps, so small doubles stand in, named where they are us
 - ``failing_snapshots``: moto's snapshots are ``completed`` at once. The double makes them ``error``.
 - ``inherit_source_version`` (testing/warm.py): moto's CreateLaunchTemplateVersion ignores SourceVersion; the double
   inherits the source version's launch parameters, as EC2 does.
+- ``delete_launch_template_versions`` (testing/warm.py): moto has no DeleteLaunchTemplateVersions.
+- ``refused``: an AWS call refused N times (throttling, a KMS or quota error), at moto's backend.
 
 And one gap of moto's Step Functions is bridged: ``sfn_casing``. AWS takes and returns an aws-sdk integration's
 fields in PascalCase whatever the service's own casing; moto hands them to boto3 as written, and boto3's Step
@@ -22,18 +24,23 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
 import pytest
 import yaml
+from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models.elastic_block_store import EBSBackend
-from moto.ssm.models import Command
+from moto.ec2.models.launch_templates import LaunchTemplate, LaunchTemplateBackend
+from moto.ssm.exceptions import SSMException
+from moto.ssm.models import Command, SimpleSystemManagerBackend
+from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
 
 from harness import template as cfn
 from harness.routing import routed_events
 from testing.environment import emulated_aws
-from testing.warm import inherit_source_version, sfn_aws_casing
+from testing.warm import delete_launch_template_versions, inherit_source_version, sfn_aws_casing
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = ROOT / "statemachines" / "warm_volume_builder.asl.json"
@@ -226,9 +233,48 @@ def _base64(value: Any) -> Any:
 
 
 @pytest.fixture
-def stack(aws: None, monkeypatch: pytest.MonkeyPatch) -> Stack:
+def retry_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """moto's Step Functions sleeps each Retry interval; the waits are recorded instead (tests count attempts)."""
+    waits: list[float] = []
+    monkeypatch.setattr(retrier_decl, "time", SimpleNamespace(sleep=waits.append))
+    return waits
+
+
+@pytest.fixture
+def stack(aws: None, monkeypatch: pytest.MonkeyPatch, retry_waits: list[float]) -> Stack:
     inherit_source_version(monkeypatch)
+    delete_launch_template_versions(monkeypatch)
     return Stack()
+
+
+class Refusals:
+    """Double for AWS refusing a call (throttling, TooManyUpdates, a KMS or quota error), at moto's backend: after
+    ``after`` calls that run, every later call of the method raises (the state machine's retries included)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.monkeypatch = monkeypatch
+        self.calls: dict[str, int] = {}
+
+    def refuse(self, owner: type, method: str, error: Exception, after: int = 0) -> None:
+        original = getattr(owner, method)
+        self.calls[method] = 0
+
+        def refusing(backend: Any, *args: Any, **kwargs: Any) -> Any:
+            self.calls[method] += 1
+            if self.calls[method] > after:
+                raise error
+            return original(backend, *args, **kwargs)
+
+        self.monkeypatch.setattr(owner, method, refusing)
+
+
+@pytest.fixture
+def refused(monkeypatch: pytest.MonkeyPatch) -> Refusals:
+    return Refusals(monkeypatch)
+
+
+TOO_MANY_UPDATES = SSMException("TooManyUpdates", "There are concurrent updates for the resource")
+THROTTLED = EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
 
 
 Outcome = tuple[str, str]  # (Status, StandardOutputContent)
@@ -590,6 +636,118 @@ def test_a_record_cut_short_holds_nothing(stack: Stack, node_outcomes: dict[str,
     assert result["status"] == "FAILED" and result["error"] == "WarmBuild.ImagesMissing"
     assert stack.published()["images"] == [{"repository": "ml/inference", "digest": inference["digest"]}]
     assert {builder["State"]["Name"] for builder in stack.builders()} == {"terminated"}
+
+
+# --- Publication is all or nothing (the launch template version, its default, the parameter) --------------------
+
+
+def _snapshot_ids(stack: Stack) -> set[str]:
+    return {snapshot["SnapshotId"] for snapshot in stack.snapshots()}
+
+
+def _named_snapshots(stack: Stack) -> set[str]:
+    """The snapshots some version of the launch template names (the versions EC2 still lists)."""
+    return {
+        mapping["Ebs"]["SnapshotId"]
+        for version in stack.launch_template_versions()
+        for mapping in version["LaunchTemplateData"].get("BlockDeviceMappings", [])
+        if mapping.get("Ebs", {}).get("SnapshotId")
+    }
+
+
+def _default_version(stack: Stack) -> int:
+    (default,) = [v["VersionNumber"] for v in stack.launch_template_versions() if v["DefaultVersion"]]
+    return int(default)
+
+
+def test_a_refused_parameter_restores_the_default_removes_the_new_version_and_deletes_no_named_snapshot(
+    stack: Stack, node_outcomes: dict[str, Outcome], refused: Refusals
+) -> None:
+    """PutParameter refused after the new version was made the default: nodes launched from $Default must not get a
+    snapshot the failure path then deletes (InvalidSnapshot.NotFound)."""
+    machine = stack.state_machine()
+    assert stack.run(machine)["status"] == "SUCCEEDED"
+    first = stack.published()
+    refused.refuse(SimpleSystemManagerBackend, "put_parameter", TOO_MANY_UPDATES)
+
+    result = stack.run(machine)
+
+    assert result["status"] == "FAILED"
+    assert _default_version(stack) == first["launchTemplateVersion"]  # restored
+    assert [v["VersionNumber"] for v in stack.launch_template_versions()] == [1, first["launchTemplateVersion"]]
+    assert stack.published() == first
+    assert _snapshot_ids(stack) == {first["snapshotId"]} == _named_snapshots(stack)
+    assert {builder["State"]["Name"] for builder in stack.builders()} == {"terminated"}
+
+
+@pytest.mark.parametrize("earlier_build", [False, True])
+def test_a_refused_default_change_removes_the_new_version_and_its_snapshot(
+    stack: Stack, node_outcomes: dict[str, Outcome], refused: Refusals, earlier_build: bool
+) -> None:
+    machine = stack.state_machine()
+    if earlier_build:
+        assert stack.run(machine)["status"] == "SUCCEEDED"
+    before = (stack.published(), _default_version(stack), _snapshot_ids(stack))
+    refused.refuse(LaunchTemplateBackend, "modify_launch_template", THROTTLED)
+
+    result = stack.run(machine)
+
+    assert result["status"] == "FAILED"
+    assert (stack.published(), _default_version(stack), _snapshot_ids(stack)) == before
+    assert len(stack.launch_template_versions()) == 1 + earlier_build  # the new one removed
+    assert _named_snapshots(stack) <= _snapshot_ids(stack)
+
+
+def test_a_refused_version_creation_keeps_the_snapshot_a_lost_answer_may_have_named(
+    stack: Stack, node_outcomes: dict[str, Outcome], refused: Refusals
+) -> None:
+    """CreateLaunchTemplateVersion failing after its retries may still have created the version (an answer lost on
+    the way back): its snapshot is kept, for retention to delete once no version names it; the default is unchanged."""
+    refused.refuse(LaunchTemplate, "create_version", THROTTLED)
+
+    result = stack.run(stack.state_machine())
+
+    assert result["status"] == "FAILED"
+    assert _default_version(stack) == 1 and len(stack.launch_template_versions()) == 1
+    assert len(_snapshot_ids(stack)) == 1
+    assert stack.published() == {}
+
+
+def test_when_the_new_version_cannot_be_removed_the_snapshot_it_names_is_kept(
+    stack: Stack, node_outcomes: dict[str, Outcome], refused: Refusals, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default restored, but DeleteLaunchTemplateVersions refused: a version still names the new snapshot (a
+    node group may launch it), so it stays; retention deletes it once no version names it."""
+    refused.refuse(SimpleSystemManagerBackend, "put_parameter", TOO_MANY_UPDATES)
+    monkeypatch.delattr("moto.ec2.responses.launch_templates.LaunchTemplates.delete_launch_template_versions")
+
+    result = stack.run(stack.state_machine())
+
+    assert result["status"] == "FAILED"
+    assert _default_version(stack) == 1
+    assert _named_snapshots(stack) == _snapshot_ids(stack) != set()
+    assert stack.published() == {}
+    assert {builder["State"]["Name"] for builder in stack.builders()} == {"terminated"}
+
+
+def test_when_the_default_cannot_be_restored_the_snapshot_it_names_is_kept(
+    stack: Stack, node_outcomes: dict[str, Outcome], refused: Refusals
+) -> None:
+    """PutParameter refused, then ModifyLaunchTemplate refused too (the new version stays the default): the snapshot
+    nodes now launch with is never deleted."""
+    machine = stack.state_machine()
+    assert stack.run(machine)["status"] == "SUCCEEDED"
+    refused.refuse(SimpleSystemManagerBackend, "put_parameter", TOO_MANY_UPDATES)
+    # Making the new version the default succeeds; restoring the previous one is refused.
+    refused.refuse(LaunchTemplateBackend, "modify_launch_template", THROTTLED, after=1)
+
+    result = stack.run(machine)
+
+    assert result["status"] == "FAILED"
+    newest = stack.launch_template_versions()[-1]
+    assert newest["DefaultVersion"]
+    (mapping,) = newest["LaunchTemplateData"]["BlockDeviceMappings"]
+    assert mapping["Ebs"]["SnapshotId"] in _snapshot_ids(stack)
 
 
 def _assert_nothing_published(stack: Stack) -> None:
