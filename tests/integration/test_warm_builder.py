@@ -372,7 +372,7 @@ def test_a_build_launches_the_builder_pulls_snapshots_publishes_and_terminates(
     mapping = newest["LaunchTemplateData"]["BlockDeviceMappings"][0]
     assert mapping["DeviceName"] == "/dev/xvdb"
     assert mapping["Ebs"]["SnapshotId"] == snapshot["SnapshotId"]
-    assert mapping["Ebs"]["VolumeInitializationRate"] == 300
+    assert mapping["Ebs"]["VolumeInitializationRate"] == 100  # the default: 50 launches at once within 5,000 MiB/s
     assert newest["DefaultVersion"] and not first["DefaultVersion"]
     # Based on the default version, the new one keeps the template's user data: the warm boot part, whole.
     assert stack.request(result, "describeLaunchTemplateVersions")["Versions"] == ["$Default"]
@@ -405,6 +405,19 @@ def test_with_fast_snapshot_restore_the_published_volume_has_no_initialization_r
     assert mapping["Ebs"]["SnapshotId"] == snapshot["SnapshotId"]
     assert "VolumeInitializationRate" not in mapping["Ebs"]
     assert stack.published()["launchTemplateVersion"] == newest["VersionNumber"]
+
+
+def test_with_rate_zero_the_published_volume_has_no_initialization_rate(
+    stack: Stack, node_outcomes: dict[str, Outcome]
+) -> None:
+    """0: no provisioned rate: volumes load lazily, with no regional cap on launches at once."""
+    result = stack.run(stack.state_machine(VolumeInitializationRate="0"))
+
+    assert result["status"] == "SUCCEEDED", "\n".join(map(str, stack.why(result)))
+    _first, newest = stack.launch_template_versions()
+    (mapping,) = newest["LaunchTemplateData"]["BlockDeviceMappings"]
+    assert mapping["Ebs"]["SnapshotId"] == stack.published()["snapshotId"]
+    assert "VolumeInitializationRate" not in mapping["Ebs"]
 
 
 def test_the_next_build_starts_from_the_previous_snapshot(stack: Stack, node_outcomes: dict[str, Outcome]) -> None:

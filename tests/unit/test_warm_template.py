@@ -39,6 +39,37 @@ def _actions(resource: dict[str, Any]) -> list[str]:
     return re.findall(r"\b[a-z0-9-]+:[A-Za-z*]+(?=\\?\")", text)
 
 
+# EBS caps the provisioned initialization rate per Region, summed over the volumes initializing at once; a creation
+# over the cap fails (EBS user guide, "Initialize Amazon EBS volumes", Quotas).
+REGIONAL_INITIALIZATION_MIB_PER_SECOND = 5000
+# Launches at once the default must let through (a Karpenter scale-out of 50 GPU nodes).
+BURST = 50
+
+
+def test_with_the_default_rate_a_burst_of_fifty_launches_fits_the_regional_quota() -> None:
+    parameter = cfn.template()["Parameters"]["WarmVolumeInitializationRate"]
+    rate = int(parameter["Default"])
+    assert rate == 0 or BURST * rate <= REGIONAL_INITIALIZATION_MIB_PER_SECOND
+    # The description gives the arithmetic: launches at once = 5,000 / rate, and what 0 (no rate) means.
+    description = " ".join(parameter["Description"].split())
+    assert "5,000 MiB/s" in description and "5,000 / rate" in description and "0:" in description
+
+
+@pytest.mark.parametrize(
+    ("value", "allowed"), [("0", True), ("100", True), ("300", True), ("50", False), ("301", False)]
+)
+def test_the_rate_is_none_or_what_ebs_accepts(value: str, allowed: bool) -> None:
+    """0: no provisioned rate (the volume loads lazily, or with FSR where zones are named); else 100-300 MiB/s."""
+    parameter = cfn.template()["Parameters"]["WarmVolumeInitializationRate"]
+    assert bool(re.fullmatch(parameter["AllowedPattern"], value)) is allowed
+
+
+def test_the_dashboard_shows_how_close_a_burst_came_to_the_regional_quota() -> None:
+    dashboard = json.dumps(_resources("true")["PrefetchDashboard"]["Properties"]["DashboardBody"])
+    assert "${WarmVolumeInitializationRate}" in dashboard
+    assert str(REGIONAL_INITIALIZATION_MIB_PER_SECOND) in dashboard
+
+
 def test_warm_volumes_default_off() -> None:
     assert cfn.template()["Parameters"]["WarmVolumes"]["Default"] == "false"
 
@@ -223,7 +254,7 @@ def test_each_build_bases_its_version_on_the_default_one() -> None:
 
     assert read["Parameters"] == {"LaunchTemplateId": "${LaunchTemplateId}", "Versions": ["$Default"]}
     assert read["Next"] == "RateOrFastSnapshotRestore"
-    creates = ["CreateLaunchTemplateVersion", "CreateLaunchTemplateVersionForFastSnapshotRestore"]
+    creates = ["CreateLaunchTemplateVersion", "CreateLaunchTemplateVersionWithoutRate"]
     for create in creates:
         assert states[create]["Parameters"]["SourceVersion.$"] == "$.sourceVersion.version"
     transitions = {
