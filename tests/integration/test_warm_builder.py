@@ -123,6 +123,8 @@ class Stack:
             "Arn"
         ]
         resolver.attributes[("WarmBuilderInstanceProfile", "Arn")] = self.profile
+        # The version CloudFormation wrote (created: 1); a stack update that changes the template writes another.
+        resolver.attributes[("WarmLaunchTemplate", "LatestVersionNumber")] = "1"
         machine = cfn.resource("WarmVolumeBuilder")["Properties"]
         self.substitutions = {name: str(v) for name, v in resolver.resolve(machine["DefinitionSubstitutions"]).items()}
         # Every loop checks at once: the tests count checks, not seconds.
@@ -145,6 +147,13 @@ class Stack:
         return self.sfn.create_state_machine(
             name=self.name, definition=text, roleArn="arn:aws:iam::123456789012:role/warm-builder"
         )["stateMachineArn"]
+
+    def update_state_machine(self, machine: str, **substitutions: str) -> None:
+        """A stack update's new definition of the state machine."""
+        text = DEFINITION.read_text()
+        for name, value in {**self.substitutions, **substitutions}.items():
+            text = text.replace("${" + name + "}", value)
+        self.sfn.update_state_machine(stateMachineArn=machine, definition=text)
 
     def run(self, machine: str, images: list[dict[str, str]] | None = None, timeout: float = 60) -> dict[str, Any]:
         images = IMAGES if images is None else images
@@ -439,6 +448,35 @@ def test_the_next_build_starts_from_the_previous_snapshot(stack: Stack, node_out
     assert (
         rebuilt["LaunchTemplateData"]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] == stack.published()["snapshotId"]
     )
+
+
+def test_after_a_stack_update_of_the_launch_template_the_next_build_carries_the_new_user_data(
+    stack: Stack, node_outcomes: dict[str, Outcome]
+) -> None:
+    """CloudFormation writes a changed WarmLaunchTemplate as a new version and leaves the default where it was (the
+    last build's, with the old warm boot part): based on the default, every later build would carry the old user
+    data. The first build after such an update bases its version on the stack's; later ones on the default again
+    (which keeps what a user added to it)."""
+    machine = stack.state_machine()
+    assert stack.run(machine)["status"] == "SUCCEEDED"
+    new_user_data = base64.b64encode(b"#!/bin/bash\necho a new warm boot part\n").decode()
+    written = stack.ec2.create_launch_template_version(
+        LaunchTemplateId=stack.launch_template,
+        LaunchTemplateData={"UserData": new_user_data, "BlockDeviceMappings": [{"DeviceName": "/dev/xvdb", "Ebs": {}}]},
+    )["LaunchTemplateVersion"]["VersionNumber"]
+    assert _default_version(stack) == 2  # as CloudFormation leaves it
+    stack.update_state_machine(machine, StackLaunchTemplateVersion=str(written))
+
+    after_update = stack.run(machine)
+    again = stack.run(machine)
+
+    assert (after_update["status"], again["status"]) == ("SUCCEEDED", "SUCCEEDED")
+    assert stack.request(after_update, "createLaunchTemplateVersion")["SourceVersion"] == str(written)
+    *_, rebuilt, latest = stack.launch_template_versions()
+    assert rebuilt["LaunchTemplateData"]["UserData"] == new_user_data
+    assert stack.request(again, "createLaunchTemplateVersion")["SourceVersion"] == str(rebuilt["VersionNumber"])
+    assert latest["LaunchTemplateData"]["UserData"] == new_user_data and latest["DefaultVersion"]
+    assert stack.published()["stackTemplateVersion"] == str(written)
 
 
 @pytest.mark.parametrize("step", ["WarmPrepareDocument", "WarmPullDocument", "WarmSealDocument"])

@@ -248,12 +248,16 @@ def test_the_launch_template_carries_the_warm_boot_part_as_mime_multipart() -> N
     assert len(data["UserData"]["Fn::Base64"].encode()) <= 16 * 1024  # EC2's limit before base64
 
 
-def test_each_build_bases_its_version_on_the_default_one() -> None:
+def test_each_build_bases_its_version_on_the_default_one_or_after_a_stack_update_on_the_stacks() -> None:
     states = json.loads(DEFINITION.read_text())["States"]
     read = states["ReadDefaultLaunchTemplateVersion"]
 
     assert read["Parameters"] == {"LaunchTemplateId": "${LaunchTemplateId}", "Versions": ["$Default"]}
-    assert read["Next"] == "RateOrFastSnapshotRestore"
+    assert read["Next"] == "StackUpdatedTheTemplate"
+    assert states["SourceIsTheDefault"]["Parameters"] == {"version.$": "$.previousDefault.version"}
+    assert states["SourceIsTheStacksVersion"]["Parameters"] == {"version.$": "$.config.stackTemplateVersion"}
+    substitutions = cfn.resource("WarmVolumeBuilder")["Properties"]["DefinitionSubstitutions"]
+    assert substitutions["StackLaunchTemplateVersion"] == {"Fn::GetAtt": ["WarmLaunchTemplate", "LatestVersionNumber"]}
     creates = ["CreateLaunchTemplateVersion", "CreateLaunchTemplateVersionWithoutRate"]
     for create in creates:
         assert states[create]["Parameters"]["SourceVersion.$"] == "$.sourceVersion.version"
