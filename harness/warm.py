@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import boto3
 
-from harness.cluster import Node
+from harness.cluster import Node, PushedImage
 from harness.cri import Cri
 from harness.node import PROJECT_ROOT, Containerd, missing_prerequisites
 from harness.stack import REGION
@@ -657,21 +657,30 @@ def warm_scene(world: World, say: Say, tags: Mapping[str, str] | None = None) ->
     return results
 
 
-def measure_boot(world: World, loop: WarmLoop, boot: Boot, snapshot: Snapshot, timeout: float = 600) -> dict[str, Any]:
+def measure_boot(
+    world: World,
+    loop: WarmLoop,
+    boot: Boot,
+    snapshot: Snapshot,
+    timeout: float = 600,
+    images: Sequence[WarmImage] | None = None,
+) -> dict[str, Any]:
     """Run the World until the node's first prefetch is done: whether its images were present at boot, the seconds
-    from its launch until they were (CRI, by the pod's tag), and the bytes its route to the registry carried."""
+    from its launch until they were (CRI, by the pod's tag), and the bytes its route to the registry carried.
+    ``images``: the ones to wait for (default: the snapshot's; the newest ones for a snapshot behind them)."""
+    wanted = list(snapshot.images if images is None else images)
     # Asked before anything was sent to the node (its launch event waits in the node-launch queue until settle).
     reached = any(boot.instance_id in command.invocations for command in world.agent.commands.values())
-    at_boot = not reached and all(loop.present(boot.instance_id, snapshot.images).values())
+    at_boot = not reached and all(loop.present(boot.instance_id, wanted).values())
     ready: list[float] = [boot.booted_at] if at_boot else []
 
     def tick() -> None:
-        if not ready and all(loop.present(boot.instance_id, snapshot.images).values()):
+        if not ready and all(loop.present(boot.instance_id, wanted).values()):
             ready.append(time.monotonic())
 
     world.settle(timeout, tick=tick)
     tick()
-    present = loop.present(boot.instance_id, snapshot.images)
+    present = loop.present(boot.instance_id, wanted)
     proxy = world.instances[boot.instance_id].proxy
     return {
         "node": boot.name,
@@ -683,3 +692,46 @@ def measure_boot(world: World, loop: WarmLoop, boot: Boot, snapshot: Snapshot, t
         "missing": sorted(reference for reference, found in present.items() if not found),
         "boot": boot.line or "no warm volume",
     }
+
+
+def changed_layers(newer: PushedImage, older: PushedImage) -> dict[str, int]:
+    """The layers of ``newer`` (an image manifest) that ``older`` does not have: digest -> compressed size."""
+    held = {layer["digest"] for layer in json.loads(older.manifest).get("layers", [])}
+    return {
+        layer["digest"]: int(layer["size"])
+        for layer in json.loads(newer.manifest).get("layers", [])
+        if layer["digest"] not in held
+    }
+
+
+def measure_one_push_behind(world: World, loop: WarmLoop, snapshot: Snapshot, newer: PushedImage) -> dict[str, Any]:
+    """A node booted from ``snapshot`` (which holds the image before ``newer``, one push behind) whose first prefetch
+    is ``newer``: the bytes its route to the registry carried against the bytes of the layers ``newer`` changed, and
+    how many of the layers it already had were downloaded again (the registry's access log)."""
+    (older,) = [
+        pushed
+        for pushed in world.pushed
+        if pushed.repository == newer.repository and pushed.digest in {image.digest for image in snapshot.images}
+    ]
+    changed = changed_layers(newer, older)
+    kept = {layer["digest"] for layer in json.loads(older.manifest).get("layers", [])}
+    gets_before = _blob_gets(world, newer.repository, kept)
+    images, _parameters = loop.resolve([newer.repository])
+    if [image.digest for image in images] != [newer.digest]:
+        raise RuntimeError(f"{newer.repository}'s newest image is not {newer.digest}: {images}")
+    boot = loop.boot_warm(f"behind-{len(loop.boots) + 1}", snapshot.snapshot_id, proxy=True)
+    result = measure_boot(world, loop, boot, snapshot, images=images)
+    changed_bytes = sum(changed.values())
+    return {
+        **result,
+        "changed_layer_bytes": changed_bytes,
+        "pulled_per_changed_byte": result["bytes_pulled"] / changed_bytes if changed_bytes else None,
+        "unchanged_layers_downloaded": _blob_gets(world, newer.repository, kept) - gets_before,
+    }
+
+
+def _blob_gets(world: World, repository: str, digests: set[str]) -> int:
+    """How many GETs of these blobs of the repository the registry has served."""
+    assert world.registry is not None
+    paths = {f"/v2/{repository}/blobs/{digest}" for digest in digests}
+    return sum(1 for method, path in world.registry.requests() if method == "GET" and path in paths)

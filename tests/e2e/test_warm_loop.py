@@ -20,7 +20,7 @@ from harness.cluster import Node
 from harness.cri import Cri
 from harness.node import PIN_LABEL, Containerd, default_release, release_available
 from harness.stack import REGION
-from harness.warm import BUILDER_TAG, DIGEST_TAG_PREFIX, SNAPSHOT_TAG, Snapshot, WarmLoop
+from harness.warm import BUILDER_TAG, DIGEST_TAG_PREFIX, SNAPSHOT_TAG, Snapshot, WarmLoop, measure_one_push_behind
 from harness.world import World
 
 pytestmark = pytest.mark.node
@@ -226,3 +226,24 @@ def test_a_snapshot_sealed_by_another_containerd_is_not_mounted_and_the_node_pul
     with Cri(node.containerd.address) as cri:
         status = cri.image_status(snapshot.images[0].by_tag)
     assert status is not None and status.pinned is True
+
+
+def test_a_node_booted_from_a_snapshot_one_push_behind_downloads_only_the_changed_layers(make_world) -> None:
+    """The snapshot holds v1; v2 (v1's layers and one more) is the newest when the node boots: its first prefetch
+    pulls v2, and only v2's new layer crosses its route (plus the manifest and config): a snapshot one push behind
+    is still worth booting. The bench reports the ratio (BENCHMARKS.md, warm boot volumes)."""
+    world = make_world(RepositoryNames="ml/trainer", WarmVolumes="true")
+    world.push("ml/trainer", "v1", [1.5, 1.5])
+    world.settle(60)
+    loop = WarmLoop(world)
+    snapshot = loop.build()
+    newer = world.push("ml/trainer", "v2", [1.0], based_on="v1")
+    world.settle(60)
+
+    result = measure_one_push_behind(world, loop, snapshot, newer)
+
+    assert result["boot"].startswith("eks-image-prefetch: warm boot: "), result["boot"]
+    assert result["missing"] == []  # v2 present by the pod's tag once its prefetch ran
+    assert result["unchanged_layers_downloaded"] == 0
+    assert 1_000_000 <= result["changed_layer_bytes"] <= 1_100_000
+    assert result["changed_layer_bytes"] <= result["bytes_pulled"] <= 1.05 * result["changed_layer_bytes"]
