@@ -303,6 +303,69 @@ class Snapshot:
     build: str
     builder: str  # its instance id
     build_seconds: float
+    usage: VolumeUsage | None = None  # measured on demand (WarmLoop.usage)
+
+
+@dataclass(frozen=True)
+class VolumeUsage:
+    """What a sealed volume holds, as its filesystem counts it: the data a snapshot of it stores, and its parts."""
+
+    used_bytes: int  # the filesystem's used blocks (statvfs), metadata included
+    empty_used_bytes: int  # the same for the volume freshly formatted, as the prepare step formats it
+    unpacked_bytes: int  # the images' unpacked layers: containerd's snapshotter directory, on disk
+    content_bytes: int  # containerd's content store (compressed layer blobs, manifests, configs)
+
+    @property
+    def data_bytes(self) -> int:
+        """The blocks the build wrote: the snapshot's data beyond an empty volume's."""
+        return self.used_bytes - self.empty_used_bytes
+
+    @property
+    def per_unpacked_byte(self) -> float | None:
+        return self.data_bytes / self.unpacked_bytes if self.unpacked_bytes else None
+
+
+def volume_usage(path: Path, work: Path) -> VolumeUsage:
+    """Mount a sealed volume file read-only and measure it (VolumeUsage), against an empty one of its size."""
+    work.mkdir(parents=True, exist_ok=True)
+    empty = LoopVolume(work / "empty.img")
+    with empty.path.open("wb") as out:
+        out.truncate(path.stat().st_size)
+    _run("mkfs.xfs", "-q", "-f", str(empty.path))
+    try:
+        empty_used, _, _ = _mounted_usage(empty, work / "empty")
+    finally:
+        empty.path.unlink()
+    used, unpacked, content = _mounted_usage(LoopVolume(path), work / "sealed")
+    return VolumeUsage(used, empty_used, unpacked, content)
+
+
+def _mounted_usage(volume: LoopVolume, mountpoint: Path) -> tuple[int, int, int]:
+    """(used bytes, bytes under the overlayfs snapshotter, bytes under the content store) of the volume's filesystem."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    device = volume.attach()
+    try:
+        # nouuid: a copy of the volume may be mounted elsewhere (XFS refuses two mounts of one UUID).
+        _run("mount", "-o", "ro,nouuid", device, str(mountpoint))
+        try:
+            stats = os.statvfs(mountpoint)
+            used = (stats.f_blocks - stats.f_bfree) * stats.f_frsize
+            return (
+                used,
+                _du(mountpoint / "io.containerd.snapshotter.v1.overlayfs"),
+                _du(mountpoint / "io.containerd.content.v1.content"),
+            )
+        finally:
+            subprocess.run(["umount", str(mountpoint)], check=False, capture_output=True)
+    finally:
+        volume.detach()
+
+
+def _du(path: Path) -> int:
+    """Bytes of the blocks the files under ``path`` take (0 if there is no such directory)."""
+    if not path.exists():
+        return 0
+    return int(_run("du", "-s", "--block-size=1", str(path)).split()[0])
 
 
 @dataclass
@@ -478,6 +541,12 @@ class WarmLoop:
         )
         self.snapshots[snapshot.snapshot_id] = snapshot
         return snapshot
+
+    def usage(self, snapshot: Snapshot) -> VolumeUsage:
+        """What the snapshot's volume holds (VolumeUsage), measured once."""
+        if snapshot.usage is None:
+            snapshot.usage = volume_usage(snapshot.path, self.base / f"usage-{snapshot.snapshot_id}")
+        return snapshot.usage
 
     def _wait(self, sfn: Any, execution: str, timeout: float = 1800) -> dict[str, Any]:
         """Run the World (the agent's events routed) until the execution ends."""
