@@ -97,7 +97,8 @@ class WarmStack:
         ami = self.ssm.get_parameter(Name=AMI_PARAMETER)["Parameter"]["Value"]
         snapshot = self.snapshot(build=execution["name"])
         version = self.use_in_launch_template(snapshot)
-        self.publish(snapshot, ami, built["images"], launch_template_version=version, build=execution["name"])
+        held = [{"repository": image["repository"], "digest": image["digest"]} for image in built["images"]]
+        self.publish(snapshot, ami, held, launch_template_version=version, build=execution["name"])
         return snapshot
 
     def publish(

@@ -104,9 +104,10 @@ def test_the_first_tick_builds_with_the_newest_images_and_document_parameters(wa
     assert outcome["result"] == "started" and outcome["reason"] == "first"
     (execution,) = warm.executions("RUNNING")
     execution_input = warm.execution_input(execution)
+    # Each with the reference the pull is sent: the builder publishes an image only if the pull reports it held.
     assert execution_input["images"] == [
-        {"repository": TRAINER, "digest": trainer},
-        {"repository": INFERENCE, "digest": inference},
+        {"repository": TRAINER, "digest": trainer, "reference": f"{REGISTRY}/{TRAINER}:v2@{trainer}"},
+        {"repository": INFERENCE, "digest": inference, "reference": f"{REGISTRY}/{INFERENCE}:v1@{inference}"},
     ]
     # Exactly what every other path sends the document for these images.
     expected = document_parameters(NewestImages(get_settings()).every_repository(), get_settings())

@@ -74,7 +74,11 @@ class Plan:
     def execution_input(self, settings: Settings) -> dict[str, Any]:
         """The state machine's input (docs/warm-volumes.md, "Input")."""
         return {
-            "images": [{"repository": image.repository, "digest": image.digest} for image in self.images],
+            # The reference is what the pull is sent: the builder claims an image only if the pull reports it held.
+            "images": [
+                {"repository": image.repository, "digest": image.digest, "reference": image.reference}
+                for image in self.images
+            ],
             "documentParameters": document_parameters(self.images, settings),
         }
 
