@@ -47,9 +47,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
 def deployment_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for key, value in DEPLOYMENT_ENV.items():
         monkeypatch.setenv(key, value)
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
     yield DEPLOYMENT_ENV
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
 
 
 @pytest.fixture
