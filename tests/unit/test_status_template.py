@@ -215,9 +215,10 @@ def test_the_warm_row_is_on_the_dashboard_only_with_warm_volumes():
     assert on["widgets"][: len(off["widgets"])] == off["widgets"]
     assert not [name for name in warm_resources if name in json.dumps(off)]
     assert all(f"STANDIN-{name}" in json.dumps(on) for name in warm_resources)
-    # Every warm resource the row names exists under the same condition.
+    # Every warm resource the row names exists under the same condition (a Warm* parameter exists either way).
     for name in re.findall(r"\$\{(Warm\w+)", dashboard_text(warm=True)):
-        assert cfn.resource(name).get("Condition") == "WarmVolumes", name
+        if name not in cfn.template()["Parameters"]:
+            assert cfn.resource(name).get("Condition") == "WarmVolumes", name
     # Side by side, never on top of each other.
     cells = [
         (x, y)
