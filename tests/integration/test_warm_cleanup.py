@@ -20,6 +20,7 @@ from eks_prefetch.warm.planner import WarmPlanError
 from testing.deployment import FakeLambdaContext, create_status_table, load_handler
 from testing.ec2 import set_launch_time
 from testing.environment import CLUSTER
+from testing.events import event_envelope
 from testing.output import emitted
 from testing.warm import AMI_PARAMETER, BUILD_TAG, FastSnapshotRestores, WarmStack
 
@@ -179,3 +180,66 @@ def test_a_tick_whose_ami_cannot_be_resolved_fails_but_still_sweeps(warm: WarmSt
 
     assert warm.state_of(left_behind) == "terminated"
     assert warm.executions() == []
+
+
+# --- the builder of a build that ended without terminating it ------------------------------------------------------
+
+
+def build_ended(warm: WarmStack, name: str, status: str, state_machine: str | None = None) -> dict[str, Any]:
+    """Step Functions' own event when an execution of the builder ends (its rule: FAILED, TIMED_OUT, ABORTED)."""
+    machine = state_machine or warm.state_machine
+    detail = {
+        "executionArn": f"{machine.replace(':stateMachine:', ':execution:')}:{name}",
+        "stateMachineArn": machine,
+        "name": name,
+        "status": status,
+        "startDate": 1_793_000_000_000,
+        "stopDate": 1_793_000_600_000,
+        "input": "{}",
+        "output": None,
+    }
+    return event_envelope(
+        "aws.states", "Step Functions Execution Status Change", detail, resources=[detail["executionArn"]]
+    )
+
+
+@pytest.mark.parametrize("status", ["FAILED", "TIMED_OUT", "ABORTED"])
+def test_a_build_that_ended_without_terminating_its_builder_has_it_terminated_at_once(
+    warm: WarmStack, clock: Any, capsys: pytest.CaptureFixture[str], status: str
+) -> None:
+    """A runtime error no Catch catches (States.Runtime), a timeout, or a build stopped by hand ends the execution
+    with its builder up; the sweep would wait 12 hours. Step Functions' event of that end terminates it at once."""
+    left = warm.builder(build="runtime-error")
+    other_build = warm.builder(build="building-now")
+    another_stack = warm.builder(build="runtime-error", stack="another-stack")
+    capsys.readouterr()
+
+    outcome = run(build_ended(warm, "runtime-error", status))
+
+    assert outcome["builders_terminated"] == [left]
+    assert warm.state_of(left) == "terminated"
+    assert {warm.state_of(i) for i in (other_build, another_stack)} == {"running"}
+    assert metric(capsys.readouterr().out, "WarmBuildersLeftBehind") == [1]
+
+
+def test_a_build_that_ended_with_its_builder_terminated_has_nothing_left(
+    warm: WarmStack, clock: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    builder = warm.builder(build="failed-cleanly")
+    warm.ec2.terminate_instances(InstanceIds=[builder])
+    capsys.readouterr()
+
+    outcome = run(build_ended(warm, "failed-cleanly", "FAILED"))
+
+    assert outcome["result"] == "build-ended" and "builders_terminated" not in outcome
+    assert metric(capsys.readouterr().out, "WarmBuildersLeftBehind") == [0]
+
+
+def test_the_end_of_another_state_machines_execution_touches_nothing(warm: WarmStack, clock: Any) -> None:
+    builder = warm.builder(build="same-name")
+    other = warm.state_machine.replace("warm-volume-builder", "something-else")
+
+    outcome = run(build_ended(warm, "same-name", "FAILED", state_machine=other))
+
+    assert outcome["result"] == "ignored"
+    assert warm.state_of(builder) == "running"

@@ -178,6 +178,12 @@ def test_on_the_planner_exists_with_its_triggers() -> None:
     assert events["Tick"]["Properties"]["Schedule"] == "rate(15 minutes)"
     assert json.loads(events["Tick"]["Properties"]["Input"]) == {"trigger": "tick"}
     assert json.loads(events["Daily"]["Properties"]["Input"]) == {"trigger": "daily"}
+    ended = events["BuildEnded"]["Properties"]["Pattern"]
+    assert ended["detail"] == {
+        "stateMachineArn": [{"Ref": "WarmVolumeBuilder"}],
+        "status": ["FAILED", "TIMED_OUT", "ABORTED"],
+    }
+    assert ended["detail-type"] == ["Step Functions Execution Status Change"]
     push = events["PushWanted"]["Properties"]["Pattern"]
     assert push["detail"]["action-type"] == ["PUSH"] and push["detail"]["result"] == ["SUCCESS"]
     # The debounce cannot be finer than the tick that applies it.

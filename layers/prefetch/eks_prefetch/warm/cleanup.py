@@ -62,6 +62,18 @@ def sweep_builders(settings: PlannerSettings, running: Sequence[Mapping[str, Any
     return left
 
 
+def end_builders_of(settings: PlannerSettings, build: str) -> list[str]:
+    """Terminate the builders of a build that has ended (tagged with its execution's name); their ids."""
+    instances = aws.ec2.tagged_instances(BUILDER_TAG, settings.warm_stack_name)
+    left = [instance["InstanceId"] for instance in instances if _tags(instance).get(BUILD_TAG) == build]
+    if left:
+        logger.warning(
+            "terminating the builder of a build that ended without it", extra={"build": build, "instances": left}
+        )
+        aws.ec2.terminate_instances(left)
+    return left
+
+
 # --- snapshot retention ---------------------------------------------------------------------------------------------
 
 

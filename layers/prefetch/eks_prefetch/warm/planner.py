@@ -5,7 +5,9 @@ Triggers:
 - the tick (every 15 minutes) starts a build when one is wanted and the last build started at least
   ``warm_build_debounce_minutes`` ago, so a burst of pushes lands in one build and at most one build starts per
   window; or when the node AMI differs from the published snapshot's (a new AMI, or no snapshot yet);
-- the daily check plans whatever was or was not wanted: a missed push event, a changed tag filter.
+- the daily check plans whatever was or was not wanted: a missed push event, a changed tag filter;
+- the end of a build that failed, timed out or was stopped terminates its builder if it is still up (a runtime
+  error no Catch catches ends an execution without its own cleanup).
 
 Whatever the trigger, no build starts while one runs, nor when the plan (AMI and image digests) is what the
 published snapshot already holds.
@@ -20,7 +22,8 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from aws_lambda_powertools import Logger
-from pydantic import BaseModel, ConfigDict
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from eks_prefetch import aws
 from eks_prefetch.events import EcrImageActionEvent
@@ -49,7 +52,24 @@ class PlannerSchedule(BaseModel):
     trigger: Literal["tick", "daily"]
 
 
-PlannerEvent = EcrImageActionEvent | PlannerSchedule
+class BuildEndedDetail(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    state_machine_arn: str = Field(alias="stateMachineArn", min_length=20, max_length=256)
+    # The execution's name: the builder's eks-image-prefetch:build tag.
+    name: str = Field(min_length=1, max_length=80)
+    status: str = Field(min_length=1, max_length=32)
+
+
+class BuildEndedEvent(EventBridgeModel):
+    """Step Functions' event when an execution of the builder ends (template.yaml: the planner's BuildEnded rule)."""
+
+    source: Literal["aws.states"]
+    detail_type: Literal["Step Functions Execution Status Change"] = Field(alias="detail-type")
+    detail: BuildEndedDetail
+
+
+PlannerEvent = EcrImageActionEvent | BuildEndedEvent | PlannerSchedule
 
 
 class WarmPlanError(RuntimeError):
@@ -257,6 +277,18 @@ def note_push(event: EcrImageActionEvent, settings: PlannerSettings, now: dateti
     warm_state.record_push(settings, now)
     logger.info("warm build wanted", extra={"repository": detail.repository_name, "digest": detail.image_digest})
     return PlannerOutcome(result="push-noted")
+
+
+def end_build(event: BuildEndedEvent, settings: PlannerSettings) -> PlannerOutcome:
+    """A build ended (failed, timed out, stopped): its builder, if still up, is terminated now rather than by the
+    sweep 12 hours later."""
+    detail = event.detail
+    if detail.state_machine_arn != settings.warm_state_machine_arn:
+        return PlannerOutcome(result="ignored", reason="another state machine's execution")
+    terminated = warm_cleanup.end_builders_of(settings, detail.name)
+    return PlannerOutcome(
+        result="build-ended", reason=detail.status, execution=detail.name, builders_terminated=tuple(terminated)
+    )
 
 
 def run_schedule(trigger: str, settings: PlannerSettings, now: datetime) -> PlannerOutcome:
