@@ -73,6 +73,7 @@ class WarmStack:
             "WARM_NODE_AMI": AMI_PARAMETER,
             "WARM_SNAPSHOT_PARAMETER": SNAPSHOT_PARAMETER,
             "WARM_LAUNCH_TEMPLATE_ID": self.launch_template,
+            "WARM_LAUNCH_TEMPLATE_VERSION": "1",
             "WARM_SNAPSHOTS_TO_KEEP": "2",
             "WARM_BUILD_DEBOUNCE_MINUTES": "180",
             "WARM_BUILD_MAX_SECONDS": "43200",
@@ -109,8 +110,10 @@ class WarmStack:
         *,
         launch_template_version: int = 2,
         build: str = "test",
+        stack_template_version: str = "1",
     ) -> None:
-        """What the builder's DescribePublished state writes (builtAt as Step Functions' EnteredTime: now)."""
+        """What the builder's DescribePublished state writes (builtAt as Step Functions' EnteredTime: now;
+        stackTemplateVersion: the launch template version CloudFormation had last written)."""
         value = {
             "snapshotId": snapshot,
             "amiId": ami,
@@ -118,6 +121,7 @@ class WarmStack:
             "containerdVersion": "1.7.27",
             "images": list(images),
             "launchTemplateVersion": launch_template_version,
+            "stackTemplateVersion": stack_template_version,
             "builtAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
             "build": build,
         }

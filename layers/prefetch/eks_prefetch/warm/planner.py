@@ -153,13 +153,22 @@ def build_reason(
     now: datetime,
     settings: PlannerSettings,
 ) -> str | None:
-    """Why a build should start now (ami, first, daily, push), or None. Called with no build running."""
+    """Why a build should start now (ami, first, template, daily, push), or None. Called with no build running."""
     window = timedelta(minutes=settings.warm_build_debounce_minutes)
     started_recently = state.last_started_at is not None and now - state.last_started_at < window
     # A build of this AMI started within the window either runs or failed: a failure is retried after the window, not
     # every tick.
     if published.get("amiId") != ami.id and not (started_recently and state.last_ami == ami.id):
         return "first" if not published.get("snapshotId") else "ami"
+    # A stack update wrote a new version of the launch template (a new warm boot part): the published version does not
+    # carry it until a build bases one on it. Once per window if the build fails.
+    stack_version = published.get("stackTemplateVersion")
+    if (
+        isinstance(stack_version, str)
+        and stack_version != settings.warm_launch_template_version
+        and not started_recently
+    ):
+        return "template"
     if trigger == "daily":
         return "daily"
     if state.wanted and not started_recently:
@@ -259,7 +268,31 @@ def plan_build(settings: PlannerSettings, ami: Ami, now: datetime) -> Plan:
             extra={"left_out": [image.repository for image in fitting[MAX_IMAGES_PER_COMMAND:]]},
         )
         fitting = fitting[:MAX_IMAGES_PER_COMMAND]
-    return Plan(ami=ami, images=tuple(fitting), resolved_at=now, skipped=tuple(skipped))
+    kept = fitting_the_parameter(tuple(fitting))
+    if len(kept) < len(fitting):
+        logger.warning(
+            "more images than the snapshot parameter can list: the first in RepositoryNames order are built",
+            extra={"left_out": [image.repository for image in fitting[len(kept) :]]},
+        )
+    return Plan(ami=ami, images=kept, resolved_at=now, skipped=tuple(skipped))
+
+
+# What the builder publishes in WarmSnapshotParameter (an advanced parameter: at most 8 KB): a few fields of bounded
+# size (ids, versions, a time, the execution's name of at most 80 characters) and one entry per image.
+PARAMETER_MAX_BYTES = 8192
+PARAMETER_FIXED_BYTES = 600
+
+
+def fitting_the_parameter(images: tuple[ResolvedImage, ...]) -> tuple[ResolvedImage, ...]:
+    """The first images whose entries fit the published parameter beside its other fields."""
+    room = PARAMETER_MAX_BYTES - PARAMETER_FIXED_BYTES
+    kept = []
+    for image in images:
+        room -= len(json.dumps({"repository": image.repository, "digest": image.digest}).encode()) + 1
+        if room < 0:
+            break
+        kept.append(image)
+    return tuple(kept)
 
 
 # --- entry points -------------------------------------------------------------------------------------------------
@@ -332,7 +365,8 @@ def plan_and_start(
         return PlannerOutcome(result="waiting" if state.wanted else "unchanged", details={"ami": ami.id})
 
     plan = plan_build(settings, ami, now)
-    if plan.same_as(published):
+    # After a stack update the images may be the same: the build is for the launch template's new version.
+    if plan.same_as(published) and reason != "template":
         # Pushes before this listing are in the published snapshot already: not wanted any more.
         warm_state.record_resolved(settings, plan.resolved_at)
         return PlannerOutcome(result="unchanged", reason=reason, images=len(plan.images), skipped=plan.skipped)
