@@ -5,9 +5,9 @@
   planner's environment.
 - ``FastSnapshotRestores``: moto has no fast snapshot restore (Describe/DisableFastSnapshotRestores); the double
   keeps the state per snapshot and zone and answers both.
-- ``WarmStack.delete_launch_template_version``: moto has no DeleteLaunchTemplateVersions either.
-- ``delete_launch_template_versions``: the same gap for code that calls it (the builder's rollback): the double
-  deletes the versions as EC2 does (never the default one), and DescribeLaunchTemplateVersions no longer lists them.
+- ``delete_launch_template_versions``: moto has no DeleteLaunchTemplateVersions either (the builder's rollback and
+  the planner's pruning call it): the double deletes the versions as EC2 does (never the default one), and
+  DescribeLaunchTemplateVersions no longer lists them.
 - ``inherit_source_version``: moto's CreateLaunchTemplateVersion ignores SourceVersion; the double gives the new version
   the source's data, with the request's own top-level members in place of the source's, as EC2 documents it.
 """
@@ -150,19 +150,25 @@ class WarmStack:
         described = self.ec2.describe_snapshots(Filters=[{"Name": "tag-key", "Values": [SNAPSHOT_TAG]}])["Snapshots"]
         return {snapshot["SnapshotId"] for snapshot in described}
 
-    def use_in_launch_template(self, snapshot: str) -> int:
-        """A new launch template version whose data volume comes from the snapshot, as the builder publishes one."""
+    def use_in_launch_template(self, snapshot: str, *, default: bool = False, template: str | None = None) -> int:
+        """A new launch template version whose data volume comes from the snapshot, described as the builder describes
+        its own (``default``: made the default, as the builder does). ``template``: another launch template of the
+        account (a user's own, a node group's copy, Karpenter's), with no such description."""
         version = self.ec2.create_launch_template_version(
-            LaunchTemplateId=self.launch_template,
+            LaunchTemplateId=template or self.launch_template,
+            VersionDescription="" if template else f"warm snapshot {snapshot} of {self.amd64_ami}",
             LaunchTemplateData={"BlockDeviceMappings": [{"DeviceName": DEVICE, "Ebs": {"SnapshotId": snapshot}}]},
         )["LaunchTemplateVersion"]["VersionNumber"]
+        if default:
+            self.ec2.modify_launch_template(
+                LaunchTemplateId=template or self.launch_template, DefaultVersion=str(version)
+            )
         return int(version)
 
-    def delete_launch_template_version(self, version: int) -> None:
-        """moto has no DeleteLaunchTemplateVersions, and numbers versions by their place in a list: the version
-        stays in moto's backend but names nothing any more, which is what the planner reads of a deleted one."""
-        template = ec2_backends[ACCOUNT][REGION].launch_templates[self.launch_template]
-        template.get_version(version).data = {}
+    def launch_template_versions(self) -> set[int]:
+        """The numbers of WarmLaunchTemplate's versions EC2 lists."""
+        versions = self.ec2.describe_launch_template_versions(LaunchTemplateId=self.launch_template, MaxResults=200)
+        return {int(version["VersionNumber"]) for version in versions["LaunchTemplateVersions"]}
 
     # --- builders ---
 

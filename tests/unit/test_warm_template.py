@@ -194,7 +194,10 @@ def test_the_planner_policy_is_scoped() -> None:
     for statement in _statements("WarmPlannerFunction"):
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         if statement["Resource"] == "*":
-            assert all(action.startswith("ec2:Describe") for action in actions), statement
+            assert all(action.startswith(("ec2:Describe", "autoscaling:Describe")) for action in actions), statement
+        if "ec2:DeleteLaunchTemplateVersions" in actions:
+            # The stack's own launch template only: retention prunes its old versions, never another template's.
+            assert "launch-template/${WarmLaunchTemplate}" in json.dumps(statement["Resource"])
         if {"ec2:TerminateInstances"} & set(actions):
             assert "ec2:ResourceTag/eks-image-prefetch:warm-builder" in json.dumps(statement["Condition"])
         if {"ec2:DeleteSnapshot", "ec2:DisableFastSnapshotRestores"} & set(actions):
@@ -209,7 +212,14 @@ def test_the_planner_policy_is_scoped() -> None:
         for action in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
         if action.startswith("ec2:") and not action.startswith("ec2:Describe")
     }
-    assert writes == {"ec2:TerminateInstances", "ec2:DeleteSnapshot", "ec2:DisableFastSnapshotRestores"}
+    assert writes == {
+        "ec2:TerminateInstances",
+        "ec2:DeleteSnapshot",
+        "ec2:DisableFastSnapshotRestores",
+        "ec2:DeleteLaunchTemplateVersions",
+    }
+    described = json.dumps(_statements("WarmPlannerFunction"))
+    assert "ec2:DescribeLaunchTemplates" in described and "autoscaling:DescribeAutoScalingGroups" in described
 
 
 def test_the_planner_environment_is_valid_settings() -> None:

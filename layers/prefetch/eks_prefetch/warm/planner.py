@@ -122,6 +122,7 @@ class PlannerOutcome:
     skipped: tuple[str, ...] = ()
     builders_terminated: tuple[str, ...] = ()
     snapshots_deleted: tuple[str, ...] = ()
+    launch_template_versions_deleted: tuple[int, ...] = ()
     fast_snapshot_restores_disabled: tuple[str, ...] = ()
     # The published snapshot, measured on the tick (WarmSnapshotAgeSeconds, WarmSnapshotImages); None without one.
     snapshot: SnapshotMeasures | None = None
@@ -342,6 +343,7 @@ def run_schedule(trigger: str, settings: PlannerSettings, now: datetime) -> Plan
         outcome,
         builders_terminated=tuple(terminated),
         snapshots_deleted=kept.deleted,
+        launch_template_versions_deleted=kept.launch_template_versions_deleted,
         fast_snapshot_restores_disabled=kept.fast_snapshot_restores_disabled,
         snapshot=snapshot_measures(published, now),
     )
