@@ -96,7 +96,8 @@ def test_off_there_is_no_builder_and_no_ec2_write_permission() -> None:
 def test_every_warm_resource_and_output_is_under_the_condition() -> None:
     template = cfn.template()
     warm = [logical_id for logical_id in template["Resources"] if logical_id.startswith("Warm")]
-    assert len(warm) == 13  # with WarmPullDocument, WarmBuildFailuresAlarm and WarmBuildersLeftBehindAlarm
+    # With WarmPullDocument, WarmBuildFailuresAlarm, WarmBuildersLeftBehindAlarm and the uninstall's three.
+    assert len(warm) == 16
     assert all(template["Resources"][logical_id].get("Condition") == "WarmVolumes" for logical_id in warm)
     outputs = [name for name in template["Outputs"] if name.startswith("Warm")]
     assert outputs and all(template["Outputs"][name].get("Condition") == "WarmVolumes" for name in outputs)
@@ -284,3 +285,40 @@ def test_each_build_bases_its_version_on_the_default_one_or_after_a_stack_update
     into_create = [name for name, text in transitions.items() if any(f'"{create}"' in text for create in creates)]
     assert into_create == ["RateOrFastSnapshotRestore"]
     assert "ec2:DescribeLaunchTemplateVersions" in _actions(_resources("true")["WarmVolumeBuilder"])
+
+
+# --- stack deletion (WarmUninstall) ----------------------------------------------------------------------------------
+
+
+def test_stack_deletion_runs_the_warm_uninstall_after_the_planner_and_before_the_state_machine() -> None:
+    """CloudFormation deletes a resource before those it depends on: the planner goes first (no build starts after
+    the builds are stopped), the state machine last (its executions can still be stopped)."""
+    resources = _resources("true")
+    planner_depends = resources["WarmPlannerFunction"]["DependsOn"]
+    assert "WarmUninstall" in planner_depends
+    uninstall = resources["WarmUninstall"]
+    assert uninstall["Type"] == "Custom::WarmVolumesOnDelete"
+    assert uninstall["Properties"]["StateMachine"] == {"Ref": "WarmVolumeBuilder"}
+    assert uninstall["Properties"]["ServiceToken"] == {"Fn::GetAtt": ["WarmUninstallFunction", "Arn"]}
+    # Kept on deletion: what still launches from it keeps launching (its snapshots are kept too).
+    assert resources["WarmLaunchTemplate"]["DeletionPolicy"] == "Retain"
+
+
+def test_the_warm_uninstall_policy_is_scoped() -> None:
+    for statement in _statements("WarmUninstallFunction"):
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if statement["Resource"] == "*":
+            assert all(action.startswith("ec2:Describe") for action in actions), statement
+        if "ec2:TerminateInstances" in actions:
+            assert "ec2:ResourceTag/eks-image-prefetch:warm-builder" in json.dumps(statement["Condition"])
+        if "ec2:DisableFastSnapshotRestores" in actions:
+            assert "ec2:ResourceTag/eks-image-prefetch:warm-snapshot" in json.dumps(statement["Condition"])
+        if "states:StopExecution" in actions:
+            assert "execution:${AWS::StackName}-warm-volume-builder:*" in json.dumps(statement["Resource"])
+    writes = {
+        action
+        for statement in _statements("WarmUninstallFunction")
+        for action in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
+        if not action.startswith(("ec2:Describe", "states:List"))
+    }
+    assert writes == {"states:StopExecution", "ec2:TerminateInstances", "ec2:DisableFastSnapshotRestores"}
