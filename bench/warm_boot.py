@@ -104,9 +104,9 @@ def measure(section: Section, quick: bool) -> None:
         ),
         Row(
             FIGURES[4],
-            f"{usage.per_unpacked_byte:.2f}x ({usage.data_bytes / 1e6:.1f} MB written beyond an empty volume: "
-            f"{usage.unpacked_bytes / 1e6:.1f} MB of unpacked layers, {usage.content_bytes / 1e6:.1f} MB of "
-            "content store)",
+            f"{usage.per_unpacked_byte:.2f}x ({usage.data_bytes / 1e6:.1f} MB of blocks written beyond an empty "
+            f"volume, for {usage.unpacked_bytes / 1e6:.1f} MB of unpacked layers; the filesystem's own count: "
+            f"{usage.used_per_unpacked_byte:.2f}x, content store {usage.content_bytes / 1e6:.1f} MB)",
             f"{usage.unpacked_bytes / 1e6:.1f} MB (the images' unpacked layers)",
             "",
             "≤ 1.05x",
@@ -132,9 +132,11 @@ def measure(section: Section, quick: bool) -> None:
         "registry's access log during that boot."
     )
     section.notes.append(
-        "Snapshot data: the sealed volume mounted read-only; its filesystem's used blocks (statvfs) less those of "
-        "the same volume freshly formatted (what EBS would store for a first snapshot of it, metadata included), "
-        "against the size on disk of containerd's overlayfs snapshotter directory (the images' unpacked layers). "
-        "The content store (compressed layer blobs, manifests, configs) is the rest: a pull that keeps the "
-        "compressed layers after unpacking doubles an incompressible image."
+        "Snapshot data: the sealed volume's blocks written (its file's allocated blocks, zeros aside) less those of "
+        "the same volume freshly formatted, against the size on disk of containerd's overlayfs snapshotter "
+        "directory (the images' unpacked layers); the filesystem's used blocks (statvfs) likewise, in parentheses. "
+        "Written blocks are what a first EBS snapshot stores: EBS has no TRIM, so a compressed layer blob written "
+        "during the pull and deleted after its unpacking (containerd's discard_unpacked_layers) is stored all the "
+        "same; only blobs never written to the data volume make the snapshot smaller (docs/warm-volumes.md, "
+        "'Snapshot size')."
     )

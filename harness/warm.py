@@ -308,36 +308,50 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class VolumeUsage:
-    """What a sealed volume holds, as its filesystem counts it: the data a snapshot of it stores, and its parts."""
+    """What a sealed volume holds: as its filesystem counts it, and as its blocks were written (what an EBS snapshot
+    stores: EBS has no TRIM, so a block written and then freed, a layer blob deleted after its unpacking, is stored
+    all the same), each against an empty volume of its size, as the prepare step formats it."""
 
     used_bytes: int  # the filesystem's used blocks (statvfs), metadata included
-    empty_used_bytes: int  # the same for the volume freshly formatted, as the prepare step formats it
+    empty_used_bytes: int
+    written_bytes: int  # the volume file's allocated blocks: every block written, freed or not (zeros aside)
+    empty_written_bytes: int
     unpacked_bytes: int  # the images' unpacked layers: containerd's snapshotter directory, on disk
     content_bytes: int  # containerd's content store (compressed layer blobs, manifests, configs)
 
     @property
     def data_bytes(self) -> int:
-        """The blocks the build wrote: the snapshot's data beyond an empty volume's."""
-        return self.used_bytes - self.empty_used_bytes
+        """The blocks the build wrote: a first snapshot's data beyond an empty volume's."""
+        return self.written_bytes - self.empty_written_bytes
 
     @property
     def per_unpacked_byte(self) -> float | None:
         return self.data_bytes / self.unpacked_bytes if self.unpacked_bytes else None
 
+    @property
+    def used_per_unpacked_byte(self) -> float | None:
+        """The filesystem's view: what the blocks in use take, freed ones not counted."""
+        return (self.used_bytes - self.empty_used_bytes) / self.unpacked_bytes if self.unpacked_bytes else None
+
 
 def volume_usage(path: Path, work: Path) -> VolumeUsage:
     """Mount a sealed volume file read-only and measure it (VolumeUsage), against an empty one of its size."""
     work.mkdir(parents=True, exist_ok=True)
-    empty = LoopVolume(work / "empty.img")
-    with empty.path.open("wb") as out:
+    formatted, empty = work / "formatted.img", LoopVolume(work / "empty.img")
+    with formatted.open("wb") as out:
         out.truncate(path.stat().st_size)
-    _run("mkfs.xfs", "-q", "-f", str(empty.path))
+    _run("mkfs.xfs", "-q", "-f", str(formatted))
+    # Copied as the sealed volume was (holes where the blocks are zeros), so that both count alike.
+    _run("cp", "--sparse=always", str(formatted), str(empty.path))
+    formatted.unlink()
     try:
+        empty_written = empty.path.stat().st_blocks * 512
         empty_used, _, _ = _mounted_usage(empty, work / "empty")
     finally:
         empty.path.unlink()
+    written = path.stat().st_blocks * 512
     used, unpacked, content = _mounted_usage(LoopVolume(path), work / "sealed")
-    return VolumeUsage(used, empty_used, unpacked, content)
+    return VolumeUsage(used, empty_used, written, empty_written, unpacked, content)
 
 
 def _mounted_usage(volume: LoopVolume, mountpoint: Path) -> tuple[int, int, int]:
