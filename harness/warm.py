@@ -63,7 +63,9 @@ DIGEST_TAG_PREFIX = "eks-image-prefetch:digest:"
 IMDS = "http://169.254.169.254"
 BLOCK_TOOLS = ("losetup", "mkfs.xfs", "xfs_admin", "xfs_growfs", "blkid", "findmnt", "mount", "umount", "curl")
 BUILT_MIB = 320  # mkfs.xfs's minimum is 300 MB
-GROWN_MIB = 64  # the launch template's volume is larger than the builder's filesystem: the node grows it
+# The launch template's volume is larger than the builder's filesystem (the node grows it): twice the snapshot, and
+# this much more, so that later pushes fit under the prefetch's disk guard (which counts a whole image's bytes).
+GROWN_MIB = 64
 # The builder's volume holds each image twice (content and unpacked snapshot) under the document's disk limit (80 %).
 ROOM_PER_IMAGE_BYTE = 3
 
@@ -635,7 +637,7 @@ class WarmLoop:
         volume = LoopVolume(self.base / f"{name}.img")
         _run("cp", "--sparse=always", str(snapshot.path), str(volume.path))
         with volume.path.open("r+b") as out:
-            out.truncate(snapshot.path.stat().st_size + (GROWN_MIB << 20))
+            out.truncate(2 * snapshot.path.stat().st_size + (GROWN_MIB << 20))
         label = "ekpf" + secrets.token_hex(4)
         ami = self.world.node_image()["ImageId"]  # what its IMDS answers: the AMI World.launch runs
         _run("xfs_admin", "-L", label, "-U", "generate", str(volume.path))
