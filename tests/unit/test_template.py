@@ -21,6 +21,7 @@ from eks_prefetch.settings import (
     PushSettings,
     StatusSettings,
 )
+from eks_prefetch.warm.uninstall import WarmUninstallSettings
 from harness import template as cfn
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
@@ -91,6 +92,7 @@ FUNCTION_SETTINGS: dict[str, type[EnvironmentSettings] | None] = {
     "StatusFunction": StatusSettings,
     "WarmPlannerFunction": PlannerSettings,
     "UnpinFunction": UnpinTarget,
+    "WarmUninstallFunction": WarmUninstallSettings,
     "ConfigCheckFunction": None,
 }
 # What every function reads (Powertools), in Globals or its own block.

@@ -257,6 +257,8 @@ class PlannerSettings(CommandSettings, StatusTableSettings):
     warm_node_ami: str = Field(alias="WARM_NODE_AMI", pattern=r"^(ami-[0-9a-f]{8,17}|/[A-Za-z0-9_./-]+)$")
     warm_snapshot_parameter: str = Field(alias="WARM_SNAPSHOT_PARAMETER", min_length=2)
     warm_launch_template_id: str = Field(alias="WARM_LAUNCH_TEMPLATE_ID", min_length=3)
+    # The launch template version CloudFormation last wrote: after a stack update changed it, a build carries it.
+    warm_launch_template_version: str = Field(alias="WARM_LAUNCH_TEMPLATE_VERSION", pattern=r"^[1-9][0-9]*$")
     warm_snapshots_to_keep: Annotated[int, Field(ge=1, le=50)] = Field(alias="WARM_SNAPSHOTS_TO_KEEP", default=2)
     warm_build_debounce_minutes: Annotated[int, Field(ge=15, le=10_080)] = Field(
         alias="WARM_BUILD_DEBOUNCE_MINUTES", default=180

@@ -61,7 +61,7 @@ FUNCTIONS = {
     "NodeLaunchFunction": FunctionEnvironment("node-launch", CLUSTER_PARAMETERS, OtherVariables(811, 3)),
     "StatusFunction": FunctionEnvironment("status", CLUSTER_PARAMETERS, OtherVariables(835, 4)),
     "WarmPlannerFunction": FunctionEnvironment(
-        "warm-planner", WARM_PLANNER_PARAMETERS, OtherVariables(894, 6), only_with="WarmNodeAmi"
+        "warm-planner", WARM_PLANNER_PARAMETERS, OtherVariables(938, 6), only_with="WarmNodeAmi"
     ),
 }
 
