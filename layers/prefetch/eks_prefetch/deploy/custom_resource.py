@@ -1,5 +1,8 @@
 """CloudFormation custom resources (the uninstall's unpin, the warm volumes' uninstall, the configuration check): the
-answer CloudFormation expects at a request's pre-signed ResponseURL, as cfn-response builds it, and its delivery."""
+answer CloudFormation expects at a request's pre-signed ResponseURL, as cfn-response builds it, and its delivery.
+
+A malformed request is answered too when it carries a usable ResponseURL: an unanswered request holds the stack
+operation until the resource's ServiceTimeout."""
 
 from __future__ import annotations
 
@@ -39,11 +42,29 @@ def response_body(
     }
 
 
-def deliver(url: str, body: Mapping[str, Any]) -> str | None:
-    """PUT the answer at the pre-signed URL; why it could not be delivered, or None. Nothing else can be done then:
+def malformed_resource_id(event: Any, default: str) -> str:
+    """The physical id to answer a malformed request with: CloudFormation's, else the logical id, else ``default``."""
+    fields = event if isinstance(event, Mapping) else {}
+    return str(fields.get("PhysicalResourceId") or fields.get("LogicalResourceId") or default)
+
+
+def answer(event: Any, outcome: Outcome, data: Mapping[str, Any] | None = None) -> str | None:
+    """PUT ``outcome`` at the request's pre-signed ResponseURL, with the ids CloudFormation matches it by, read from
+    the raw request (which may be malformed); why it was not delivered, or None. Nothing else can be done then:
     CloudFormation gives up after the resource's ServiceTimeout. The URL is pre-signed: never logged."""
+    fields = event if isinstance(event, Mapping) else {}
+    url = fields.get("ResponseURL")
+    if not (isinstance(url, str) and url.startswith(("https://", "http://"))):
+        return "the request has no usable ResponseURL"
+    body = response_body(
+        outcome,
+        str(fields.get("StackId", "")),
+        str(fields.get("RequestId", "")),
+        str(fields.get("LogicalResourceId", "")),
+        data=data,
+    )
     try:
-        aws.stack.put_custom_resource_response(url, dict(body))
+        aws.stack.put_custom_resource_response(url, body)
     except ConnectionError as error:
         return str(error)[:300]
     return None
