@@ -43,9 +43,11 @@ class DeployedStacks:
 
 
 class CloudFormationEndpoint:
-    """The pre-signed ResponseURL: records every PUT body, as S3 would store it for CloudFormation."""
+    """The pre-signed ResponseURL: records every PUT body, as S3 would store it for CloudFormation, and answers
+    ``status`` (403 is what S3 answers once the signature has expired)."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
         self.bodies: list[dict[str, Any]] = []
         self.content_types: list[str | None] = []
         endpoint = self
@@ -55,7 +57,7 @@ class CloudFormationEndpoint:
                 length = int(self.headers["Content-Length"])
                 endpoint.bodies.append(json.loads(self.rfile.read(length)))
                 endpoint.content_types.append(self.headers.get("Content-Type"))
-                self.send_response(200)
+                self.send_response(endpoint.status)
                 self.end_headers()
 
             def log_message(self, *_args: Any) -> None:
