@@ -49,6 +49,7 @@ class CloudFormationEndpoint:
     def __init__(self, status: int = 200) -> None:
         self.status = status
         self.bodies: list[dict[str, Any]] = []
+        self.paths: list[str] = []
         self.content_types: list[str | None] = []
         endpoint = self
 
@@ -56,6 +57,7 @@ class CloudFormationEndpoint:
             def do_PUT(self) -> None:
                 length = int(self.headers["Content-Length"])
                 endpoint.bodies.append(json.loads(self.rfile.read(length)))
+                endpoint.paths.append(self.path)
                 endpoint.content_types.append(self.headers.get("Content-Type"))
                 self.send_response(endpoint.status)
                 self.end_headers()

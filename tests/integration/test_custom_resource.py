@@ -98,6 +98,29 @@ def test_a_request_without_a_usable_url_is_not_answered_and_says_so(event: Any) 
     assert answer(event, CheckOutcome("FAILED", "malformed custom resource request", "Resource")) == NO_URL
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1:abc/cfn-response?X-Amz-Signature=abc",
+        "https://[::1/cfn-response?X-Amz-Signature=abc",
+        "https://?X-Amz-Signature=abc",
+    ],
+    ids=["port", "ipv6", "no-host"],
+)
+def test_a_url_that_is_not_one_is_not_answered_and_says_so_without_it(url: str) -> None:
+    """http(s) in front is not enough: urllib would raise, with the URL's signature in its message."""
+    assert answer(request("Create", url), CheckOutcome("FAILED", "malformed", "Resource")) == NO_URL
+
+
+def test_a_url_with_a_space_is_answered_as_the_request_model_reads_it(endpoint: CloudFormationEndpoint) -> None:
+    """Percent-encoded, as the parsed request's response_url is: a well-formed request and a malformed one are
+    answered at the same URL."""
+    url = endpoint.url + " x"
+
+    assert answer(request("Create", url), CheckOutcome("FAILED", "malformed", "Resource")) is None
+    assert len(endpoint.bodies) == 1 and endpoint.paths == ["/cfn-response?X-Amz-Signature=abc%20x"]
+
+
 def test_an_answer_refused_at_the_url_says_why_without_the_url(endpoint: CloudFormationEndpoint) -> None:
     endpoint.status = 403  # S3's answer once the pre-signed URL has expired
 
@@ -167,6 +190,7 @@ def test_a_malformed_request_without_a_usable_url_is_logged_as_unanswered(
     result = invoke(function, malformed("Create", "s3.amazonaws.com/x?X-Amz-Signature=abc"))
 
     assert set(result) == RESULT_KEYS[function]
+    assert "X-Amz-Signature" not in logged(caplog)
     (record,) = [record for record in caplog.records if record.message == "custom resource response not delivered"]
     assert record.error == NO_URL  # type: ignore[attr-defined]
 
@@ -185,3 +209,16 @@ def test_an_answer_not_delivered_is_logged_without_the_url(
     (record,) = [record for record in caplog.records if record.message == "custom resource response not delivered"]
     assert "HTTP Error 403" in record.error  # type: ignore[attr-defined]
     assert "X-Amz-Signature" not in logged(caplog)
+
+
+@pytest.mark.parametrize("function", sorted(RESULT_KEYS))
+def test_a_malformed_url_neither_fails_the_handler_nor_reaches_the_logs(
+    aws_mock: None, caplog: pytest.LogCaptureFixture, function: str
+) -> None:
+    """The request model's errors are logged without their input: the input is the pre-signed URL."""
+    result = invoke(function, malformed("Create", "https://127.0.0.1:abc/cfn-response?X-Amz-Signature=abc"))
+
+    assert set(result) == RESULT_KEYS[function]
+    assert "X-Amz-Signature" not in logged(caplog)
+    (record,) = [record for record in caplog.records if record.message == "custom resource response not delivered"]
+    assert record.error == NO_URL  # type: ignore[attr-defined]
