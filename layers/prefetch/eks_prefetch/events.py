@@ -93,22 +93,28 @@ class ScheduledEvent(EventBridgeModel):
 
 # --- CloudFormation custom resources (the uninstall's unpin, the warm volumes' uninstall) ---
 
-CustomResourceRequest = Annotated[
+CustomResourceModel = (
     CloudFormationCustomResourceCreateModel
     | CloudFormationCustomResourceUpdateModel
-    | CloudFormationCustomResourceDeleteModel,
-    Field(discriminator="request_type"),
-]
+    | CloudFormationCustomResourceDeleteModel
+)
+CustomResourceRequest = Annotated[CustomResourceModel, Field(discriminator="request_type")]
 
 
-def parse_custom_resource_request(event: Any, *, logger: Logger) -> Any:
+def parse_custom_resource_request(event: Any, *, logger: Logger) -> CustomResourceModel | None:
     """The request parsed into ``CustomResourceRequest``; or None, logged, if it is malformed: it is still answered
-    when it can be (``deploy.custom_resource.answer``)."""
+    when it can be (``deploy.custom_resource.answer``). Logged with pydantic's errors, never the input: its
+    ResponseURL is pre-signed."""
     try:
         return parse(event=event, model=CustomResourceRequest)
-    except (ValidationError, ValueError) as error:
-        logger.error("malformed custom resource request", extra={"error": str(error)[:500]})
-        return None
+    except ValidationError as error:
+        logger.error(
+            "malformed custom resource request",
+            extra={"errors": error.errors(include_url=False, include_input=False)},
+        )
+    except ValueError as error:  # not JSON: the message says where, not what
+        logger.error("malformed custom resource request", extra={"error": f"{type(error).__name__}: {error}"[:300]})
+    return None
 
 
 def parse_or_drop(event: Any, model: Any, *, what: str, logger: Logger, metrics: Metrics, **log_fields: Any) -> Any:

@@ -9,7 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from pydantic import HttpUrl, TypeAdapter, ValidationError
+
 from eks_prefetch import aws
+
+_HTTP_URL = TypeAdapter(HttpUrl)  # the type of the request model's response_url
 
 
 class Outcome(Protocol):
@@ -48,13 +52,22 @@ def malformed_resource_id(event: Any, default: str) -> str:
     return str(fields.get("PhysicalResourceId") or fields.get("LogicalResourceId") or default)
 
 
+def _usable_url(url: Any) -> str | None:
+    """The URL as the request model reads it (http or https, percent-encoded), or None if it is none: then urllib
+    would raise, with the URL's signature in its message."""
+    try:
+        return str(_HTTP_URL.validate_python(url))
+    except ValidationError:
+        return None
+
+
 def answer(event: Any, outcome: Outcome, data: Mapping[str, Any] | None = None) -> str | None:
     """PUT ``outcome`` at the request's pre-signed ResponseURL, with the ids CloudFormation matches it by, read from
     the raw request (which may be malformed); why it was not delivered, or None. Nothing else can be done then:
     CloudFormation gives up after the resource's ServiceTimeout. The URL is pre-signed: never logged."""
     fields = event if isinstance(event, Mapping) else {}
-    url = fields.get("ResponseURL")
-    if not (isinstance(url, str) and url.startswith(("https://", "http://"))):
+    url = _usable_url(fields.get("ResponseURL"))
+    if url is None:
         return "the request has no usable ResponseURL"
     body = response_body(
         outcome,
