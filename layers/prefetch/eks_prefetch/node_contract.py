@@ -24,6 +24,9 @@ REFERENCE_PATTERN = f"{REGISTRY_PATTERN}/{REPOSITORY_PATH_PATTERN}({_SUFFIX})"
 # The document's images parameter takes at most this many references (its allowedPattern counts them).
 MAX_IMAGES_PER_COMMAND = 50
 IMAGES_ALLOWED_PATTERN = f"^{REFERENCE_PATTERN}(,{REFERENCE_PATTERN}){{0,{MAX_IMAGES_PER_COMMAND - 1}}}$"
+# The document's pushedAt parameter: one push time (ms since the epoch) per image of `images`, in its order, or an
+# empty entry where none is known (node_contract.PUSHED_AT_LABEL).
+PUSHED_AT_ALLOWED_PATTERN = f"^([0-9]{{1,15}})?(,([0-9]{{1,15}})?){{0,{MAX_IMAGES_PER_COMMAND - 1}}}$"
 # The script's check of one reference, as a bash ERE: groups 1 registry, 3 repository path, 5 the tag of tag@digest.
 SCRIPT_REFERENCE_RE = (
     f"^({REGISTRY_PATTERN})/({REPOSITORY_PATH_PATTERN})"
@@ -61,6 +64,10 @@ PIN_LABEL = "io.cri-containerd.pinned"
 PIN_VALUE = "pinned"
 # Our mark on the pins we made (value: when, in ns since the epoch): retention only ever unpins images carrying it.
 OUR_PIN_LABEL = "eks-image-prefetch/pinned-at"
+# When the registry received the image's push (ms since the epoch; the functions send it as pushedAt), on each name
+# this document pins: a tag only ever moves to a later push, and retention keeps the newest pushes pinned. Where no
+# push time was sent, the image's build time ("created") stands in.
+PUSHED_AT_LABEL = "eks-image-prefetch/pushed-at"
 # One prefetch or unpin run at a time on a node: both scripts take this lock (a test may point it elsewhere).
 LOCK_FILE = "/run/lock/eks-image-prefetch.lock"
 
@@ -73,9 +80,23 @@ PLATFORM_SKIP_REASON = "platform"
 # A run that finds no containerd socket prints a summary whose "unsupported" starts with this, touches nothing and
 # exits 0: the status function leaves the node out of coverage and self-repair (not a failure, not an alarm).
 NO_CONTAINERD_SOCKET = "no containerd socket"
-# Where containerd is installed but its socket is not there yet (a new node's first command can arrive before
-# containerd has started, or during its restart), the script awaits it this long before calling the node unsupported.
+# Where containerd is installed but does not answer yet (a new node's first command can arrive before nodeadm has
+# started it, or during a restart), the script awaits it this long, then fails the run with an error starting with
+# CONTAINERD_NOT_UP: a failure that repair retries, never "unsupported" (which is for nodes with no containerd).
 CONTAINERD_SOCKET_WAIT_SECONDS = 60
+CONTAINERD_NOT_UP = "containerd not up"
+
+# --- How fast a node pulls ------------------------------------------------------------------------------------------
+# A pull opens at most `connections` connections (the document's parameter; kubelet's CRI pull opens 3): one per
+# layer, and a big layer's byte ranges of RANGE_CHUNK_BYTES each in parallel (S3, which serves ECR's layers, budgets
+# 8-16 MB per ranged request). A layer of at least RANGE_MIN_LAYER_BYTES is fetched as ranges. The default is
+# measured (BENCHMARKS.md, "node pull against kubelet's").
+DEFAULT_CONNECTIONS = 8
+MAX_CONNECTIONS = 32
+# The document's `connections` parameter: 1 to MAX_CONNECTIONS.
+CONNECTIONS_ALLOWED_PATTERN = "^([1-9]|[12][0-9]|3[0-2])$"
+RANGE_CHUNK_BYTES = 16 << 20
+RANGE_MIN_LAYER_BYTES = 2 * RANGE_CHUNK_BYTES
 
 # --- The run's deadline ---------------------------------------------------------------------------------------------
 # The script ends its run this margin before the agent's executionTimeout kills it, to report: a tenth of the

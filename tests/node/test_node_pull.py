@@ -1,0 +1,250 @@
+"""The prefetch pulls as kubelet's pull (the CRI's PullImage) would, as the node's own containerd config says: into the
+CRI's snapshotter, through the node's registry hosts (certs.d mirrors), leaving no more on disk than the CRI's
+discard setting would; and faster, with more connections and a big layer fetched as parallel byte ranges.
+
+Every node here is configured as EKS configures it (harness.node.Containerd: discard_unpacked_layers, config_path
+/etc/containerd/certs.d:/etc/docker/certs.d), and the script runs in the node's mount namespace, where it finds that
+config and certs.d at their node paths. Assertions read containerd's own state and the registries' request logs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from eks_prefetch import node_contract
+from harness.cri import Cri
+from harness.node import Containerd, Registry, Run, ThrottledProxy, build_image, run_document
+from tests.node.conftest import Image, Node
+from tests.node.test_document import assert_well_formed, unreachable_env
+
+pytestmark = pytest.mark.node
+
+MIB = 1 << 20
+CHUNK = node_contract.RANGE_CHUNK_BYTES
+
+
+def prefetch(containerd: Containerd, workdir: Path, lock_env: dict, *images: str, **params: str) -> Run:
+    result = run_document(workdir, containerd, {"images": ",".join(images), **params}, extra_env=lock_env)
+    assert_well_formed(result)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def layer_digests(registry: Registry, image: Image) -> list[tuple[str, int]]:
+    """(digest, size) of the image's layers, from its manifest in the registry's storage."""
+    blob = registry.base / "data/docker/registry/v2/blobs/sha256" / image.digest[7:9] / image.digest[7:] / "data"
+    manifest = json.loads(blob.read_text())
+    return [(layer["digest"], layer["size"]) for layer in manifest["layers"]]
+
+
+@pytest.fixture
+def configured(request: pytest.FixtureRequest, node: Node, tmp_path: Path) -> Iterator[Containerd]:
+    """A node of its own, of the session node's release, with the CRI settings the test's parameter gives."""
+    containerd = Containerd(tmp_path / "configured", release=node.release, **request.param)
+    containerd.start()
+    try:
+        yield containerd
+    finally:
+        containerd.stop()
+
+
+@pytest.fixture(scope="module")
+def layered(registries) -> Image:
+    """Three layers of a few MiB each: small enough for a test, more than kubelet's compressed copy would keep."""
+    build_image(registries.layout, "layered", [3, 2, 2], seed="layered")
+    digest = registries.registry.push(registries.layout, "layered", "team/layered", "v1")
+    return Image("team/layered", "v1", digest, registries.registry.host)
+
+
+@pytest.fixture(scope="module")
+def big(registries) -> Image:
+    """One layer of 2.5 range chunks (and a tiny one): fetched as byte ranges."""
+    build_image(registries.layout, "biglayer", [2.5 * CHUNK / MIB], seed="biglayer")
+    digest = registries.registry.push(registries.layout, "biglayer", "team/biglayer", "v1")
+    return Image("team/biglayer", "v1", digest, registries.registry.host)
+
+
+# --- the CRI's discard setting -------------------------------------------------------------------------------------
+
+
+def test_discard_leaves_what_kubelets_pull_leaves(node: Node, workdir: Path, lock_env: dict, layered: Image) -> None:
+    """With discard_unpacked_layers (EKS's setting), kubelet's pull keeps the unpacked layers only: so does the
+    prefetch, within 5% of the CRI's bytes on disk, and no layer blob stays in the content store."""
+    containerd = node.containerd
+    before = containerd.disk_bytes()
+    node.cri.pull_image(layered.by_digest)
+    kubelet = containerd.disk_bytes() - before
+    containerd.remove_all_images()
+
+    before = containerd.disk_bytes()
+    prefetch(containerd, workdir, lock_env, layered.by_digest)
+    ours = containerd.disk_bytes() - before
+
+    layers = {digest for digest, _size in layer_digests(node.registry, layered)}
+    assert not layers & set(containerd.content()), "a layer blob the CRI would have discarded is still there"
+    assert ours <= kubelet * 1.05, (ours, kubelet)
+    # Nothing of the prefetch's own is left holding blobs (its byte-range fetch protects them while it runs).
+    assert not [labels for labels in containerd.content().values() if "containerd.io/gc.root" in labels]
+
+
+@pytest.mark.parametrize("configured", [{"discard_unpacked_layers": False}], indirect=True, ids=["discard-off"])
+def test_without_discard_the_blobs_stay_as_the_cris_would(
+    configured: Containerd, workdir: Path, lock_env: dict, layered: Image, registries
+) -> None:
+    prefetch(configured, workdir, lock_env, layered.by_digest)
+    layers = {digest for digest, _size in layer_digests(registries.registry, layered)}
+    configured.collect_garbage()
+    assert layers <= set(configured.content())
+
+
+# --- the CRI's snapshotter -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("configured", [{"snapshotter": "native"}], indirect=True, ids=["native"])
+def test_the_image_is_unpacked_into_the_cris_snapshotter(
+    configured: Containerd, workdir: Path, lock_env: dict, layered: Image, registries
+) -> None:
+    """The CRI's snapshotter is native here: the prefetch unpacks there, never into overlayfs, and kubelet's pull then
+    downloads nothing and unpacks nothing again."""
+    prefetch(configured, workdir, lock_env, layered.by_digest)
+    unpacked = configured.snapshots("native")
+    assert unpacked, "nothing unpacked into the CRI's snapshotter"
+    assert configured.snapshots("overlayfs") == set()
+
+    before = registries.registry.blob_gets(layered.repo)
+    with Cri(configured.address) as cri:
+        cri.pull_image(layered.by_digest)
+    assert registries.registry.blob_gets(layered.repo) == before
+    assert configured.snapshots("native") == unpacked
+
+
+# --- the node's registry hosts ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mirror(registries, tmp_path_factory: pytest.TempPathFactory, layered: Image) -> Iterator[Registry]:
+    """A second registry holding the same image (a pull-through cache, Spegel, ...)."""
+    registry = Registry(tmp_path_factory.mktemp("mirror"))
+    registry.start()
+    try:
+        registry.push(registries.layout, "layered", layered.repo, layered.tag)
+        yield registry
+    finally:
+        registry.stop()
+
+
+@pytest.mark.parametrize("root", ["/etc/containerd", "/etc/docker"])
+def test_a_mirror_in_certs_d_serves_every_blob(
+    node: Node, workdir: Path, lock_env: dict, layered: Image, mirror: Registry, root: str
+) -> None:
+    """certs.d names a mirror for the registry (in either root of EKS's config_path): the prefetch, like kubelet's
+    pull, fetches every blob from the mirror and none from the origin."""
+    hosts = node.containerd.hosts(
+        layered.host,
+        f'server = "http://{layered.host}"\n[host."http://{mirror.host}"]\n  capabilities = ["pull", "resolve"]\n',
+        root=root,
+    )
+    try:
+        origin_before, mirror_before = node.registry.blob_gets(layered.repo), mirror.blob_gets(layered.repo)
+        (record,) = prefetch(node.containerd, workdir, lock_env, layered.by_digest).images
+        assert record["status"] == "pulled"
+        assert node.registry.blob_gets(layered.repo) == origin_before, "the origin served blobs"
+        assert mirror.blob_gets(layered.repo) > mirror_before
+    finally:
+        shutil.rmtree(hosts.parent)  # an empty directory would still be the host's (containerd's lookup)
+
+
+# --- faster than kubelet's pull -------------------------------------------------------------------------------------
+
+
+def test_a_big_layer_is_fetched_as_parallel_byte_ranges(
+    node: Node, workdir: Path, lock_env: dict, big: Image, registries
+) -> None:
+    """A layer of 2.5 chunks is fetched as 3 byte ranges on 3 connections at once (at most the `connections` asked
+    for), verified by digest, then unpacked: the image is whole and kubelet's pull downloads nothing."""
+    proxy = ThrottledProxy(node.registry.host, bytes_per_second=8 * MIB)
+    try:
+        ref = f"{proxy.host}/{big.repo}@{big.digest}"
+        (record,) = prefetch(node.containerd, workdir, lock_env, ref, connections="4").images
+        assert (record["status"], "warning" in record) == ("pulled", False), record
+        (largest, size) = max(layer_digests(node.registry, big), key=lambda layer: layer[1])
+        ranges = [head for head in proxy.blob_requests(largest) if "\nRange: bytes=" in head.replace("\r", "")]
+        assert len(ranges) == math.ceil(size / CHUNK), proxy.blob_requests(largest)
+        assert 3 <= proxy.peak_connections <= 4
+
+        proxy.reset()
+        node.cri.pull_image(ref)
+        assert proxy.blob_requests(largest) == []
+    finally:
+        proxy.close()
+
+
+def test_a_registry_that_ignores_ranges_is_fetched_whole_and_said_so(
+    node: Node, workdir: Path, lock_env: dict, big: Image
+) -> None:
+    proxy = ThrottledProxy(node.registry.host, ignore_ranges=True)
+    try:
+        ref = f"{proxy.host}/{big.repo}@{big.digest}"
+        (record,) = prefetch(node.containerd, workdir, lock_env, ref).images
+        assert record["status"] == "pulled"
+        assert "byte ranges" in record.get("warning", ""), record
+        assert ref in node.containerd.images()
+    finally:
+        proxy.close()
+
+
+def test_connections_are_bounded(node: Node, workdir: Path, lock_env: dict, big: Image) -> None:
+    """connections=1: the layers and their byte ranges come one at a time, on one connection; containerd's resolver
+    adds the one it opens for the manifest."""
+    proxy = ThrottledProxy(node.registry.host)
+    try:
+        ref = f"{proxy.host}/{big.repo}@{big.digest}"
+        (record,) = prefetch(node.containerd, workdir, lock_env, ref, connections="1").images
+        assert record["status"] == "pulled"
+        assert proxy.peak_connections <= 2
+        (largest, size) = max(layer_digests(node.registry, big), key=lambda layer: layer[1])
+        assert len(proxy.blob_requests(largest)) == math.ceil(size / CHUNK)
+    finally:
+        proxy.close()
+
+
+ECR_HOST = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+FAKE_TOKEN = "eyJwYXlsb2FkIjoiTUlSUk9SLVRFU1QtVE9LRU4ifQ"  # noqa: S105 - a fake
+
+
+def test_an_ecr_registry_with_a_mirror_is_pulled_through_the_mirror_without_its_token(
+    node: Node, workdir: Path, lock_env: dict, layered: Image, mirror: Registry, tmp_path: Path
+) -> None:
+    """certs.d names a mirror for an ECR registry: the prefetch logs in to ECR (its credentials go to ECR only) and
+    pulls every blob from the mirror, as kubelet would; the mirror never sees the ECR token, and ECR (unreachable
+    here) is never needed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aws").write_text(f"#!/bin/sh\necho {FAKE_TOKEN}\n")
+    (bin_dir / "aws").chmod(0o755)
+    recorder = ThrottledProxy(mirror.host)
+    hosts = node.containerd.hosts(
+        ECR_HOST,
+        f'server = "https://{ECR_HOST}"\n[host."http://{recorder.host}"]\n  capabilities = ["pull", "resolve"]\n',
+    )
+    try:
+        env = {
+            **unreachable_env(lock_env),
+            "PATH": f"{bin_dir}:{node.containerd.env().get('PATH', os.environ['PATH'])}",
+        }
+        ref = f"{ECR_HOST}/{layered.repo}@{layered.digest}"
+        (record,) = prefetch(node.containerd, workdir, env, ref).images
+        assert record["status"] == "pulled", record
+        blobs = [head for head in recorder.requests if "/blobs/" in head]
+        assert blobs, "the mirror served no blob"
+        assert all(f"ns={ECR_HOST}" in head.split("\r\n")[0] for head in blobs)
+        assert not [head for head in recorder.requests if "authorization:" in head.lower()]
+    finally:
+        shutil.rmtree(hosts.parent)  # an empty directory would still be the host's (containerd's lookup)
+        recorder.close()
