@@ -136,7 +136,6 @@ def values() -> dict[str, str]:
         "CONNECTIONS_ALLOWED_PATTERN": contract.CONNECTIONS_ALLOWED_PATTERN,
         "RANGE_CHUNK_BYTES": str(contract.RANGE_CHUNK_BYTES),
         "RANGE_CHUNK_MIB": str(contract.RANGE_CHUNK_BYTES >> 20),
-        "RANGE_MIN_LAYER_BYTES": str(contract.RANGE_MIN_LAYER_BYTES),
     }
 
 

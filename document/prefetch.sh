@@ -59,7 +59,6 @@ ours_re='[ ,]@OUR_PIN_LABEL_RE@=([0-9]+)([ ,]|$)'
 pushed_re='[ ,]@PUSHED_AT_LABEL_RE@=([0-9]+)([ ,]|$)'
 max_connections='@MAX_CONNECTIONS@'
 chunk_bytes='@RANGE_CHUNK_BYTES@'
-range_min_bytes='@RANGE_MIN_LAYER_BYTES@'
 # Labels of containerd's: its garbage collection keeps a blob labelled gc.root, and a manifest's blobs through its
 # gc.ref.content labels (l.<n> for layer n).
 GC_ROOT=containerd.io/gc.root
@@ -537,69 +536,176 @@ manifest_layers() { # manifest-json
   done
 }
 
-# Blobs this run fetched and holds with gc.root until its pull has them; released by release_fetched.
-held=()
-stale_released=false
-release_fetched() {
-  local digest line
-  if [ "$stale_released" = false ] && [ -n "${lock_held:-}" ]; then
-    # Under the lock, any blob still marked fetched is a killed run's: released, with its scratch directories.
-    stale_released=true
-    while IFS= read -r line; do
-      [[ " $line" == *" $FETCHED_LABEL="* || " $line" == *",$FETCHED_LABEL="* ]] || continue
-      held+=("${line%% *}")
-    done < <(ctr_local content ls 2>/dev/null | tail -n +2)
-    rm -rf "$config_root"/.eks-image-prefetch-fetch.* 2>/dev/null || true
+# While this run fetches an image's layers, its platform manifest is in the content store ahead of ctr, labelled
+# gc.root and referencing every layer (gc.ref.content.l.<n>, as ctr's pull labels it): each layer is held from the
+# moment it is committed until the pull has the image (containerd collects unreferenced blobs at any time). The
+# manifest carries FETCHED_LABEL meanwhile: a run killed in between leaves it, and the next run that finds this
+# script's scratch directory under containerd's root releases it.
+protected=''
+protect_manifest() { # digest manifest-file -> 0 when the manifest holds the layers
+  local -a labels=("$GC_ROOT=$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$FETCHED_LABEL=1")
+  local i size
+  size=$(stat -c %s "$2") || return 1
+  timeout -k 5 60 ctr -n "$NS" content ingest --expected-size "$size" --expected-digest "$1" "manifest-$1" <"$2" \
+    >/dev/null 2>>"$tmp/ingest.err" || return 1
+  for i in "${!layer_digests[@]}"; do labels+=("$LAYER_REF.$i=${layer_digests[i]}"); done
+  ctr_local content label "$1" "${labels[@]}" >/dev/null 2>>"$tmp/ingest.err" || return 1
+  protected=$1
+}
+# The hold released, and with the CRI's discard_unpacked_layers, the layer references too: the manifest then holds
+# what the CRI's pull leaves (the config; the unpacked snapshots hang off it), and its layer blobs are collected.
+release_manifest() { # digest layer-count
+  local -a labels=("$GC_ROOT=" "$FETCHED_LABEL=")
+  local i
+  if [ "$cri_discard" = true ]; then
+    for ((i = 0; i < $2; i++)); do labels+=("$LAYER_REF.$i="); done
   fi
-  for digest in ${held[@]+"${held[@]}"}; do
-    ctr_local content label "$digest" "$GC_ROOT=" "$FETCHED_LABEL=" >/dev/null 2>&1 || true
-  done
-  held=()
+  ctr_local content label "$1" "${labels[@]}" >/dev/null 2>&1 || true
+  [ "$1" != "$protected" ] || protected=''
+}
+release_stale() { # manifests a killed run left held, found only where its scratch directory is left too
+  local line digest count
+  compgen -G "$config_root/.eks-image-prefetch-fetch.*" >/dev/null || return 0
+  [ -n "${lock_held:-}" ] || return 0 # another run may be fetching
+  while IFS= read -r line; do
+    [[ "$line" == *"$FETCHED_LABEL="* ]] || continue
+    digest=${line%% *} count=0
+    while [[ "$line" =~ $LAYER_REF\.([0-9]+)= ]]; do
+      [ "${BASH_REMATCH[1]}" -lt "$count" ] || count=$((BASH_REMATCH[1] + 1))
+      line=${line#*"${BASH_REMATCH[0]}"}
+    done
+    release_manifest "$digest" "$count"
+  done < <(ctr_local content ls 2>/dev/null | tail -n +2)
+  rm -rf "$config_root"/.eks-image-prefetch-fetch.* 2>/dev/null || true
 }
 
-# The missing layers (layer_digests/layer_sizes) of host/repo, within t seconds, where containerd's own fetch would be
-# slower or unbounded. Sets fetch_note when this fetch was not used, or failed for some layers (containerd fetches
-# those), and fetch_left to the number of layers left to containerd.
-fetch_note='' fetch_left=0
-fetch_layers() { # host repo t
-  local host=$1 repo=$2 t=$3 source present i c n start end size digest largest=0 parts curl_pid rc=0
-  local -a wanted=() pids=()
-  fetch_note='' fetch_left=0
-  for size in ${layer_sizes[@]+"${layer_sizes[@]}"}; do [ "$size" -le "$largest" ] || largest=$size; done
-  # Few small layers: containerd's fetch is as fast, and on as many connections as asked for (layers and config).
-  [ "$largest" -ge "$range_min_bytes" ] || [ "$((${#layer_digests[@]} + 1))" -gt "$SSM_connections" ] || return 0
+# The plan for an image's layers (layer_digests/layer_sizes) from host: which missing layers this script fetches
+# itself (fetch_wanted), and whether containerd then fetches the rest in ctr's process (ctr_local_pull) or in 2.x's
+# transfer service. containerd fetches a layer on one connection: ctr's own process `connections` layers at once
+# (1.x; 2.x sets no limit there, so it gets at most connections - 1 layers and the config), the transfer service 3.
+# This script fetches layers `connections` at once and those of more than chunk_bytes as byte ranges, at half as much
+# again the work per byte (each goes through `ctr content ingest`). Of these, the plan of the least time, in bytes
+# per connection's rate:
+#   containerd alone: its largest layer, or its bytes per layer at once if more;
+#   this script for all: its bytes per connection, or its largest range if more, times 1.5;
+#   2.x: this script for the smallest layers, so that ctr's process fetches the rest within `connections`.
+# fetch_note says why this script's fetch is not used where the plan wants it.
+fetch_note='' fetch_source='' fetch_wanted=() ctr_local_pull=true plan_missing=0
+plan_fetch() { # host
+  local present i size source missing=() total=0 largest=0 best ours rest rest_total rest_largest n at_once
+  local -a by_size=()
+  fetch_note='' fetch_source='' fetch_wanted=() ctr_local_pull=true plan_missing=0
+  [ "${#layer_digests[@]}" -gt 0 ] || return 0
+  # One small layer per connection at most: containerd alone, no look-up.
   present=" $(ctr_local content ls -q 2>/dev/null | tr '\n' ' ')"
   for i in "${!layer_digests[@]}"; do
-    [[ "$present" == *" ${layer_digests[i]} "* ]] || [ "${layer_sizes[i]}" -eq 0 ] || wanted+=("$i")
+    [[ "$present" == *" ${layer_digests[i]} "* ]] || [ "${layer_sizes[i]}" -eq 0 ] || missing+=("$i")
   done
-  [ "${#wanted[@]}" -gt 0 ] || return 0
-  fetch_left=${#wanted[@]}
+  n=${#missing[@]} plan_missing=${#missing[@]}
+  [ "$n" -gt 0 ] || return 0
+  for i in "${missing[@]}"; do
+    size=${layer_sizes[i]}
+    total=$((total + size))
+    [ "$size" -le "$largest" ] || largest=$size
+  done
+  # containerd alone: in ctr's process where it is bounded (1.x, or 2.x with room), else in 2.x's transfer service.
+  at_once=$SSM_connections
+  if [ "$ctr_major" -ge 2 ] && [ $((n + 1)) -gt "$SSM_connections" ]; then
+    if [ "$transfer_possible" = true ]; then
+      ctr_local_pull=false at_once=3
+    else
+      best=-1 # not bounded: this script fetches (below), or says so
+    fi
+  fi
+  [ "$at_once" -le "$n" ] || at_once=$n
+  if [ "${best:-0}" -ge 0 ]; then
+    best=$((total / at_once))
+    [ "$best" -ge "$largest" ] || best=$largest
+  fi
+  # This script for all of them.
+  ours=$((total / SSM_connections))
+  size=$largest
+  [ "$size" -le "$chunk_bytes" ] || size=$chunk_bytes
+  [ "$ours" -ge "$size" ] || ours=$size
+  ours=$((ours * 3 / 2))
+  local plan=containerd
+  if [ "$best" -lt 0 ] || [ "$ours" -lt "$best" ]; then plan=all best=$ours; fi
+  # 2.x: this script for the smallest, ctr's process for the rest (at most connections - 1 of them).
+  if [ "$ctr_major" -ge 2 ] && [ $((n + 1)) -gt "$SSM_connections" ] && [ "$SSM_connections" -ge 2 ]; then
+    mapfile -t by_size < <(for i in "${missing[@]}"; do echo "${layer_sizes[i]} $i"; done | sort -n -k1,1)
+    rest_total=0 rest_largest=0
+    for ((i = n - SSM_connections + 1; i < n; i++)); do
+      size=${by_size[i]%% *}
+      rest_total=$((rest_total + size))
+      [ "$size" -le "$rest_largest" ] || rest_largest=$size
+    done
+    rest=$((rest_total / (SSM_connections - 1)))
+    [ "$rest" -ge "$rest_largest" ] || rest=$rest_largest
+    size=$(((total - rest_total) * 3 / 2 / SSM_connections))
+    if [ $((size + rest)) -lt "$best" ]; then
+      plan=smallest
+      ctr_local_pull=true
+    fi
+  fi
+  case $plan in
+  containerd) return 0 ;;
+  all) fetch_wanted=("${missing[@]}") ctr_local_pull=true ;;
+  smallest) for ((i = 0; i <= n - SSM_connections; i++)); do fetch_wanted+=("${by_size[i]##* }"); done ;;
+  esac
   curl_check
   if [ -n "$curl_problem" ]; then
     fetch_note="layers not fetched in parallel: $curl_problem"
-    return 0
+  elif [ ! -d "$config_root" ]; then
+    fetch_note="layers not fetched in parallel: no directory $config_root"
+  else
+    blob_query=''
+    if blob_source "$1" source "$tmp/curl.host"; then
+      fetch_source=$source
+      return 0
+    fi
+    fetch_note="layers not fetched in parallel: $1's $source"
   fi
-  blob_query=''
-  if ! blob_source "$host" source "$tmp/curl.host"; then
-    fetch_note="layers not fetched in parallel: $host's $source"
-    return 0
+  fetch_wanted=()
+  bound_containerd "$n"
+}
+# containerd fetches $1 layers: on 2.x, in the transfer service where ctr's process would open more connections
+# than `connections`, or, where it cannot, said so.
+bound_containerd() { # layers
+  [ "$ctr_major" -ge 2 ] && [ "$ctr_local_pull" = true ] && [ $(($1 + 1)) -gt "$SSM_connections" ] || return 0
+  if [ "$transfer_possible" = true ]; then
+    ctr_local_pull=false
+  else
+    join fetch_note "ctr 2.x fetched $1 layers at once (it sets no limit)"
   fi
-  release_fetched
-  if ! parts=$(mktemp -d "$config_root/.eks-image-prefetch-fetch.XXXXXX" 2>/dev/null); then
+}
+
+# Starts fetching fetch_wanted from repo (curl in the background, fetch_curl), each layer streamed into the content
+# store as its ranges arrive (fetch_ingests: at most max(connections, 16) layers at once, their ingests holding the
+# layers' ingest refs, which containerd's own fetch of the same layer then waits for). 1 if it cannot start.
+fetch_parts='' fetch_curl='' fetch_ingests=()
+start_fetch() { # repo platform-digest t
+  local repo=$1 t=$3 i c n=0 start end size digest window=$SSM_connections
+  fetch_ingests=()
+  protect_manifest "$2" "$tmp/platform-manifest" || {
+    fetch_note="layers not fetched in parallel: the manifest could not be held ($(tail -n 1 "$tmp/ingest.err"))"
+    return 1
+  }
+  release_stale
+  if ! fetch_parts=$(mktemp -d "$config_root/.eks-image-prefetch-fetch.XXXXXX" 2>/dev/null); then
     fetch_note="layers not fetched in parallel: no scratch directory under $config_root"
-    return 0
+    return 1
   fi
   {
     printf 'parallel\nparallel-max = %d\nsilent\nshow-error\n' "$SSM_connections"
-    n=0
-    for i in "${wanted[@]}"; do
+    for i in "${fetch_wanted[@]}"; do
       size=${layer_sizes[i]} digest=${layer_digests[i]}
       for ((c = 0, start = 0; start < size; c++, start += chunk_bytes)); do
         end=$((start + chunk_bytes - 1))
         [ "$end" -lt "$size" ] || end=$((size - 1))
         # `next` between transfers: each has its own options (curl ends with an error at an empty last one).
         [ "$((n++))" -eq 0 ] || printf 'next\n'
-        printf 'url = "%s/%s/blobs/%s%s"\noutput = "%s/%d.%d"\n' "$source" "$repo" "$digest" "$blob_query" "$parts" "$i" "$c"
+        printf 'url = "%s/%s/blobs/%s%s"\noutput = "%s/%d.%d"\n' \
+          "$fetch_source" "$repo" "$digest" "$blob_query" "$fetch_parts" "$i" "$c"
         # A layer of one chunk is asked for whole; a registry that answers a range with the whole blob ends the
         # transfer at once (max-filesize: its length is more than a chunk's).
         [ "$size" -le "$chunk_bytes" ] || printf 'range = "%d-%d"\nmax-filesize = %d\n' "$start" "$end" "$chunk_bytes"
@@ -610,56 +716,49 @@ fetch_layers() { # host repo t
     done
   } >"$tmp/curl.cfg"
   timeout -k 5 "$t" curl -K "$tmp/curl.cfg" >/dev/null 2>"$tmp/curl.err" &
-  curl_pid=$!
-  # Each layer goes into the content store as its ranges arrive, in order, while later ones download: at most
-  # `connections` layers at once.
-  for n in "${!wanted[@]}"; do
-    [ "$n" -lt "$SSM_connections" ] || wait "${pids[n - SSM_connections]}" 2>/dev/null || true
-    ingest_layer "${wanted[n]}" "$parts" "$curl_pid" "$t" &
-    pids+=($!)
+  fetch_curl=$!
+  [ "$window" -ge 16 ] || window=16
+  for n in "${!fetch_wanted[@]}"; do
+    [ "$n" -lt "$window" ] || wait "${fetch_ingests[n - window]}" 2>/dev/null || true
+    ingest_layer "${fetch_wanted[n]}" "$t" &
+    fetch_ingests+=($!)
   done
-  wait "$curl_pid" 2>/dev/null || rc=$?
-  for n in "${!pids[@]}"; do wait "${pids[n]}" 2>/dev/null || true; done
-  rm -rf "$parts"
-  present=" $(ctr_local content ls -q 2>/dev/null | tr '\n' ' ')"
-  fetch_left=0
-  for i in "${wanted[@]}"; do
-    if [[ "$present" == *" ${layer_digests[i]} "* ]]; then
-      held+=("${layer_digests[i]}")
-    else
-      fetch_left=$((fetch_left + 1))
-    fi
-  done
-  if [ "$fetch_left" -gt 0 ]; then
-    if grep -q '(63)' "$tmp/curl.err" 2>/dev/null; then
-      fetch_note="byte ranges failed: $host's registry answers them with whole blobs"
-    else
-      fetch_note="parallel fetch failed ($(grep -a 'curl: ' "$tmp/curl.err" | tail -n 1 | cut -c1-120), curl exit $rc)"
-    fi
-  fi
-  return 0
 }
 
-# One layer's ranges, in order, as curl finishes each, into `ctr content ingest` (size and digest checked), then held
-# with gc.root until the pull has it. A range curl gave up on ends the layer short: the ingest refuses it.
-ingest_layer() { # index parts-dir curl-pid t
-  local i=$1 parts=$2 curl_pid=$3 t=$4 size=${layer_sizes[$1]} digest=${layer_digests[$1]} c start want have
+# Waits for the fetch; the layers it could not bring are containerd's to fetch (fetch_left), and fetch_note says why.
+finish_fetch() { # host
+  local n rc=0 i present
+  wait "$fetch_curl" 2>/dev/null || rc=$?
+  for n in "${!fetch_ingests[@]}"; do wait "${fetch_ingests[n]}" 2>/dev/null || true; done
+  rm -rf "$fetch_parts"
+  present=" $(ctr_local content ls -q 2>/dev/null | tr '\n' ' ')"
+  fetch_left=0
+  for i in "${fetch_wanted[@]}"; do
+    [[ "$present" == *" ${layer_digests[i]} "* ]] || fetch_left=$((fetch_left + 1))
+  done
+  [ "$fetch_left" -gt 0 ] || return 0
+  if grep -q '(63)' "$tmp/curl.err" 2>/dev/null; then
+    fetch_note="byte ranges failed: $1's registry answers them with whole blobs"
+  else
+    fetch_note="parallel fetch failed ($(grep -a 'curl: ' "$tmp/curl.err" | tail -n 1 | cut -c1-120), curl exit $rc)"
+  fi
+  fetch_note+="; containerd fetched $fetch_left of ${#fetch_wanted[@]} layers"
+}
+fetch_left=0
+
+# One layer's ranges, in order, streamed as curl writes them (tail --pid ends with curl) into `ctr content ingest`,
+# which checks its size and digest. A range curl gave up on leaves the layer short: the ingest refuses it.
+ingest_layer() { # index t
+  local i=$1 t=$2 size=${layer_sizes[$1]} digest=${layer_digests[$1]} c start want
   {
     for ((c = 0, start = 0; start < size; c++, start += chunk_bytes)); do
       want=$((size - start))
       [ "$want" -le "$chunk_bytes" ] || want=$chunk_bytes
-      while :; do
-        have=$(stat -c %s "$parts/$i.$c" 2>/dev/null) || have=0
-        [ "$have" -lt "$want" ] || break
-        kill -0 "$curl_pid" 2>/dev/null || break
-        sleep 0.05
-      done
-      cat "$parts/$i.$c" 2>/dev/null || true
-      rm -f "$parts/$i.$c"
+      head -c "$want" < <(tail -c +1 -s 0.05 -F --pid="$fetch_curl" "$fetch_parts/$i.$c" 2>/dev/null)
+      rm -f "$fetch_parts/$i.$c"
     done
   } | timeout -k 5 "$t" ctr -n "$NS" content ingest --expected-size "$size" --expected-digest "$digest" \
-    "layer-$digest" >/dev/null 2>>"$tmp/ingest.err" || return 0
-  ctr_local content label "$digest" "$GC_ROOT=$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$FETCHED_LABEL=1" >/dev/null 2>&1 || true
+    "layer-$digest" >/dev/null 2>>"$tmp/ingest.err" || true
 }
 
 arch=$(uname -m)
@@ -721,6 +820,7 @@ estimate() { # ref base t bytes_var digest_var error_var registry-args...
     est_platform=$_child
   fi
   est_manifest=$_manifest
+  cp "$tmp/manifest" "$tmp/platform-manifest"
   _size_re='"size"[[:space:]]*:[[:space:]]*([0-9]{1,15})'
   _n=0
   while [[ "$_manifest" =~ $_size_re ]]; do
@@ -1013,44 +1113,44 @@ from_registry() { # ref host base t0 t
   pull_image "$ref" "$3" "$4" "$5" "$host" "${reg_args[@]}"
 }
 
-# ctr pulls as the CRI does: in this process (`ctr images pull --local`, as 1.6 and 1.7 always do), so that 2.x
-# too takes any snapshotter and the registry arguments. That fetch is bounded by --max-concurrent-downloads on 1.x
-# only; on 2.x, where layers are left to containerd (pull_image), the daemon's transfer service pulls instead (its own
-# limit, 3 by default), if it unpacks for the CRI's snapshotter (the default one). ctr's flags into pull_flags.
-ctr_major=''
-pull_flags=()
-set_pull_flags() { # layers-left-to-containerd
-  if [ -z "$ctr_major" ]; then
-    ctr_major=0 ctr_minor=0
-    if [[ "$(ctr --version 2>/dev/null)" =~ \ v?([0-9]+)\.([0-9]+) ]]; then
-      ctr_major=${BASH_REMATCH[1]} ctr_minor=${BASH_REMATCH[2]}
-    fi
+# ctr's release, and whether 2.x's transfer service could pull for the CRI: where it unpacks for the CRI's
+# snapshotter (its default, overlayfs) and `connections` allows its own limit (3 by default).
+ctr_major='' ctr_minor=0 transfer_possible=false
+ctr_release() {
+  [ -z "$ctr_major" ] || return 0
+  ctr_major=0
+  if [[ "$(ctr --version 2>/dev/null)" =~ \ v?([0-9]+)\.([0-9]+) ]]; then
+    ctr_major=${BASH_REMATCH[1]} ctr_minor=${BASH_REMATCH[2]}
   fi
+  if [ "$ctr_major" -ge 2 ] && [ "$cri_snapshotter" = overlayfs ] && [ "$SSM_connections" -ge 3 ]; then
+    transfer_possible=true
+  fi
+}
+# How ctr pulls, as the CRI would (its snapshotter), into pull_flags: in its own process (`--local`, as 1.6 and 1.7
+# always do; 1.x bounds its fetch by --max-concurrent-downloads), or in 2.x's transfer service (the daemon pulls).
+pull_flags=()
+set_pull_flags() {
   pull_flags=(--snapshotter "$cri_snapshotter")
-  if [ "$ctr_major" -ge 2 ] && [ "$(($1 + 1))" -gt "$SSM_connections" ] && [ "$cri_snapshotter" = overlayfs ]; then
-    join fetch_note "containerd's transfer service fetched $1 layers (its own limit)"
+  if [ "$ctr_local_pull" = false ]; then
+    pull_flags+=(--skip-metadata)
     return 0
   fi
-  [ "$ctr_major" -ge 2 ] && [ "$(($1 + 1))" -gt "$SSM_connections" ] &&
-    join fetch_note "containerd fetched $1 layers at once (ctr 2.x sets no limit)"
   pull_flags+=(--max-concurrent-downloads "$SSM_connections")
   if [ "$ctr_major" -ge 2 ] || [ "$ctr_minor" -ge 7 ]; then pull_flags+=(--local); fi
 }
 
-# What the CRI's discard_unpacked_layers does, after ctr's pull: the platform manifest no longer references its
-# layers, so that containerd's garbage collection removes their blobs (the unpacked snapshots stay), and that runs
-# now. Blobs this run fetched itself are released first.
-discard_layers() { # manifest-digest layer-count
-  local -a unlabel=()
-  local i
-  if [ "$cri_discard" = true ]; then
-    for ((i = 0; i < $2; i++)); do unlabel+=("$LAYER_REF.$i="); done
-    [ "${#unlabel[@]}" -eq 0 ] || ctr_local content label "$1" "${unlabel[@]}" >/dev/null 2>&1 || true
+# After the pull: the manifest's hold released (and, with the CRI's discard_unpacked_layers, its layer references:
+# ctr's pull labels them, the CRI's does not), then containerd's garbage collection, now, as the CRI's pull ends.
+settle_pull() { # platform-digest layer-count
+  local unheld=''
+  if [ -n "$protected" ]; then
+    release_manifest "$protected" "$2"
+    unheld=1
+  elif [ "$cri_discard" = true ]; then
+    release_manifest "$1" "$2"
   fi
-  local had=${#held[@]}
-  release_fetched
-  if [ "$cri_discard" = true ] || [ "$had" -gt 0 ]; then
-    # A lease deleted with --sync runs containerd's garbage collection before it returns.
+  if [ "$cri_discard" = true ] || [ -n "$unheld" ]; then
+    # A lease deleted with --sync runs the garbage collection before it returns.
     ctr_local leases create --id "eks-image-prefetch-gc-$$" --expires 1m >/dev/null 2>&1 || true
     ctr_local leases rm --sync "eks-image-prefetch-gc-$$" >/dev/null 2>&1 || true
   fi
@@ -1102,8 +1202,18 @@ pull_image() { # ref base t0 t host registry-args...
   [ -z "$pushed" ] || [ "$pinned" = false ] || labels+=(--label "$PUSHED_LABEL=$pushed")
   remaining t
   [ "$t" -le "$SSM_pullTimeoutSeconds" ] || t=$SSM_pullTimeoutSeconds
-  fetch_layers "$host" "$repo" "$t"
-  set_pull_flags "$fetch_left"
+  ctr_release
+  plan_fetch "$host"
+  fetch_left=0
+  if [ "${#fetch_wanted[@]}" -gt 0 ]; then
+    if start_fetch "$repo" "$platform" "$t"; then
+      finish_fetch "$host"
+    else
+      fetch_left=${#fetch_wanted[@]}
+    fi
+    bound_containerd $((plan_missing - ${#fetch_wanted[@]} + fetch_left))
+  fi
+  set_pull_flags
   warning=$fetch_note
   remaining t
   [ "$t" -le "$SSM_pullTimeoutSeconds" ] || t=$SSM_pullTimeoutSeconds
@@ -1113,7 +1223,7 @@ pull_image() { # ref base t0 t host registry-args...
   rc=$?
   set -e
   if [ "$rc" -ne 0 ]; then
-    discard_layers "$platform" 0
+    settle_pull "$platform" "$layers"
     if grep -q 'no match for platform' "$tmp/pull.err"; then
       # A single-platform manifest of another OS/architecture: containerd checks its config.
       platform_skip "$sent" "$t0"
@@ -1122,7 +1232,7 @@ pull_image() { # ref base t0 t host registry-args...
     fi
     return
   fi
-  discard_layers "$platform" "$layers"
+  settle_pull "$platform" "$layers"
   # A digest reference names its digest; what a tag resolved to is read back from containerd.
   if [[ "$ref" != *@sha256:* ]] && ! local_image "$ref" digest pinned_by; then
     report "$sent" "$t0" failed '' "$bytes" '' error "pulled, but containerd has no image of that name"

@@ -473,6 +473,7 @@ class ThrottledProxy:
         self.requests: list[str] = []
         self.open_connections = 0
         self.peak_connections = 0
+        self._generation = 0  # connections opened before the last reset() are not counted
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
@@ -483,9 +484,12 @@ class ThrottledProxy:
         return [head for head in list(self.requests) if head.startswith("GET ") and f"/blobs/{digest}" in head]
 
     def reset(self) -> None:
+        """Forgets the requests so far, and counts from now only the connections opened from now (a client's idle
+        keep-alive connections, still open, are not the next pull's)."""
         with self._lock:
             self.requests.clear()
-            self.peak_connections = self.open_connections
+            self.open_connections = self.peak_connections = 0
+            self._generation += 1
 
     def _accept(self) -> None:
         while not self._closed.is_set():
@@ -503,10 +507,10 @@ class ThrottledProxy:
                 self.open_connections += 1
                 self.peak_connections = max(self.peak_connections, self.open_connections)
                 self._sockets += [client, server]
-            threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._requests, args=(client, server, self._generation), daemon=True).start()
             threading.Thread(target=self._responses, args=(server, client), daemon=True).start()
 
-    def _requests(self, source: socket.socket, sink: socket.socket) -> None:
+    def _requests(self, source: socket.socket, sink: socket.socket, generation: int) -> None:
         pending = b""
         rewrite = self.ignore_ranges
         with contextlib.suppress(OSError):
@@ -529,7 +533,8 @@ class ThrottledProxy:
                 if len(pending) > 1 << 16:
                     pending = b""  # not HTTP (a TLS hello): nothing to record
         with self._lock:
-            self.open_connections -= 1  # the client is done with it
+            if generation == self._generation:
+                self.open_connections -= 1  # the client is done with it
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
 

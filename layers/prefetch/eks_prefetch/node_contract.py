@@ -87,16 +87,15 @@ CONTAINERD_SOCKET_WAIT_SECONDS = 60
 CONTAINERD_NOT_UP = "containerd not up"
 
 # --- How fast a node pulls ------------------------------------------------------------------------------------------
-# A pull opens at most `connections` connections (the document's parameter; kubelet's CRI pull opens 3): one per
-# layer, and a big layer's byte ranges of RANGE_CHUNK_BYTES each in parallel (S3, which serves ECR's layers, budgets
-# 8-16 MB per ranged request). A layer of at least RANGE_MIN_LAYER_BYTES is fetched as ranges. The default is
-# measured (BENCHMARKS.md, "node pull against kubelet's").
+# A pull's layers come over at most `connections` connections at once (the document's parameter; kubelet's CRI pull
+# opens 3): several layers at once, and where that is faster than containerd's own fetch, layers of more than
+# RANGE_CHUNK_BYTES as parallel byte ranges of that size (S3, which serves ECR's layers, budgets 8-16 MB per ranged
+# request). The default is measured (BENCHMARKS.md, "Node pull against kubelet's").
 DEFAULT_CONNECTIONS = 8
 MAX_CONNECTIONS = 32
 # The document's `connections` parameter: 1 to MAX_CONNECTIONS.
 CONNECTIONS_ALLOWED_PATTERN = "^([1-9]|[12][0-9]|3[0-2])$"
 RANGE_CHUNK_BYTES = 16 << 20
-RANGE_MIN_LAYER_BYTES = 2 * RANGE_CHUNK_BYTES
 
 # --- The run's deadline ---------------------------------------------------------------------------------------------
 # The script ends its run this margin before the agent's executionTimeout kills it, to report: a tenth of the
