@@ -16,7 +16,7 @@ SAM_PATH := $(if $(PY313_DIR),$(PY313_DIR)/bin:,)$(PATH)
 system-deps:
 	bash scripts/system-deps.sh
 
-.PHONY: system-deps test venv lint cfn-lint sam-validate sam-build shellcheck unit integration node lock clean template
+.PHONY: system-deps test check venv lint cfn-lint sam-validate sam-build shellcheck unit integration node lock clean template
 
 $(VENV)/.installed: requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -26,8 +26,17 @@ $(VENV)/.installed: requirements-dev.txt
 
 venv: $(VENV)/.installed
 
+# Tests run on one worker per core (pytest-xdist); the slowest are listed at the end, and pyproject.toml's per-test
+# timeout turns a hidden wait into a named failure.
+PYTEST_PARALLEL := -n auto --durations=15
+
+# The full gate: every check and every test, the node tests on both containerd releases and the demo's end to end.
 test: system-deps venv lint cfn-lint sam-validate sam-build shellcheck
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_PARALLEL)
+
+# The everyday loop: lint, and every test that needs no root, no containerd and no demo (not marked `node`).
+check: venv lint shellcheck
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not node"
 
 lint: venv
 	$(BIN)/ruff check .

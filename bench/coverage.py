@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.node_overhead import REAL_PULL_SECONDS
 from bench.node_overhead import RESULTS as NODE_RESULTS
 from bench.report import Row, Section, not_measured, ratio, verdict
-from eks_prefetch.settings import Settings
+from eks_prefetch.settings import CommandSettings
 from harness.agent import Rollout, target_count
 
 IMAGE_BYTES = 3.5e9
@@ -29,10 +29,10 @@ IMAGE_BYTES = 3.5e9
 CAP_GBITS = 50.0
 CAP_BYTES = CAP_GBITS * 1e9 / 8
 BASELINE = "50"  # SSM's default MaxConcurrency: the blog recipe's fan-out
-# The deployed defaults (template.yaml's, which Settings mirrors; a test keeps them equal). MaxConcurrency's was set
-# from this section.
-CURRENT_DEFAULT = str(Settings.model_fields["max_concurrency"].default)
-MAX_ERRORS = str(Settings.model_fields["max_errors"].default)
+# The deployed defaults (template.yaml's, which CommandSettings mirrors; a test keeps them equal). MaxConcurrency's
+# was set from this section.
+CURRENT_DEFAULT = str(CommandSettings.model_fields["max_concurrency"].default)
+MAX_ERRORS = str(CommandSettings.model_fields["max_errors"].default)
 SETTINGS = tuple(dict.fromkeys(("10%", "25%", BASELINE, CURRENT_DEFAULT, "100%", "200")))
 FLEETS = (10, 100, 1_000, 10_000)
 TARGET_FLEET = 100

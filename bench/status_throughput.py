@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 
 from bench.report import Row, Section, median, ratio, verdict
-from eks_prefetch.invocations import InvocationOutcome, final_status
 from eks_prefetch.node_output import parse_node_output
-from eks_prefetch.settings import Settings
-from eks_prefetch.status_metrics import emit_invocation_metrics
+from eks_prefetch.settings import StatusSettings
+from eks_prefetch.status.invocations import InvocationOutcome, final_status
+from eks_prefetch.status.metrics import emit_invocation_metrics
 from testing.environment import DEPLOYMENT_ENV
 
 IMAGES = 20
@@ -78,7 +78,7 @@ def rate(fn: Callable[[str], object], outputs: list[str], rounds: int) -> float:
 
 def measure(section: Section, quick: bool) -> None:
     os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", SETTINGS_ENV["POWERTOOLS_METRICS_NAMESPACE"])
-    settings = Settings.from_env(SETTINGS_ENV)
+    settings = StatusSettings.from_env(SETTINGS_ENV)
     count = 2_000 if quick else 10_000
     rounds = 3 if quick else 5
     outputs = [node_output(seed) for seed in range(count)]

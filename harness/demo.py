@@ -356,8 +356,9 @@ def show_backoff(world: World, say: Narrator, instance_id: str) -> None:
     if function is None:
         return
     with function.container(fresh=True):
-        table = importlib.import_module("eks_prefetch.status_table")
-        settings = importlib.import_module("eks_prefetch.settings").get_settings()
+        table = importlib.import_module("eks_prefetch.status.table")
+        settings_module = importlib.import_module("eks_prefetch.settings")
+        settings = settings_module.load(settings_module.StatusSettings)
         state = table.read_repair_states(settings, [instance_id]).get(instance_id)
     if state is None or not state.attempts:
         return
@@ -432,12 +433,13 @@ def status_function_view(world: World, say: Narrator) -> dict[str, Any]:
     if function is None:
         return {}
     with function.container(fresh=True):
-        report = importlib.import_module("eks_prefetch.report")
-        coverage = importlib.import_module("eks_prefetch.coverage")
-        resolution = importlib.import_module("eks_prefetch.resolution")
-        settings = importlib.import_module("eks_prefetch.settings").get_settings()
+        report = importlib.import_module("prefetchctl.status")
+        coverage = importlib.import_module("eks_prefetch.status.coverage")
+        resolution = importlib.import_module("eks_prefetch.prefetch.resolution")
+        settings_module = importlib.import_module("eks_prefetch.settings")
+        settings = settings_module.load(settings_module.StatusSettings)
         text = io.StringIO()
-        report.report_fleet(settings, text)
+        report.report_fleet(report.StackView(settings), text)
         fleet = coverage.look_at_fleet(settings, resolution.NewestImages(settings))
     say.line("make status (the status function's code, on the emulated stack):")
     for line in text.getvalue().splitlines():

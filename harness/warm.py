@@ -397,9 +397,10 @@ class WarmLoop:
         function's environment."""
         function = self.world.stack.functions["NodeLaunchFunction"]
         with function.container(fresh=True):
-            settings = importlib.import_module("eks_prefetch.settings").get_settings()
-            resolution = importlib.import_module("eks_prefetch.resolution")
-            commands = importlib.import_module("eks_prefetch.commands")
+            settings_module = importlib.import_module("eks_prefetch.settings")
+            settings = settings_module.load(settings_module.LaunchSettings)
+            resolution = importlib.import_module("eks_prefetch.prefetch.resolution")
+            commands = importlib.import_module("eks_prefetch.prefetch.commands")
             resolved = resolution.NewestImages(settings).every_repository(repositories)
             parameters = commands.document_parameters(resolved, settings)
         images = [WarmImage(image.repository, image.digest, image.tag, image.reference) for image in resolved]

@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 build=${CONTAINERD_RELEASES_DIR:-$PWD/.build/containerd}
 suites=("$@")
 ((${#suites[@]})) || suites=(trixie sid)
+# One fetch at a time: parallel test workers (pytest-xdist) may each find a release missing.
+mkdir -p "$build"
+exec 9>"$build/.lock"
+flock 9
 
 for suite in "${suites[@]}"; do
   [[ "$suite" =~ ^[a-z]+$ ]] || { echo "containerd-releases: bad suite $suite" >&2; exit 2; }

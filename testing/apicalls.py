@@ -21,7 +21,9 @@ from typing import Any
 
 import boto3
 
-from eks_prefetch import aws, settings, status_table, sweep
+from eks_prefetch import aws, settings
+from eks_prefetch.status import sweep
+from eks_prefetch.status import table as status_table
 from testing.clock import Clock
 from testing.deployment import FakeLambdaContext, create_status_table, deployment, load_handler
 from testing.ec2 import run_nodes
@@ -171,9 +173,9 @@ def calls_per_sweep(*, invocations: int, events_lost: bool = False, missing: int
                     for node in nodes
                 ]
             )
-        settings.get_settings.cache_clear()
+        settings.load.cache_clear()
         with contextlib.redirect_stdout(io.StringIO()), ApiCalls().counting() as calls:
-            result = sweep.sweep_and_repair(settings.get_settings(), now=datetime.now(UTC))
+            result = sweep.sweep_and_repair(settings.load(settings.StatusSettings), now=datetime.now(UTC))
         expected = 0 if not events_lost else invocations
         if result["counted"] != expected or result["repair"]["nodes_repaired"] != min(missing, 200):
             raise AssertionError(f"unexpected sweep: {result}")

@@ -42,14 +42,14 @@ def deployment(**overrides: str) -> Iterator[None]:
     as a context manager for the benchmark too. The environment is restored afterwards."""
     saved = dict(os.environ)
     os.environ.update({**DEPLOYMENT_ENV, **overrides})
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
     try:
         with mocked_aws():
             yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        settings.get_settings.cache_clear()
+        settings.load.cache_clear()
 
 
 def create_status_table() -> None:

@@ -15,14 +15,41 @@ from testing.deployment import FakeLambdaContext, mocked_aws
 from testing.environment import DEPLOYMENT_ENV
 from testing.ssm import Agents
 
+SKIPPED_NODE_TESTS = "SKIP_NODE_TESTS=1: "
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    message = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr or "")
+    return message.removeprefix("Skipped: ")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """A run that skipped node or end-to-end tests because SKIP_NODE_TESTS=1 says so loudly, naming each: a green run
+    without them does not test the node script. From the reports, so that it holds under xdist, whose workers
+    collect and skip."""
+    skipped = [
+        report
+        for report in terminalreporter.stats.get("skipped", [])
+        if _skip_reason(report).startswith(SKIPPED_NODE_TESTS)
+    ]
+    if not skipped:
+        return
+    reason = _skip_reason(skipped[0]).removeprefix(SKIPPED_NODE_TESTS)
+    terminalreporter.write_sep("!", f"{len(skipped)} NODE TESTS DID NOT RUN (SKIP_NODE_TESTS=1)", red=True, bold=True)
+    terminalreporter.write_line(f"Reason: {reason}", red=True, bold=True)
+    for report in skipped:
+        terminalreporter.write_line(f"  not run: {report.nodeid}", red=True)
+    terminalreporter.write_sep("!", "the node script is NOT tested by this run", red=True, bold=True)
+
 
 @pytest.fixture
 def deployment_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for key, value in DEPLOYMENT_ENV.items():
         monkeypatch.setenv(key, value)
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
     yield DEPLOYMENT_ENV
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
 
 
 @pytest.fixture

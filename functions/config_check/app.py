@@ -1,5 +1,5 @@
 """The ValidateConfiguration custom resource: refuses a deploy whose configuration the functions would refuse
-(``eks_prefetch.config_check``), with the problem as CloudFormation's reason."""
+(``eks_prefetch.deploy.config_check``), with the problem as CloudFormation's reason."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws
-from eks_prefetch.config_check import CheckOutcome, on_request
-from eks_prefetch.custom_resource import response_body
+from eks_prefetch.deploy.config_check import CheckOutcome, on_request
+from eks_prefetch.deploy.custom_resource import response_body
 
 logger = Logger()
 

@@ -16,8 +16,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws, tracing
 from eks_prefetch.events import Ec2StateChangeEvent, parse_or_drop
-from eks_prefetch.launch import Delivery, LaunchBatch, prefetch_launched_node
-from eks_prefetch.settings import get_settings
+from eks_prefetch.prefetch.launch import Delivery, LaunchBatch, prefetch_launched_node
+from eks_prefetch.settings import LaunchSettings, load
 
 logger = Logger()
 metrics = Metrics()
@@ -78,8 +78,9 @@ def receive_count(record: SQSRecord) -> int:
 @metrics.log_metrics
 @aws.within_invocation_time
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    settings = load(LaunchSettings)
     # Several stacks (clusters) may share an account and the namespace: every metric names its cluster.
-    metrics.set_default_dimensions(ClusterName=get_settings().cluster_name)
+    metrics.set_default_dimensions(ClusterName=settings.cluster_name)
     if not is_sqs_batch(event):
         # Wired to something other than the queue, or invoked by hand: nothing to retry, so say so and acknowledge.
         logger.error(
@@ -88,7 +89,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         )
         metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
         return {"batchItemFailures": []}
-    batch = LaunchBatch.of(event["Records"], get_settings())
+    batch = LaunchBatch.of(event["Records"], settings)
     return process_partial_response(
         event=event,
         record_handler=functools.partial(record_handler, batch=batch),

@@ -16,8 +16,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field, ValidationError
 
 from eks_prefetch import aws
-from eks_prefetch.custom_resource import response_body
-from eks_prefetch.uninstall import CustomResourceOutcome, UnpinTarget, on_custom_resource
+from eks_prefetch.deploy.custom_resource import response_body
+from eks_prefetch.deploy.unpin import CustomResourceOutcome, UnpinTarget, on_custom_resource
 
 logger = Logger()
 

@@ -11,8 +11,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws, tracing
 from eks_prefetch.events import EcrImageActionEvent, parse_or_drop
-from eks_prefetch.settings import get_settings
-from eks_prefetch.warm_planner import PlannerEvent, note_push, run_schedule
+from eks_prefetch.settings import PlannerSettings, load
+from eks_prefetch.warm.planner import PlannerEvent, note_push, run_schedule
 
 logger = Logger()
 metrics = Metrics()
@@ -23,7 +23,7 @@ metrics = Metrics()
 @metrics.log_metrics
 @aws.within_invocation_time
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    settings = get_settings()
+    settings = load(PlannerSettings)
     # Several stacks (clusters) may share an account and the namespace: every metric names its cluster.
     metrics.set_default_dimensions(ClusterName=settings.cluster_name)
     parsed = parse_or_drop(event, PlannerEvent, what="planner event", logger=logger, metrics=metrics)

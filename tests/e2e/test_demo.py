@@ -10,10 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness.demo import SUMMARY_MARK
 from tests.e2e.conftest import require_real_nodes
 
 ROOT = Path(__file__).resolve().parents[2]
+DEMO_TIMEOUT_SECONDS = 900
+# Real containerd nodes (root). The demo's subprocess is bounded by its own timeout; the test's is a last resort.
+pytestmark = [pytest.mark.node, pytest.mark.timeout(DEMO_TIMEOUT_SECONDS + 60)]
 # The GPU pool: two at the start, one scaled out through the node-launch path, one cold and one warm booted.
 GPU = ["gpu-1", "gpu-2", "gpu-3", "scale-cold", "scale-warm"]
 
@@ -27,7 +32,7 @@ def test_make_demo_tells_the_whole_story_on_containerd_1_7() -> None:
         env=environment,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=DEMO_TIMEOUT_SECONDS,
         check=False,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]

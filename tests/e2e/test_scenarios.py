@@ -192,9 +192,10 @@ def _coverage(world: World) -> dict[str, Any]:
     import importlib  # noqa: PLC0415 - the function's modules, loaded inside its environment
 
     with world.stack.functions["StatusFunction"].container(fresh=True):
-        coverage = importlib.import_module("eks_prefetch.coverage")
-        resolution = importlib.import_module("eks_prefetch.resolution")
-        settings = importlib.import_module("eks_prefetch.settings").get_settings()
+        coverage = importlib.import_module("eks_prefetch.status.coverage")
+        resolution = importlib.import_module("eks_prefetch.prefetch.resolution")
+        settings_module = importlib.import_module("eks_prefetch.settings")
+        settings = settings_module.load(settings_module.StatusSettings)
         coverages = coverage.look_at_fleet(settings, resolution.NewestImages(settings)).coverages
     return {coverage.repository: coverage for coverage in coverages}
 

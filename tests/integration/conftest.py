@@ -21,10 +21,10 @@ INFERENCE = "ml/inference"
 def status_env(aws_mock: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The status function's deployment: its table (as template.yaml defines it) and fresh resolutions."""
     monkeypatch.setenv("STATUS_TABLE", STATUS_TABLE)
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
     create_status_table()
     yield
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from testing.apicalls import calls_per_launch_burst, calls_per_push, calls_per_sweep
 
 # What one send costs in the idempotency table: Powertools' in-progress record and its completion, and sending's
-# attempt counter (see eks_prefetch.sending).
+# attempt counter (see eks_prefetch.prefetch.sending).
 DYNAMODB_PER_SEND = Counter({"dynamodb:PutItem": 1, "dynamodb:UpdateItem": 2})
 
 

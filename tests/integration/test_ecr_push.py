@@ -22,10 +22,10 @@ from moto.dynamodb.models import dynamodb_backends
 from moto.ssm.models import ssm_backends
 
 from eks_prefetch import aws
-from eks_prefetch.push import PushedImageNotFoundError
-from eks_prefetch.resolution import NewestImages
-from eks_prefetch.sending import SendOutcomeUnknownError, event_marker
-from eks_prefetch.settings import get_settings
+from eks_prefetch.prefetch.push import PushedImageNotFoundError
+from eks_prefetch.prefetch.resolution import NewestImages
+from eks_prefetch.prefetch.sending import SendOutcomeUnknownError, event_marker
+from eks_prefetch.settings import PushSettings, load
 from testing import events
 from testing.apicalls import ApiCalls
 from testing.deployment import idempotency_records, load_handler, send_attempts
@@ -415,7 +415,7 @@ def test_tags_as_long_as_ecr_allows_are_prefetched_by_both_paths(handler, sent, 
     (request,) = sent
     assert request["Parameters"]["images"] == [f"{REGISTRY}/ml/trainer@{digest}"]
     assert len(request["Comment"]) <= 100
-    assert [image.digest for image in NewestImages(get_settings()).every_repository()] == [digest]
+    assert [image.digest for image in NewestImages(load(PushSettings)).every_repository()] == [digest]
     too_long = handler(push_event("ml/trainer", digest, long_tag + "1"), lambda_context)
     assert too_long == {"status": "ignored", "reason": "malformed event"}
 

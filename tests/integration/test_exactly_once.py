@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 import time_machine
 
-from eks_prefetch import aws, settings, status_metrics, status_table
-from eks_prefetch.status_table import CLAIM_STALE_SECONDS
+from eks_prefetch import aws, settings
+from eks_prefetch.status import metrics as status_metrics
+from eks_prefetch.status import table as status_table
+from eks_prefetch.status.claims import CLAIM_STALE_SECONDS
 from harness.template import resource
 from testing.deployment import load_handler
 from testing.ecr import at, push_image
@@ -43,7 +45,7 @@ from tests.integration.test_status import (
 def _without_repair(status_env, monkeypatch):
     # Counting only; self-repair sends commands after each sweep and has its own tests.
     monkeypatch.setenv("REPAIR_ENABLED", "false")
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
 
 
 @pytest.fixture

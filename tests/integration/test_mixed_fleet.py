@@ -16,11 +16,13 @@ from datetime import timedelta
 import boto3
 import pytest
 
-from eks_prefetch import aws, report, settings, sweep
-from eks_prefetch.coverage import look_at_fleet
-from eks_prefetch.invocations import record_invocation
-from eks_prefetch.resolution import NewestImages
-from eks_prefetch.settings import get_settings
+from eks_prefetch import aws, settings
+from eks_prefetch.prefetch.resolution import NewestImages
+from eks_prefetch.settings import StatusSettings, load
+from eks_prefetch.status import sweep
+from eks_prefetch.status.coverage import look_at_fleet
+from eks_prefetch.status.invocations import record_invocation
+from prefetchctl import status as report
 from testing.apicalls import ApiCalls
 from testing.ec2 import run_nodes
 from testing.ecr import at
@@ -40,7 +42,7 @@ def env(status_env, monkeypatch):
     monkeypatch.setenv("REPAIR_ENABLED", "true")
     monkeypatch.setenv("REPAIR_GRACE_SECONDS", "900")
     monkeypatch.setenv("REPOSITORY_NODE_SELECTORS", json.dumps({TRAINER: {"karpenter.sh/nodepool": "gpu"}}))
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
 
 
 @pytest.fixture
@@ -67,7 +69,7 @@ def test_each_repository_counts_only_the_supported_online_nodes_it_selects(pools
     for node in pools["gpu"]:
         holds(node, TRAINER, images[TRAINER], at(20))
 
-    fleet = look_at_fleet(get_settings(), NewestImages(get_settings()))
+    fleet = look_at_fleet(load(StatusSettings), NewestImages(load(StatusSettings)))
 
     by_repository = {coverage.repository: coverage for coverage in fleet.coverages}
     assert by_repository[TRAINER].online == tuple(sorted(pools["gpu"]))
@@ -83,7 +85,7 @@ def test_each_repository_counts_only_the_supported_online_nodes_it_selects(pools
 
 
 def test_repair_sends_a_repository_only_to_the_nodes_it_selects_and_never_to_unsupported_ones(pools, images, sent):
-    result = sweep.sweep_and_repair(get_settings(), now=LATER)
+    result = sweep.sweep_and_repair(load(StatusSettings), now=LATER)
 
     sent_to = targets(sent)
     trainer, inference = ref(TRAINER, images[TRAINER]), ref(INFERENCE, images[INFERENCE])
@@ -96,7 +98,7 @@ def test_repair_sends_a_repository_only_to_the_nodes_it_selects_and_never_to_uns
 
 def test_unsupported_nodes_are_counted_in_their_metric_with_the_cluster(pools, capsys):
     capsys.readouterr()
-    sweep.sweep_and_repair(get_settings(), now=LATER)
+    sweep.sweep_and_repair(load(StatusSettings), now=LATER)
 
     stdout = capsys.readouterr().out
     assert total(stdout, "UnsupportedNodes", ClusterName=CLUSTER) == 2
@@ -118,24 +120,24 @@ def test_a_platform_skip_takes_the_node_out_of_the_repositorys_coverage_and_repa
         ]
     )
     fake.set(command_id, skipped_node, Answer(stdout=stdout, ended=at(30)))
-    settings_ = get_settings().model_copy(update={"document_name": "AWS-RunShellScript"})
+    settings_ = load(StatusSettings).model_copy(update={"document_name": "AWS-RunShellScript"})
     assert record_invocation(command_id, skipped_node, settings_, via="event").counted
     holds(other, TRAINER, images[TRAINER], at(20))
 
-    fleet = look_at_fleet(get_settings(), NewestImages(get_settings()))
+    fleet = look_at_fleet(load(StatusSettings), NewestImages(load(StatusSettings)))
     (trainer,) = [coverage for coverage in fleet.coverages if coverage.repository == TRAINER]
     assert trainer.online == (other,)
     assert trainer.percent == 100.0
 
     sent.clear()
-    sweep.sweep_and_repair(get_settings(), now=LATER)
+    sweep.sweep_and_repair(load(StatusSettings), now=LATER)
     assert all(reference not in refs for refs in targets(sent).values())
 
 
 def test_make_status_shows_each_repositorys_own_denominator_and_names_the_unsupported_nodes(pools, images, monkeypatch):
     for node in pools["gpu"]:
         holds(node, TRAINER, images[TRAINER], at(20))
-    monkeypatch.setattr(report, "settings_of_stack", lambda *_: get_settings())
+    monkeypatch.setattr(report, "view_of_stack", lambda *_: report.StackView(load(StatusSettings)))
     monkeypatch.setattr(aws.stack, "session_problem", lambda: None)
     monkeypatch.setattr(aws.ec2, "private_dns_names", lambda ids: {})
     out = io.StringIO()
@@ -155,16 +157,16 @@ def test_make_status_shows_each_repositorys_own_denominator_and_names_the_unsupp
 def test_coverage_with_selectors_describes_the_nodes_in_pages_of_200(fleet, images, nodes, describes):
     fleet.online.update(run_nodes(nodes, GPU))
     with ApiCalls().counting() as calls:
-        look_at_fleet(get_settings(), NewestImages(get_settings()))
+        look_at_fleet(load(StatusSettings), NewestImages(load(StatusSettings)))
 
     assert calls.only(("ec2",)) == Counter({"ec2:DescribeInstances": describes})
 
 
 def test_without_selectors_coverage_describes_no_instance(fleet, images, monkeypatch):
     monkeypatch.setenv("REPOSITORY_NODE_SELECTORS", "")
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
     fleet.online.update(run_nodes(5, GPU))
     with ApiCalls().counting() as calls:
-        look_at_fleet(get_settings(), NewestImages(get_settings()))
+        look_at_fleet(load(StatusSettings), NewestImages(load(StatusSettings)))
 
     assert calls.only(("ec2",)) == Counter()

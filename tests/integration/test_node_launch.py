@@ -33,12 +33,13 @@ from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import ec2_backends
 from moto.ssm.models import ssm_backends
 
-from eks_prefetch import aws, sending
-from eks_prefetch.commands import send_command_request, with_comment_marker
+from eks_prefetch import aws
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.node_output import repository_of
-from eks_prefetch.sending import event_marker
-from eks_prefetch.settings import get_settings
+from eks_prefetch.prefetch import sending
+from eks_prefetch.prefetch.commands import send_command_request, with_comment_marker
+from eks_prefetch.prefetch.sending import event_marker
+from eks_prefetch.settings import LaunchSettings, load
 from testing.deployment import idempotency_records, load_handler
 from testing.ec2 import NODE_TAGS, launch_time_of, run_instance, set_launch_time
 from testing.ecr import at, create_repository, push_image
@@ -88,7 +89,7 @@ def env(deployment_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None
     # Doubling from the first retry, so that a few deliveries reach the cap (the unit tests cover the fast retries).
     monkeypatch.setenv("NODE_LAUNCH_FAST_RETRIES", "1")
     monkeypatch.setenv("NODE_LAUNCH_RETRY_MAX_SECONDS", "40")
-    get_settings.cache_clear()
+    load.cache_clear()
 
 
 @pytest.fixture
@@ -158,7 +159,7 @@ def test_ready_node_gets_one_command_with_the_newest_image_of_every_repository(q
     ]
     assert request["Parameters"]["pin"] == ["true"]
     # The very builder the push path uses: same document, parameters and safety settings.
-    settings = get_settings()
+    settings = load(LaunchSettings)
     newest = [
         ResolvedImage(REGISTRY, "ml/trainer", images["ml/trainer"], "v2", at(3)),
         ResolvedImage(REGISTRY, "ml/inference", images["ml/inference"], "v2", at(4)),
@@ -178,7 +179,7 @@ def test_ready_node_gets_one_command_with_the_newest_image_of_every_repository(q
 
 def test_several_repositories_one_empty_one_deleted_still_send_the_others(queue, agents, sent, monkeypatch, caplog):
     monkeypatch.setenv("REPOSITORY_NAMES", "ml/trainer,ml/empty,ml/deleted,ml/inference")
-    get_settings.cache_clear()
+    load.cache_clear()
     for name in ("ml/trainer", "ml/empty", "ml/deleted", "ml/inference"):
         create_repository(name)
     boto3.client("ecr").delete_repository(repositoryName="ml/deleted", force=True)
@@ -695,7 +696,7 @@ def test_more_repositories_than_one_command_takes_are_sent_in_batches_once(
     own at-most-once send; a duplicate delivery sends neither again."""
     repositories = [f"team-{n:02d}/model" for n in range(60)]
     monkeypatch.setenv("REPOSITORY_NAMES", ",".join(repositories))
-    get_settings.cache_clear()
+    load.cache_clear()
     for repository in repositories:
         create_repository(repository)
         push_image(repository, repository, tag="v1", pushed_at=at(1))

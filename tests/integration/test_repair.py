@@ -18,9 +18,11 @@ import boto3
 import pytest
 from moto.ssm.models import ssm_backends
 
-from eks_prefetch import aws, repair, settings, status_table, sweep
-from eks_prefetch.invocations import RecordingScope
-from eks_prefetch.settings import get_settings
+from eks_prefetch import aws, settings
+from eks_prefetch.settings import StatusSettings, load
+from eks_prefetch.status import repair, sweep
+from eks_prefetch.status import table as status_table
+from eks_prefetch.status.reports import RecordingScope
 from testing.ecr import at, push_image
 from testing.environment import ACCOUNT, DOCUMENT, REGION, REGISTRY, STATUS_TABLE
 from testing.output import image_line, summary_line, total
@@ -35,7 +37,7 @@ GRACE = timedelta(minutes=15)
 def env(status_env, monkeypatch):
     monkeypatch.setenv("REPAIR_ENABLED", "true")
     monkeypatch.setenv("REPAIR_GRACE_SECONDS", str(int(GRACE.total_seconds())))
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
 
 
 def node_ids(count: int, start: int = 0) -> list[str]:
@@ -57,7 +59,7 @@ def holds(instance_id: str, repository: str, digest: str, when: datetime) -> Non
 
 
 def run_sweep(now: datetime) -> dict[str, Any]:
-    return sweep.sweep_and_repair(get_settings(), now=now)
+    return sweep.sweep_and_repair(load(StatusSettings), now=now)
 
 
 def targets(requests: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -190,11 +192,11 @@ def test_a_repeated_or_overlapping_sweep_sends_nothing_twice(fake, fleet, images
     now = at(10) + GRACE + timedelta(minutes=1)
 
     # Two sweeps that planned on the same view before either sent (overlapping invocations of the schedule).
-    scope = RecordingScope.for_sweep(get_settings())
-    swept, fleet = sweep.sweep(get_settings(), now=now, scope=scope)
+    scope = RecordingScope.for_sweep(load(StatusSettings))
+    swept, fleet = sweep.sweep(load(StatusSettings), now=now, scope=scope)
     inputs = repair.RepairInputs(fleet, swept.in_flight, scope.newest)
-    first = repair.repair(inputs, get_settings(), now=now)
-    second = repair.repair(inputs, get_settings(), now=now)
+    first = repair.repair(inputs, load(StatusSettings), now=now)
+    second = repair.repair(inputs, load(StatusSettings), now=now)
     # And the schedule's event delivered again a minute later.
     again = run_sweep(now + timedelta(minutes=1))
 
@@ -216,7 +218,7 @@ def test_the_per_sweep_bound_holds_with_500_missing_nodes_oldest_gap_first(fake,
     result = run_sweep(at(10) + GRACE + timedelta(minutes=1))
 
     sent_to = targets(sent)
-    assert len(sent_to) == get_settings().repair_max_nodes_per_sweep == 200
+    assert len(sent_to) == load(StatusSettings).repair_max_nodes_per_sweep == 200
     assert set(nodes[:100]) <= set(sent_to)
     assert all(len(request["InstanceIds"]) <= 50 for request in sent)
     assert result["repair"]["nodes_waiting"] == 300
@@ -239,7 +241,7 @@ def test_a_node_holding_a_newer_digest_than_the_one_resolved_is_left_alone(fake,
 
 def test_repair_disabled_sends_nothing(fake, fleet, images, sent, monkeypatch):
     monkeypatch.setenv("REPAIR_ENABLED", "false")
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
     fleet.online = set(node_ids(2))
 
     result = run_sweep(at(10) + GRACE + timedelta(minutes=1))

@@ -18,10 +18,11 @@ import pytest
 from moto.core.responses import ActionResult
 from moto.ecr.responses import ECRResponse
 
-from eks_prefetch import aws, report, settings
-from eks_prefetch.coverage import look_at_fleet
-from eks_prefetch.resolution import NewestImages
-from eks_prefetch.settings import get_settings
+from eks_prefetch import aws, settings
+from eks_prefetch.prefetch.resolution import NewestImages
+from eks_prefetch.settings import StatusSettings, load
+from eks_prefetch.status.coverage import look_at_fleet
+from prefetchctl import status as report
 from testing.ecr import at, digest_of, push_image
 from testing.environment import CLUSTER
 from testing.output import values
@@ -56,7 +57,7 @@ def ecr_filters_tag_status(monkeypatch: pytest.MonkeyPatch) -> None:
 def env(status_env, ecr_filters_tag_status, monkeypatch):
     monkeypatch.setenv("REPAIR_ENABLED", "true")
     monkeypatch.setenv("REPAIR_GRACE_SECONDS", str(int(GRACE.total_seconds())))
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
 
 
 @pytest.fixture
@@ -119,7 +120,7 @@ def test_make_status_counts_the_node_ahead_as_covered_and_never_calls_its_image_
     for node in fleet.online:
         holds(node, INFERENCE, images[INFERENCE], at(12))
 
-    fleet_view = look_at_fleet(get_settings(), NewestImages(get_settings()))
+    fleet_view = look_at_fleet(load(StatusSettings), NewestImages(load(StatusSettings)))
     out = io.StringIO()
     report.render(fleet_view.coverages, CLUSTER, out)
 
@@ -135,7 +136,7 @@ def test_a_node_on_an_older_untagged_image_is_missing_and_not_called_newer(fake,
     holds(node, TRAINER, old_untagged, at(-80))
     holds(node, INFERENCE, images[INFERENCE], at(12))
 
-    fleet_view = look_at_fleet(get_settings(), NewestImages(get_settings()))
+    fleet_view = look_at_fleet(load(StatusSettings), NewestImages(load(StatusSettings)))
     out = io.StringIO()
     report.render(fleet_view.coverages, CLUSTER, out)
 

@@ -16,9 +16,11 @@ import pytest
 from moto.core.exceptions import ServiceException
 from moto.ssm.models import ssm_backends
 
-from eks_prefetch import aws, repair, settings, status_table, sweep
-from eks_prefetch.invocations import RecordingScope
-from eks_prefetch.settings import get_settings
+from eks_prefetch import aws, settings
+from eks_prefetch.settings import StatusSettings, load
+from eks_prefetch.status import repair, sweep
+from eks_prefetch.status import table as status_table
+from eks_prefetch.status.reports import RecordingScope
 from testing.ecr import at
 from testing.environment import ACCOUNT, REGION, STATUS_TABLE
 from tests.faults import ThrottlingException
@@ -31,7 +33,7 @@ NOW = at(10) + GRACE + timedelta(minutes=1)
 def env(status_env, monkeypatch):
     monkeypatch.setenv("REPAIR_ENABLED", "true")
     monkeypatch.setenv("REPAIR_GRACE_SECONDS", str(int(GRACE.total_seconds())))
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
 
 
 class AccessDeniedException(ServiceException):
@@ -97,7 +99,7 @@ def test_an_access_denied_hybrid_node_does_not_hold_back_its_group_of_50(fake, f
     online_long_ago(fleet, [*healthy, hybrid])
     calls = refuse({hybrid}, AccessDeniedException)
 
-    result = sweep.sweep_and_repair(get_settings(), now=NOW)
+    result = sweep.sweep_and_repair(load(StatusSettings), now=NOW)
 
     assert sent_to() == sorted(healthy)
     assert result["repair"]["nodes_repaired"] == 49
@@ -107,7 +109,7 @@ def test_an_access_denied_hybrid_node_does_not_hold_back_its_group_of_50(fake, f
     assert row["repair_attempts"] == 1
     assert "repair_sent_at" not in row
     calls.clear()
-    sweep.sweep_and_repair(get_settings(), now=NOW + timedelta(minutes=5))
+    sweep.sweep_and_repair(load(StatusSettings), now=NOW + timedelta(minutes=5))
     assert calls == []  # backed off; the others have their repair in flight
 
 
@@ -120,7 +122,7 @@ def test_throttling_and_server_errors_are_not_refusals_no_halving(fake, fleet, i
     online_long_ago(fleet, nodes)
     calls = refuse(set(), ThrottlingException) if fault == "throttling" else server_errors()
 
-    result = sweep.sweep_and_repair(get_settings(), now=NOW)
+    result = sweep.sweep_and_repair(load(StatusSettings), now=NOW)
 
     assert {len(call) for call in calls} == {50}
     assert len({tuple(call) for call in calls}) == 2
@@ -139,7 +141,7 @@ def test_a_refusal_of_every_node_is_bounded_per_sweep(fake, fleet, images):
     online_long_ago(fleet, node_ids(200))
     calls = refuse(set(), AccessDeniedException)
 
-    sweep.sweep_and_repair(get_settings(), now=NOW)
+    sweep.sweep_and_repair(load(StatusSettings), now=NOW)
 
     assert len(calls) == repair.MAX_REFUSED_SENDS_PER_SWEEP
 
@@ -148,7 +150,7 @@ def test_repair_sends_nothing_with_less_than_its_reserve_left(fake, fleet, image
     """Each SSM or DynamoDB call takes 4 s on the invocation's clock: repair starts a send only while at least
     SEND_RESERVE_SECONDS are left, and stops there."""
     online_long_ago(fleet, node_ids(200))
-    config = get_settings()
+    config = load(StatusSettings)
     scope = RecordingScope.for_sweep(config)
     swept, fleet_view = sweep.sweep(config, now=NOW, scope=scope)
     clock = {"left": repair.SEND_RESERVE_SECONDS + 30.0}

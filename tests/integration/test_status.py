@@ -17,8 +17,11 @@ import pytest
 from botocore.exceptions import ClientError
 from moto.ec2.models import ec2_backends
 
-from eks_prefetch import aws, commands, coverage, invocations, resolution, sending, settings, status_table
+from eks_prefetch import aws, settings
 from eks_prefetch.images import ResolvedImage
+from eks_prefetch.prefetch import commands, resolution, sending
+from eks_prefetch.status import claims, coverage, invocations, reports
+from eks_prefetch.status import table as status_table
 from testing.deployment import load_handler
 from testing.ecr import at, create_repository, push_image
 from testing.environment import ACCOUNT, CLUSTER, DOCUMENT, REGION, REGISTRY, STATUS_TABLE
@@ -35,7 +38,7 @@ C = {"ClusterName": CLUSTER}
 def env(status_env, monkeypatch):
     # These tests are about counting; self-repair, which sends commands after each sweep, has its own tests.
     monkeypatch.setenv("REPAIR_ENABLED", "false")
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +81,9 @@ def comment_of(node: str, *, new_node: bool) -> str:
     """The Comment of a command to ``node`` as the functions build it: the new-node path's (``new_node``), or a push's
     or a repair's, marked with an event key as ``send_once`` marks every command."""
     image = ResolvedImage(REGISTRY, TRAINER, "sha256:" + "0" * 64, "v2", at(0))
-    request = commands.send_command_request([image], settings.get_settings(), instance_ids=[node], new_node=new_node)
+    request = commands.send_command_request(
+        [image], settings.load(settings.StatusSettings), instance_ids=[node], new_node=new_node
+    )
     return commands.with_comment_marker(request, sending.event_marker({"instance": node}))["Comment"]
 
 
@@ -642,7 +647,7 @@ def test_coverage_as_nodes_join_leave_fail_and_catch_up(fake, fleet, images, han
     fleet.online.add(c)  # a node joins
     assert sweep()[:2] == (pytest.approx(100 / 3), 2)
     coverages = coverage.look_at_fleet(
-        settings.get_settings(), resolution.NewestImages(settings.get_settings())
+        settings.load(settings.StatusSettings), resolution.NewestImages(settings.load(settings.StatusSettings))
     ).coverages
     trainer = next(coverage for coverage in coverages if coverage.repository == TRAINER)
     missing = {state.instance_id: state for state in trainer.missing}
@@ -782,11 +787,11 @@ def test_records_omitted_for_the_output_limit_count_as_held_when_the_summary_say
 def test_two_deliveries_racing_past_the_claim_check_still_count_once(fake, images, capsys, monkeypatch):
     """The conditional write decides: both read "not claimed", only the first write wins (and emits metrics)."""
     node, _digest, command_id = newest_trainer_pulled(fake, images)
-    monkeypatch.setattr(status_table, "read_claim", lambda *_args: None)
+    monkeypatch.setattr(claims, "read_claim", lambda *_args: None)
     capsys.readouterr()
 
-    first = invocations.record_invocation(command_id, node, settings.get_settings(), via="event")
-    second = invocations.record_invocation(command_id, node, settings.get_settings(), via="sweep")
+    first = invocations.record_invocation(command_id, node, settings.load(settings.StatusSettings), via="event")
+    second = invocations.record_invocation(command_id, node, settings.load(settings.StatusSettings), via="sweep")
 
     assert (first.result, second.result) == ("counted", "duplicate")
     printed = capsys.readouterr().out
@@ -801,7 +806,7 @@ def test_push_to_cached_is_measured_against_a_push_newer_than_the_warm_resolutio
     """A warm function resolved the newest trainer image before a new push; a node then reports the new digest.
     The report of a digest other than the cached newest redoes the listing (at most every REFRESH_FLOOR_SECONDS,
     0 here), so the latency is the new push's."""
-    monkeypatch.setattr(invocations, "REFRESH_FLOOR_SECONDS", 0.0)
+    monkeypatch.setattr(reports, "REFRESH_FLOOR_SECONDS", 0.0)
     old = images[TRAINER]
     first, second = run_node(), run_node()
     command_id = send([first], [ref(TRAINER, old)])

@@ -110,7 +110,7 @@ def everything_emitted(
 
     # Node launch: a node whose agent is not online is retried (NodesNotReady), then given up (NodesGivenUp).
     monkeypatch.setenv("NODE_LAUNCH_MAX_RECEIVES", "2")
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
     queue = LaunchQueue(load_handler("node_launch").lambda_handler, lambda_context, max_receives=2)
     queue.publish(running_event(run_instance(NODE_TAGS)))  # a node the fleet's agents do not know
     queue.deliver()
@@ -120,7 +120,7 @@ def everything_emitted(
     warm = WarmStack()
     for key, value in warm.environment().items():
         monkeypatch.setenv(key, value)
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
     planner = load_handler("warm_planner").lambda_handler
     assert planner({"trigger": "tick"}, lambda_context)["result"] == "started"
     (execution,) = warm.executions("RUNNING")

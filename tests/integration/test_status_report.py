@@ -1,4 +1,4 @@
-"""`make status` (eks_prefetch.report) against moto: a deployed stack's outputs and its status function's
+"""`make status` (prefetchctl.status) against moto: a deployed stack's outputs and its status function's
 environment, the status table the function wrote, and the fleet.
 
 Test doubles: ``FakeInvocations`` and ``Agents`` (testing/ssm.py) for what moto lacks (invocation
@@ -16,8 +16,11 @@ import zipfile
 import boto3
 import pytest
 
-from eks_prefetch import aws, invocations, report, status_table
-from eks_prefetch.settings import get_settings
+from eks_prefetch import aws
+from eks_prefetch.settings import StatusSettings, load
+from eks_prefetch.status import invocations
+from eks_prefetch.status import table as status_table
+from prefetchctl import status as report
 from testing.cloudformation import DeployedStacks
 from testing.ecr import at
 from testing.environment import CLUSTER, DEPLOYMENT_ENV, DOCUMENT, STATUS_TABLE
@@ -88,7 +91,7 @@ def test_names_the_failed_node_with_its_reason_and_exits_non_zero(deployed, imag
     output = image_line(ref(TRAINER, digest), "failed", error="failed to pull: 403 Forbidden") + "\n"
     fake.set(failed, broken, Answer("Failed", "Failed", output + summary_line(failed=1), ENDED))
     for command_id, node in ((ok, healthy), (failed, broken)):
-        invocations.record_invocation(command_id, node, get_settings(), via="event")
+        invocations.record_invocation(command_id, node, load(StatusSettings), via="event")
 
     code, out, err = run_report()
 
@@ -148,7 +151,7 @@ def test_full_coverage_exits_zero(deployed, images):
     records = [(ref(TRAINER, images[TRAINER]), "cached", images[TRAINER])]
     records.append((ref("ml/inference", images["ml/inference"]), "pulled", images["ml/inference"]))
     fake.set(command_id, node, Answer("Success", "Success", good_output(records), ENDED))
-    invocations.record_invocation(command_id, node, get_settings(), via="event")
+    invocations.record_invocation(command_id, node, load(StatusSettings), via="event")
 
     code, out, _err = run_report("--region", "us-east-1")
 

@@ -16,8 +16,11 @@ from typing import Any
 import boto3
 import pytest
 
-from eks_prefetch import aws, report, settings, status_table, sweep
-from eks_prefetch.settings import get_settings
+from eks_prefetch import aws, settings
+from eks_prefetch.settings import StatusSettings, load
+from eks_prefetch.status import sweep
+from eks_prefetch.status import table as status_table
+from prefetchctl import status as report
 from testing.cloudformation import DeployedStacks
 from testing.environment import CLUSTER, DOCUMENT, STATUS_TABLE
 from testing.output import total
@@ -33,7 +36,7 @@ TIMEOUT = 300.0  # the status function's timeout (template.yaml)
 def env(status_env, monkeypatch):
     # Counting and coverage: self-repair has its own deadline tests (test_repair_refusals.py).
     monkeypatch.setenv("REPAIR_ENABLED", "false")
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
 
 
 class Latency:
@@ -89,7 +92,7 @@ def test_a_backlog_of_unclaimed_invocations_is_counted_over_sweeps_each_within_i
     clock = Latency(1.0)
     capsys.readouterr()
 
-    first = sweep.sweep_and_repair(get_settings(), time_left=clock.time_left)
+    first = sweep.sweep_and_repair(load(StatusSettings), time_left=clock.time_left)
 
     assert clock.elapsed < TIMEOUT - sweep.SWEEP_RESERVE_SECONDS
     assert 0 < first["counted"] < len(nodes)
@@ -98,7 +101,7 @@ def test_a_backlog_of_unclaimed_invocations_is_counted_over_sweeps_each_within_i
     counted = first["counted"]
     for _ in range(5):
         clock.new_invocation()
-        later = sweep.sweep_and_repair(get_settings(), time_left=clock.time_left)
+        later = sweep.sweep_and_repair(load(StatusSettings), time_left=clock.time_left)
         assert clock.elapsed < TIMEOUT - sweep.SWEEP_RESERVE_SECONDS
         counted += later["counted"]
         if counted == len(nodes):
@@ -111,12 +114,15 @@ def test_coverage_measures_what_it_has_time_for_and_the_next_sweep_the_rest(fake
     fleet.online = set(node_ids(2))
     clock = Latency(8.0, budget=60.0)
 
-    cut = sweep.sweep_and_repair(get_settings(), time_left=clock.time_left)
+    cut = sweep.sweep_and_repair(load(StatusSettings), time_left=clock.time_left)
 
     assert set(cut["coverage"]) == {TRAINER}  # inference waits: less than the reserve was left
     assert clock.elapsed <= 60.0 - sweep.SWEEP_RESERVE_SECONDS + 2 * 8.0  # one repository's reads past the check
     clock.new_invocation()
-    assert set(sweep.sweep_and_repair(get_settings(), time_left=clock.time_left)["coverage"]) == {TRAINER, INFERENCE}
+    assert set(sweep.sweep_and_repair(load(StatusSettings), time_left=clock.time_left)["coverage"]) == {
+        TRAINER,
+        INFERENCE,
+    }
 
 
 def test_an_invocation_listed_as_finished_but_still_pending_holds_the_watermark(fake, fleet, images, monkeypatch):
@@ -136,12 +142,12 @@ def test_an_invocation_listed_as_finished_but_still_pending_holds_the_watermark(
 
     # Past the watermark's safety lag after the command, so that only the pending invocation can hold it there.
     later = datetime.now(UTC) + timedelta(minutes=10)
-    pending = sweep.sweep_and_repair(get_settings(), now=later)
+    pending = sweep.sweep_and_repair(load(StatusSettings), now=later)
 
     assert pending["counted"] == 0
     assert pending["next_watermark"] <= requested_at(command_id)
     fake.set(command_id, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)])))
-    assert sweep.sweep_and_repair(get_settings(), now=later)["counted"] == 1
+    assert sweep.sweep_and_repair(load(StatusSettings), now=later)["counted"] == 1
 
 
 # --- 13: the TTL refresh, bounded per run ---------------------------------------------------------------------------
@@ -196,12 +202,12 @@ def test_the_ttl_refresh_is_spread_over_sweeps_nearest_expiry_first(fake, fleet,
     fleet.online = set(nodes)
     now = datetime.now(UTC)
     expiry = rows_due(nodes, images[TRAINER], now)
-    assert sweep.refreshes_per_run(get_settings(), len(expiry)) == sweep.MIN_REFRESHES_PER_SWEEP == 100
+    assert sweep.refreshes_per_run(load(StatusSettings), len(expiry)) == sweep.MIN_REFRESHES_PER_SWEEP == 100
 
     per_sweep = []
     for _ in range(4):
         before = len(refreshes)
-        sweep.sweep_and_repair(get_settings(), now=now)
+        sweep.sweep_and_repair(load(StatusSettings), now=now)
         per_sweep.append(len(refreshes) - before)
 
     assert per_sweep == [100, 100, 100, 0]
@@ -215,8 +221,8 @@ def test_the_bound_refreshes_every_row_well_before_it_expires(monkeypatch, deplo
     """Were every row to fall due at once (half its TTL left), the bound rewrites them all within half of what is
     left, at the sweep's schedule: none expires. 200,000 rows (10,000 nodes x 20 repositories) at 7 days: 397."""
     monkeypatch.setenv("NODE_STATE_TTL_SECONDS", str(ttl_days * 86_400))
-    settings.get_settings.cache_clear()
-    bound = sweep.refreshes_per_run(get_settings(), rows)
+    settings.load.cache_clear()
+    bound = sweep.refreshes_per_run(load(StatusSettings), rows)
     sweeps_left = ttl_days * 86_400 // 2 // sweep.SWEEP_INTERVAL_SECONDS
 
     assert bound * sweeps_left // 2 >= rows
@@ -230,10 +236,10 @@ def test_the_ttl_refresh_stops_at_the_reserve(fake, fleet, images, refreshes):
     fleet.online = set(nodes)
     now = datetime.now(UTC)
     rows_due(nodes, images[TRAINER], now)
-    states = status_table.read_node_states(get_settings(), nodes, (TRAINER, INFERENCE)).values()
+    states = status_table.read_node_states(load(StatusSettings), nodes, (TRAINER, INFERENCE)).values()
     clock = Latency(1.0, budget=sweep.SWEEP_RESERVE_SECONDS + 9.5)  # ten writes begin with the reserve left
 
-    refreshed = sweep.refresh_ttl(get_settings(), states, now, time_left=clock.time_left)
+    refreshed = sweep.refresh_ttl(load(StatusSettings), states, now, time_left=clock.time_left)
 
     assert refreshed == len(refreshes) == 10
 
@@ -250,7 +256,7 @@ def test_make_status_exits_1_when_any_repository_is_below_100_percent(fake, flee
     for node, repositories in ((both, (TRAINER, INFERENCE)), (one, (TRAINER,))):
         for repository in repositories:
             status_table.record_held(
-                get_settings(),
+                load(StatusSettings),
                 node,
                 repository,
                 digest=images[repository],

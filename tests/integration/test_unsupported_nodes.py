@@ -17,11 +17,14 @@ from datetime import datetime, timedelta
 import pytest
 import time_machine
 
-from eks_prefetch import aws, report, settings, status_table, sweep
-from eks_prefetch.coverage import look_at_fleet
+from eks_prefetch import aws, settings
 from eks_prefetch.node_contract import NO_CONTAINERD_SOCKET
-from eks_prefetch.resolution import NewestImages
-from eks_prefetch.settings import get_settings
+from eks_prefetch.prefetch.resolution import NewestImages
+from eks_prefetch.settings import StatusSettings, load
+from eks_prefetch.status import sweep
+from eks_prefetch.status import table as status_table
+from eks_prefetch.status.coverage import look_at_fleet
+from prefetchctl import status as report
 from testing.deployment import load_handler
 from testing.ec2 import run_nodes
 from testing.ecr import at
@@ -47,7 +50,7 @@ LATER = at(0) + timedelta(hours=2)
 def env(status_env, monkeypatch):
     monkeypatch.setenv("REPAIR_ENABLED", "true")
     monkeypatch.setenv("REPAIR_GRACE_SECONDS", "900")
-    settings.get_settings.cache_clear()
+    settings.load.cache_clear()
 
 
 @pytest.fixture
@@ -88,7 +91,7 @@ def pulled(fake, handler, lambda_context, node: str, images: dict[str, str], end
 
 
 def fleet_at(now: datetime):
-    return look_at_fleet(get_settings(), NewestImages(get_settings()), now=now)
+    return look_at_fleet(load(StatusSettings), NewestImages(load(StatusSettings)), now=now)
 
 
 # --- no containerd socket -------------------------------------------------------------------------------------------
@@ -134,7 +137,7 @@ def test_unsupported_nodes_metric_counts_it_and_repair_never_targets_it(
     sent.clear()
     capsys.readouterr()
 
-    result = sweep.sweep_and_repair(get_settings(), now=LATER)
+    result = sweep.sweep_and_repair(load(StatusSettings), now=LATER)
 
     printed = capsys.readouterr().out
     assert total(printed, "UnsupportedNodes", **C) == 3
@@ -145,7 +148,7 @@ def test_unsupported_nodes_metric_counts_it_and_repair_never_targets_it(
 
 def test_make_status_names_it_with_the_reason(nodes, images, fake, handler, lambda_context, monkeypatch):
     no_socket(fake, handler, lambda_context, nodes["socketless"], images)
-    monkeypatch.setattr(report, "settings_of_stack", lambda *_: get_settings())
+    monkeypatch.setattr(report, "view_of_stack", lambda *_: report.StackView(load(StatusSettings)))
     monkeypatch.setattr(aws.stack, "session_problem", lambda: None)
     monkeypatch.setattr(aws.ec2, "private_dns_names", lambda ids: {nodes["socketless"]: "ip-10-0-0-7.ec2.internal"})
     out = io.StringIO()
@@ -211,11 +214,11 @@ def test_the_mark_lapses_a_node_state_ttl_after_the_last_report(nodes, images, f
     marked again if it still has no socket)."""
     node = nodes["socketless"]
     no_socket(fake, handler, lambda_context, node, images)
-    ttl = timedelta(seconds=get_settings().node_state_ttl_seconds)
+    ttl = timedelta(seconds=load(StatusSettings).node_state_ttl_seconds)
 
     assert node in fleet_at(REPORTED + ttl - timedelta(minutes=5)).unsupported
     sent.clear()
-    sweep.sweep_and_repair(get_settings(), now=REPORTED + ttl + timedelta(minutes=5))
+    sweep.sweep_and_repair(load(StatusSettings), now=REPORTED + ttl + timedelta(minutes=5))
 
     assert node in targets(sent)
 

@@ -15,8 +15,8 @@ import pytest
 import time_machine
 
 from eks_prefetch import settings as settings_module
-from eks_prefetch.warm_cleanup import builders_left_behind, retention
-from eks_prefetch.warm_planner import WarmPlanError
+from eks_prefetch.warm.cleanup import builders_left_behind, retention
+from eks_prefetch.warm.planner import WarmPlanError
 from testing.deployment import FakeLambdaContext, create_status_table, load_handler
 from testing.ec2 import set_launch_time
 from testing.environment import CLUSTER
@@ -32,10 +32,10 @@ def warm(aws_mock: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[WarmStack]
     stack = WarmStack()
     for key, value in stack.environment().items():
         monkeypatch.setenv(key, value)
-    settings_module.get_settings.cache_clear()
+    settings_module.load.cache_clear()
     create_status_table()
     yield stack
-    settings_module.get_settings.cache_clear()
+    settings_module.load.cache_clear()
 
 
 @pytest.fixture

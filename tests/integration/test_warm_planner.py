@@ -17,10 +17,10 @@ import pytest
 import time_machine
 
 from eks_prefetch import settings as settings_module
-from eks_prefetch import warm_state
-from eks_prefetch.commands import document_parameters
-from eks_prefetch.resolution import NewestImages
-from eks_prefetch.settings import get_settings
+from eks_prefetch.prefetch.commands import document_parameters
+from eks_prefetch.prefetch.resolution import NewestImages
+from eks_prefetch.settings import PlannerSettings, load
+from eks_prefetch.warm import state as warm_state
 from testing.deployment import FakeLambdaContext, create_status_table, load_handler
 from testing.ecr import create_repository, push_image
 from testing.environment import CLUSTER, REGISTRY
@@ -41,12 +41,12 @@ def warm(aws_mock: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[WarmStack]
     stack = WarmStack()
     for key, value in stack.environment().items():
         monkeypatch.setenv(key, value)
-    settings_module.get_settings.cache_clear()
+    settings_module.load.cache_clear()
     create_status_table()
     create_repository(TRAINER)
     create_repository(INFERENCE)
     yield stack
-    settings_module.get_settings.cache_clear()
+    settings_module.load.cache_clear()
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_the_first_tick_builds_with_the_newest_images_and_document_parameters(wa
         {"repository": INFERENCE, "digest": inference},
     ]
     # Exactly what every other path sends the document for these images.
-    expected = document_parameters(NewestImages(get_settings()).every_repository(), get_settings())
+    expected = document_parameters(NewestImages(load(PlannerSettings)).every_repository(), load(PlannerSettings))
     assert execution_input["documentParameters"] == expected
     assert expected["images"] == [f"{REGISTRY}/{TRAINER}:v2@{trainer},{REGISTRY}/{INFERENCE}:v1@{inference}"]
     assert expected["pin"] == ["true"] and expected["executionTimeout"] == ["3600"]
@@ -140,7 +140,7 @@ def test_a_push_builds_only_after_the_debounce_window_and_once(warm: WarmStack, 
     first = built(warm, clock)  # started at START
     clock.shift(timedelta(minutes=10))
     digest = push(TRAINER, "trainer-v2", "v2", START + timedelta(minutes=30))
-    assert warm_state.read_state(get_settings()).wanted
+    assert warm_state.read_state(load(PlannerSettings)).wanted
 
     for minutes in (45, 90, 179):
         clock.move_to(START + timedelta(minutes=minutes))
@@ -191,13 +191,13 @@ def test_a_push_of_what_the_snapshot_holds_builds_nothing_and_is_no_longer_wante
     held = warm.published()["images"][0]
     # The same image pushed again (a re-tag): ECR sends the event, nothing new is in the repository.
     run(push_event(held["repository"], held["digest"], "latest"))
-    assert warm_state.read_state(get_settings()).wanted
+    assert warm_state.read_state(load(PlannerSettings)).wanted
 
     clock.move_to(START + DEBOUNCE)
     outcome = run(TICK)
 
     assert outcome["result"] == "unchanged" and outcome["reason"] == "push"
-    assert not warm_state.read_state(get_settings()).wanted
+    assert not warm_state.read_state(load(PlannerSettings)).wanted
     assert len(warm.executions()) == 1
 
 
@@ -208,7 +208,7 @@ def test_a_push_of_another_repository_is_not_noted(warm: WarmStack, clock: Any) 
     outcome = run(push_event("other/app", digest, "v1"))
 
     assert outcome == {"result": "ignored", "reason": "repository not watched"}
-    assert not warm_state.read_state(get_settings()).wanted
+    assert not warm_state.read_state(load(PlannerSettings)).wanted
 
 
 def test_a_malformed_event_is_dropped_and_counted(
@@ -354,11 +354,11 @@ def test_no_build_starts_while_one_runs(warm: WarmStack, clock: Any) -> None:
         assert run(trigger) == {"trigger": trigger["trigger"], "result": "running", "execution": "by-hand"}
 
     assert [execution["name"] for execution in warm.executions("RUNNING")] == ["by-hand"]
-    assert warm_state.read_state(get_settings()).wanted
+    assert warm_state.read_state(load(PlannerSettings)).wanted
 
 
 def test_two_planners_at_once_claim_one_build(warm: WarmStack, clock: Any) -> None:
-    settings = get_settings()
+    settings = load(PlannerSettings)
     seen = warm_state.read_state(settings)
     now = datetime.now(UTC)
 
@@ -405,7 +405,7 @@ def test_a_start_that_fails_releases_the_claim(warm: WarmStack, clock: Any, monk
         run(TICK)
     monkeypatch.undo()
 
-    assert warm_state.read_state(get_settings()).last_started_at is None
+    assert warm_state.read_state(load(PlannerSettings)).last_started_at is None
     assert run(TICK)["result"] == "started"
 
 

@@ -23,8 +23,6 @@ from harness.node import Containerd, Registry, build_image, fetch_releases, miss
 
 AUTH = ("prefetch", "s3cret-pass")
 SKIP_NODE_TESTS = "SKIP_NODE_TESTS"
-# (why the node tests cannot run here, the ids of the tests that need a node), when SKIP_NODE_TESTS=1 skips them.
-_NOT_RUN = pytest.StashKey[tuple[str, list[str]]]()
 NODE_RELEASES = tuple(os.environ.get("NODE_TEST_CONTAINERD", "1.7,2.x").split(","))
 
 
@@ -39,20 +37,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     reason = missing_prerequisites(NODE_RELEASES) if needing_a_node else None
     if reason is None or not _opted_out():
         return
-    config.stash[_NOT_RUN] = (reason, [item.nodeid for item in needing_a_node])
+    # The root conftest's terminal summary names each of them loudly (under xdist too, where workers collect).
     for item in needing_a_node:
         item.add_marker(pytest.mark.skip(reason=f"{SKIP_NODE_TESTS}=1: {reason}"))
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    if _NOT_RUN not in config.stash:
-        return
-    reason, nodeids = config.stash[_NOT_RUN]
-    terminalreporter.write_sep("!", f"{len(nodeids)} NODE TESTS DID NOT RUN ({SKIP_NODE_TESTS}=1)", red=True, bold=True)
-    terminalreporter.write_line(f"Reason: {reason}", red=True, bold=True)
-    for nodeid in nodeids:
-        terminalreporter.write_line(f"  not run: {nodeid}", red=True)
-    terminalreporter.write_sep("!", "the node script is NOT tested by this run", red=True, bold=True)
 
 
 @dataclass

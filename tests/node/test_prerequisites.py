@@ -10,18 +10,31 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 A_NODE_TEST = "tests/node/test_document.py::test_pin_false_leaves_no_labels"
 
 
-def run_pytest_without_node_binaries(tmp_path: Path, **extra_env: str) -> subprocess.CompletedProcess:
+def run_pytest_without_node_binaries(
+    tmp_path: Path, *pytest_args: str, **extra_env: str
+) -> subprocess.CompletedProcess:
     empty_path = tmp_path / "empty-path"
     empty_path.mkdir(exist_ok=True)
     env = {key: value for key, value in os.environ.items() if key != "SKIP_NODE_TESTS"}
     # One release: the node test runs once.
     env.update(PATH=str(empty_path), NODE_TEST_CONTAINERD="2.x", **extra_env)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'inner'}", A_NODE_TEST],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            f"--basetemp={tmp_path / 'inner'}",
+            *pytest_args,
+            A_NODE_TEST,
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -39,8 +52,10 @@ def test_missing_prerequisites_fail_the_run(tmp_path: Path) -> None:
     assert "set SKIP_NODE_TESTS=1" in result.stdout
 
 
-def test_opting_out_passes_with_a_loud_notice(tmp_path: Path) -> None:
-    result = run_pytest_without_node_binaries(tmp_path, SKIP_NODE_TESTS="1")
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["one process", "xdist"])
+def test_opting_out_passes_with_a_loud_notice(tmp_path: Path, workers: tuple[str, ...]) -> None:
+    """Under xdist too (`make check`, `make test`), where the workers collect and skip and the controller reports."""
+    result = run_pytest_without_node_binaries(tmp_path, *workers, SKIP_NODE_TESTS="1")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 skipped" in result.stdout
     notice = result.stdout[result.stdout.index("1 NODE TESTS DID NOT RUN (SKIP_NODE_TESTS=1)") :]

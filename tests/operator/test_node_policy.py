@@ -8,9 +8,9 @@ from typing import Any
 
 import boto3
 
-from eks_prefetch.node_role import node_needs, unmet
 from harness.stack import ACCOUNT, REGION, Stack
 from harness.template import template
+from prefetchctl.node_role import node_needs, unmet
 
 
 def _statements(stack: Stack) -> tuple[str, dict[str, dict[str, Any]]]:

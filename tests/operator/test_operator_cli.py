@@ -12,14 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from eks_prefetch import aws, preflight, report, uninstall
+from eks_prefetch import aws
+from prefetchctl import preflight
+from prefetchctl import status as report
+from prefetchctl import unpin as make_unpin
 from testing.cloudformation import DeployedStacks
 from testing.environment import REGION
 
 COMMANDS: dict[str, Callable[..., int]] = {
     "status": report.main,
     "preflight": preflight.main,
-    "unpin": uninstall.main,
+    "unpin": make_unpin.main,
 }
 
 
@@ -97,4 +100,4 @@ def test_the_script_keeps_each_commands_exit_status_for_callers() -> None:
         assert (result.returncode, result.stderr) == (2, "no region (set REGION=<the stack's region>)\n"), command
     usage = subprocess.run([str(SCRIPT), "stats"], env=env, capture_output=True, text=True, check=False)
     assert usage.returncode == 2
-    assert usage.stderr.startswith(f"usage: {SCRIPT} status|preflight|unpin")
+    assert usage.stderr.startswith("usage: python -m prefetchctl {status|preflight|unpin}")

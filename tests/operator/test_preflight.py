@@ -1,4 +1,4 @@
-"""`make preflight` (eks_prefetch.preflight) against moto: a deployed cluster that is ready, then with each finding
+"""`make preflight` (prefetchctl.preflight) against moto: a deployed cluster that is ready, then with each finding
 seeded (a missing repository, an offline and an unregistered node, a role without the policies, no endpoints), and
 roles whose inline policies grant what nodes need, or fall short of it.
 
@@ -18,8 +18,8 @@ import pytest
 from moto.iam.aws_managed_policies import aws_managed_policies_data
 from moto.iam.models import AWSManagedPolicy, iam_backends
 
-from eks_prefetch import preflight
-from eks_prefetch.node_role import SSM_CORE, allowed
+from prefetchctl import preflight
+from prefetchctl.node_role import SSM_CORE, allowed
 from testing.cloudformation import DeployedStacks
 from testing.ecr import digest_of
 from testing.environment import ACCOUNT, REGION

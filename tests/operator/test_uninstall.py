@@ -14,9 +14,10 @@ import pytest
 from moto.core.exceptions import ServiceException
 from moto.ssm.models import ssm_backends
 
-from eks_prefetch import uninstall
+from eks_prefetch.deploy import unpin as uninstall
 from harness.stack import ACCOUNT, REGION, Stack
 from harness.template import template
+from prefetchctl import unpin as make_unpin
 from testing.cloudformation import DeployedStacks
 
 STACK_ID = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/prefetch-prod/0f1e2d3c-0000-4000-8000-000000000000"
@@ -210,7 +211,7 @@ def test_make_unpin_sends_the_same_command_to_the_stacks_nodes(
     parameters = {"ClusterName": "ml-prod", "NodeTagKey": tag_key, "NodeTagValue": tag_value}
     DeployedStacks().exists("prefetch-prod", {"UnpinDocumentName": UNPIN_DOCUMENT}, parameters)
 
-    code = uninstall.main(["--stack", "prefetch-prod"])
+    code = make_unpin.main(["--stack", "prefetch-prod"])
 
     out, err = capsys.readouterr()
     assert (code, err) == (0, "")
@@ -225,8 +226,8 @@ def test_make_unpin_cannot_read_the_stack(aws_mock: None, capsys: pytest.Capture
     stacks.missing("missing")
     stacks.exists("older", {"StatusFunctionName": "f"}, {"ClusterName": "ml-prod"})
 
-    assert uninstall.main(["--stack", "missing"]) == 2
+    assert make_unpin.main(["--stack", "missing"]) == 2
     assert capsys.readouterr().err.startswith("cannot unpin for the stack missing: ")
-    assert uninstall.main(["--stack", "older"]) == 2
+    assert make_unpin.main(["--stack", "older"]) == 2
     assert "has no UnpinDocumentName output: deploy this version first" in capsys.readouterr().err
     assert unpin_commands() == []

@@ -32,7 +32,7 @@ def test_values_cloudformation_would_refuse_are_refused(overrides: dict[str, str
 
 def test_intrinsics_resolve_against_parameters_conditions_and_created_resources() -> None:
     resolver = Resolver(deployment_parameters({"ClusterName": "demo", "RepositoryNames": "ml/a,ml/b"}), PSEUDO)
-    environment = template()["Globals"]["Function"]["Environment"]["Variables"]
+    environment = template()["Resources"]["EcrPushFunction"]["Properties"]["Environment"]["Variables"]
     with pytest.raises(Unresolved):
         resolver.resolve(environment)  # the document is not created yet
     resolver.refs.update({"PrefetchDocument": "doc", "CommandOutputLogGroup": "group", "IdempotencyTable": "table"})

@@ -19,10 +19,11 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from pydantic import ValidationError
 
-from eks_prefetch import aws, launch
+from eks_prefetch import aws
 from eks_prefetch.events import Ec2StateChangeEvent
-from eks_prefetch.launch import LaunchOutcome, NodeVerdict, backoff_seconds, classify_instance
-from eks_prefetch.settings import Settings
+from eks_prefetch.prefetch import launch
+from eks_prefetch.prefetch.launch import LaunchOutcome, NodeVerdict, backoff_seconds, classify_instance
+from eks_prefetch.settings import LaunchSettings
 from testing.environment import CLUSTER, DEPLOYMENT_ENV
 
 EVENTS = Path(__file__).resolve().parents[2] / "events" / "node_launch"
@@ -30,8 +31,8 @@ NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 INSTANCE = "i-0abcdef1234567890"
 
 
-def settings(**overrides: str) -> Settings:
-    return Settings.from_env({**DEPLOYMENT_ENV, **overrides})
+def settings(**overrides: str) -> LaunchSettings:
+    return LaunchSettings.from_env({**DEPLOYMENT_ENV, **overrides})
 
 
 def instance(*, tags: dict[str, str] | None = None, state: str = "running", age_seconds: int = 0) -> dict[str, Any]:
@@ -117,7 +118,7 @@ def test_one_fast_retry_is_plain_doubling_from_the_base() -> None:
 
 
 def test_backoff_never_exceeds_the_sqs_visibility_limit() -> None:
-    """SQS refuses a visibility above 12 hours; Settings is what keeps the backoff's cap within it."""
+    """SQS refuses a visibility above 12 hours; LaunchSettings is what keeps the backoff's cap within it."""
     wide = settings(NODE_LAUNCH_RETRY_BASE_SECONDS="43200", NODE_LAUNCH_RETRY_MAX_SECONDS="43200")
 
     assert backoff_seconds(5, wide) == 43_200

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from eks_prefetch.settings import Settings
+from eks_prefetch.settings import LaunchSettings
 from harness import template as cfn
 from testing.environment import DEPLOYMENT_ENV
 
@@ -43,7 +43,7 @@ def test_the_function_knows_the_queues_receive_budget():
 def test_parameter_defaults_are_valid_settings():
     parameters = cfn.template()["Parameters"]
     defaults = {variable: str(parameters[name]["Default"]) for variable, name in LAUNCH_PARAMETERS.items()}
-    loaded = Settings.from_env({**DEPLOYMENT_ENV, **defaults})
+    loaded = LaunchSettings.from_env({**DEPLOYMENT_ENV, **defaults})
 
     assert loaded.node_launch_max_receives == parameters["NodeLaunchMaxReceives"]["Default"]
     assert parameters["NodeLaunchMaxReceives"]["MinValue"] >= 1

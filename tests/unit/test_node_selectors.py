@@ -1,5 +1,5 @@
-"""RepositoryNodeSelectors: parsed and refused with the problem named (Settings and the deploy-time check share the
-parser), the Targets a push sends, and which repositories a node's tags select."""
+"""RepositoryNodeSelectors: parsed and refused with the problem named (CommandSettings and the deploy-time check
+share the parser), the Targets a push sends, and which repositories a node's tags select."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from eks_prefetch.commands import send_command_request
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.node_selectors import SelectorError, matches, parse_node_selectors
-from eks_prefetch.settings import Settings
+from eks_prefetch.prefetch.commands import send_command_request
+from eks_prefetch.settings import CommandSettings
 from testing.environment import DEPLOYMENT_ENV, WATCHED
 
 SELECTORS = {
@@ -21,9 +21,9 @@ SELECTORS = {
 }
 
 
-def settings(selectors: object = SELECTORS) -> Settings:
+def settings(selectors: object = SELECTORS) -> CommandSettings:
     text = selectors if isinstance(selectors, str) else json.dumps(selectors)
-    return Settings.from_env({**DEPLOYMENT_ENV, "REPOSITORY_NODE_SELECTORS": text})
+    return CommandSettings.from_env({**DEPLOYMENT_ENV, "REPOSITORY_NODE_SELECTORS": text})
 
 
 def image(repository: str) -> ResolvedImage:
@@ -54,7 +54,7 @@ def test_a_repository_without_selector_targets_every_cluster_node() -> None:
 
 
 def test_no_selectors_is_the_default() -> None:
-    assert Settings.from_env(DEPLOYMENT_ENV).node_selectors == {}
+    assert CommandSettings.from_env(DEPLOYMENT_ENV).node_selectors == {}
     assert settings("").node_selectors == {}
 
 

@@ -7,15 +7,15 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from eks_prefetch.commands import is_new_node_comment, send_command_request, with_comment_marker
 from eks_prefetch.images import ResolvedImage
-from eks_prefetch.settings import Settings
+from eks_prefetch.prefetch.commands import is_new_node_comment, send_command_request, with_comment_marker
+from eks_prefetch.settings import PushSettings
 from harness import template as cfn
 from testing.environment import DEPLOYMENT_ENV
 
 
-def settings(**overrides: str) -> Settings:
-    return Settings.from_env({**DEPLOYMENT_ENV, **overrides})
+def settings(**overrides: str) -> PushSettings:
+    return PushSettings.from_env({**DEPLOYMENT_ENV, **overrides})
 
 
 def image(repository: str, tag: str, seed: str) -> ResolvedImage:
@@ -59,7 +59,7 @@ def test_missing_required_variable_is_an_error():
     env = dict(DEPLOYMENT_ENV)
     del env["DOCUMENT_NAME"]
     with pytest.raises(ValidationError, match="DOCUMENT_NAME"):
-        Settings.from_env(env)
+        PushSettings.from_env(env)
 
 
 def test_fleet_request_targets_the_tag_and_sets_every_safety_knob():
@@ -127,8 +127,8 @@ def test_no_images_is_a_programming_error():
 
 
 def test_the_safety_defaults_are_the_templates() -> None:
-    """MaxConcurrency's default was chosen from the coverage benchmark (bench/coverage.py reads it from Settings):
-    the template, the settings and that benchmark must say the same."""
+    """MaxConcurrency's default was chosen from the coverage benchmark (bench/coverage.py reads it from
+    CommandSettings): the template, the settings and that benchmark must say the same."""
     parameters = cfn.template()["Parameters"]
-    assert Settings.model_fields["max_concurrency"].default == parameters["MaxConcurrency"]["Default"] == "100"
-    assert Settings.model_fields["max_errors"].default == parameters["MaxErrors"]["Default"]
+    assert PushSettings.model_fields["max_concurrency"].default == parameters["MaxConcurrency"]["Default"] == "100"
+    assert PushSettings.model_fields["max_errors"].default == parameters["MaxErrors"]["Default"]

@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from eks_prefetch.coverage import coverage_of, reported_unsupported
 from eks_prefetch.images import ResolvedImage
-from eks_prefetch.invocations import final_status
-from eks_prefetch.status_table import NodeState, parse_time, timestamp
+from eks_prefetch.status.coverage import coverage_of, reported_unsupported
+from eks_prefetch.status.invocations import final_status
+from eks_prefetch.status.table import NodeState, parse_time, timestamp
 
 NEWEST = ResolvedImage("r", "ml/trainer", "sha256:" + "a" * 64, "v2", datetime(2026, 11, 1, tzinfo=UTC))
 OLD = "sha256:" + "b" * 64

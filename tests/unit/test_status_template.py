@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from eks_prefetch.settings import Settings
+from eks_prefetch.settings import StatusSettings
 from harness import template as cfn
 
 FUNCTIONS = ("EcrPushFunction", "NodeLaunchFunction", "StatusFunction")
@@ -68,7 +68,7 @@ def test_function_environment_gives_valid_settings_with_the_status_table():
     assert variables["STATUS_TABLE"] == {"Ref": "StatusTable"}
     assert variables["NODE_STATE_TTL_SECONDS"] == {"Ref": "NodeStateTtlSeconds"}
 
-    loaded = Settings.from_env(cfn.function_environment("StatusFunction"))
+    loaded = StatusSettings.from_env(cfn.function_environment("StatusFunction"))
 
     assert loaded.status_table == "stand-in-StatusTable"
     assert loaded.node_state_ttl_seconds == cfn.template()["Parameters"]["NodeStateTtlSeconds"]["Default"]

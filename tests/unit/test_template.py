@@ -9,12 +9,18 @@ from typing import Any
 
 import pytest
 
-from eks_prefetch.commands import image_batches, send_command_request
+from eks_prefetch.deploy.unpin import UnpinTarget
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.node_contract import deadline_margin_seconds
-from eks_prefetch.settings import Settings
+from eks_prefetch.prefetch.commands import image_batches, send_command_request
+from eks_prefetch.settings import (
+    EnvironmentSettings,
+    LaunchSettings,
+    PlannerSettings,
+    PushSettings,
+    StatusSettings,
+)
 from harness import template as cfn
-from testing.environment import DEPLOYMENT_ENV
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
@@ -73,17 +79,55 @@ def test_document_is_replaced_not_updated_so_version_one_is_pinned():
     document = cfn.resource("PrefetchDocument")["Properties"]
     assert "Name" not in document
     assert document.get("UpdateMethod", "Replace") == "Replace"
-    assert cfn.template()["Globals"]["Function"]["Environment"]["Variables"]["DOCUMENT_VERSION"] == "1"
+    for function in ("EcrPushFunction", "NodeLaunchFunction", "StatusFunction", "WarmPlannerFunction"):
+        assert cfn.resource(function)["Properties"]["Environment"]["Variables"]["DOCUMENT_VERSION"] == "1"
 
 
-def test_functions_environment_satisfies_settings():
-    variables = cfn.template()["Globals"]["Function"]["Environment"]["Variables"]
-    required = {field.alias for field in Settings.model_fields.values() if field.is_required()} - {"AWS_REGION"}
-    # Intrinsics stand for values CloudFormation fills in: the test deployment's stand in for them.
-    deployed = {name: value if isinstance(value, str) else DEPLOYMENT_ENV[name] for name, value in variables.items()}
+# Each function's settings model; the configuration check reads only its request.
+FUNCTION_SETTINGS: dict[str, type[EnvironmentSettings] | None] = {
+    "EcrPushFunction": PushSettings,
+    "NodeLaunchFunction": LaunchSettings,
+    "StatusFunction": StatusSettings,
+    "WarmPlannerFunction": PlannerSettings,
+    "UnpinFunction": UnpinTarget,
+    "ConfigCheckFunction": None,
+}
+# What every function reads (Powertools), in Globals or its own block.
+POWERTOOLS = {"POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL", "POWERTOOLS_TRACE_DISABLED"}
 
-    assert required - set(variables) == set()
-    Settings.from_env({**deployed, "AWS_REGION": "us-east-1"})
+
+def test_every_function_has_a_settings_model_here():
+    functions = {
+        name
+        for name, resource in cfn.template()["Resources"].items()
+        if resource["Type"] == "AWS::Serverless::Function"
+    }
+    assert functions == set(FUNCTION_SETTINGS)
+
+
+def test_globals_hold_only_what_every_function_reads():
+    assert set(cfn.template()["Globals"]["Function"]["Environment"]["Variables"]) == POWERTOOLS
+
+
+@pytest.mark.parametrize("function", FUNCTION_SETTINGS)
+def test_each_function_gets_exactly_the_variables_its_settings_read(function: str):
+    """The template's per-function environment mirrors the function's settings model: every variable it requires,
+    and none it does not read (a variable with a default may be left to it)."""
+    model = FUNCTION_SETTINGS[function]
+    own = set(cfn.resource(function)["Properties"]["Environment"]["Variables"]) - {"POWERTOOLS_SERVICE_NAME"}
+    reads = model.variables() if model else frozenset()
+    required = {str(field.alias) for field in model.model_fields.values() if field.is_required()} if model else set()
+
+    assert own - reads == set(), "variables the function does not read"
+    assert required - {"AWS_REGION"} - own == set(), "variables the function requires"
+
+
+@pytest.mark.parametrize("function", [name for name, model in FUNCTION_SETTINGS.items() if model])
+def test_each_function_loads_its_settings_from_its_deployed_environment(function: str):
+    overrides = {"WarmVolumes": "true", "WarmBuilderSubnetId": "subnet-0123456789abcdef0"}
+    loaded = FUNCTION_SETTINGS[function].from_env(cfn.function_environment(function, **overrides))
+
+    assert loaded.conflicts() == []
 
 
 def _send_command_policy() -> dict[str, Any]:
@@ -144,7 +188,7 @@ def _extremes() -> list[dict[str, Any]]:
 def test_template_extremes_load_working_settings(function: str, overrides: dict[str, Any]):
     """No parameter combination that CloudFormation accepts may make every invocation fail: where the template
     cannot express a constraint of Settings, Settings resolves it and names it."""
-    loaded = Settings.from_env(cfn.function_environment(function, **overrides))
+    loaded = FUNCTION_SETTINGS[function].from_env(cfn.function_environment(function, **overrides))
 
     assert loaded.effective_pull_timeout_seconds < loaded.execution_timeout_seconds
     images = [

@@ -13,9 +13,9 @@ from pydantic import ValidationError
 
 from eks_prefetch.events import EcrImageActionEvent
 from eks_prefetch.images import ResolvedImage
-from eks_prefetch.settings import Settings
-from eks_prefetch.warm_planner import Ami, Plan, PlannerEvent, PlannerSchedule, build_reason, platforms
-from eks_prefetch.warm_state import WarmState
+from eks_prefetch.settings import PlannerSettings
+from eks_prefetch.warm.planner import Ami, Plan, PlannerEvent, PlannerSchedule, build_reason, platforms
+from eks_prefetch.warm.state import WarmState
 from harness import template as cfn
 from testing.environment import DEPLOYMENT_ENV
 
@@ -23,7 +23,18 @@ ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 AMI = Ami(id="ami-0123456789abcdef0", architecture="x86_64")
 PUBLISHED = {"snapshotId": "snap-1", "amiId": AMI.id, "images": [{"repository": "ml/trainer", "digest": "sha256:a"}]}
-SETTINGS = Settings.from_env({**DEPLOYMENT_ENV, "WARM_BUILD_DEBOUNCE_MINUTES": "180"})
+SETTINGS = PlannerSettings.from_env(
+    {
+        **DEPLOYMENT_ENV,
+        "STATUS_TABLE": "eks-image-prefetch-status",
+        "WARM_STACK_NAME": "eks-image-prefetch",
+        "WARM_STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:warm-volume-builder",
+        "WARM_NODE_AMI": "/platform/eks-node-ami",
+        "WARM_SNAPSHOT_PARAMETER": "/eks-image-prefetch/eks-image-prefetch/warm-snapshot",
+        "WARM_LAUNCH_TEMPLATE_ID": "lt-0123456789abcdef0",
+        "WARM_BUILD_DEBOUNCE_MINUTES": "180",
+    }
+)
 
 
 def _state(

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from eks_prefetch.settings import Settings
+from eks_prefetch.settings import PlannerSettings
 from harness import template as cfn
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,7 +167,7 @@ def test_the_planner_environment_is_valid_settings() -> None:
     environment = cfn.function_environment(
         "WarmPlannerFunction", WarmVolumes="true", WarmBuilderSubnetId="subnet-0123456789abcdef0"
     )
-    settings = Settings.from_env(environment)
+    settings = PlannerSettings.from_env(environment)
     assert settings.warm_state_machine_arn == "stand-in-WarmVolumeBuilder"
     assert settings.warm_snapshots_to_keep == 2
     assert settings.warm_build_debounce_minutes == 180

@@ -7,6 +7,8 @@ parameters' patterns; the functions, the harness and the tests import them from 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 # --- Image references the document accepts (its `images` allowedPattern, and the script's own check) ------------
 # registry host[:port] / repository path, then @digest, :tag, or :tag@digest (Docker's grammar: the tag a pod names and
@@ -112,3 +114,17 @@ def deadline_margin_seconds(execution_timeout_seconds: int) -> int:
 
 
 _TAG_RE = re.compile(REFERENCE_TAG_PATTERN)
+
+
+# --- Which managed nodes the document can serve at all ------------------------------------------------------------
+def unsupported_reason(info: Mapping[str, Any]) -> str | None:
+    """Why a managed node cannot be served, from DescribeInstanceInformation; None when it can. The document's script
+    needs a Linux host with containerd's socket and ctr: Windows has neither (the document's precondition keeps the
+    script off it), and Bottlerocket keeps containerd out of reach of the SSM agent's control container."""
+    platform_type = str(info.get("PlatformType") or "")
+    platform_name = str(info.get("PlatformName") or "")
+    if platform_type and platform_type != "Linux":
+        return f"{platform_type} node: the document runs on Linux only"
+    if "bottlerocket" in platform_name.lower():
+        return "Bottlerocket node: containerd is not reachable from the SSM agent's control container"
+    return None

@@ -28,16 +28,16 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws
-from eks_prefetch import status_metrics as m
-from eks_prefetch import status_table as table
-from eks_prefetch.commands import image_batches, send_command_request
-from eks_prefetch.coverage import FleetView, RepositoryCoverage
-from eks_prefetch.deadline import running_out
 from eks_prefetch.images import ResolvedImage
-from eks_prefetch.resolution import NewestImages
-from eks_prefetch.sending import send_once
-from eks_prefetch.settings import Settings
-from eks_prefetch.status_table import NodeState, RepairState, parse_time, timestamp
+from eks_prefetch.prefetch.commands import image_batches, send_command_request
+from eks_prefetch.prefetch.resolution import NewestImages
+from eks_prefetch.prefetch.sending import send_once
+from eks_prefetch.settings import StatusSettings
+from eks_prefetch.status import metrics as m
+from eks_prefetch.status import table
+from eks_prefetch.status.coverage import FleetView, RepositoryCoverage
+from eks_prefetch.status.deadline import running_out
+from eks_prefetch.status.table import NodeState, RepairState, parse_time, timestamp
 
 logger = Logger(child=True)
 
@@ -54,7 +54,7 @@ SEND_RESERVE_SECONDS = 20.0
 MAX_REFUSED_SENDS_PER_SWEEP = 100
 
 
-def backoff_seconds(attempts: int, settings: Settings) -> int:
+def backoff_seconds(attempts: int, settings: StatusSettings) -> int:
     """How long after its ``attempts``-th repair a node waits before the next: doubling, capped."""
     return min(BACKOFF_BASE_SECONDS * 2 ** min(max(attempts, 1) - 1, 30), settings.repair_backoff_cap_seconds)
 
@@ -99,7 +99,7 @@ def _last_report(instance_id: str, repositories: Iterable[str], states: Mapping[
     return max(stamps, default="")
 
 
-def find_gaps(coverages: Iterable[RepositoryCoverage], settings: Settings, now: datetime) -> dict[str, NodeGap]:
+def find_gaps(coverages: Iterable[RepositoryCoverage], settings: StatusSettings, now: datetime) -> dict[str, NodeGap]:
     """Per online node, the newest images it lacks, past the grace period after their push. A node holding a newer
     image than the newest (tagged or not) is not missing it (``coverage_of``): it is never sent an older image."""
     grace = timedelta(seconds=settings.repair_grace_seconds)
@@ -123,7 +123,7 @@ def plan_repairs(
     states: Mapping[tuple[str, str], NodeState],
     repair_states: Mapping[str, RepairState],
     in_flight: Iterable[str],
-    settings: Settings,
+    settings: StatusSettings,
     now: datetime,
 ) -> RepairPlan:
     """Pure: which nodes get which images now, grouped into commands; and why each of the others waits."""
@@ -195,7 +195,7 @@ def _short_hash(values: Sequence[str]) -> str:
 
 
 def _record_attempt(
-    settings: Settings, gap: NodeGap, previous: RepairState, now: datetime, command_id: str | None
+    settings: StatusSettings, gap: NodeGap, previous: RepairState, now: datetime, command_id: str | None
 ) -> None:
     """Count a repair attempt on the node's row and set when the next may come. ``command_id`` None: SSM refused
     the node, so nothing is in flight and only the backoff is recorded."""
@@ -243,7 +243,7 @@ class RepairInputs:
     newest: NewestImages
 
 
-def plan_for(inputs: RepairInputs, settings: Settings, now: datetime) -> RepairPlan:
+def plan_for(inputs: RepairInputs, settings: StatusSettings, now: datetime) -> RepairPlan:
     """The repair plan for a view of the fleet (the sweep's, or `make status`'s), with the nodes' repair rows."""
     fleet = inputs.fleet
     gaps = find_gaps(fleet.coverages, settings, now)
@@ -258,7 +258,7 @@ def plan_for(inputs: RepairInputs, settings: Settings, now: datetime) -> RepairP
     )
 
 
-def next_repair(plan: RepairPlan, instance_id: str, settings: Settings) -> str:
+def next_repair(plan: RepairPlan, instance_id: str, settings: StatusSettings) -> str:
     """When the node's next repair is due, for a person (the operator's view)."""
     if not settings.repair_enabled:
         return "self-repair is disabled"
@@ -279,7 +279,7 @@ def next_repair(plan: RepairPlan, instance_id: str, settings: Settings) -> str:
 
 def repair(
     inputs: RepairInputs,
-    settings: Settings,
+    settings: StatusSettings,
     *,
     now: datetime,
     time_left: Callable[[], float] | None = None,

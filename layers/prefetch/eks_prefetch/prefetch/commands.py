@@ -7,7 +7,7 @@ from typing import Any
 
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.node_contract import MAX_IMAGES_PER_COMMAND
-from eks_prefetch.settings import Settings
+from eks_prefetch.settings import CommandSettings
 
 # SSM's limit on a command's Comment.
 _COMMENT_LIMIT = 100
@@ -17,7 +17,7 @@ _COMMENT_LIMIT = 100
 NEW_NODE_COMMENT_PREFIX = "new node: "
 
 
-def document_parameters(images: Sequence[ResolvedImage], settings: Settings) -> dict[str, list[str]]:
+def document_parameters(images: Sequence[ResolvedImage], settings: CommandSettings) -> dict[str, list[str]]:
     """The document's parameters, every one explicit so that no default on the node decides behaviour."""
     return {
         "images": [",".join(image.reference for image in images)],
@@ -49,7 +49,7 @@ def with_comment_marker(request: Mapping[str, Any], marker: str) -> dict[str, An
     return {**request, "Comment": f"{text}{suffix}"}
 
 
-def fleet_targets(settings: Settings, repository: str | None = None) -> list[dict[str, Any]]:
+def fleet_targets(settings: CommandSettings, repository: str | None = None) -> list[dict[str, Any]]:
     """Tag targets: SSM resolves the fleet itself, so a push costs one call whatever the cluster's size. The cluster
     tag, AND the repository's node selector (keys ANDed, values ORed: SSM's own semantics, at most 4 keys)."""
     targets = [{"Key": f"tag:{settings.node_tag_key}", "Values": [settings.node_tag_value]}]
@@ -61,7 +61,7 @@ def fleet_targets(settings: Settings, repository: str | None = None) -> list[dic
 
 def send_command_request(
     images: Sequence[ResolvedImage],
-    settings: Settings,
+    settings: CommandSettings,
     *,
     instance_ids: Sequence[str] | None = None,
     new_node: bool = False,

@@ -22,13 +22,15 @@ from typing import Any, Literal
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict
 
-from eks_prefetch import aws, warm_cleanup, warm_state
-from eks_prefetch.commands import document_parameters
+from eks_prefetch import aws
 from eks_prefetch.events import EcrImageActionEvent
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.node_contract import MAX_IMAGES_PER_COMMAND
-from eks_prefetch.resolution import NewestImages
-from eks_prefetch.settings import Settings
+from eks_prefetch.prefetch.commands import document_parameters
+from eks_prefetch.prefetch.resolution import NewestImages
+from eks_prefetch.settings import PlannerSettings
+from eks_prefetch.warm import cleanup as warm_cleanup
+from eks_prefetch.warm import state as warm_state
 
 logger = Logger(child=True)
 
@@ -71,7 +73,7 @@ class Plan:
     # Repositories whose newest image has no manifest for the AMI's architecture.
     skipped: tuple[str, ...] = ()
 
-    def execution_input(self, settings: Settings) -> dict[str, Any]:
+    def execution_input(self, settings: PlannerSettings) -> dict[str, Any]:
         """The state machine's input (docs/warm-volumes.md, "Input")."""
         return {
             "images": [{"repository": image.repository, "digest": image.digest} for image in self.images],
@@ -120,7 +122,12 @@ class SnapshotMeasures:
 
 
 def build_reason(
-    trigger: str, state: warm_state.WarmState, published: Mapping[str, Any], ami: Ami, now: datetime, settings: Settings
+    trigger: str,
+    state: warm_state.WarmState,
+    published: Mapping[str, Any],
+    ami: Ami,
+    now: datetime,
+    settings: PlannerSettings,
 ) -> str | None:
     """Why a build should start now (ami, first, daily, push), or None. Called with no build running."""
     window = timedelta(minutes=settings.warm_build_debounce_minutes)
@@ -176,7 +183,7 @@ def execution_name(reason: str, now: datetime) -> str:
 # --- AWS reads ----------------------------------------------------------------------------------------------------
 
 
-def resolve_ami(settings: Settings) -> Ami:
+def resolve_ami(settings: PlannerSettings) -> Ami:
     """The nodes' AMI now (the id, or what the SSM parameter holds), with its architecture."""
     source = settings.warm_node_ami
     ami_id = source if source.startswith("ami-") else aws.ssm.get_parameter_value(source)
@@ -188,18 +195,19 @@ def resolve_ami(settings: Settings) -> Ami:
     return Ami(id=ami_id, architecture=str(image["Architecture"]))
 
 
-def published_snapshot(settings: Settings) -> dict[str, Any]:
-    """What the builder last published ({} before the first build, or if unreadable: then a build is planned)."""
-    value = aws.ssm.get_parameter_value(settings.warm_snapshot_parameter)
+def published_snapshot(parameter: str) -> dict[str, Any]:
+    """What the builder last published in ``parameter`` ({} before the first build, or if unreadable: then a build
+    is planned)."""
+    value = aws.ssm.get_parameter_value(parameter)
     try:
         published = json.loads(value or "{}")
     except ValueError:
-        logger.warning("the warm snapshot parameter is not JSON", extra={"parameter": settings.warm_snapshot_parameter})
+        logger.warning("the warm snapshot parameter is not JSON", extra={"parameter": parameter})
         return {}
     return published if isinstance(published, dict) else {}
 
 
-def plan_build(settings: Settings, ami: Ami, now: datetime) -> Plan:
+def plan_build(settings: PlannerSettings, ami: Ami, now: datetime) -> Plan:
     """The newest image of every watched repository (resolution.NewestImages, as every path resolves it) that has a
     manifest for the AMI's architecture, at most the document's limit per command."""
     images = NewestImages(settings).every_repository()
@@ -233,7 +241,7 @@ def plan_build(settings: Settings, ami: Ami, now: datetime) -> Plan:
 # --- entry points -------------------------------------------------------------------------------------------------
 
 
-def note_push(event: EcrImageActionEvent, settings: Settings, now: datetime) -> PlannerOutcome:
+def note_push(event: EcrImageActionEvent, settings: PlannerSettings, now: datetime) -> PlannerOutcome:
     """A successful push of a watched repository makes a build wanted. Whether the image is the newest, tagged or
     matching the filter is not decided here: the plan resolves every repository, and an unchanged plan builds
     nothing."""
@@ -247,14 +255,14 @@ def note_push(event: EcrImageActionEvent, settings: Settings, now: datetime) -> 
     return PlannerOutcome(result="push-noted")
 
 
-def run_schedule(trigger: str, settings: Settings, now: datetime) -> PlannerOutcome:
+def run_schedule(trigger: str, settings: PlannerSettings, now: datetime) -> PlannerOutcome:
     """A scheduled run: start a build if one is due; on the tick, also sweep the builders left behind and, while no
     build runs, apply the snapshot retention."""
     running = aws.sfn.running_executions(settings.warm_state_machine_arn)
     # The sweep first: a plan that fails (an AMI that cannot be resolved) must not keep builders running.
     terminated = warm_cleanup.sweep_builders(settings, running, now) if trigger == "tick" else []
     # Read during a build too, on the tick: the snapshot's age and images are measured every tick.
-    published = published_snapshot(settings) if trigger == "tick" or not running else {}
+    published = published_snapshot(settings.warm_snapshot_parameter) if trigger == "tick" or not running else {}
     outcome = plan_and_start(trigger, settings, now, running, published)
     if trigger != "tick":
         return outcome
@@ -272,7 +280,7 @@ def run_schedule(trigger: str, settings: Settings, now: datetime) -> PlannerOutc
 
 def plan_and_start(
     trigger: str,
-    settings: Settings,
+    settings: PlannerSettings,
     now: datetime,
     running: Sequence[Mapping[str, Any]],
     published: Mapping[str, Any],

@@ -15,14 +15,15 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from eks_prefetch import aws
-from eks_prefetch import status_table as table
-from eks_prefetch.deadline import TimeLeft, running_out
 from eks_prefetch.images import ResolvedImage
+from eks_prefetch.node_contract import unsupported_reason
 from eks_prefetch.node_output import IMAGE_STATUSES
 from eks_prefetch.node_selectors import matches, tags_of
-from eks_prefetch.resolution import NewestImages
-from eks_prefetch.settings import Settings
-from eks_prefetch.status_table import NodeState, parse_time
+from eks_prefetch.prefetch.resolution import NewestImages
+from eks_prefetch.settings import StatusSettings
+from eks_prefetch.status import table
+from eks_prefetch.status.deadline import TimeLeft, running_out
+from eks_prefetch.status.table import NodeState, parse_time
 
 logger = Logger(child=True)
 
@@ -75,19 +76,6 @@ def coverage_of(
     return RepositoryCoverage(repository, newest, nodes, tuple(missing), tuple(ahead))
 
 
-def unsupported_reason(info: Mapping[str, Any]) -> str | None:
-    """Why a managed node cannot be served, from DescribeInstanceInformation; None when it can. The document's script
-    needs a Linux host with containerd's socket and ctr: Windows has neither (the document's precondition keeps the
-    script off it), and Bottlerocket keeps containerd out of reach of the SSM agent's control container."""
-    platform_type = str(info.get("PlatformType") or "")
-    platform_name = str(info.get("PlatformName") or "")
-    if platform_type and platform_type != "Linux":
-        return f"{platform_type} node: the document runs on Linux only"
-    if "bottlerocket" in platform_name.lower():
-        return "Bottlerocket node: containerd is not reachable from the SSM agent's control container"
-    return None
-
-
 def reported_unsupported(states: Iterable[NodeState], now: datetime, lifetime_seconds: int) -> dict[str, str]:
     """Nodes whose own newest report, over the rows read, is that they cannot be served (the script found no
     containerd socket), with the reason; pure.
@@ -120,7 +108,7 @@ def reported_unsupported(states: Iterable[NodeState], now: datetime, lifetime_se
     return standing
 
 
-def node_tags(settings: Settings, nodes: Iterable[str]) -> dict[str, dict[str, str]] | None:
+def node_tags(settings: StatusSettings, nodes: Iterable[str]) -> dict[str, dict[str, str]] | None:
     """The EC2 tags of these nodes (DescribeInstanceInformation returns none), one DescribeInstances per 200 nodes;
     None without selectors, when no tag is needed."""
     if not settings.node_selectors:
@@ -129,7 +117,7 @@ def node_tags(settings: Settings, nodes: Iterable[str]) -> dict[str, dict[str, s
 
 
 def online_nodes(
-    settings: Settings, *, time_left: TimeLeft = None, reserve: float = 0.0
+    settings: StatusSettings, *, time_left: TimeLeft = None, reserve: float = 0.0
 ) -> dict[str, Mapping[str, Any]] | None:
     """The online cluster nodes, by instance id, as DescribeInstanceInformation describes them; None if less than
     ``reserve`` seconds were left before the last page."""
@@ -159,7 +147,7 @@ class FleetView:
 
 
 def look_at_fleet(
-    settings: Settings,
+    settings: StatusSettings,
     newest: NewestImages,
     *,
     time_left: TimeLeft = None,

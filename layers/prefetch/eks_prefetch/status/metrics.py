@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 if TYPE_CHECKING:
-    from eks_prefetch.coverage import RepositoryCoverage
-    from eks_prefetch.invocations import InvocationOutcome
-    from eks_prefetch.settings import Settings
+    from eks_prefetch.settings import ClusterSettings
+    from eks_prefetch.status.coverage import RepositoryCoverage
+    from eks_prefetch.status.invocations import InvocationOutcome
 
 # Metric names (the contract).
 IMAGES_BY_STATUS = {
@@ -89,11 +89,11 @@ def emit_all(documents: Iterable[Document]) -> None:
         emit(dimensions, metrics)
 
 
-def emit_invocation_metrics(outcome: InvocationOutcome, settings: Settings) -> None:
+def emit_invocation_metrics(outcome: InvocationOutcome, settings: ClusterSettings) -> None:
     emit_all(invocation_metrics(outcome, settings))
 
 
-def invocation_metrics(outcome: InvocationOutcome, settings: Settings) -> list[Document]:
+def invocation_metrics(outcome: InvocationOutcome, settings: ClusterSettings) -> list[Document]:
     """The metrics of one counted invocation, built (and checked: finite values only) before it is claimed."""
     cluster = {"ClusterName": settings.cluster_name}
     documents: list[Document] = [({**cluster, "Status": outcome.status}, [(INVOCATIONS, MetricUnit.Count, 1)])]
@@ -138,7 +138,11 @@ def invocation_metrics(outcome: InvocationOutcome, settings: Settings) -> list[D
 
 
 def emit_coverage_metrics(
-    coverages: Iterable[RepositoryCoverage], settings: Settings, *, online: int | None = None, unsupported: int = 0
+    coverages: Iterable[RepositoryCoverage],
+    settings: ClusterSettings,
+    *,
+    online: int | None = None,
+    unsupported: int = 0,
 ) -> None:
     """``online``: every online cluster node (each repository's own denominator may be fewer); ``unsupported``: those
     this application cannot serve."""

@@ -9,12 +9,12 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws
-from eks_prefetch.commands import send_command_request
 from eks_prefetch.events import EcrImageActionEvent
 from eks_prefetch.images import is_image_artifact
-from eks_prefetch.resolution import NewestImages
-from eks_prefetch.sending import send_once
-from eks_prefetch.settings import Settings
+from eks_prefetch.prefetch.commands import send_command_request
+from eks_prefetch.prefetch.resolution import NewestImages
+from eks_prefetch.prefetch.sending import send_once
+from eks_prefetch.settings import PushSettings
 
 logger = Logger(child=True)
 
@@ -41,7 +41,7 @@ def _ignored(reason: str, **log_fields: Any) -> PushOutcome:
 
 def prefetch_pushed_image(
     event: EcrImageActionEvent,
-    settings: Settings,
+    settings: PushSettings,
     *,
     lambda_context: LambdaContext | None = None,
 ) -> PushOutcome:

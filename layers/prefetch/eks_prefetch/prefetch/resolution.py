@@ -12,14 +12,14 @@ from aws_lambda_powertools import Logger
 
 from eks_prefetch import aws
 from eks_prefetch.images import ResolvedImage, pick_newest
-from eks_prefetch.settings import Settings
+from eks_prefetch.settings import ClusterSettings
 
 logger = Logger(child=True)
 
 
 def resolve_newest(
     repository: str,
-    settings: Settings,
+    settings: ClusterSettings,
     seen: dict[str, datetime] | None = None,
 ) -> ResolvedImage | None:
     """The newest image of the repository whose tag matches the filter, or None if it has none.
@@ -58,7 +58,7 @@ class NewestImages:
     ``lifetime_seconds`` None keeps a resolution as long as the object lives.
     """
 
-    settings: Settings
+    settings: ClusterSettings
     lifetime_seconds: float | None = None
     # A report of a digest that is not the cached newest may follow a push the cache predates: ``get_fresh`` lists
     # again, at most this often.

@@ -14,7 +14,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from eks_prefetch import aws
-from eks_prefetch.settings import Settings
+from eks_prefetch.settings import PlannerSettings
 
 logger = Logger(child=True)
 
@@ -47,7 +47,7 @@ def builders_left_behind(
     ]
 
 
-def sweep_builders(settings: Settings, running: Sequence[Mapping[str, Any]], now: datetime) -> list[str]:
+def sweep_builders(settings: PlannerSettings, running: Sequence[Mapping[str, Any]], now: datetime) -> list[str]:
     """Terminate the builders left behind; their ids."""
     instances = aws.ec2.tagged_instances(BUILDER_TAG, settings.warm_stack_name)
     left = builders_left_behind(
@@ -101,7 +101,7 @@ class RetentionOutcome:
     kept_in_use: tuple[str, ...] = ()
 
 
-def keep_newest_snapshots(settings: Settings, published: str | None) -> RetentionOutcome:
+def keep_newest_snapshots(settings: PlannerSettings, published: str | None) -> RetentionOutcome:
     """Apply ``retention`` to this stack's warm snapshots. Run only while no build runs (its snapshot is not yet in
     the launch template)."""
     snapshots = aws.ec2.tagged_snapshots(SNAPSHOT_TAG, settings.warm_stack_name)

@@ -20,14 +20,14 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAl
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws
-from eks_prefetch.commands import image_batches, send_command_request
-from eks_prefetch.coverage import unsupported_reason
 from eks_prefetch.events import INSTANCE_ID_PATTERN, Ec2StateChangeEvent
 from eks_prefetch.images import ResolvedImage
+from eks_prefetch.node_contract import unsupported_reason
 from eks_prefetch.node_selectors import tags_of
-from eks_prefetch.resolution import NewestImages
-from eks_prefetch.sending import SendOutcomeUnknownError, send_once
-from eks_prefetch.settings import Settings
+from eks_prefetch.prefetch.commands import image_batches, send_command_request
+from eks_prefetch.prefetch.resolution import NewestImages
+from eks_prefetch.prefetch.sending import SendOutcomeUnknownError, send_once
+from eks_prefetch.settings import LaunchSettings
 
 logger = Logger(child=True)
 
@@ -73,7 +73,7 @@ class LaunchOutcome:
         }
 
 
-def classify_instance(instance: Mapping[str, Any], settings: Settings, now: datetime) -> NodeVerdict:
+def classify_instance(instance: Mapping[str, Any], settings: LaunchSettings, now: datetime) -> NodeVerdict:
     """Whether a described instance is a running node of the cluster, not one, or may still become one.
 
     The event carries no tags, and tags an autoscaling group propagates land 30-60+ s after launch: an untagged
@@ -92,7 +92,7 @@ def classify_instance(instance: Mapping[str, Any], settings: Settings, now: date
     return NodeVerdict.TAGS_PENDING if age < settings.node_tag_grace_seconds else NodeVerdict.NOT_A_NODE
 
 
-def backoff_seconds(receive_count: int, settings: Settings) -> int:
+def backoff_seconds(receive_count: int, settings: LaunchSettings) -> int:
     """Delay before the next receive: the base for the first fast retries, then doubling from it, capped.
 
     Agents register 20-180 s after the launch event, mostly: polling often through that window keeps a new node's
@@ -101,8 +101,8 @@ def backoff_seconds(receive_count: int, settings: Settings) -> int:
     """
     exponent = min(max(max(receive_count, 1) - settings.node_launch_fast_retries, 0), 30)
     delay = settings.node_launch_retry_base_seconds * 2**exponent
-    # Settings keeps the maximum within SQS's 12-hour visibility limit. A base above the maximum (CloudFormation
-    # cannot compare the two) waits the maximum: see Settings.conflicts.
+    # LaunchSettings keeps the maximum within SQS's 12-hour visibility limit. A base above the maximum (CloudFormation
+    # cannot compare the two) waits the maximum: see LaunchSettings.conflicts.
     return min(delay, settings.node_launch_retry_max_seconds)
 
 
@@ -130,13 +130,13 @@ class LaunchBatch:
     their instances, described in one call (a scale-out makes this call more than any other, and EC2 throttles it
     per account), and one resolution of the newest images."""
 
-    settings: Settings
+    settings: LaunchSettings
     # None: the look-ahead failed or was not made, and each record describes its own instance.
     described: Mapping[str, Mapping[str, Any]] | None
     newest: NewestImages
 
     @classmethod
-    def of(cls, records: Iterable[Mapping[str, Any]], settings: Settings) -> LaunchBatch:
+    def of(cls, records: Iterable[Mapping[str, Any]], settings: LaunchSettings) -> LaunchBatch:
         """Describe every instance of the batch in one call; a failure leaves each record to describe its own."""
         described = None
         instance_ids = instance_ids_of(records)
@@ -167,7 +167,7 @@ def _not_ready(
     reason: str,
     event: Ec2StateChangeEvent,
     delivery: Delivery,
-    settings: Settings,
+    settings: LaunchSettings,
     now: datetime,
 ) -> LaunchOutcome:
     """Retry later through the queue, or, on the last receive the redrive policy allows, give up loudly."""
@@ -253,7 +253,7 @@ def _send_to_node(
     images: list[ResolvedImage],
     instance: Mapping[str, Any],
     event: Ec2StateChangeEvent,
-    settings: Settings,
+    settings: LaunchSettings,
     *,
     delivery: Delivery,
     lambda_context: LambdaContext | None,

@@ -1,4 +1,4 @@
-"""The operator's view of a deployed stack: ``make status STACK=<name>`` (or ``python -m eks_prefetch.report``).
+"""The operator's view of a deployed stack: ``make status STACK=<name>`` (``python -m prefetchctl status``).
 
 It reads the stack with the same code the status function runs: the stack's outputs name the status function, whose
 environment becomes the Settings; coverage is ``coverage.look_at_fleet``, exactly what the sweep measures. It prints,
@@ -16,17 +16,20 @@ import io
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from eks_prefetch import aws, repair, warm_planner
-from eks_prefetch.coverage import RepositoryCoverage, look_at_fleet
+from eks_prefetch import aws
 from eks_prefetch.images import ResolvedImage
-from eks_prefetch.operator_cli import stack_arguments
-from eks_prefetch.resolution import NewestImages
-from eks_prefetch.settings import Settings
+from eks_prefetch.prefetch.resolution import NewestImages
+from eks_prefetch.settings import StatusSettings
+from eks_prefetch.status import repair
+from eks_prefetch.status.coverage import RepositoryCoverage, look_at_fleet
+from eks_prefetch.warm import planner as warm_planner
+from prefetchctl.cli import stack_arguments
 
 STATUS_FUNCTION_OUTPUT = "StatusFunctionName"
 # With WarmVolumes only: the SSM parameter the warm volume builder publishes its snapshot in.
@@ -37,8 +40,17 @@ class StackError(RuntimeError):
     """The stack, its status function or its configuration cannot be read."""
 
 
-def settings_of_stack(stack_name: str, region: str | None = None) -> Settings:
-    """The status function's Settings, read from the deployed stack (CloudFormation outputs, Lambda environment)."""
+@dataclass(frozen=True)
+class StackView:
+    """What `make status` reads of a stack: the status function's settings, and the published warm snapshot's
+    parameter when the stack has warm volumes ("" without)."""
+
+    settings: StatusSettings
+    warm_snapshot_parameter: str = ""
+
+
+def view_of_stack(stack_name: str, region: str | None = None) -> StackView:
+    """The status function's settings, read from the deployed stack (CloudFormation outputs, Lambda environment)."""
     outputs = aws.stack.stack_outputs(stack_name)
     function = outputs.get(STATUS_FUNCTION_OUTPUT)
     if not function:
@@ -48,12 +60,12 @@ def settings_of_stack(stack_name: str, region: str | None = None) -> Settings:
         )
     environment = aws.stack.function_environment(function)
     region = region or aws.stack.current_region() or os.environ.get("AWS_REGION")
-    # The status function does not read the warm snapshot: the stack's output tells whether there is one.
-    warm = {"WARM_SNAPSHOT_PARAMETER": outputs[WARM_SNAPSHOT_OUTPUT]} if outputs.get(WARM_SNAPSHOT_OUTPUT) else {}
     try:
-        return Settings.from_env({**environment, **warm, "AWS_REGION": region or ""})
+        settings = StatusSettings.from_env({**environment, "AWS_REGION": region or ""})
     except ValidationError as error:
         raise StackError(f"the status function's environment is not valid: {error}") from error
+    # The status function does not read the warm snapshot: the stack's output tells whether there is one.
+    return StackView(settings, outputs.get(WARM_SNAPSHOT_OUTPUT) or "")
 
 
 def render(
@@ -162,9 +174,10 @@ def _selector_text(selector: Mapping[str, Sequence[str]]) -> str:
     return " and ".join(f"{key}={'|'.join(values)}" for key, values in sorted(selector.items()))
 
 
-def report_fleet(settings: Settings, out: TextIO) -> list[str]:
-    """What `make status` prints for the stack these settings describe; returns the repositories below 100%.
-    Raises AWS's errors (the caller says it cannot read the stack)."""
+def report_fleet(view: StackView, out: TextIO) -> list[str]:
+    """What `make status` prints for the stack; returns the repositories below 100%. Raises AWS's errors (the caller
+    says it cannot read the stack)."""
+    settings = view.settings
     newest = NewestImages(settings)
     fleet = look_at_fleet(settings, newest)
     # Commands in flight are known to the sweep only; this view sees the repairs the rows record.
@@ -182,13 +195,13 @@ def report_fleet(settings: Settings, out: TextIO) -> list[str]:
         unsupported=fleet.unsupported,
         selector_of=settings.selector_for if settings.node_selectors else None,
     )
-    if settings.warm_snapshot_parameter:
+    if view.warm_snapshot_parameter:
         newest_of = {coverage.repository: coverage.newest for coverage in coverages}
         try:
-            published = warm_planner.published_snapshot(settings)
+            published = warm_planner.published_snapshot(view.warm_snapshot_parameter)
         except aws.AWS_ERRORS as error:
             # The coverage above stands without it (the caller may lack ssm:GetParameter on this parameter).
-            out.write(f"\nwarm boot snapshot: cannot read {settings.warm_snapshot_parameter}: {error}\n")
+            out.write(f"\nwarm boot snapshot: cannot read {view.warm_snapshot_parameter}: {error}\n")
         else:
             render_warm_snapshot(published, newest_of, out, datetime.now(UTC))
     return [coverage.repository for coverage in coverages if coverage.percent < 100.0]
@@ -201,8 +214,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return 2
     text = io.StringIO()
     try:
-        settings = settings_of_stack(args.stack, args.region)
-        below = report_fleet(settings, text)
+        below = report_fleet(view_of_stack(args.stack, args.region), text)
     except (StackError, *aws.AWS_ERRORS) as error:
         err.write(f"cannot read the stack {args.stack}: {error}\n")
         return 2
@@ -211,7 +223,3 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         out.write(f"\ncoverage below 100%: {', '.join(below)}\n")
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

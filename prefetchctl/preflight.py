@@ -9,26 +9,22 @@ to do about it.
 
 Exit status: 0 ready, 1 findings, 2 the stack (or part of what is checked) cannot be read.
 
-The checks are pure functions of an ``Observed`` snapshot; ``observe`` gathers it with the ``aws`` adapters.
+The checks are pure functions of an ``Observed`` snapshot; ``observed.observe`` gathers it with the ``aws`` adapters.
 """
 
 from __future__ import annotations
 
-import re
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, TextIO
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TextIO
 
 from eks_prefetch import aws
-from eks_prefetch.images import pick_newest
-from eks_prefetch.node_role import SSM_CORE, Grant, Need, attach_commands, describe, node_needs, unmet
-from eks_prefetch.operator_cli import stack_arguments
+from prefetchctl.cli import stack_arguments
+from prefetchctl.node_role import SSM_CORE, Grant, Need, attach_commands, describe, node_needs, unmet
+from prefetchctl.observed import NODE_POLICY_OUTPUT, Deployment, Node, Observed, Profile, observe
 
 READY, FINDINGS, UNREADABLE = 0, 1, 2
-NODE_POLICY_OUTPUT = "NodeRolePolicyArn"
-LOG_GROUP_OUTPUT = "CommandOutputLogGroupName"
 # docs/scale.md: NAT gateway data processing, us-east-1 (most regions charge the same or more).
 NAT_DOLLARS_PER_GB = 0.045
 REGISTRY_ENDPOINTS = ("ecr.api", "ecr.dkr", "s3")
@@ -42,87 +38,6 @@ class Finding:
     subject: str
     problem: str
     fix: str
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """What the stack was deployed with (its parameters and outputs)."""
-
-    stack: str
-    region: str
-    cluster: str
-    repositories: tuple[str, ...]
-    tag_filter: str
-    node_tag_key: str
-    node_tag_value: str
-    node_policy_arn: str | None
-    log_group: str | None = None
-
-    @property
-    def partition(self) -> str:
-        return (
-            "aws-cn" if self.region.startswith("cn-") else "aws-us-gov" if self.region.startswith("us-gov-") else "aws"
-        )
-
-    @classmethod
-    def of_stack(cls, stack: str, region: str, outputs: Mapping[str, str], parameters: Mapping[str, str]) -> Deployment:
-        if "ClusterName" not in parameters or "RepositoryNames" not in parameters:
-            raise LookupError(
-                f"the stack {stack} has no ClusterName/RepositoryNames parameters: is it this application?"
-            )
-        cluster = parameters["ClusterName"]
-        return cls(
-            stack=stack,
-            region=region,
-            cluster=cluster,
-            repositories=tuple(name.strip() for name in parameters["RepositoryNames"].split(",") if name.strip()),
-            tag_filter=parameters.get("TagFilter") or r"^(?!sha256-).+$",
-            node_tag_key=parameters.get("NodeTagKey") or "eks:cluster-name",
-            node_tag_value=parameters.get("NodeTagValue") or cluster,
-            node_policy_arn=outputs.get(NODE_POLICY_OUTPUT),
-            log_group=outputs.get(LOG_GROUP_OUTPUT),
-        )
-
-
-@dataclass(frozen=True)
-class Repository:
-    name: str
-    exists: bool
-    newest_tag: str | None = None
-    newest_bytes: int | None = None
-
-
-@dataclass(frozen=True)
-class Node:
-    instance_id: str
-    name: str  # the private DNS name: the Kubernetes node name on EKS
-    profile_arn: str | None
-    vpc_id: str | None
-    ping_status: str | None  # None: SSM does not know it (never registered)
-    last_ping: datetime | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} ({self.instance_id})" if self.name else self.instance_id
-
-
-@dataclass(frozen=True)
-class Profile:
-    arn: str
-    exists: bool
-    roles: tuple[str, ...] = ()
-    attached: frozenset[str] = frozenset()
-    inline: tuple[Mapping[str, Any], ...] = ()  # the roles' inline policy documents
-
-
-@dataclass
-class Observed:
-    deployment: Deployment
-    repositories: list[Repository] = field(default_factory=list)
-    nodes: list[Node] = field(default_factory=list)
-    profiles: dict[str, Profile] = field(default_factory=dict)
-    endpoints: dict[str, frozenset[str]] = field(default_factory=dict)  # VPC id -> endpoint service names
-    unreadable: list[str] = field(default_factory=list)  # what could not be checked, and why
 
 
 # --- The checks (pure) ----------------------------------------------------------------------------------------------
@@ -344,73 +259,6 @@ def render(observed: Observed, findings: Sequence[Finding], out: TextIO) -> None
         out.write(f"\nnot checked: {what}\n")
 
 
-# --- Gathering (through the adapters) -------------------------------------------------------------------------------
-
-
-def _denied(what: str, error: Exception) -> str:
-    return f"{what}: {error}"
-
-
-def observe(deployment: Deployment) -> Observed:
-    """Everything the checks look at; a read the caller may not make is recorded as unreadable and the rest is still
-    checked."""
-    observed = Observed(deployment)
-    pattern = re.compile(deployment.tag_filter)
-    for name in deployment.repositories:
-        try:
-            details = aws.ecr.repository_images(name)
-        except aws.AWS_ERRORS as error:
-            observed.unreadable.append(_denied(f"repository {name} (ecr:DescribeImages)", error))
-            continue
-        if details is None:
-            observed.repositories.append(Repository(name, exists=False))
-            continue
-        newest = pick_newest(details, pattern, deployment.region)
-        size = next((d.get("imageSizeInBytes") for d in details if newest and d["imageDigest"] == newest.digest), None)
-        observed.repositories.append(Repository(name, True, newest.tag if newest else None, size))
-
-    try:
-        instances = aws.ec2.running_instances(deployment.node_tag_key, deployment.node_tag_value)
-        managed = {
-            info["InstanceId"]: info
-            for info in aws.ssm.managed_instances(deployment.node_tag_key, deployment.node_tag_value)
-        }
-    except aws.AWS_ERRORS as error:
-        observed.unreadable.append(_denied("the nodes (ec2:DescribeInstances, ssm:DescribeInstanceInformation)", error))
-        return observed
-    for instance in instances:
-        info = managed.get(instance["InstanceId"])
-        observed.nodes.append(
-            Node(
-                instance_id=instance["InstanceId"],
-                name=instance.get("PrivateDnsName") or "",
-                profile_arn=(instance.get("IamInstanceProfile") or {}).get("Arn"),
-                vpc_id=instance.get("VpcId"),
-                ping_status=info.get("PingStatus") if info else None,
-                last_ping=info.get("LastPingDateTime") if info else None,
-            )
-        )
-
-    for arn in sorted({node.profile_arn for node in observed.nodes if node.profile_arn}):
-        try:
-            policies = aws.iam.instance_profile_policies(arn)
-        except aws.AWS_ERRORS as error:
-            observed.unreadable.append(_denied(f"instance profile {arn} (iam:GetInstanceProfile, its roles)", error))
-            continue
-        if policies is None:
-            observed.profiles[arn] = Profile(arn, False)
-        else:
-            roles, attached, inline = policies
-            observed.profiles[arn] = Profile(arn, True, tuple(roles), frozenset(attached), tuple(inline))
-
-    for vpc_id in sorted({node.vpc_id for node in observed.nodes if node.vpc_id}):
-        try:
-            observed.endpoints[vpc_id] = frozenset(aws.ec2.vpc_endpoint_services(vpc_id))
-        except aws.AWS_ERRORS as error:
-            observed.unreadable.append(_denied(f"endpoints of {vpc_id} (ec2:DescribeVpcEndpoints)", error))
-    return observed
-
-
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     args = stack_arguments("make preflight", __doc__.splitlines()[0], argv, err)
@@ -427,7 +275,3 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     findings = findings_of(observed)
     render(observed, findings, out)
     return exit_code(findings, observed.unreadable)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,14 +17,15 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws
-from eks_prefetch import status_metrics as m
-from eks_prefetch import status_table as table
-from eks_prefetch.coverage import FleetView, look_at_fleet
-from eks_prefetch.deadline import TimeLeft, running_out
-from eks_prefetch.invocations import NON_TERMINAL, RecordingScope, record_invocation
-from eks_prefetch.repair import RepairInputs, repair
-from eks_prefetch.settings import Settings
-from eks_prefetch.status_table import NodeState, parse_time, require_status_table, timestamp
+from eks_prefetch.settings import StatusSettings
+from eks_prefetch.status import claims, table
+from eks_prefetch.status import metrics as m
+from eks_prefetch.status.coverage import FleetView, look_at_fleet
+from eks_prefetch.status.deadline import TimeLeft, running_out
+from eks_prefetch.status.invocations import NON_TERMINAL, record_invocation
+from eks_prefetch.status.repair import RepairInputs, repair
+from eks_prefetch.status.reports import RecordingScope
+from eks_prefetch.status.table import NodeState, parse_time, timestamp
 
 logger = Logger(child=True)
 
@@ -122,14 +123,14 @@ def _sweep_command(
             return tally.stop()
         try:
             # The claims of the finished invocations, 100 a request: a sweep's reads grow with pages, not nodes.
-            claims = table.read_claims(settings, command_id, chunk)
+            chunk_claims = claims.read_claims(settings, command_id, chunk)
         except Exception:
             logger.exception("sweep could not read a command's claims", extra={"command_id": command_id})
             tally.errors += 1
             tally.still_open = True
             return tally
         for instance_id in chunk:
-            if _claimed(claims.get(instance_id), now, tally):
+            if _claimed(chunk_claims.get(instance_id), now, tally):
                 continue
             if running_out(time_left, reserve):
                 return tally.stop()
@@ -137,13 +138,13 @@ def _sweep_command(
     return tally
 
 
-def _claimed(claim: table.Claim | None, now: datetime, tally: _CommandTally) -> bool:
+def _claimed(claim: claims.Claim | None, now: datetime, tally: _CommandTally) -> bool:
     """Whether an invocation's claim leaves nothing to record now (counted, or being counted)."""
     standing = claim.standing(now) if claim is not None else None
-    if standing is table.Standing.COUNTED:
+    if standing is claims.Standing.COUNTED:
         tally.already += 1
         return True
-    if standing is table.Standing.IN_PROGRESS:
+    if standing is claims.Standing.IN_PROGRESS:
         # Being counted right now, or by a recording that died: looked at again until it is final.
         tally.still_open = True
         return True
@@ -174,14 +175,14 @@ def _record(command_id: str, instance_id: str, scope: RecordingScope, now: datet
         tally.already += 1
 
 
-def load_watermark(settings: Settings, now: datetime) -> datetime:
+def load_watermark(settings: StatusSettings, now: datetime) -> datetime:
     stored = table.read_watermark(settings)
     floor = now - timedelta(seconds=settings.sweep_max_lookback_seconds)
     start = stored or now - FIRST_SWEEP_LOOKBACK
     return max(start, floor)
 
 
-def refreshes_per_run(settings: Settings, rows: int) -> int:
+def refreshes_per_run(settings: StatusSettings, rows: int) -> int:
     """How many rows one sweep's TTL refresh rewrites at most: enough that, were every row to fall due at once (half
     its TTL left), all are rewritten within half of what is left, at the sweep's schedule; never fewer than
     MIN_REFRESHES_PER_SWEEP. At 10,000 nodes and 20 repositories (200,000 rows) and the 7-day default TTL: 397."""
@@ -189,7 +190,9 @@ def refreshes_per_run(settings: Settings, rows: int) -> int:
     return max(MIN_REFRESHES_PER_SWEEP, math.ceil(2 * rows / sweeps_before_expiry))
 
 
-def refresh_ttl(settings: Settings, states: Iterable[NodeState], now: datetime, *, time_left: TimeLeft = None) -> int:
+def refresh_ttl(
+    settings: StatusSettings, states: Iterable[NodeState], now: datetime, *, time_left: TimeLeft = None
+) -> int:
     """Push back the expiry of the rows of nodes seen online, once half their TTL has passed: the rows nearest their
     expiry first, at most ``refreshes_per_run`` a sweep and none with less than SWEEP_RESERVE_SECONDS left. A row
     refreshed now expires a whole TTL later, so that rows that fell due together spread over the sweeps."""
@@ -212,7 +215,7 @@ def refresh_ttl(settings: Settings, states: Iterable[NodeState], now: datetime, 
 
 
 def sweep(
-    settings: Settings,
+    settings: StatusSettings,
     *,
     now: datetime | None = None,
     time_left: Callable[[], float] | None = None,
@@ -224,7 +227,6 @@ def sweep(
     minutes before this sweep: every command is looked at until all its invocations are counted. An invocation
     that fails to be recorded is logged and left for the next sweep, which is the retry (no storm: one per schedule).
     """
-    require_status_table(settings)
     now = now or datetime.now(UTC)
     watermark = load_watermark(settings, now)
     scope = scope or RecordingScope.for_sweep(settings)
@@ -280,7 +282,7 @@ def sweep(
 
 
 def sweep_and_repair(
-    settings: Settings,
+    settings: StatusSettings,
     *,
     now: datetime | None = None,
     time_left: Callable[[], float] | None = None,

@@ -5,21 +5,18 @@ pin), so the unpin document removes the pin of exactly those images. The images 
 them when it needs the space.
 
 Two ways in, one request: the stack's custom resource on deletion (``functions/unpin``), and ``make unpin STACK=``
-(``python -m eks_prefetch.uninstall``) on demand.
+(``python -m prefetchctl unpin``, prefetchctl/unpin.py) on demand.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TextIO
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from eks_prefetch import aws
-from eks_prefetch.operator_cli import stack_arguments
+from eks_prefetch.settings import EnvironmentSettings
 
 # The command's Comment (ListCommands shows it): what sent it.
 COMMENT = "eks-image-prefetch uninstall: remove this application's pins"
@@ -28,24 +25,15 @@ MAX_CONCURRENCY = "100%"
 MAX_ERRORS = "100%"
 # How long SSM keeps trying to reach a node that is not reachable at deletion time.
 DELIVERY_TIMEOUT_SECONDS = 600
-UNPIN_DOCUMENT_OUTPUT = "UnpinDocumentName"
 
 
-class UnpinTarget(BaseModel):
-    """Which document to send and to which nodes: from the function's environment, or the deployed stack."""
+class UnpinTarget(EnvironmentSettings):
+    """Which document to send and to which nodes: the unpin function's settings (its environment), or the deployed
+    stack's (``make unpin``)."""
 
-    document_name: str = Field(min_length=3, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
-    node_tag_key: str = Field(min_length=1, max_length=128)
-    node_tag_value: str = Field(min_length=1, max_length=256)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> UnpinTarget:
-        env = os.environ if env is None else env
-        return cls(
-            document_name=env.get("UNPIN_DOCUMENT_NAME", ""),
-            node_tag_key=env.get("NODE_TAG_KEY", ""),
-            node_tag_value=env.get("NODE_TAG_VALUE", ""),
-        )
+    document_name: str = Field(alias="UNPIN_DOCUMENT_NAME", min_length=3, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    node_tag_key: str = Field(alias="NODE_TAG_KEY", min_length=1, max_length=128)
+    node_tag_value: str = Field(alias="NODE_TAG_VALUE", min_length=1, max_length=256)
 
 
 def unpin_request(target: UnpinTarget) -> dict[str, Any]:
@@ -59,9 +47,6 @@ def unpin_request(target: UnpinTarget) -> dict[str, Any]:
         "TimeoutSeconds": DELIVERY_TIMEOUT_SECONDS,
         "Comment": COMMENT,
     }
-
-
-# --- The custom resource ------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -107,42 +92,3 @@ def on_custom_resource(
         why = f"{type(error).__name__}: {str(error)[:300]}"
         return CustomResourceOutcome(resource_id, f"unpin command not sent ({why})")
     return CustomResourceOutcome(resource_id, f"unpin command {command_id} sent", command_id)
-
-
-# --- make unpin ---------------------------------------------------------------------------------------------------
-
-
-def target_of_stack(outputs: Mapping[str, str], parameters: Mapping[str, str]) -> UnpinTarget:
-    """The unpin document and the node tag of a deployed stack (an empty NodeTagValue means the cluster name)."""
-    document = outputs.get(UNPIN_DOCUMENT_OUTPUT)
-    if not document:
-        raise LookupError(f"the stack has no {UNPIN_DOCUMENT_OUTPUT} output: deploy this version first")
-    return UnpinTarget(
-        document_name=document,
-        node_tag_key=parameters.get("NodeTagKey") or "eks:cluster-name",
-        node_tag_value=parameters.get("NodeTagValue") or parameters["ClusterName"],
-    )
-
-
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """``make unpin STACK=<name>``: exit 0 when the command was sent, 2 when the stack cannot be read or SSM refused."""
-    out, err = out or sys.stdout, err or sys.stderr
-    args = stack_arguments("make unpin", "Remove this application's pins from every node.", argv, err)
-    if args is None:
-        return 2
-    try:
-        outputs, parameters = aws.stack.describe_stack(args.stack)
-        target = target_of_stack(outputs, parameters)
-        command_id = aws.ssm.send_command(unpin_request(target))
-    except (LookupError, aws.CommandRefusedError, *aws.AWS_ERRORS) as error:
-        err.write(f"cannot unpin for the stack {args.stack}: {error}\n")
-        return 2
-    out.write(
-        f"unpin command {command_id} sent to the nodes tagged {target.node_tag_key}={target.node_tag_value}\n"
-        f"follow it: aws ssm list-command-invocations --command-id {command_id} --details\n"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

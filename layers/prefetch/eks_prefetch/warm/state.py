@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from eks_prefetch import aws
-from eks_prefetch.settings import Settings
-from eks_prefetch.status_table import parse_time, require_status_table, timestamp
+from eks_prefetch.settings import StatusTableSettings
+from eks_prefetch.status.table import parse_time, timestamp
 
 WARM_KEY = {"pk": "WARM", "sk": "BUILD"}
 
@@ -39,8 +39,7 @@ class WarmState:
         )
 
 
-def read_state(settings: Settings) -> WarmState:
-    require_status_table(settings)
+def read_state(settings: StatusTableSettings) -> WarmState:
     item = aws.dynamodb.get_item(settings.status_table, WARM_KEY) or {}
     return WarmState(
         last_push_at=parse_time(item.get("last_push_at")),
@@ -51,19 +50,18 @@ def read_state(settings: Settings) -> WarmState:
     )
 
 
-def record_push(settings: Settings, at: datetime) -> None:
+def record_push(settings: StatusTableSettings, at: datetime) -> None:
     """A build is wanted. Never moves ``last_push_at`` back (events arrive out of order)."""
     _advance(settings, "last_push_at", at)
 
 
-def record_resolved(settings: Settings, at: datetime) -> None:
+def record_resolved(settings: StatusTableSettings, at: datetime) -> None:
     """A plan listed the repositories at ``at``: pushes before it need no build of their own."""
     _advance(settings, "last_resolved_at", at)
 
 
-def _advance(settings: Settings, attribute: str, at: datetime) -> None:
+def _advance(settings: StatusTableSettings, attribute: str, at: datetime) -> None:
     """Set the row's time ``attribute`` to ``at``, only forward."""
-    require_status_table(settings)
     aws.dynamodb.update_item(
         settings.status_table,
         WARM_KEY,
@@ -74,11 +72,10 @@ def _advance(settings: Settings, attribute: str, at: datetime) -> None:
 
 
 def claim_build(
-    settings: Settings, seen: WarmState, *, at: datetime, resolved_at: datetime, execution: str, ami: str
+    settings: StatusTableSettings, seen: WarmState, *, at: datetime, resolved_at: datetime, execution: str, ami: str
 ) -> bool:
     """Record that this run starts a build; False if another run started one since ``seen`` was read (the loser
     starts nothing). ``resolved_at``: when the build's plan listed the repositories."""
-    require_status_table(settings)
     values = {":at": timestamp(at), ":resolved": timestamp(resolved_at), ":execution": execution, ":ami": ami}
     if seen.last_started_at is None:
         condition = "attribute_not_exists(last_started_at)"
@@ -97,9 +94,8 @@ def claim_build(
     )
 
 
-def release_claim(settings: Settings, seen: WarmState, execution: str) -> None:
+def release_claim(settings: StatusTableSettings, seen: WarmState, execution: str) -> None:
     """Undo a claim whose execution did not start, so that the next tick tries again (only if it is still ours)."""
-    require_status_table(settings)
     values: dict[str, object] = {":execution": execution}
     sets = []
     removes = []

@@ -14,11 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import Enum
 from typing import Any
 
 from eks_prefetch import aws
-from eks_prefetch.settings import Settings
+from eks_prefetch.settings import StatusTableSettings
 
 WATERMARK_KEY = {"pk": "SWEEP", "sk": "WATERMARK"}
 
@@ -53,16 +52,7 @@ def parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-class StatusTableMissingError(RuntimeError):
-    """STATUS_TABLE is not set: a deployment error, loud rather than counting nothing."""
-
-
-def require_status_table(settings: Settings) -> None:
-    if not settings.status_table:
-        raise StatusTableMissingError("STATUS_TABLE is not set in the function's environment")
-
-
-def _node_expiry(settings: Settings, at: datetime) -> int:
+def _node_expiry(settings: StatusTableSettings, at: datetime) -> int:
     return int(at.timestamp()) + settings.node_state_ttl_seconds
 
 
@@ -108,7 +98,7 @@ class NodeState:
 
 
 def record_held(
-    settings: Settings,
+    settings: StatusTableSettings,
     instance_id: str,
     repository: str,
     *,
@@ -174,7 +164,7 @@ def record_held(
 
 
 def record_failure(
-    settings: Settings,
+    settings: StatusTableSettings,
     instance_id: str,
     repository: str,
     *,
@@ -213,7 +203,7 @@ def record_failure(
 
 
 def record_unsupported(
-    settings: Settings, instance_id: str, repository: str, *, reason: str, command_id: str, at: datetime
+    settings: StatusTableSettings, instance_id: str, repository: str, *, reason: str, command_id: str, at: datetime
 ) -> None:
     """The node reported it cannot be served (no containerd socket), on its row of a repository it was sent. The
     newest such report wins; a later report of the node's images supersedes it (``coverage.reported_unsupported``),
@@ -236,7 +226,7 @@ def record_unsupported(
 
 
 def read_node_states(
-    settings: Settings, nodes: Iterable[str], repositories: Iterable[str]
+    settings: StatusTableSettings, nodes: Iterable[str], repositories: Iterable[str]
 ) -> dict[tuple[str, str], NodeState]:
     """The rows of these nodes for these repositories, by (instance, repository); absent rows are left out."""
     keys = [node_key(node, repository) for node in nodes for repository in repositories]
@@ -247,7 +237,7 @@ def read_node_states(
     return states
 
 
-def refresh_expiry(settings: Settings, state: NodeState, now: datetime) -> None:
+def refresh_expiry(settings: StatusTableSettings, state: NodeState, now: datetime) -> None:
     """Push back the expiry of a row that still exists."""
     aws.dynamodb.update_item(
         settings.status_table,
@@ -262,7 +252,7 @@ def refresh_expiry(settings: Settings, state: NodeState, now: datetime) -> None:
 
 
 def record_first_report(
-    settings: Settings, instance_id: str, *, launched: datetime, at: datetime, command_id: str
+    settings: StatusTableSettings, instance_id: str, *, launched: datetime, at: datetime, command_id: str
 ) -> bool:
     """Note the node's first report since this launch. True if this command's report is that first one (measured
     once per launch); idempotent like ``record_held``."""
@@ -306,13 +296,13 @@ class RepairState:
         return self if self.digests == digests else RepairState()
 
 
-def read_repair_states(settings: Settings, nodes: Iterable[str]) -> dict[str, RepairState]:
+def read_repair_states(settings: StatusTableSettings, nodes: Iterable[str]) -> dict[str, RepairState]:
     items = aws.dynamodb.batch_get_items(settings.status_table, [node_row_key(node) for node in nodes])
     return {str(item["pk"]).removeprefix("NODE#"): RepairState.from_item(item) for item in items}
 
 
 def record_repair_attempt(
-    settings: Settings,
+    settings: StatusTableSettings,
     instance_id: str,
     *,
     digests: str,
@@ -336,121 +326,13 @@ def record_repair_attempt(
     aws.dynamodb.update_item(settings.status_table, node_row_key(instance_id), update, values)
 
 
-# --- claims: each (command, node) invocation counted once -----------------------------------------------------------
-
-
-class Standing(Enum):
-    COUNTED = "counted"
-    # Claimed by a recording that has not said it emitted its metrics yet: still at work, or dead.
-    IN_PROGRESS = "in progress"
-    # Claimed so long ago that the recording cannot be alive (a function outlives none of its timeouts): taken over.
-    STALE = "stale"
-
-
-# Beyond the status function's timeout (300 s in template.yaml, a test checks), so that a claim in progress that is
-# this old was left by a recording that died between its claim and its metrics.
-CLAIM_STALE_SECONDS = 900
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The claim of an invocation: whose recording wrote it (``token``), and whether its metrics were emitted."""
-
-    token: str
-    state: str
-    claimed_at: str
-
-    @classmethod
-    def from_item(cls, item: Mapping[str, Any]) -> Claim:
-        # Claims written before tokens were recorded counted before they were written.
-        return cls(str(item.get("token", "")), str(item.get("state", "counted")), str(item.get("counted_at", "")))
-
-    def standing(self, now: datetime) -> Standing:
-        if self.state == "counted":
-            return Standing.COUNTED
-        claimed_at = parse_time(self.claimed_at)
-        if claimed_at is not None and (now - claimed_at).total_seconds() < CLAIM_STALE_SECONDS:
-            return Standing.IN_PROGRESS
-        return Standing.STALE
-
-
-def read_claim(settings: Settings, command_id: str, instance_id: str) -> Claim | None:
-    item = aws.dynamodb.get_item(settings.status_table, claim_key(command_id, instance_id))
-    return Claim.from_item(item) if item else None
-
-
-def read_claims(settings: Settings, command_id: str, instance_ids: Iterable[str]) -> dict[str, Claim]:
-    """The claims of the command's invocations on these nodes, by node (BatchGetItem, 100 keys a request)."""
-    keys = [claim_key(command_id, instance_id) for instance_id in instance_ids]
-    if not keys:
-        return {}
-    items = aws.dynamodb.batch_get_items(settings.status_table, keys)
-    return {str(item["sk"]): Claim.from_item(item) for item in items}
-
-
-def claim(
-    settings: Settings,
-    command_id: str,
-    instance_id: str,
-    *,
-    token: str,
-    status: str,
-    via: str,
-    now: datetime,
-    replacing: Claim | None = None,
-) -> bool:
-    """Claim the invocation for counting, or take over a stale claim (``replacing``); True if the claim is this
-    recording's (``token``), also when the reply to its write was lost and the retry found its own claim."""
-    key = claim_key(command_id, instance_id)
-    values = {
-        "status": status,
-        "via": via,
-        "token": token,
-        "state": "claimed",
-        "counted_at": timestamp(now),
-        # Outlives the sweep's reach, so that the sweep never counts it again.
-        "expires_at": int(now.timestamp()) + settings.sweep_max_lookback_seconds + 86_400,
-    }
-    if replacing is None:
-        written = aws.dynamodb.put_new_item(settings.status_table, {**key, **values})
-    else:
-        written = (
-            aws.dynamodb.update_item(
-                settings.status_table,
-                key,
-                "SET #status = :status, via = :via, #token = :token, #state = :state, counted_at = :counted_at, "
-                "expires_at = :expires_at",
-                {f":{name}": value for name, value in values.items()} | {":old": replacing.token},
-                condition="#token = :old AND #state = :state",
-                names={"#status": "status", "#token": "token", "#state": "state"},
-            )
-            is not None
-        )
-    if written:
-        return True
-    mine = read_claim(settings, command_id, instance_id)
-    return mine is not None and mine.token == token
-
-
-def mark_counted(settings: Settings, command_id: str, instance_id: str, token: str) -> None:
-    """The claimant emitted the metrics: the claim is final."""
-    aws.dynamodb.update_item(
-        settings.status_table,
-        claim_key(command_id, instance_id),
-        "SET #state = :counted",
-        {":counted": "counted", ":token": token},
-        condition="#token = :token",
-        names={"#state": "state", "#token": "token"},
-    )
-
-
 # --- the sweep's watermark ------------------------------------------------------------------------------------------
 
 
-def read_watermark(settings: Settings) -> datetime | None:
+def read_watermark(settings: StatusTableSettings) -> datetime | None:
     item = aws.dynamodb.get_item(settings.status_table, WATERMARK_KEY)
     return parse_time(item.get("watermark")) if item else None
 
 
-def write_watermark(settings: Settings, watermark: datetime) -> None:
+def write_watermark(settings: StatusTableSettings, watermark: datetime) -> None:
     aws.dynamodb.put_item(settings.status_table, {**WATERMARK_KEY, "watermark": timestamp(watermark)})

@@ -20,9 +20,9 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from eks_prefetch import aws
-from eks_prefetch.commands import with_comment_marker
-from eks_prefetch.idempotency import run_once
-from eks_prefetch.settings import Settings
+from eks_prefetch.prefetch.commands import with_comment_marker
+from eks_prefetch.prefetch.idempotency import run_once
+from eks_prefetch.settings import SendingSettings
 
 logger = Logger(child=True)
 
@@ -47,7 +47,7 @@ def send_once(
     request: Mapping[str, Any],
     *,
     key: dict[str, str],
-    settings: Settings,
+    settings: SendingSettings,
     lambda_context: LambdaContext | None = None,
     log_fields: Mapping[str, Any] | None = None,
     now: datetime | None = None,
@@ -104,7 +104,7 @@ def send_once(
     return result["command_id"], ran_now
 
 
-def record_send_attempt(marker: str, now: datetime, settings: Settings) -> tuple[int, datetime]:
+def record_send_attempt(marker: str, now: datetime, settings: SendingSettings) -> tuple[int, datetime]:
     """Count an attempt to send for this marker (in the idempotency table, beside Powertools' records); return
     (the attempt's number, when the first attempt began)."""
     item = aws.dynamodb.update_item(
@@ -124,5 +124,5 @@ def record_send_attempt(marker: str, now: datetime, settings: Settings) -> tuple
     return int(item["attempts"]), datetime.fromisoformat(item["first_attempt_at"])
 
 
-def _earlier_command(marker: str, first_attempt_at: datetime, settings: Settings) -> str | None:
+def _earlier_command(marker: str, first_attempt_at: datetime, settings: SendingSettings) -> str | None:
     return aws.ssm.find_command(settings.document_name, marker, first_attempt_at - _LOOKUP_SKEW)
