@@ -3,7 +3,7 @@ to do about it.
 
 - each watched repository exists and holds an image whose tag matches the filter;
 - the running instances carrying the node tag against what SSM reports online (nodes offline or never registered,
-  and why when it can be told);
+  and why when it can be told); EKS Auto Mode nodes, which allow no SSM, are named as left out, not as findings;
 - the nodes' instance profiles carry the policies they need, attached or as inline policies (``node_role``);
 - the nodes' VPCs have the ECR and S3 endpoints, or else what one push costs in NAT data processing.
 
@@ -167,8 +167,19 @@ def check_nodes(observed: Observed) -> list[Finding]:
                 "Karpenter: eks:eks-cluster-name)",
             )
         ]
+    served = [node for node in observed.nodes if node.left_out is None]
+    if not served:
+        return [
+            Finding(
+                "nodes",
+                f"tag {tag}",
+                f"every running instance carrying the node tag is left out ({observed.nodes[0].left_out}): no node "
+                "gets a prefetch",
+                "run the images' workloads on managed node groups, Karpenter or self-managed nodes with the SSM agent",
+            )
+        ]
     groups: dict[tuple[str, str], list[Node]] = {}
-    for node in observed.nodes:
+    for node in served:
         if node.ping_status == "Online":
             continue
         if node.ping_status is None:
@@ -245,18 +256,31 @@ def render(observed: Observed, findings: Sequence[Finding], out: TextIO) -> None
     deployment = observed.deployment
     head = f"preflight of stack {deployment.stack} (cluster {deployment.cluster}, {deployment.region})"
     if not findings and not observed.unreadable:
-        online = sum(node.ping_status == "Online" for node in observed.nodes)
+        served = [node for node in observed.nodes if node.left_out is None]
+        online = sum(node.ping_status == "Online" for node in served)
         out.write(
             f"{head}: ready\n"
             f"  {len(observed.repositories)} repositories with a matching image; {online} running node(s), all online "
             f"with the policies they need; ECR and S3 endpoints in {', '.join(sorted(observed.endpoints)) or '-'}\n"
         )
+        render_left_out(observed, out)
         return
     out.write(f"{head}: {len(findings)} finding(s)\n")
     for finding in findings:
         out.write(f"\n[{finding.check}] {finding.subject}\n  problem: {finding.problem}\n  do:      {finding.fix}\n")
+    render_left_out(observed, out)
     for what in observed.unreadable:
         out.write(f"\nnot checked: {what}\n")
+
+
+def render_left_out(observed: Observed, out: TextIO) -> None:
+    """Nodes carrying the node tag that this application leaves out (not a finding: nothing to fix), as Windows."""
+    groups: dict[str, list[Node]] = {}
+    for node in observed.nodes:
+        if node.left_out is not None:
+            groups.setdefault(node.left_out, []).append(node)
+    for why, nodes in groups.items():
+        out.write(f"  left out: {len(nodes)} node(s), {why}: {_names(nodes)}\n")
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 # --- Image references the document accepts (its `images` allowedPattern, and the script's own check) ------------
@@ -34,6 +35,13 @@ SCRIPT_REFERENCE_RE = (
     f"^({REGISTRY_PATTERN})/({REPOSITORY_PATH_PATTERN})"
     f"(:({REFERENCE_TAG_PATTERN})@{DIGEST_PATTERN}|@{DIGEST_PATTERN}|:{REFERENCE_TAG_PATTERN})$"
 )
+
+
+def push_time_ms(pushed_at: datetime) -> int:
+    """An image's push time as the document's pushedAt takes it: ms since the epoch (a naive time is UTC)."""
+    if pushed_at.tzinfo is None:
+        pushed_at = pushed_at.replace(tzinfo=UTC)
+    return int(pushed_at.timestamp() * 1000)
 
 
 def reference(registry: str, repository: str, digest: str, tag: str | None = None) -> str:
@@ -117,6 +125,24 @@ _TAG_RE = re.compile(REFERENCE_TAG_PATTERN)
 
 
 # --- Which managed nodes the document can serve at all ------------------------------------------------------------
+# EKS Auto Mode nodes are EC2 managed instances that EKS operates, and AWS allows neither SSH nor SSM on them: no
+# command reaches them. EC2 says so in the instance's Operator (Managed, by an EKS principal), and Auto Mode tags the
+# instances it launches eks:kubernetes-node-class-name and eks:kubernetes-node-pool-name (with eks:eks-cluster-name;
+# EKS user guide, "Learn about Amazon EKS Auto Mode Managed instances" and the Auto Mode cluster role's tag policy).
+AUTO_MODE_NODE = "EKS Auto Mode node: AWS allows no SSM on it, so no command can reach it"
+AUTO_MODE_TAG = "eks:kubernetes-node-class-name"
+
+
+def auto_mode_reason(instance: Mapping[str, Any]) -> str | None:
+    """AUTO_MODE_NODE for an EKS Auto Mode instance (DescribeInstances' description of it), else None."""
+    operator = instance.get("Operator") or {}
+    if operator.get("Managed") and "eks" in str(operator.get("Principal") or "").lower():
+        return AUTO_MODE_NODE
+    if any(tag.get("Key") == AUTO_MODE_TAG for tag in instance.get("Tags") or ()):
+        return AUTO_MODE_NODE
+    return None
+
+
 def unsupported_reason(info: Mapping[str, Any]) -> str | None:
     """Why a managed node cannot be served, from DescribeInstanceInformation; None when it can. The document's script
     needs a Linux host with containerd's socket and ctr: Windows has neither (the document's precondition keeps the
