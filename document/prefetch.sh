@@ -289,6 +289,12 @@ local_image() { # ref digest_var pinned_var
   printf -v "$3" %s "$_pinned"
 }
 
+last_line() { # var file [pattern]: the file's last line (of those matching pattern), cut to 160; "" when none
+  local _line=''
+  if [ -r "$2" ]; then _line=$(grep -a -- "${3:-}" "$2" 2>/dev/null | tail -n 1) || _line=''; fi
+  printf -v "$1" %s "${_line:0:160}"
+}
+
 ctr_error() { # the reason of a failed ctr call, from its stderr file $1 and exit code $2
   local line
   if [ "$2" -eq 124 ] || [ "$2" -eq 137 ]; then
@@ -339,7 +345,7 @@ ecr_credential() { # host region var -> 0, or 1 with login_error[host]
     return 1
   fi
   if ! _token=$(timeout -k 5 "$_t" aws ecr get-login-password --region "$2" 2>"$tmp/aws.err") || [ -z "$_token" ]; then
-    login_error[$1]="ECR login failed: $(tail -n 3 "$tmp/aws.err" | paste -sd " " -)"
+    login_error[$1]="ECR login failed: $(tail -n 3 "$tmp/aws.err" 2>/dev/null | paste -sd " " -)"
     return 1
   fi
   printf -v "$3" %s "$(printf 'AWS:%s' "$_token" | base64 -w0)"
@@ -592,7 +598,7 @@ release_stale() { # manifests a killed run left held, found only where its scrat
 # fetch_note says why this script's fetch is not used where the plan wants it.
 fetch_note='' fetch_source='' fetch_wanted=() ctr_local_pull=true plan_missing=0
 plan_fetch() { # host
-  local present i size source missing=() total=0 largest=0 best ours rest rest_total rest_largest n at_once
+  local present i size source missing=() total=0 largest=0 best ours rest rest_total rest_largest n at_once active
   local -a by_size=()
   fetch_note='' fetch_source='' fetch_wanted=() ctr_local_pull=true plan_missing=0
   [ "${#layer_digests[@]}" -gt 0 ] || return 0
@@ -652,6 +658,15 @@ plan_fetch() { # host
   all) fetch_wanted=("${missing[@]}") ctr_local_pull=true ;;
   smallest) for ((i = 0; i <= n - SSM_connections; i++)); do fetch_wanted+=("${by_size[i]##* }"); done ;;
   esac
+  # A layer containerd is already writing (a pull in progress, or the part a failed one left, which its next fetch
+  # resumes by a byte range) is left to containerd: this script's stream cannot resume it.
+  active=$(ctr_local content active 2>/dev/null) || active=''
+  if [[ "$active" == *layer-sha256:* ]]; then
+    local -a kept=()
+    for i in "${fetch_wanted[@]}"; do [[ "$active" == *"layer-${layer_digests[i]}"* ]] || kept+=("$i"); done
+    fetch_wanted=(${kept[@]+"${kept[@]}"})
+    [ "${#fetch_wanted[@]}" -gt 0 ] || return 0
+  fi
   curl_check
   if [ -n "$curl_problem" ]; then
     fetch_note="layers not fetched in parallel: $curl_problem"
@@ -684,12 +699,13 @@ bound_containerd() { # layers
 # layers' ingest refs, which containerd's own fetch of the same layer then waits for). 1 if it cannot start.
 fetch_parts='' fetch_curl='' fetch_ingests=()
 start_fetch() { # repo platform-digest t
-  local repo=$1 t=$3 i c n=0 start end size digest window=$SSM_connections
+  local repo=$1 t=$3 i c n=0 start end size digest window=$SSM_connections why
   fetch_ingests=()
-  protect_manifest "$2" "$tmp/platform-manifest" || {
-    fetch_note="layers not fetched in parallel: the manifest could not be held ($(tail -n 1 "$tmp/ingest.err"))"
+  if ! protect_manifest "$2" "$tmp/platform-manifest"; then
+    last_line why "$tmp/ingest.err"
+    fetch_note="layers not fetched in parallel: the manifest could not be held ($why)"
     return 1
-  }
+  fi
   release_stale
   if ! fetch_parts=$(mktemp -d "$config_root/.eks-image-prefetch-fetch.XXXXXX" 2>/dev/null); then
     fetch_note="layers not fetched in parallel: no scratch directory under $config_root"
@@ -710,7 +726,8 @@ start_fetch() { # repo platform-digest t
         # transfer at once (max-filesize: its length is more than a chunk's).
         [ "$size" -le "$chunk_bytes" ] || printf 'range = "%d-%d"\nmax-filesize = %d\n' "$start" "$end" "$chunk_bytes"
         printf 'fail\nlocation\nmax-redirs = 3\nproto = "=http,https"\nproto-redir = "=http,https"\n'
-        printf 'connect-timeout = 30\nspeed-limit = 1024\nspeed-time = 60\nretry = 2\n'
+        # No retry: a retried range rewrites its part from the start, under a stream already passed on.
+        printf 'connect-timeout = 30\nspeed-limit = 1024\nspeed-time = 60\n'
         cat "$tmp/curl.host"
       done
     done
@@ -727,7 +744,7 @@ start_fetch() { # repo platform-digest t
 
 # Waits for the fetch; the layers it could not bring are containerd's to fetch (fetch_left), and fetch_note says why.
 finish_fetch() { # host
-  local n rc=0 i present
+  local n rc=0 i present why
   wait "$fetch_curl" 2>/dev/null || rc=$?
   for n in "${!fetch_ingests[@]}"; do wait "${fetch_ingests[n]}" 2>/dev/null || true; done
   rm -rf "$fetch_parts"
@@ -740,22 +757,27 @@ finish_fetch() { # host
   if grep -q '(63)' "$tmp/curl.err" 2>/dev/null; then
     fetch_note="byte ranges failed: $1's registry answers them with whole blobs"
   else
-    fetch_note="parallel fetch failed ($(grep -a 'curl: ' "$tmp/curl.err" | tail -n 1 | cut -c1-120), curl exit $rc)"
+    last_line why "$tmp/curl.err" 'curl: '
+    [ -n "$why" ] || last_line why "$tmp/ingest.err"
+    fetch_note="parallel fetch failed (${why:-no error said}; curl exit $rc)"
   fi
   fetch_note+="; containerd fetched $fetch_left of ${#fetch_wanted[@]} layers"
 }
 fetch_left=0
 
 # One layer's ranges, in order, streamed as curl writes them (tail --pid ends with curl) into `ctr content ingest`,
-# which checks its size and digest. A range curl gave up on leaves the layer short: the ingest refuses it.
+# which checks its size and digest. A range curl gave up on ends the stream there, short: the ingest refuses it, and
+# what it wrote is a true start of the layer, which containerd's own fetch resumes.
 ingest_layer() { # index t
-  local i=$1 t=$2 size=${layer_sizes[$1]} digest=${layer_digests[$1]} c start want
+  local i=$1 t=$2 size=${layer_sizes[$1]} digest=${layer_digests[$1]} c start want have
   {
     for ((c = 0, start = 0; start < size; c++, start += chunk_bytes)); do
       want=$((size - start))
       [ "$want" -le "$chunk_bytes" ] || want=$chunk_bytes
       head -c "$want" < <(tail -c +1 -s 0.05 -F --pid="$fetch_curl" "$fetch_parts/$i.$c" 2>/dev/null)
+      have=$(stat -c %s "$fetch_parts/$i.$c" 2>/dev/null) || have=0
       rm -f "$fetch_parts/$i.$c"
+      [ "$have" -ge "$want" ] || exit 1
     done
   } | timeout -k 5 "$t" ctr -n "$NS" content ingest --expected-size "$size" --expected-digest "$digest" \
     "layer-$digest" >/dev/null 2>>"$tmp/ingest.err" || true

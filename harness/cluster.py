@@ -144,7 +144,10 @@ class Node:
 
     def execute(self, content: dict[str, Any], values: dict[str, str], command_id: str, timeout: float) -> Run:
         workdir = self.base / "ssm" / command_id
-        path = f"{self.base / 'bin'}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+        # The node's tools first, then its containerd release's (the script reads its config with `containerd config
+        # dump`), then the system's.
+        system_path = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        path = f"{self.base / 'bin'}:{self.containerd.env().get('PATH', system_path)}"
         extra = {"PATH": path, "PREFETCH_LOCK_FILE": str(self.base / "prefetch.lock")}
         try:
             return run_document(

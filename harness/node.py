@@ -144,9 +144,10 @@ def default_release() -> str:
 
 
 # Where a node keeps containerd's configuration and registry hosts (certs.d), and the registry config_path EKS's
-# AL2023 and AL2 configurations give the CRI. A harness containerd and the scripts run against it see their node's own
-# directories there: each runs in a mount namespace of its own with the node's directories bound over these paths
-# (`unshare -m`), so the script reads the config and certs.d exactly where a node has them, with no seam.
+# AL2023 and AL2 configurations give the CRI. The prefetch script runs in a mount namespace of its own with its node's
+# directories bound over these paths (`unshare -m`), so it reads the config and certs.d exactly where a node has them,
+# with no seam. The node's containerd runs in the harness's own namespace (the warm boot scripts' mounts must reach
+# it), from the same config but for config_path, which names the same directories by their real paths.
 NODE_ETC_DIRS = ("/etc/containerd", "/etc/docker")
 EKS_REGISTRY_CONFIG_PATH = "/etc/containerd/certs.d:/etc/docker/certs.d"
 # `ctr leases rm --sync` of a lease that holds nothing runs containerd's garbage collection now, synchronously.
@@ -178,10 +179,11 @@ class Containerd:
     """containerd with its own root, state and socket, CRI plugin on (kubelet's API; the script talks to it through
     ctr, the tests through both). ``release``: system, 1.7 or 2.x (see RELEASE_SUITES).
 
-    Its configuration is a node's: /etc/containerd/config.toml (in its mount namespace) gives the CRI's image settings
-    as EKS's AMIs do by default: the overlayfs snapshotter, unpacked layers' blobs discarded, registry hosts read from
-    /etc/containerd/certs.d then /etc/docker/certs.d (``hosts()`` writes them). ``snapshotter`` and
-    ``discard_unpacked_layers`` choose others."""
+    Its configuration is a node's: /etc/containerd/config.toml (as the prefetch script sees it: ``in_namespace``)
+    gives the CRI's image settings as EKS's AMIs do by default: the overlayfs snapshotter, unpacked layers' blobs
+    discarded, registry hosts read from /etc/containerd/certs.d then /etc/docker/certs.d (``hosts()`` writes them).
+    ``snapshotter`` and ``discard_unpacked_layers`` choose others. The daemon reads the same config, but for
+    config_path, which names those two directories by their paths on this machine (``daemon_config``)."""
 
     base: Path
     release: str = field(default_factory=default_release)
@@ -208,6 +210,11 @@ class Containerd:
         return self.etc_dirs["/etc/containerd"] / "config.toml"
 
     @property
+    def daemon_config(self) -> Path:
+        """The daemon's copy of the node's config: the same, but for config_path's directories, by their real paths."""
+        return self.base / "daemon-config.toml"
+
+    @property
     def certs_dir(self) -> Path:
         """/etc/containerd/certs.d, as this node's processes see it."""
         return self.etc_dirs["/etc/containerd"] / "certs.d"
@@ -230,7 +237,7 @@ class Containerd:
         match = re.search(r" v?(\d+\.\d+\.\d+)", out.stdout)
         return match.group(1) if match else out.stdout.strip()
 
-    def config_text(self, major: int) -> str:
+    def config_text(self, major: int, registry_config_path: str = EKS_REGISTRY_CONFIG_PATH) -> str:
         """Config version 2 (containerd 1.x) or 3 (2.x): the CRI's plugins were split and renamed in 2.0."""
         common = [
             f'root = "{self.root}"',
@@ -249,7 +256,7 @@ class Containerd:
             f'  snapshotter = "{self.snapshotter}"',
             f"  discard_unpacked_layers = {str(self.discard_unpacked_layers).lower()}",
         ]
-        registry = [f'  config_path = "{EKS_REGISTRY_CONFIG_PATH}"']
+        registry = [f'  config_path = "{registry_config_path}"']
         if major >= 2:
             lines = [
                 "version = 3",
@@ -279,18 +286,23 @@ class Containerd:
         for directory in self.etc_dirs.values():
             directory.mkdir(parents=True, exist_ok=True)
         self.certs_dir.mkdir(exist_ok=True)
-        self.config.write_text(self.config_text(int(self.version.split(".")[0])))
+        major = int(self.version.split(".")[0])
+        self.config.write_text(self.config_text(major))
+        real_paths = ":".join(
+            str(self.etc_dirs[root] / "certs.d")
+            for root in (path.rsplit("/certs.d", 1)[0] for path in EKS_REGISTRY_CONFIG_PATH.split(":"))
+        )
+        self.daemon_config.write_text(self.config_text(major, real_paths))
         self.proc = _spawn(
-            self.in_namespace(
-                [self.binary("containerd"), "--config", "/etc/containerd/config.toml", "--log-level", "warn"]
-            ),
+            [self.binary("containerd"), "--config", str(self.daemon_config), "--log-level", "warn"],
             self.base / "containerd.log",
         )
         _wait_for(self._ready, 30, "containerd socket", self.proc)
         return self
 
     def in_namespace(self, argv: list[str]) -> list[str]:
-        """argv as a process of this node: its /etc/containerd and /etc/docker where a node has them."""
+        """argv as a process of this node that reads its /etc: its /etc/containerd and /etc/docker where a node has
+        them (mounts it makes stay in its namespace)."""
         return in_node_namespace(self.etc_dirs, argv)
 
     def hosts(self, registry: str, text: str, root: str = "/etc/containerd") -> Path:
@@ -367,6 +379,19 @@ class Containerd:
         """containerd's garbage collection, now: what a pull left unreferenced is gone when this returns."""
         self.ctr("leases", "create", "--id", _GC_LEASE, check=False)
         self.ctr("leases", "rm", "--sync", _GC_LEASE)
+
+    def bytes_on_disk(self) -> dict[str, int]:
+        """What containerd's root holds now, as du counts it, without collecting garbage: its content store (blobs:
+        compressed layers, manifests, configs) and the CRI's snapshotter's directory (unpacked layers)."""
+        parts = {
+            "blobs": self.root / "io.containerd.content.v1.content",
+            "unpacked": self.root / f"io.containerd.snapshotter.v1.{self.snapshotter}",
+        }
+        sizes = {}
+        for name, path in parts.items():
+            out = subprocess.run(["du", "-s", "-B1", str(path)], capture_output=True, text=True, check=False)
+            sizes[name] = int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout else 0
+        return sizes
 
     def disk_bytes(self) -> int:
         """Bytes under containerd's root (content store, snapshots, metadata) once garbage is collected: what the
@@ -649,10 +674,13 @@ def run_document(
     timeout: float = 600,
     content: Mapping | None = None,
     on_start: Callable[[subprocess.Popen], None] | None = None,
+    node_etc: bool | None = None,
 ) -> Run:
     """Run the document's script like the agent: a file under the command's directory run by bash (its shebang's
-    shell), SSM_<param> in the environment (or pasted into the text), a minimal environment plus containerd's, on the
-    node (its /etc/containerd and /etc/docker: Containerd.in_namespace)."""
+    shell), SSM_<param> in the environment (or pasted into the text), a minimal environment plus containerd's. The
+    prefetch document's script (``node_etc``, by default: a document taking ``images``) sees the node's /etc/containerd
+    and /etc/docker (Containerd.in_namespace); others run as the harness does (the warm volume scripts' mounts must
+    reach the node's containerd)."""
     workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / "_script.sh"
     script.write_text(render_script(values, text_interpolation, content))
@@ -668,10 +696,15 @@ def run_document(
     # bash reads the file rather than the kernel exec'ing it: a child another thread forks while the file is being
     # written holds it open for writing until that child execs, and exec'ing it then fails "Text file busy".
     # Its own process group, so that a timeout (as the agent does) or the harness's shutdown ends all of it.
-    for directory in containerd.etc_dirs.values():
-        directory.mkdir(parents=True, exist_ok=True)
+    if node_etc is None:
+        node_etc = "images" in (content or document_content())["parameters"]
+    argv = [_tool("bash"), str(script)]
+    if node_etc:
+        for directory in containerd.etc_dirs.values():
+            directory.mkdir(parents=True, exist_ok=True)
+        argv = containerd.in_namespace(argv)
     proc = subprocess.Popen(
-        containerd.in_namespace([_tool("bash"), str(script)]),
+        argv,
         cwd=workdir,
         env=env,
         stdout=subprocess.PIPE,

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from eks_prefetch import node_contract
+from harness.cluster import CuttableProxy
 from harness.cri import Cri
 from harness.node import Containerd, Registry, Run, ThrottledProxy, build_image, run_document
 from tests.node.conftest import Image, Node
@@ -119,6 +120,10 @@ def test_the_image_is_unpacked_into_the_cris_snapshotter(
 
     before = registries.registry.blob_gets(layered.repo)
     with Cri(configured.address) as cri:
+        # kubelet's view of the image filesystem (ImageFsInfo, whose bytes the CRI refreshes every 10 s): the CRI's
+        # snapshotter, where the image was unpacked.
+        (filesystem,) = cri.image_filesystems()
+        assert filesystem.snapshotter == "native"
         cri.pull_image(layered.by_digest)
     assert registries.registry.blob_gets(layered.repo) == before
     assert configured.snapshots("native") == unpacked
@@ -288,3 +293,31 @@ def test_without_a_parallel_curl_containerd_fetches_and_the_record_says_so(
     assert record["status"] == "pulled"
     assert record["warning"] == "layers not fetched in parallel: curl 7.29 has no --parallel (7.66)"
     assert big.by_digest in node.containerd.images()
+
+
+def test_a_pull_cut_midway_is_pulled_whole_by_the_next_run(
+    node: Node, workdir: Path, lock_env: dict, big: Image
+) -> None:
+    """The registry goes away 1 MB into the layers: the run fails that image (unreachable), with its summary. The
+    part written stays in containerd's content store (as its own fetch leaves one): the next run leaves that layer to
+    containerd, which resumes it, and pulls the image whole."""
+    cut = CuttableProxy(node.registry.host)
+    cut.cut(1 << 20)
+    try:
+        failed = run_document(
+            workdir / "cut", node.containerd, {"images": f"{cut.address}/{big.repo}@{big.digest}"}, extra_env=lock_env
+        )
+        assert_well_formed(failed)
+        assert [(r["status"], r["reason"]) for r in failed.images] == [("failed", "unreachable")], failed.stdout
+    finally:
+        cut.close()
+    assert "layer-sha256:" in node.containerd.ctr("content", "active").stdout
+
+    back = ThrottledProxy(node.registry.host)
+    try:
+        ref = f"{back.host}/{big.repo}@{big.digest}"
+        (record,) = prefetch(node.containerd, workdir / "back", lock_env, ref).images
+        assert record["status"] == "pulled", record
+        assert ref in node.containerd.images()
+    finally:
+        back.close()
