@@ -52,11 +52,12 @@ sam-build: venv
 	PATH="$(SAM_PATH)" $(BIN)/sam build --parallel
 
 shellcheck: venv
-	shellcheck --shell=bash document/prefetch.sh document/unpin.sh document/warm_boot.sh
+	shellcheck --shell=bash document/prefetch.sh document/unpin.sh document/warm_boot.sh document/warm_prepare.sh \
+		document/warm_seal.sh
 
 # The SSM documents' content in template.yaml, from document/ (content.yaml and prefetch.sh; unpin.yaml and
-# unpin.sh) and the values the scripts share with the functions (eks_prefetch/node_contract.py). Commit the result:
-# `sam deploy` reads template.yaml.
+# unpin.sh; warm_prepare.yaml and warm_prepare.sh; warm_seal.yaml and warm_seal.sh) and the values the scripts share
+# with the functions (eks_prefetch/node_contract.py). Commit the result: `sam deploy` reads template.yaml.
 template: venv
 	PYTHONPATH=layers/prefetch $(PY) -m document.generate
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from bench.report import Row, Section, median, not_measured, ratio, verdict
 from harness.node import missing_prerequisites
-from harness.warm import WarmLoop, measure_boot, missing_block_tools
+from harness.warm import WarmLoop, measure_boot, measure_one_push_behind, missing_block_tools
 from harness.world import World
 
 REPOSITORY = "ml/trainer"
@@ -30,7 +30,11 @@ FIGURES = [
     "boot → images present, warm-booted node",
     "bytes pulled from the registry, warm-booted node",
     "build: builder pull, seal, snapshot copy",
+    "warm node, snapshot one push behind: bytes pulled / bytes of the changed layers",
+    "snapshot data / the images' unpacked size",
 ]
+# The push after the snapshot's: the same layers and one more.
+BEHIND_LAYER_MB = {True: 8.0, False: 20.0}
 
 
 def measure(section: Section, quick: bool) -> None:
@@ -54,6 +58,13 @@ def measure(section: Section, quick: bool) -> None:
             warm.append(measure_boot(world, loop, boot, snapshot))
             if not warm[-1]["images_present_at_boot"]:
                 raise RuntimeError(f"{boot.name} did not boot warm: {boot.line}")
+        # One push behind: v2 is v1's layers and one more; a node booted from v1's snapshot gets v2 first.
+        newer = world.push(REPOSITORY, "v2", [BEHIND_LAYER_MB[quick]], based_on="v1")
+        world.settle(60)
+        behind = measure_one_push_behind(world, loop, snapshot, newer)
+        usage = loop.usage(snapshot)
+        if behind["missing"]:
+            raise RuntimeError(f"{behind['node']} did not get {newer.repository}:v2: {behind['missing']}")
 
     warm_seconds = median([result["seconds_to_images"] for result in warm])
     cold_seconds = median([result["seconds_to_images"] for result in cold])
@@ -78,6 +89,29 @@ def measure(section: Section, quick: bool) -> None:
             verdict(warm_bytes == 0, f"{warm_bytes} bytes"),
         ),
         Row(FIGURES[2], f"{snapshot.build_seconds:.2f} s", verdict="(reported)"),
+        Row(
+            FIGURES[3],
+            f"{behind['pulled_per_changed_byte']:.3f}x ({behind['bytes_pulled'] / 1e6:.2f} MB pulled, "
+            f"{behind['changed_layer_bytes'] / 1e6:.2f} MB of changed layers; layers it had, downloaded again: "
+            f"{behind['unchanged_layers_downloaded']})",
+            f"{(size + BEHIND_LAYER_MB[quick]) / 1.0:.0f} MB (a cold node pulls the whole of v2)",
+            ratio(behind["bytes_pulled"], (size + BEHIND_LAYER_MB[quick]) * 1e6),
+            "≤ 1.05x",
+            verdict(
+                behind["pulled_per_changed_byte"] <= 1.05 and behind["unchanged_layers_downloaded"] == 0,
+                f"{behind['pulled_per_changed_byte']:.3f}x",
+            ),
+        ),
+        Row(
+            FIGURES[4],
+            f"{usage.per_unpacked_byte:.2f}x ({usage.data_bytes / 1e6:.1f} MB of blocks written beyond an empty "
+            f"volume, for {usage.unpacked_bytes / 1e6:.1f} MB of unpacked layers; the filesystem's own count: "
+            f"{usage.used_per_unpacked_byte:.2f}x, content store {usage.content_bytes / 1e6:.1f} MB)",
+            f"{usage.unpacked_bytes / 1e6:.1f} MB (the images' unpacked layers)",
+            "",
+            "≤ 1.05x",
+            verdict(usage.per_unpacked_byte is not None and usage.per_unpacked_byte <= 1.05, "see the note"),
+        ),
     ]
     section.notes.append(
         f"Method: `harness.warm.WarmLoop` (root, real containerd, loop devices), a {size:.0f} MB image of random "
@@ -89,4 +123,20 @@ def measure(section: Section, quick: bool) -> None:
         "(a local file copy stands in: on AWS the first reads of each block come from S3 unless "
         "`VolumeInitializationRate` or Fast Snapshot Restore is set, see docs/warm-volumes.md), ECR's bandwidth, "
         "and instance boot before user data runs."
+    )
+    section.notes.append(
+        f"One push behind: after the rounds, v2 is pushed (v1's layers and one new {BEHIND_LAYER_MB[quick]:.0f} MB "
+        "layer) and a node boots from v1's snapshot; the node-launch path sends it v2. Bytes: what its route to the "
+        "registry carried (the new layer, v2's manifest and config, HTTP headers) against the compressed size of the "
+        "layers v2 has and v1 has not (from the manifests); layers downloaded again: GETs of v1's layer blobs in the "
+        "registry's access log during that boot."
+    )
+    section.notes.append(
+        "Snapshot data: the sealed volume's blocks written (its file's allocated blocks, zeros aside) less those of "
+        "the same volume freshly formatted, against the size on disk of containerd's overlayfs snapshotter "
+        "directory (the images' unpacked layers); the filesystem's used blocks (statvfs) likewise, in parentheses. "
+        "Written blocks are what a first EBS snapshot stores: EBS has no TRIM, so a compressed layer blob written "
+        "during the pull and deleted after its unpacking (containerd's discard_unpacked_layers) is stored all the "
+        "same; only blobs never written to the data volume make the snapshot smaller (docs/warm-volumes.md, "
+        "'Snapshot size')."
     )

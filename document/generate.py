@@ -1,8 +1,10 @@
 """`make template`: writes the SSM documents' content into template.yaml, from document/ (PrefetchDocument:
 content.yaml, the document's parameters and step, and prefetch.sh, the node script; UnpinDocument: unpin.yaml and
-unpin.sh), with the values they share with the functions (eks_prefetch/node_contract.py) in place of their @NAME@
-placeholders; and the user-data scripts the template hands out as Outputs (WarmBootUserData: warm_boot.sh) and puts in
-launch templates' user data (WarmLaunchTemplate: warm_boot.sh as the text/x-shellscript part of a MIME multi-part).
+unpin.sh; the warm volume builder's documents: WarmPrepareDocument, warm_prepare.yaml and warm_prepare.sh,
+WarmPullDocument, PrefetchDocument's own content and script, and WarmSealDocument, warm_seal.yaml and warm_seal.sh),
+with the values they share with the functions (eks_prefetch/node_contract.py) in place of their @NAME@ placeholders;
+and the user-data scripts the template hands out as Outputs (WarmBootUserData: warm_boot.sh) and puts in launch
+templates' user data (WarmLaunchTemplate: warm_boot.sh as the text/x-shellscript part of a MIME multi-part).
 
 Only the text between each document's two marker lines changes; the rest of template.yaml stays byte for byte.
 template.yaml is committed as generated, so that `sam deploy` needs no extra step; a unit test fails when it differs
@@ -78,7 +80,12 @@ class LaunchTemplateUserData:
 
 PREFETCH = Document("PrefetchDocument", HERE / "content.yaml", HERE / "prefetch.sh")
 UNPIN = Document("UnpinDocument", HERE / "unpin.yaml", HERE / "unpin.sh")
-DOCUMENTS = (PREFETCH, UNPIN)
+WARM_PREPARE = Document("WarmPrepareDocument", HERE / "warm_prepare.yaml", HERE / "warm_prepare.sh")
+WARM_SEAL = Document("WarmSealDocument", HERE / "warm_seal.yaml", HERE / "warm_seal.sh")
+# The builder's pull: the node's document, under a name of its own, so that nothing that hears of PrefetchDocument's
+# commands (the status function's rule and sweep) ever counts the builder as a cluster node.
+WARM_PULL = Document("WarmPullDocument", HERE / "content.yaml", HERE / "prefetch.sh")
+DOCUMENTS = (PREFETCH, UNPIN, WARM_PREPARE, WARM_PULL, WARM_SEAL)
 WARM_BOOT = ScriptOutput("WarmBootUserData", HERE / "warm_boot.sh")
 SCRIPT_OUTPUTS = (WARM_BOOT,)
 WARM_LAUNCH_TEMPLATE = LaunchTemplateUserData("WarmLaunchTemplate", WARM_BOOT)

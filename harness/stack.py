@@ -237,8 +237,13 @@ class EventSource:
     target_arns: list[str] = field(default_factory=list)
 
 
+# Lambda's quota "Function environment variables" (4 KB, not adjustable).
+LAMBDA_ENVIRONMENT_LIMIT = 4096
+
+
 class StackRefusedError(RuntimeError):
-    """The stack's creation failed, as CloudFormation would fail it (a custom resource answered FAILED)."""
+    """The stack's creation failed, as CloudFormation would fail it (a custom resource answered FAILED, Lambda refused
+    a function's environment)."""
 
 
 class Stack:
@@ -285,6 +290,10 @@ class Stack:
             for logical_id, resource in list(pending.items()):
                 if "Condition" in resource and not self.resolver.condition(resource["Condition"]):
                     del pending[logical_id]
+                    continue
+                # As CloudFormation: not before what it depends on (a function waits for the configuration check).
+                depends_on = resource.get("DependsOn") or []
+                if any(name in pending for name in ([depends_on] if isinstance(depends_on, str) else depends_on)):
                     continue
                 try:
                     self._create(logical_id, resource)
@@ -441,6 +450,16 @@ class Stack:
             **((globals_.get("Environment") or {}).get("Variables") or {}),
             **((properties.get("Environment") or {}).get("Variables") or {}),
         }
+        # Lambda's refusal of an environment over 4 KB, measured as its message shows it ("String measured:" and the
+        # variables as compact JSON).
+        measured = json.dumps(
+            {key: str(value) for key, value in environment.items()}, separators=(",", ":"), ensure_ascii=False
+        )
+        if len(measured.encode()) > LAMBDA_ENVIRONMENT_LIMIT:
+            raise StackRefusedError(
+                f"{logical_id} failed: Lambda was unable to configure your environment variables because the "
+                f"environment variables you have provided exceeded the 4KB limit. String measured: {measured}"
+            )
         name = properties.get("FunctionName") or self._name(logical_id, 64)
         arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
         function = Function(

@@ -74,12 +74,17 @@ def resolve(value: Any, parameters: dict[str, Any]) -> Any:
 
 def parameter_values(**overrides: Any) -> dict[str, Any]:
     """The parameters as a deployment with these overrides gets them, checked as CloudFormation checks them (a test
-    cluster and repository for the required ones), and stand-ins named after the resources for their !Ref."""
+    cluster and repository for the required ones), and stand-ins named after the resources for their !Ref (and a
+    launch template's version numbers for its !GetAtt)."""
     given = {"ClusterName": "ml-prod", "RepositoryNames": "ml/trainer"}
     given.update({name: ",".join(v) if isinstance(v, list) else str(v) for name, v in overrides.items()})
     values = deployment_parameters(given)
-    for logical_id in template()["Resources"]:
+    for logical_id, resource_ in template()["Resources"].items():
         values.setdefault(logical_id, f"stand-in-{logical_id}")
+        # A number where a number is read: a created launch template's first version is 1 (its !GetAtt).
+        if resource_["Type"] == "AWS::EC2::LaunchTemplate":
+            for attribute in ("LatestVersionNumber", "DefaultVersionNumber"):
+                values.setdefault(f"{logical_id}.{attribute}", "1")
     return values
 
 
@@ -177,6 +182,8 @@ class Resolver:
     def get_att(self, logical_id: str, attribute: str) -> Any:
         if (logical_id, attribute) in self.attributes:
             return self.attributes[(logical_id, attribute)]
+        if f"{logical_id}.{attribute}" in self.parameters:  # a stand-in of parameter_values
+            return self.parameters[f"{logical_id}.{attribute}"]
         if logical_id in self.refs:
             # Created, but not emulated (alarms, topics...): a placeholder nothing here reads.
             return f"{self.refs[logical_id]}.{attribute}"

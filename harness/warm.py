@@ -9,9 +9,10 @@
   and starts the node's containerd), ``containerd`` (the node's release) and ``lsblk`` (EC2's block devices: the
   loop device is the one "Amazon Elastic Block Store" data volume), and an IMDSv2 double answers its AMI. The
   state machine's three commands run there for real: template.yaml's WarmPrepareDocument (discovers the volume,
-  formats, labels, copies the node's root onto it, mounts it, restarts containerd), the stack's PrefetchDocument,
-  and WarmSealDocument, with three local substitutions in the two builder scripts (their root, label and staging
-  assignments, and the IMDS endpoint: ``BuilderAgentView``). Snapshot, digest tags, launch template version, SSM
+  formats, labels, copies the node's root onto it, mounts it, restarts containerd), WarmPullDocument (the stack's
+  PrefetchDocument under the builder's own name), and WarmSealDocument, with three local substitutions in the two
+  builder scripts (their root, label and staging assignments, and the IMDS endpoint: ``BuilderAgentView``).
+  Snapshot, its tags, launch template version, SSM
   parameter and termination are the state machine's own calls; then the sealed volume's file is copied as the
   snapshot it created (keyed by its id).
 - **Boot**: a new World node whose containerd root is a copy of the snapshot file on its own loop device, mounted by
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import boto3
 
-from harness.cluster import Node
+from harness.cluster import Node, PushedImage
 from harness.cri import Cri
 from harness.node import PROJECT_ROOT, Containerd, missing_prerequisites
 from harness.stack import REGION
@@ -62,7 +63,9 @@ DIGEST_TAG_PREFIX = "eks-image-prefetch:digest:"
 IMDS = "http://169.254.169.254"
 BLOCK_TOOLS = ("losetup", "mkfs.xfs", "xfs_admin", "xfs_growfs", "blkid", "findmnt", "mount", "umount", "curl")
 BUILT_MIB = 320  # mkfs.xfs's minimum is 300 MB
-GROWN_MIB = 64  # the launch template's volume is larger than the builder's filesystem: the node grows it
+# The launch template's volume is larger than the builder's filesystem (the node grows it): twice the snapshot, and
+# this much more, so that later pushes fit under the prefetch's disk guard (which counts a whole image's bytes).
+GROWN_MIB = 64
 # The builder's volume holds each image twice (content and unpacked snapshot) under the document's disk limit (80 %).
 ROOM_PER_IMAGE_BYTE = 3
 
@@ -302,6 +305,83 @@ class Snapshot:
     build: str
     builder: str  # its instance id
     build_seconds: float
+    usage: VolumeUsage | None = None  # measured on demand (WarmLoop.usage)
+
+
+@dataclass(frozen=True)
+class VolumeUsage:
+    """What a sealed volume holds: as its filesystem counts it, and as its blocks were written (what an EBS snapshot
+    stores: EBS has no TRIM, so a block written and then freed, a layer blob deleted after its unpacking, is stored
+    all the same), each against an empty volume of its size, as the prepare step formats it."""
+
+    used_bytes: int  # the filesystem's used blocks (statvfs), metadata included
+    empty_used_bytes: int
+    written_bytes: int  # the volume file's allocated blocks: every block written, freed or not (zeros aside)
+    empty_written_bytes: int
+    unpacked_bytes: int  # the images' unpacked layers: containerd's snapshotter directory, on disk
+    content_bytes: int  # containerd's content store (compressed layer blobs, manifests, configs)
+
+    @property
+    def data_bytes(self) -> int:
+        """The blocks the build wrote: a first snapshot's data beyond an empty volume's."""
+        return self.written_bytes - self.empty_written_bytes
+
+    @property
+    def per_unpacked_byte(self) -> float | None:
+        return self.data_bytes / self.unpacked_bytes if self.unpacked_bytes else None
+
+    @property
+    def used_per_unpacked_byte(self) -> float | None:
+        """The filesystem's view: what the blocks in use take, freed ones not counted."""
+        return (self.used_bytes - self.empty_used_bytes) / self.unpacked_bytes if self.unpacked_bytes else None
+
+
+def volume_usage(path: Path, work: Path) -> VolumeUsage:
+    """Mount a sealed volume file read-only and measure it (VolumeUsage), against an empty one of its size."""
+    work.mkdir(parents=True, exist_ok=True)
+    formatted, empty = work / "formatted.img", LoopVolume(work / "empty.img")
+    with formatted.open("wb") as out:
+        out.truncate(path.stat().st_size)
+    _run("mkfs.xfs", "-q", "-f", str(formatted))
+    # Copied as the sealed volume was (holes where the blocks are zeros), so that both count alike.
+    _run("cp", "--sparse=always", str(formatted), str(empty.path))
+    formatted.unlink()
+    try:
+        empty_written = empty.path.stat().st_blocks * 512
+        empty_used, _, _ = _mounted_usage(empty, work / "empty")
+    finally:
+        empty.path.unlink()
+    written = path.stat().st_blocks * 512
+    used, unpacked, content = _mounted_usage(LoopVolume(path), work / "sealed")
+    return VolumeUsage(used, empty_used, written, empty_written, unpacked, content)
+
+
+def _mounted_usage(volume: LoopVolume, mountpoint: Path) -> tuple[int, int, int]:
+    """(used bytes, bytes under the overlayfs snapshotter, bytes under the content store) of the volume's filesystem."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    device = volume.attach()
+    try:
+        # nouuid: a copy of the volume may be mounted elsewhere (XFS refuses two mounts of one UUID).
+        _run("mount", "-o", "ro,nouuid", device, str(mountpoint))
+        try:
+            stats = os.statvfs(mountpoint)
+            used = (stats.f_blocks - stats.f_bfree) * stats.f_frsize
+            return (
+                used,
+                _du(mountpoint / "io.containerd.snapshotter.v1.overlayfs"),
+                _du(mountpoint / "io.containerd.content.v1.content"),
+            )
+        finally:
+            subprocess.run(["umount", str(mountpoint)], check=False, capture_output=True)
+    finally:
+        volume.detach()
+
+
+def _du(path: Path) -> int:
+    """Bytes of the blocks the files under ``path`` take (0 if there is no such directory)."""
+    if not path.exists():
+        return 0
+    return int(_run("du", "-s", "--block-size=1", str(path)).split()[0])
 
 
 @dataclass
@@ -446,7 +526,9 @@ class WarmLoop:
             name=name,
             input=json.dumps(
                 {
-                    "images": [{"repository": i.repository, "digest": i.digest} for i in images],
+                    "images": [
+                        {"repository": i.repository, "digest": i.digest, "reference": i.reference} for i in images
+                    ],
                     "documentParameters": parameters,
                 }
             ),
@@ -476,6 +558,12 @@ class WarmLoop:
         )
         self.snapshots[snapshot.snapshot_id] = snapshot
         return snapshot
+
+    def usage(self, snapshot: Snapshot) -> VolumeUsage:
+        """What the snapshot's volume holds (VolumeUsage), measured once."""
+        if snapshot.usage is None:
+            snapshot.usage = volume_usage(snapshot.path, self.base / f"usage-{snapshot.snapshot_id}")
+        return snapshot.usage
 
     def _wait(self, sfn: Any, execution: str, timeout: float = 1800) -> dict[str, Any]:
         """Run the World (the agent's events routed) until the execution ends."""
@@ -549,7 +637,7 @@ class WarmLoop:
         volume = LoopVolume(self.base / f"{name}.img")
         _run("cp", "--sparse=always", str(snapshot.path), str(volume.path))
         with volume.path.open("r+b") as out:
-            out.truncate(snapshot.path.stat().st_size + (GROWN_MIB << 20))
+            out.truncate(2 * snapshot.path.stat().st_size + (GROWN_MIB << 20))
         label = "ekpf" + secrets.token_hex(4)
         ami = self.world.node_image()["ImageId"]  # what its IMDS answers: the AMI World.launch runs
         _run("xfs_admin", "-L", label, "-U", "generate", str(volume.path))
@@ -655,21 +743,30 @@ def warm_scene(world: World, say: Say, tags: Mapping[str, str] | None = None) ->
     return results
 
 
-def measure_boot(world: World, loop: WarmLoop, boot: Boot, snapshot: Snapshot, timeout: float = 600) -> dict[str, Any]:
+def measure_boot(
+    world: World,
+    loop: WarmLoop,
+    boot: Boot,
+    snapshot: Snapshot,
+    timeout: float = 600,
+    images: Sequence[WarmImage] | None = None,
+) -> dict[str, Any]:
     """Run the World until the node's first prefetch is done: whether its images were present at boot, the seconds
-    from its launch until they were (CRI, by the pod's tag), and the bytes its route to the registry carried."""
+    from its launch until they were (CRI, by the pod's tag), and the bytes its route to the registry carried.
+    ``images``: the ones to wait for (default: the snapshot's; the newest ones for a snapshot behind them)."""
+    wanted = list(snapshot.images if images is None else images)
     # Asked before anything was sent to the node (its launch event waits in the node-launch queue until settle).
     reached = any(boot.instance_id in command.invocations for command in world.agent.commands.values())
-    at_boot = not reached and all(loop.present(boot.instance_id, snapshot.images).values())
+    at_boot = not reached and all(loop.present(boot.instance_id, wanted).values())
     ready: list[float] = [boot.booted_at] if at_boot else []
 
     def tick() -> None:
-        if not ready and all(loop.present(boot.instance_id, snapshot.images).values()):
+        if not ready and all(loop.present(boot.instance_id, wanted).values()):
             ready.append(time.monotonic())
 
     world.settle(timeout, tick=tick)
     tick()
-    present = loop.present(boot.instance_id, snapshot.images)
+    present = loop.present(boot.instance_id, wanted)
     proxy = world.instances[boot.instance_id].proxy
     return {
         "node": boot.name,
@@ -681,3 +778,46 @@ def measure_boot(world: World, loop: WarmLoop, boot: Boot, snapshot: Snapshot, t
         "missing": sorted(reference for reference, found in present.items() if not found),
         "boot": boot.line or "no warm volume",
     }
+
+
+def changed_layers(newer: PushedImage, older: PushedImage) -> dict[str, int]:
+    """The layers of ``newer`` (an image manifest) that ``older`` does not have: digest -> compressed size."""
+    held = {layer["digest"] for layer in json.loads(older.manifest).get("layers", [])}
+    return {
+        layer["digest"]: int(layer["size"])
+        for layer in json.loads(newer.manifest).get("layers", [])
+        if layer["digest"] not in held
+    }
+
+
+def measure_one_push_behind(world: World, loop: WarmLoop, snapshot: Snapshot, newer: PushedImage) -> dict[str, Any]:
+    """A node booted from ``snapshot`` (which holds the image before ``newer``, one push behind) whose first prefetch
+    is ``newer``: the bytes its route to the registry carried against the bytes of the layers ``newer`` changed, and
+    how many of the layers it already had were downloaded again (the registry's access log)."""
+    (older,) = [
+        pushed
+        for pushed in world.pushed
+        if pushed.repository == newer.repository and pushed.digest in {image.digest for image in snapshot.images}
+    ]
+    changed = changed_layers(newer, older)
+    kept = {layer["digest"] for layer in json.loads(older.manifest).get("layers", [])}
+    gets_before = _blob_gets(world, newer.repository, kept)
+    images, _parameters = loop.resolve([newer.repository])
+    if [image.digest for image in images] != [newer.digest]:
+        raise RuntimeError(f"{newer.repository}'s newest image is not {newer.digest}: {images}")
+    boot = loop.boot_warm(f"behind-{len(loop.boots) + 1}", snapshot.snapshot_id, proxy=True)
+    result = measure_boot(world, loop, boot, snapshot, images=images)
+    changed_bytes = sum(changed.values())
+    return {
+        **result,
+        "changed_layer_bytes": changed_bytes,
+        "pulled_per_changed_byte": result["bytes_pulled"] / changed_bytes if changed_bytes else None,
+        "unchanged_layers_downloaded": _blob_gets(world, newer.repository, kept) - gets_before,
+    }
+
+
+def _blob_gets(world: World, repository: str, digests: set[str]) -> int:
+    """How many GETs of these blobs of the repository the registry has served."""
+    assert world.registry is not None
+    paths = {f"/v2/{repository}/blobs/{digest}" for digest in digests}
+    return sum(1 for method, path in world.registry.requests() if method == "GET" and path in paths)

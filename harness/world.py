@@ -28,7 +28,7 @@ from harness.node import Containerd, missing_prerequisites
 from harness.routing import Delivery, Router, event_envelope
 from harness.stack import ACCOUNT, FAKE_CREDENTIALS, REGION, Stack
 from testing.environment import emulated_aws
-from testing.warm import inherit_source_version, sfn_aws_casing
+from testing.warm import delete_launch_template_versions, inherit_source_version, sfn_aws_casing
 
 
 @dataclass
@@ -58,7 +58,9 @@ class _MotoPatches:
     - aws-sdk:sfn's field casing: AWS takes and returns an aws-sdk integration's fields in PascalCase whatever the
       service's own casing; moto hands them to boto3 as written, and boto3's Step Functions fields are camelCase
       (the builder's one-build-at-a-time check). EC2's and SSM's fields are PascalCase in boto3 too.
-    - CreateLaunchTemplateVersion's SourceVersion, which moto ignores (testing.warm.inherit_source_version).
+    - CreateLaunchTemplateVersion's SourceVersion, which moto ignores (testing.warm.inherit_source_version), and
+      DeleteLaunchTemplateVersions, which moto lacks (testing.warm.delete_launch_template_versions: a failed
+      publication removes the version it created).
     """
 
     def __init__(self, world: World) -> None:
@@ -66,7 +68,7 @@ class _MotoPatches:
         self.saved: list[tuple[Any, str, Any]] = []
         self.local = threading.local()  # set while World.launch runs its own RunInstances
 
-    def setattr(self, owner: Any, name: str, value: Any) -> None:
+    def setattr(self, owner: Any, name: str, value: Any, raising: bool = True) -> None:
         self.saved.append((owner, name, owner.__dict__.get(name)))
         setattr(owner, name, value)
 
@@ -91,6 +93,7 @@ class _MotoPatches:
         self.setattr(EC2Backend, "run_instances", run_and_tell)
         sfn_aws_casing(self)
         inherit_source_version(self)
+        delete_launch_template_versions(self)
 
     def uninstall(self) -> None:
         while self.saved:

@@ -1,7 +1,8 @@
 """What a node's role needs for this application, and whether its policies grant it (for `make preflight`).
 
-A need is met by one of its managed policies attached to the role, or by the role's inline policies granting one of
-its sets of actions on their resources. Inline documents are read as IAM reads them, within what can be told
+A need is met by one of its managed policies attached to the role, or by the role's policies granting one of its sets
+of actions on their resources: inline or attached, AWS managed or the account's own, read together (a customer-managed
+policy that grants everything is no finding). Documents are read as IAM reads them, within what can be told
 offline: ``*`` and ``?`` wildcards, Action/NotAction, Resource/NotResource, and a Deny overriding an Allow. Conditions
 cannot be evaluated here (they depend on the request): an Allow with conditions counts as granting, a Deny with
 conditions as not denying, so that a condition never makes a finding of its own. Permission boundaries and SCPs are
@@ -136,13 +137,13 @@ def allowed(documents: Iterable[Mapping[str, Any]], action: str, resource: str) 
     return any(s.get("Effect") == "Allow" and _applies(s, action, resource) for s in statements)
 
 
-def unmet(need: Need, attached: Iterable[str], inline: Sequence[Mapping[str, Any]]) -> tuple[Grant, ...] | None:
-    """None if the role meets the need; else what its inline policies lack of the closest set of grants (empty
-    when the need has no inline equivalent to check)."""
+def unmet(need: Need, attached: Iterable[str], documents: Sequence[Mapping[str, Any]]) -> tuple[Grant, ...] | None:
+    """None if the role meets the need; else what its policies (``documents``: inline and attached) lack of the
+    closest set of grants (empty when the need has no equivalent in grants to check)."""
     names = {arn.rsplit("/", 1)[-1] if ":iam::aws:policy/" in arn else arn for arn in attached}
     if names.intersection(need.policies):
         return None
-    missing = [tuple(grant for grant in grants if not allowed(inline, *grant)) for grants in need.grants]
+    missing = [tuple(grant for grant in grants if not allowed(documents, *grant)) for grants in need.grants]
     if any(not lacking for lacking in missing):
         return None
     return min(missing, key=len) if missing else ()

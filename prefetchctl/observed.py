@@ -1,7 +1,7 @@
 """What ``make preflight`` reads of a deployed stack and its account: the stack's deployment, and an ``Observed``
-snapshot of the repositories, the tagged nodes and their SSM registration, their instance profiles' policies and
-their VPCs' endpoints, gathered with the ``aws`` adapters. A read the caller may not make is recorded as unreadable,
-and the rest is still read."""
+snapshot of the repositories, the tagged nodes (their tags and SSM registration), their instance profiles' policies
+and their VPCs' endpoints, gathered with the ``aws`` adapters. A read the caller may not make is recorded as
+unreadable, and the rest is still read."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 from eks_prefetch import aws
 from eks_prefetch.images import pick_newest
 from eks_prefetch.node_contract import auto_mode_reason
+from eks_prefetch.node_selectors import tags_of
 
 NODE_POLICY_OUTPUT = "NodeRolePolicyArn"
 LOG_GROUP_OUTPUT = "CommandOutputLogGroupName"
@@ -32,6 +33,7 @@ class Deployment:
     node_tag_value: str
     node_policy_arn: str | None
     log_group: str | None = None
+    node_selectors: str = ""  # RepositoryNodeSelectors, as given
 
     @property
     def partition(self) -> str:
@@ -56,6 +58,7 @@ class Deployment:
             node_tag_value=parameters.get("NodeTagValue") or cluster,
             node_policy_arn=outputs.get(NODE_POLICY_OUTPUT),
             log_group=outputs.get(LOG_GROUP_OUTPUT),
+            node_selectors=parameters.get("RepositoryNodeSelectors") or "",
         )
 
 
@@ -77,6 +80,7 @@ class Node:
     last_ping: datetime | None = None
     # Why this application leaves the node out whatever its agent does (an EKS Auto Mode node), or None.
     left_out: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -88,8 +92,15 @@ class Profile:
     arn: str
     exists: bool
     roles: tuple[str, ...] = ()
-    attached: frozenset[str] = frozenset()
+    attached: frozenset[str] = frozenset()  # the managed policies' ARNs
     inline: tuple[Mapping[str, Any], ...] = ()  # the roles' inline policy documents
+    attached_documents: tuple[Mapping[str, Any], ...] = ()  # the attached policies' default versions
+    unread: tuple[str, ...] = ()  # attached policies whose documents could not be read
+
+    @property
+    def documents(self) -> tuple[Mapping[str, Any], ...]:
+        """Every policy document of the roles that was read: what they grant together."""
+        return (*self.inline, *self.attached_documents)
 
 
 @dataclass
@@ -100,10 +111,28 @@ class Observed:
     profiles: dict[str, Profile] = field(default_factory=dict)
     endpoints: dict[str, frozenset[str]] = field(default_factory=dict)  # VPC id -> endpoint service names
     unreadable: list[str] = field(default_factory=list)  # what could not be checked, and why
+    nodes_read: bool = True  # False: the nodes could not be listed (none is known, not "none runs")
 
 
 def _denied(what: str, error: Exception) -> str:
     return f"{what}: {error}"
+
+
+def _attached_documents(arns: list[str], observed: Observed) -> tuple[list[Mapping[str, Any]], list[str]]:
+    """The documents of these managed policies (AWS's or the account's own), and those that could not be read."""
+    documents, unread = [], []
+    for arn in arns:
+        try:
+            document = aws.iam.policy_document(arn)
+        except aws.AWS_ERRORS as error:
+            observed.unreadable.append(
+                _denied(f"the document of policy {arn} (iam:GetPolicy, iam:GetPolicyVersion)", error)
+            )
+            unread.append(arn)
+            continue
+        if document is not None:
+            documents.append(document)
+    return documents, unread
 
 
 def observe(deployment: Deployment) -> Observed:
@@ -132,6 +161,7 @@ def observe(deployment: Deployment) -> Observed:
         }
     except aws.AWS_ERRORS as error:
         observed.unreadable.append(_denied("the nodes (ec2:DescribeInstances, ssm:DescribeInstanceInformation)", error))
+        observed.nodes_read = False
         return observed
     for instance in instances:
         info = managed.get(instance["InstanceId"])
@@ -144,6 +174,7 @@ def observe(deployment: Deployment) -> Observed:
                 ping_status=info.get("PingStatus") if info else None,
                 last_ping=info.get("LastPingDateTime") if info else None,
                 left_out=auto_mode_reason(instance),
+                tags=tags_of(instance),
             )
         )
 
@@ -155,9 +186,12 @@ def observe(deployment: Deployment) -> Observed:
             continue
         if policies is None:
             observed.profiles[arn] = Profile(arn, False)
-        else:
-            roles, attached, inline = policies
-            observed.profiles[arn] = Profile(arn, True, tuple(roles), frozenset(attached), tuple(inline))
+            continue
+        roles, attached, inline = policies
+        documents, unread = _attached_documents(sorted(attached), observed)
+        observed.profiles[arn] = Profile(
+            arn, True, tuple(roles), frozenset(attached), tuple(inline), tuple(documents), tuple(unread)
+        )
 
     for vpc_id in sorted({node.vpc_id for node in observed.nodes if node.vpc_id}):
         try:

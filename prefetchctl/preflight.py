@@ -2,9 +2,12 @@
 to do about it.
 
 - each watched repository exists and holds an image whose tag matches the filter;
+- each repository's node selector (``RepositoryNodeSelectors``) is one the functions accept and matches a running node
+  (each repository's count of matching nodes is printed);
 - the running instances carrying the node tag against what SSM reports online (nodes offline or never registered,
   and why when it can be told); EKS Auto Mode nodes, which allow no SSM, are named as left out, not as findings;
-- the nodes' instance profiles carry the policies they need, attached or as inline policies (``node_role``);
+- the nodes' instance profiles carry the policies they need, or policies (attached or inline, AWS managed or the
+  account's own) that grant the same (``node_role``);
 - the nodes' VPCs have the ECR and S3 endpoints, or else what one push costs in NAT data processing.
 
 Exit status: 0 ready, 1 findings, 2 the stack (or part of what is checked) cannot be read.
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from eks_prefetch import aws
+from eks_prefetch.node_selectors import Selector, SelectorError, matches, parse_node_selectors
 from prefetchctl.cli import stack_arguments
 from prefetchctl.node_role import SSM_CORE, Grant, Need, attach_commands, describe, node_needs, unmet
 from prefetchctl.observed import NODE_POLICY_OUTPUT, Deployment, Node, Observed, Profile, observe
@@ -34,7 +38,7 @@ NODES_NAMED = 10  # nodes named per finding; the rest are counted
 
 @dataclass(frozen=True)
 class Finding:
-    check: str  # repository | nodes | roles | network
+    check: str  # repository | selectors | nodes | roles | network
     subject: str
     problem: str
     fix: str
@@ -68,14 +72,78 @@ def check_repositories(observed: Observed) -> list[Finding]:
     return findings
 
 
+def _selectors(deployment: Deployment) -> tuple[dict[str, dict[str, tuple[str, ...]]], str | None]:
+    """The deployment's node selectors by repository (the functions' own parser), or why they cannot be used."""
+    try:
+        return parse_node_selectors(deployment.node_selectors, deployment.repositories, deployment.node_tag_key), None
+    except SelectorError as error:
+        return {}, str(error)
+
+
+def _condition(selector: Selector) -> str:
+    return ", ".join(f"{key}={'|'.join(values)}" for key, values in selector.items()) or "every node"
+
+
+def nodes_per_repository(observed: Observed) -> list[tuple[str, int, Selector]]:
+    """Each watched repository, the running nodes its selector matches (all of them without one; not those left out,
+    as EKS Auto Mode nodes), and its selector."""
+    selectors, _problem = _selectors(observed.deployment)
+    served = [node for node in observed.nodes if node.left_out is None]
+    return [
+        (name, sum(matches(selectors.get(name, {}), node.tags) for node in served), selectors.get(name, {}))
+        for name in observed.deployment.repositories
+    ]
+
+
+def _tags_seen(selector: Selector, nodes: Sequence[Node]) -> str:
+    """The values the running nodes have for the selector's keys (what a typo is told apart by)."""
+    seen = []
+    for key in selector:
+        values = sorted({node.tags[key] for node in nodes if key in node.tags})
+        if not values:
+            seen.append(f"no {key} tag")
+        else:
+            more = f" and {len(values) - NODES_NAMED} more" if len(values) > NODES_NAMED else ""
+            seen.append(f"{key}={'|'.join(values[:NODES_NAMED])}{more}")
+    return ", ".join(seen)
+
+
+def check_selectors(observed: Observed) -> list[Finding]:
+    problem = _selectors(observed.deployment)[1]
+    if problem:
+        return [
+            Finding(
+                "selectors",
+                "RepositoryNodeSelectors",
+                problem,
+                "correct it (sam deploy --parameter-overrides RepositoryNodeSelectors=...): the functions cannot load "
+                "their settings until then",
+            )
+        ]
+    if not observed.nodes:
+        return []  # no node carries the node tag (check_nodes says so), or they could not be read
+    return [
+        Finding(
+            "selectors",
+            name,
+            f"RepositoryNodeSelectors selects no running node of the cluster ({_condition(selector)}): its images are "
+            f"prefetched nowhere; the running nodes have {_tags_seen(selector, observed.nodes)}",
+            "correct the selector to the nodes' tags (sam deploy --parameter-overrides RepositoryNodeSelectors=...), "
+            f"or remove it to prefetch {name} on every node",
+        )
+        for name, count, selector in nodes_per_repository(observed)
+        if selector and count == 0
+    ]
+
+
 def _names(nodes: Sequence[Node]) -> str:
     named = ", ".join(node.label for node in nodes[:NODES_NAMED])
     return named + (f" and {len(nodes) - NODES_NAMED} more" if len(nodes) > NODES_NAMED else "")
 
 
 def _unmet_needs(profile: Profile, deployment: Deployment) -> dict[Need, tuple[Grant, ...]]:
-    """The needs the profile's roles meet neither by an attached policy nor inline, with what the inline policies
-    lack."""
+    """The needs the profile's roles meet neither by an attached policy nor by what their policies grant, with what
+    they lack."""
     needs = node_needs(
         partition=deployment.partition,
         region=deployment.region,
@@ -84,7 +152,7 @@ def _unmet_needs(profile: Profile, deployment: Deployment) -> dict[Need, tuple[G
         node_policy=(NODE_POLICY_OUTPUT, deployment.node_policy_arn) if deployment.node_policy_arn else None,
         log_group=deployment.log_group,
     )
-    found = {need: unmet(need, profile.attached, profile.inline) for need in needs}
+    found = {need: unmet(need, profile.attached, profile.documents) for need in needs}
     return {need: lacking for need, lacking in found.items() if lacking is not None}
 
 
@@ -119,15 +187,17 @@ def check_roles(observed: Observed) -> list[Finding]:
         if missing:
             problem = f"not attached: {', '.join(need.label for need in missing)}"
             lacking = describe(missing.values())
-            if profile.inline and lacking:
-                problem += f"; nor granted by its inline policies, which lack {lacking}"
+            if profile.documents and lacking:
+                problem += f"; nor granted by its other policies (attached and inline), which lack {lacking}"
+            if profile.unread:
+                problem += f"; not read: {', '.join(profile.unread)}, which may grant it"
             findings.append(
                 Finding(
                     "roles",
                     f"role {', '.join(profile.roles)} ({len(nodes)} node(s), profile {arn.rsplit('/', 1)[-1]})",
                     problem,
                     attach_commands(profile.roles, missing, deployment.partition)
-                    + " (or grant what is lacking in an inline policy of the role)",
+                    + " (or grant what is lacking in a policy of the role)",
                 )
             )
     return findings
@@ -142,7 +212,11 @@ def _agent_reason(node: Node, observed: Observed) -> str:
     if profile is not None and (not profile.exists or not profile.roles):
         return "its instance profile has no role"
     if profile is not None and any(need.label == SSM_CORE for need in _unmet_needs(profile, deployment)):
-        return f"its instance profile lacks SSM permissions ({SSM_CORE} is not attached to its role, nor inline)"
+        unread = f"; unless {', '.join(profile.unread)}, not read, grants it" if profile.unread else ""
+        return (
+            f"its instance profile lacks SSM permissions ({SSM_CORE} is not attached to its role, nor what it grants "
+            f"granted by its other policies{unread})"
+        )
     services = observed.endpoints.get(node.vpc_id or "")
     if services is not None:
         absent = [name for name in AGENT_ENDPOINTS if not _has_endpoint(services, name, deployment.region)]
@@ -157,6 +231,8 @@ def _agent_reason(node: Node, observed: Observed) -> str:
 def check_nodes(observed: Observed) -> list[Finding]:
     deployment = observed.deployment
     tag = f"{deployment.node_tag_key}={deployment.node_tag_value}"
+    if not observed.nodes_read:
+        return []  # listed as not checked
     if not observed.nodes:
         return [
             Finding(
@@ -240,6 +316,7 @@ def check_network(observed: Observed) -> list[Finding]:
 def findings_of(observed: Observed) -> list[Finding]:
     return [
         *check_repositories(observed),
+        *check_selectors(observed),
         *check_nodes(observed),
         *check_roles(observed),
         *check_network(observed),
@@ -255,17 +332,25 @@ def exit_code(findings: Sequence[Finding], unreadable: Sequence[str]) -> int:
 def render(observed: Observed, findings: Sequence[Finding], out: TextIO) -> None:
     deployment = observed.deployment
     head = f"preflight of stack {deployment.stack} (cluster {deployment.cluster}, {deployment.region})"
+    selected = (
+        ", ".join(
+            f"{name} {count} ({_condition(selector)})" for name, count, selector in nodes_per_repository(observed)
+        )
+        if observed.nodes_read
+        else "not known (the nodes could not be read: see below)"
+    )
     if not findings and not observed.unreadable:
         served = [node for node in observed.nodes if node.left_out is None]
         online = sum(node.ping_status == "Online" for node in served)
         out.write(
             f"{head}: ready\n"
+            f"  nodes per repository: {selected}\n"
             f"  {len(observed.repositories)} repositories with a matching image; {online} running node(s), all online "
             f"with the policies they need; ECR and S3 endpoints in {', '.join(sorted(observed.endpoints)) or '-'}\n"
         )
         render_left_out(observed, out)
         return
-    out.write(f"{head}: {len(findings)} finding(s)\n")
+    out.write(f"{head}: {len(findings)} finding(s)\n  nodes per repository: {selected}\n")
     for finding in findings:
         out.write(f"\n[{finding.check}] {finding.subject}\n  problem: {finding.problem}\n  do:      {finding.fix}\n")
     render_left_out(observed, out)

@@ -5,7 +5,9 @@
   planner's environment.
 - ``FastSnapshotRestores``: moto has no fast snapshot restore (Describe/DisableFastSnapshotRestores); the double
   keeps the state per snapshot and zone and answers both.
-- ``WarmStack.delete_launch_template_version``: moto has no DeleteLaunchTemplateVersions either.
+- ``delete_launch_template_versions``: moto has no DeleteLaunchTemplateVersions either (the builder's rollback and
+  the planner's pruning call it): the double deletes the versions as EC2 does (never the default one), and
+  DescribeLaunchTemplateVersions no longer lists them.
 - ``inherit_source_version``: moto's CreateLaunchTemplateVersion ignores SourceVersion; the double gives the new version
   the source's data, with the request's own top-level members in place of the source's, as EC2 documents it.
 """
@@ -19,7 +21,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import boto3
+from moto.core.responses import ActionResult
 from moto.ec2.models import ec2_backends
+from moto.ec2.models.launch_templates import LaunchTemplateBackend
 from moto.ec2.responses.launch_templates import LaunchTemplates
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk import (
     StateTaskServiceAwsSdk,
@@ -69,6 +73,7 @@ class WarmStack:
             "WARM_NODE_AMI": AMI_PARAMETER,
             "WARM_SNAPSHOT_PARAMETER": SNAPSHOT_PARAMETER,
             "WARM_LAUNCH_TEMPLATE_ID": self.launch_template,
+            "WARM_LAUNCH_TEMPLATE_VERSION": "1",
             "WARM_SNAPSHOTS_TO_KEEP": "2",
             "WARM_BUILD_DEBOUNCE_MINUTES": "180",
             "WARM_BUILD_MAX_SECONDS": "43200",
@@ -93,7 +98,8 @@ class WarmStack:
         ami = self.ssm.get_parameter(Name=AMI_PARAMETER)["Parameter"]["Value"]
         snapshot = self.snapshot(build=execution["name"])
         version = self.use_in_launch_template(snapshot)
-        self.publish(snapshot, ami, built["images"], launch_template_version=version, build=execution["name"])
+        held = [{"repository": image["repository"], "digest": image["digest"]} for image in built["images"]]
+        self.publish(snapshot, ami, held, launch_template_version=version, build=execution["name"])
         return snapshot
 
     def publish(
@@ -104,8 +110,10 @@ class WarmStack:
         *,
         launch_template_version: int = 2,
         build: str = "test",
+        stack_template_version: str = "1",
     ) -> None:
-        """What the builder's DescribePublished state writes (builtAt as Step Functions' EnteredTime: now)."""
+        """What the builder's DescribePublished state writes (builtAt as Step Functions' EnteredTime: now;
+        stackTemplateVersion: the launch template version CloudFormation had last written)."""
         value = {
             "snapshotId": snapshot,
             "amiId": ami,
@@ -113,6 +121,7 @@ class WarmStack:
             "containerdVersion": "1.7.27",
             "images": list(images),
             "launchTemplateVersion": launch_template_version,
+            "stackTemplateVersion": stack_template_version,
             "builtAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
             "build": build,
         }
@@ -141,19 +150,25 @@ class WarmStack:
         described = self.ec2.describe_snapshots(Filters=[{"Name": "tag-key", "Values": [SNAPSHOT_TAG]}])["Snapshots"]
         return {snapshot["SnapshotId"] for snapshot in described}
 
-    def use_in_launch_template(self, snapshot: str) -> int:
-        """A new launch template version whose data volume comes from the snapshot, as the builder publishes one."""
+    def use_in_launch_template(self, snapshot: str, *, default: bool = False, template: str | None = None) -> int:
+        """A new launch template version whose data volume comes from the snapshot, described as the builder describes
+        its own (``default``: made the default, as the builder does). ``template``: another launch template of the
+        account (a user's own, a node group's copy, Karpenter's), with no such description."""
         version = self.ec2.create_launch_template_version(
-            LaunchTemplateId=self.launch_template,
+            LaunchTemplateId=template or self.launch_template,
+            VersionDescription="" if template else f"warm snapshot {snapshot} of {self.amd64_ami}",
             LaunchTemplateData={"BlockDeviceMappings": [{"DeviceName": DEVICE, "Ebs": {"SnapshotId": snapshot}}]},
         )["LaunchTemplateVersion"]["VersionNumber"]
+        if default:
+            self.ec2.modify_launch_template(
+                LaunchTemplateId=template or self.launch_template, DefaultVersion=str(version)
+            )
         return int(version)
 
-    def delete_launch_template_version(self, version: int) -> None:
-        """moto has no DeleteLaunchTemplateVersions, and numbers versions by their place in a list: the version
-        stays in moto's backend but names nothing any more, which is what the planner reads of a deleted one."""
-        template = ec2_backends[ACCOUNT][REGION].launch_templates[self.launch_template]
-        template.get_version(version).data = {}
+    def launch_template_versions(self) -> set[int]:
+        """The numbers of WarmLaunchTemplate's versions EC2 lists."""
+        versions = self.ec2.describe_launch_template_versions(LaunchTemplateId=self.launch_template, MaxResults=200)
+        return {int(version["VersionNumber"]) for version in versions["LaunchTemplateVersions"]}
 
     # --- builders ---
 
@@ -252,3 +267,44 @@ def sfn_aws_casing(monkeypatch: Any) -> None:
 
     monkeypatch.setattr(StateTaskServiceAwsSdk, "_normalise_parameters", parameters)
     monkeypatch.setattr(StateTaskServiceAwsSdk, "_normalise_response", response)
+
+
+def delete_launch_template_versions(monkeypatch: Any) -> None:
+    """Double: DeleteLaunchTemplateVersions, which moto lacks. The default version is refused (EC2 never deletes it;
+    the code is the API's generic one), others are deleted: DescribeLaunchTemplateVersions lists them no more. moto
+    numbers versions by their place in a list, so a deleted one stays there, marked."""
+
+    def delete(self: LaunchTemplates) -> ActionResult:
+        template = self.ec2_backend.get_launch_template(self._get_param("LaunchTemplateId"))
+        deleted, refused = [], []
+        for number in self._get_param("Versions", []):
+            version = template.get_version(number)
+            entry = {
+                "LaunchTemplateId": template.id,
+                "LaunchTemplateName": template.name,
+                "VersionNumber": version.number,
+            }
+            if template.is_default(version) or getattr(version, "deleted", False):
+                code = "unexpectedError" if template.is_default(version) else "launchTemplateVersionDoesNotExist"
+                refused.append({**entry, "ResponseError": {"Code": code, "Message": "not deleted"}})
+            else:
+                version.deleted = True
+                deleted.append(entry)
+        return ActionResult(
+            {
+                "SuccessfullyDeletedLaunchTemplateVersions": deleted,
+                "UnsuccessfullyDeletedLaunchTemplateVersions": refused,
+            }
+        )
+
+    original = LaunchTemplateBackend.describe_launch_template_versions
+
+    def describe(self: LaunchTemplateBackend, *args: Any, **kwargs: Any) -> Any:
+        return [
+            (template, version)
+            for template, version in original(self, *args, **kwargs)
+            if not getattr(version, "deleted", False)
+        ]
+
+    monkeypatch.setattr(LaunchTemplates, "delete_launch_template_versions", delete, raising=False)
+    monkeypatch.setattr(LaunchTemplateBackend, "describe_launch_template_versions", describe)

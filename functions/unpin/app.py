@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field, ValidationError
 
 from eks_prefetch import aws
-from eks_prefetch.deploy.custom_resource import response_body
+from eks_prefetch.deploy.custom_resource import deliver, response_body
 from eks_prefetch.deploy.unpin import CustomResourceOutcome, UnpinTarget, on_custom_resource
 
 logger = Logger()
@@ -72,8 +72,6 @@ def _answer_malformed(event: Any) -> dict[str, Any]:
 
 
 def _deliver(url: str, body: dict[str, Any]) -> None:
-    try:
-        aws.stack.put_custom_resource_response(url, body)
-    except ConnectionError as error:
-        # Nothing else can be done: CloudFormation gives up after ServiceTimeout. The URL is pre-signed: not logged.
-        logger.error("custom resource response not delivered", extra={"error": str(error)[:300]})
+    failed = deliver(url, body)
+    if failed:
+        logger.error("custom resource response not delivered", extra={"error": failed})

@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from eks_prefetch import aws, tracing
 from eks_prefetch.events import EcrImageActionEvent, parse_or_drop
 from eks_prefetch.settings import PlannerSettings, load
-from eks_prefetch.warm.planner import PlannerEvent, note_push, run_schedule
+from eks_prefetch.warm.planner import BuildEndedEvent, PlannerEvent, end_build, note_push, run_schedule
 
 logger = Logger()
 metrics = Metrics()
@@ -35,6 +35,14 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         noted = note_push(parsed, settings, now)
         metrics.add_metric(name="WarmBuildsWanted", unit=MetricUnit.Count, value=int(noted.result == "push-noted"))
         return noted.as_dict()
+
+    if isinstance(parsed, BuildEndedEvent):
+        ended = end_build(parsed, settings)
+        if ended.result == "build-ended":
+            metrics.add_metric(
+                name="WarmBuildersLeftBehind", unit=MetricUnit.Count, value=len(ended.builders_terminated)
+            )
+        return ended.as_dict()
 
     outcome = run_schedule(parsed.trigger, settings, now)
     metrics.add_metric(name="WarmBuildsStarted", unit=MetricUnit.Count, value=int(outcome.result == "started"))

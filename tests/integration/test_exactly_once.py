@@ -8,6 +8,7 @@ that dies mid-call), and hostile output through the ``FakeInvocations`` double o
 from __future__ import annotations
 
 import json
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -281,6 +282,64 @@ def test_an_omitted_count_that_does_not_add_up_marks_nothing_held(fake, images, 
     assert "digest" not in (row(node, TRAINER) or {})
     assert "digest" not in (row(node, INFERENCE) or {})
     assert total(capsys.readouterr().out, "BadOutput", **C, Reason="SummaryMismatch") == 1
+
+
+def not_held_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.getMessage().startswith("omitted images not counted as held")]
+
+
+def test_omitted_images_are_not_held_beyond_what_the_summary_accounts_for(
+    fake, images, handler, lambda_context, caplog
+):
+    """Two images requested, no record, and a summary that adds up on its own terms (1 image, 1 pulled, 1 omitted):
+    it accounts for one image, not two, and which one is unknown: neither row is held, and the function says why."""
+    node = run_node()
+    trainer, inference = images[TRAINER], images[INFERENCE]
+    command_id = send([node], [ref(TRAINER, trainer), ref(INFERENCE, inference)])
+    fake.set(command_id, node, Answer("Success", "Success", summary_line(pulled=1, omitted=1), ENDED))
+
+    invoke(handler, lambda_context, status_event(command_id, node, "Success", DOCUMENT))
+
+    assert "digest" not in (row(node, TRAINER) or {})
+    assert "digest" not in (row(node, INFERENCE) or {})
+    (line,) = not_held_lines(caplog)
+    assert line.levelno == logging.WARNING
+    assert (line.command_id, line.instance_id, line.omitted, line.unreported) == (command_id, node, 1, 2)
+    assert "which ones is ambiguous; they count as missing until the node reports them" in line.getMessage()
+
+
+def test_omitted_images_are_held_when_the_summary_says_exactly_which(fake, images, handler, lambda_context, caplog):
+    """Three requested, one reported, two omitted of three: the two unreported are the omitted ones."""
+    node = run_node()
+    trainer, inference = images[TRAINER], images[INFERENCE]
+    older = push_image(TRAINER, "trainer-v0", tag="v0", pushed_at=at(-60))
+    command_id = send([node], [ref(TRAINER, trainer), ref(INFERENCE, inference), ref(TRAINER, older)])
+    stdout = image_line(ref(TRAINER, older), "cached", older) + "\n" + summary_line(pulled=2, cached=1, omitted=2)
+    fake.set(command_id, node, Answer("Success", "Success", stdout, ENDED))
+
+    invoke(handler, lambda_context, status_event(command_id, node, "Success", DOCUMENT))
+
+    assert (row(node, TRAINER)["digest"], row(node, TRAINER)["image_status"]) == (trainer, "held")
+    assert (row(node, INFERENCE)["digest"], row(node, INFERENCE)["image_status"]) == (inference, "held")
+    assert not_held_lines(caplog) == []
+
+
+def test_omitted_images_of_a_summary_about_other_images_are_not_held(fake, images, handler, lambda_context, caplog):
+    """Three requested, one reported, one omitted, but the summary counts two images: which unreported image it
+    omitted is ambiguous, so none is held."""
+    node = run_node()
+    trainer, inference = images[TRAINER], images[INFERENCE]
+    older = push_image(TRAINER, "trainer-v0", tag="v0", pushed_at=at(-60))
+    command_id = send([node], [ref(TRAINER, trainer), ref(INFERENCE, inference), ref(TRAINER, older)])
+    stdout = image_line(ref(TRAINER, older), "cached", older) + "\n" + summary_line(pulled=1, cached=1, omitted=1)
+    fake.set(command_id, node, Answer("Success", "Success", stdout, ENDED))
+
+    invoke(handler, lambda_context, status_event(command_id, node, "Success", DOCUMENT))
+
+    assert row(node, TRAINER)["digest"] == older  # what it did report
+    assert "digest" not in (row(node, INFERENCE) or {})
+    (line,) = not_held_lines(caplog)
+    assert (line.omitted, line.unreported, line.summary_images, line.requested) == (1, 2, 2, 3)
 
 
 # --- order ----------------------------------------------------------------------------------------------------------

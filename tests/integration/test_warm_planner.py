@@ -104,9 +104,10 @@ def test_the_first_tick_builds_with_the_newest_images_and_document_parameters(wa
     assert outcome["result"] == "started" and outcome["reason"] == "first"
     (execution,) = warm.executions("RUNNING")
     execution_input = warm.execution_input(execution)
+    # Each with the reference the pull is sent: the builder publishes an image only if the pull reports it held.
     assert execution_input["images"] == [
-        {"repository": TRAINER, "digest": trainer},
-        {"repository": INFERENCE, "digest": inference},
+        {"repository": TRAINER, "digest": trainer, "reference": f"{REGISTRY}/{TRAINER}:v2@{trainer}"},
+        {"repository": INFERENCE, "digest": inference, "reference": f"{REGISTRY}/{INFERENCE}:v1@{inference}"},
     ]
     # Exactly what every other path sends the document for these images.
     expected = document_parameters(NewestImages(load(PlannerSettings)).every_repository(), load(PlannerSettings))
@@ -199,6 +200,29 @@ def test_a_push_of_what_the_snapshot_holds_builds_nothing_and_is_no_longer_wante
     assert outcome["result"] == "unchanged" and outcome["reason"] == "push"
     assert not warm_state.read_state(load(PlannerSettings)).wanted
     assert len(warm.executions()) == 1
+
+
+def test_after_a_stack_update_of_the_launch_template_the_next_tick_rebuilds_the_same_images(
+    warm: WarmStack, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CloudFormation wrote a new version of WarmLaunchTemplate (a new warm boot part) and left the default on the
+    last build's: until a build bases a version on it, nodes launched from $Default run the old part and those from
+    $Latest boot cold. The images have not changed, yet the next tick builds."""
+    built(warm, clock)
+    clock.shift(DEBOUNCE)
+    assert run(TICK)["result"] == "unchanged"
+    monkeypatch.setenv("WARM_LAUNCH_TEMPLATE_VERSION", "3")  # the stack update's new environment
+    load.cache_clear()
+
+    outcome = run(TICK)
+
+    assert outcome["result"] == "started" and outcome["reason"] == "template"
+    (execution,) = warm.executions("RUNNING")
+    assert _images(warm, execution) == {i["repository"]: i["digest"] for i in warm.published()["images"]}
+    warm.finish(execution)
+    warm.publish(warm.published()["snapshotId"], warm.amd64_ami, warm.published()["images"], stack_template_version="3")
+    clock.shift(DEBOUNCE)
+    assert run(TICK)["result"] == "unchanged"
 
 
 def test_a_push_of_another_repository_is_not_noted(warm: WarmStack, clock: Any) -> None:

@@ -72,8 +72,8 @@ def test_the_shipped_policy_is_what_preflight_asks_of_an_inline_equivalent(aws_m
     ]
     without_find = [statement for sid, statement in statements.items() if sid != "FindCommandOutputLogGroup"]
 
-    assert unmet(need, attached=[], inline=[{"Statement": list(statements.values())}]) is None
-    assert unmet(need, attached=[arn], inline=[]) is None
-    assert unmet(need, attached=[], inline=[{"Statement": without_find}]) == (
+    assert unmet(need, attached=[], documents=[{"Statement": list(statements.values())}]) is None
+    assert unmet(need, attached=[arn], documents=[]) is None
+    assert unmet(need, attached=[], documents=[{"Statement": without_find}]) == (
         ("logs:DescribeLogGroups", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:*"),
     )

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto.iam.aws_managed_policies import aws_managed_policies_data
 from moto.iam.models import AWSManagedPolicy, iam_backends
 
+from eks_prefetch import aws
 from eks_prefetch.node_contract import AUTO_MODE_NODE, AUTO_MODE_TAG
 from prefetchctl import preflight
 from prefetchctl.node_role import SSM_CORE, allowed
@@ -75,8 +77,9 @@ class Cluster:
         self, count: int, profile: str | None = None, registered: str | None = "Online", tags: dict | None = None
     ) -> list[dict]:
         extra = {"IamInstanceProfile": {"Arn": profile or self.profile}} if profile != "" else {}
-        instance_tags = [{"Key": "eks:cluster-name", "Value": CLUSTER}]
-        instance_tags += [{"Key": key, "Value": value} for key, value in (tags or {}).items()]
+        node_tags = [{"Key": "eks:cluster-name", "Value": CLUSTER}] + [
+            {"Key": key, "Value": value} for key, value in (tags or {}).items()
+        ]
         # One at a time: moto gives the instance profile to the first instance of a multi-instance launch only.
         instances = [
             boto3.client("ec2").run_instances(
@@ -84,7 +87,7 @@ class Cluster:
                 MinCount=1,
                 MaxCount=1,
                 SubnetId=self.subnet,
-                TagSpecifications=[{"ResourceType": "instance", "Tags": instance_tags}],
+                TagSpecifications=[{"ResourceType": "instance", "Tags": node_tags}],
                 **extra,
             )["Instances"][0]
             for _ in range(count)
@@ -95,7 +98,7 @@ class Cluster:
         self.nodes.extend(instances)
         return instances
 
-    def deploy(self, repositories: str = "ml/trainer,ml/inference") -> None:
+    def deploy(self, repositories: str = "ml/trainer,ml/inference", selectors: str = "") -> None:
         self.stacks.exists(
             STACK,
             {"NodeRolePolicyArn": self.node_policy, "CommandOutputLogGroupName": LOG_GROUP, "UnpinDocumentName": "doc"},
@@ -104,6 +107,7 @@ class Cluster:
                 "RepositoryNames": repositories,
                 "NodeTagKey": "eks:cluster-name",
                 "NodeTagValue": "",
+                "RepositoryNodeSelectors": selectors,
             },
         )
 
@@ -176,6 +180,7 @@ def test_a_ready_deployment_exits_zero(cluster: Cluster) -> None:
     assert (code, err) == (0, ""), out
     assert out.splitlines() == [
         f"preflight of stack {STACK} (cluster {CLUSTER}, {REGION}): ready",
+        "  nodes per repository: ml/trainer 3 (every node), ml/inference 3 (every node)",
         f"  2 repositories with a matching image; 3 running node(s), all online with the policies they need; "
         f"ECR and S3 endpoints in {cluster.vpc}",
     ]
@@ -209,7 +214,7 @@ def test_each_seeded_finding_is_named_with_what_to_do(cluster: Cluster) -> None:
     never_node = f"{never[0]['PrivateDnsName']} ({never[0]['InstanceId']})"
     assert (
         "problem: SSM does not know these nodes (agent never registered): its instance profile lacks SSM permissions "
-        "(AmazonSSMManagedInstanceCore is not attached to its role, nor inline)"
+        "(AmazonSSMManagedInstanceCore is not attached to its role, nor what it grants granted by its other policies)"
     ) in blocks[f"[nodes] {never_node}"]
     # The role without the policies, with the commands that attach them.
     (role_block,) = [block for title, block in blocks.items() if title.startswith(f"[roles] role {bare_role} ")]
@@ -245,6 +250,7 @@ def test_eks_auto_mode_nodes_are_named_as_left_out_not_as_findings(cluster: Clus
     assert (code, err) == (0, ""), out
     assert out.splitlines() == [
         f"preflight of stack {STACK} (cluster {CLUSTER}, {REGION}): ready",
+        "  nodes per repository: ml/trainer 2 (every node), ml/inference 2 (every node)",
         f"  2 repositories with a matching image; 2 running node(s), all online with the policies they need; "
         f"ECR and S3 endpoints in {cluster.vpc}",
         f"  left out: 1 node(s), {AUTO_MODE_NODE}: {auto_mode['PrivateDnsName']} ({auto_mode['InstanceId']})",
@@ -360,8 +366,9 @@ def test_an_inline_policy_short_of_the_needs_is_a_finding_naming_what_it_lacks(c
     problem, fix = role.splitlines()[1:]
     assert problem == (
         "  problem: not attached: AmazonSSMManagedInstanceCore, AmazonEC2ContainerRegistryReadOnly, "
-        f"NodeRolePolicyArn ({cluster.node_policy}); nor granted by its inline policies, which lack "
-        "ssm:UpdateInstanceInformation, ssmmessages:CreateControlChannel, ssmmessages:OpenControlChannel on *; "
+        f"NodeRolePolicyArn ({cluster.node_policy}); nor granted by its other policies (attached and inline), "
+        "which lack ssm:UpdateInstanceInformation, ssmmessages:CreateControlChannel, "
+        "ssmmessages:OpenControlChannel on *; "
         f"ecr:BatchGetImage, ecr:GetDownloadUrlForLayer on arn:aws:ecr:{REGION}:{ACCOUNT}:repository/ml/inference; "
         f"logs:CreateLogStream, logs:DescribeLogStreams on {GROUP}{LOG_GROUP}:*; "
         f"logs:PutLogEvents on {GROUP}{LOG_GROUP}:log-stream:*; logs:DescribeLogGroups on {GROUP}*"
@@ -369,9 +376,7 @@ def test_an_inline_policy_short_of_the_needs_is_a_finding_naming_what_it_lacks(c
     assert fix.startswith(
         f"  do:      aws iam attach-role-policy --role-name short-nodes --policy-arn {AWS_POLICY}{SSM_CORE}; "
     )
-    assert fix.endswith(
-        f"--policy-arn {cluster.node_policy} (or grant what is lacking in an inline policy of the role)"
-    )
+    assert fix.endswith(f"--policy-arn {cluster.node_policy} (or grant what is lacking in a policy of the role)")
     # The node the role keeps from registering is told apart from one whose agent merely is not running.
     node_block = blocks[f"[nodes] {node['PrivateDnsName']} ({node['InstanceId']})"]
     assert "its instance profile lacks SSM permissions" in node_block
@@ -396,3 +401,184 @@ def test_how_an_inline_statement_is_read(statement: dict, granted: bool) -> None
     resource = "arn:aws:ecr:us-east-1:123456789012:repository/ml/trainer"
 
     assert allowed([{"Statement": [statement]}], "ecr:BatchGetImage", resource) is granted
+
+
+# --- attached policies, by what they grant ----------------------------------------------------------------------------
+
+
+def managed_role(name: str, *documents: dict, aws_policies: tuple[str, ...] = ()) -> str:
+    """A node role whose permissions come only from attached managed policies: these customer-managed ones (one
+    per document), and AWS managed ones by name; its instance profile's ARN."""
+    iam = boto3.client("iam")
+    arns = [f"{AWS_POLICY}{policy}" for policy in aws_policies]
+    for number, statements in enumerate(documents):
+        document = json.dumps({"Version": "2012-10-17", "Statement": statements})
+        arns.append(iam.create_policy(PolicyName=f"{name}-{number}", PolicyDocument=document)["Policy"]["Arn"])
+    profile, _role = node_role(name, arns)
+    return profile
+
+
+def test_a_customer_managed_policy_granting_what_nodes_need_is_no_finding(cluster: Cluster) -> None:
+    """The nodes are online and pulling: their role has no AWS managed policy and no inline one, but a policy of the
+    account's own that grants everything. That is no "not attached" finding (it was, exit 1)."""
+    profile = managed_role("platform-nodes", INLINE_GRANTS)
+    cluster.launch(2, profile=profile)
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3"))
+    cluster.deploy()
+
+    code, out, err = run()
+
+    assert (code, err) == (0, ""), out
+    assert out.splitlines()[0].endswith(": ready")
+
+
+def test_an_aws_managed_policy_not_named_here_counts_by_what_it_grants(cluster: Cluster) -> None:
+    """AdministratorAccess (not one of the policies the prerequisites name) grants all the nodes need."""
+    aws_managed_policies("AdministratorAccess")
+    profile = managed_role("admin-nodes", aws_policies=("AdministratorAccess",))
+    cluster.launch(1, profile=profile)
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3"))
+    cluster.deploy()
+
+    code, out, err = run()
+
+    assert (code, err) == (0, ""), out
+
+
+def test_attached_policies_short_of_the_needs_name_what_they_lack(cluster: Cluster) -> None:
+    """A customer-managed policy granting ECR pulls of one repository of two, and the output log: the finding names
+    the missing agent permissions and the other repository, not what the policy grants."""
+    profile = managed_role(
+        "narrow-nodes",
+        INLINE_GRANTS[1:2],
+        INLINE_GRANTS[3:],
+        [{**INLINE_GRANTS[2], "Resource": (f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/ml/trainer")}],
+    )
+    cluster.launch(1, profile=profile)
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3"))
+    cluster.deploy()
+
+    code, out, _err = run()
+
+    assert code == 1, out
+    blocks = {block.splitlines()[0]: block for block in out.split("\n\n")[1:]}
+    (role,) = [block for title, block in blocks.items() if title.startswith("[roles] role narrow-nodes ")]
+    problem = role.splitlines()[1]
+    assert problem == (
+        "  problem: not attached: AmazonSSMManagedInstanceCore, AmazonEC2ContainerRegistryReadOnly; nor granted by "
+        "its other policies (attached and inline), which lack ssm:UpdateInstanceInformation, "
+        "ssmmessages:CreateControlChannel, ssmmessages:OpenControlChannel on *; ecr:BatchGetImage, "
+        f"ecr:GetDownloadUrlForLayer on arn:aws:ecr:{REGION}:{ACCOUNT}:repository/ml/inference"
+    )
+
+
+def test_a_policy_whose_document_cannot_be_read_is_said_so(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Double: IAM denies GetPolicyVersion on one policy (moto allows everything). The finding cannot tell whether
+    that policy grants what is lacking, and says so; the run exits 2 (part of what is checked is unreadable)."""
+    profile = managed_role("hidden-nodes", INLINE_GRANTS)
+    (hidden,) = [
+        policy["PolicyArn"]
+        for policy in boto3.client("iam").list_attached_role_policies(RoleName="hidden-nodes")["AttachedPolicies"]
+    ]
+    reading = aws.iam.policy_document
+
+    def denied(arn: str, iam: object = None) -> object:
+        if arn == hidden:
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "not authorized"}}, "GetPolicyVersion")
+        return reading(arn, iam)
+
+    monkeypatch.setattr(aws.iam, "policy_document", denied)
+    (node,) = cluster.launch(1, profile=profile, registered=None)
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3"))
+    cluster.deploy()
+
+    code, out, _err = run()
+
+    assert code == 2, out
+    assert f"not checked: the document of policy {hidden} (iam:GetPolicy, iam:GetPolicyVersion): " in out
+    (role,) = [block for block in out.split("\n\n") if block.startswith("[roles] role hidden-nodes ")]
+    assert f"; not read: {hidden}, which may grant it" in role
+    (agent,) = [block for block in out.split("\n\n") if block.startswith(f"[nodes] {node['PrivateDnsName']}")]
+    assert f"granted by its other policies; unless {hidden}, not read, grants it)" in agent
+
+
+# --- node selectors -------------------------------------------------------------------------------------------------
+
+
+def test_each_repository_reports_the_nodes_its_selector_matches(cluster: Cluster) -> None:
+    cluster.launch(1, tags={"karpenter.sh/nodepool": "gpu-a"})
+    cluster.launch(2, tags={"karpenter.sh/nodepool": "cpu"})
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3"))
+    cluster.deploy(selectors=json.dumps({"ml/trainer": {"karpenter.sh/nodepool": ["gpu-a", "gpu-b"]}}))
+
+    code, out, err = run()
+
+    assert (code, err) == (0, ""), out
+    assert out.splitlines()[1] == (
+        "  nodes per repository: ml/trainer 1 (karpenter.sh/nodepool=gpu-a|gpu-b), ml/inference 3 (every node)"
+    )
+
+
+def test_a_selector_matching_no_running_node_is_a_finding(cluster: Cluster) -> None:
+    """A typo in a node pool's name: the deploy accepted it (any tag value may exist), and ml/trainer is then
+    prefetched nowhere. That was "ready", exit 0."""
+    cluster.launch(2, tags={"karpenter.sh/nodepool": "gpu-a"})
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3"))
+    cluster.deploy(selectors=json.dumps({"ml/trainer": {"karpenter.sh/nodepool": "gpu-A", "team": "ml"}}))
+
+    code, out, _err = run()
+
+    assert code == 1, out
+    assert out.splitlines()[:2] == [
+        f"preflight of stack {STACK} (cluster {CLUSTER}, {REGION}): 1 finding(s)",
+        "  nodes per repository: ml/trainer 0 (karpenter.sh/nodepool=gpu-A, team=ml), ml/inference 2 (every node)",
+    ]
+    (block,) = [block for block in out.split("\n\n") if block.startswith("[selectors] ml/trainer")]
+    problem, fix = block.splitlines()[1:]
+    assert problem == (
+        "  problem: RepositoryNodeSelectors selects no running node of the cluster (karpenter.sh/nodepool=gpu-A, "
+        "team=ml): its images are prefetched nowhere; the running nodes have karpenter.sh/nodepool=gpu-a, no team tag"
+    )
+    assert fix == (
+        "  do:      correct the selector to the nodes' tags (sam deploy --parameter-overrides "
+        "RepositoryNodeSelectors=...), or remove it to prefetch ml/trainer on every node"
+    )
+
+
+def test_a_selector_the_functions_refuse_is_a_finding(cluster: Cluster) -> None:
+    """A stack deployed before the deploy check refused it."""
+    cluster.launch(1)
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3"))
+    cluster.deploy(selectors=json.dumps({"ml/trainer": {"team+pool": "gpu"}}))
+
+    code, out, _err = run()
+
+    assert code == 1, out
+    (block,) = [block for block in out.split("\n\n") if block.startswith("[selectors] RepositoryNodeSelectors")]
+    assert "problem: RepositoryNodeSelectors['ml/trainer']: tag key 'team+pool' has '+'" in block
+    assert "do:      correct it (sam deploy --parameter-overrides RepositoryNodeSelectors=...)" in block
+
+
+def test_nodes_that_cannot_be_read_are_not_reported_as_absent(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Double: EC2 denies DescribeInstances (moto allows everything). Nothing is said of the nodes or the selectors'
+    counts but that they could not be read: not "no running instance carries the node tag"."""
+
+    def denied(*_args: object, **_kwargs: object) -> object:
+        raise ClientError(
+            {"Error": {"Code": "UnauthorizedOperation", "Message": "not authorized"}}, "DescribeInstances"
+        )
+
+    monkeypatch.setattr(aws.ec2, "running_instances", denied)
+    cluster.deploy(selectors=json.dumps({"ml/trainer": {"karpenter.sh/nodepool": "gpu"}}))
+
+    code, out, _err = run()
+
+    assert code == 2, out
+    assert out.splitlines()[:2] == [
+        f"preflight of stack {STACK} (cluster {CLUSTER}, {REGION}): 0 finding(s)",
+        "  nodes per repository: not known (the nodes could not be read: see below)",
+    ]
+    assert "[nodes]" not in out and "[selectors]" not in out
+    assert "not checked: the nodes (ec2:DescribeInstances, ssm:DescribeInstanceInformation): " in out

@@ -12,6 +12,7 @@ import pytest
 from eks_prefetch.deploy.unpin import UnpinTarget
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.node_contract import deadline_margin_seconds
+from eks_prefetch.node_selectors import target_key_problem
 from eks_prefetch.prefetch.commands import image_batches, send_command_request
 from eks_prefetch.settings import (
     EnvironmentSettings,
@@ -20,6 +21,7 @@ from eks_prefetch.settings import (
     PushSettings,
     StatusSettings,
 )
+from eks_prefetch.warm.uninstall import WarmUninstallSettings
 from harness import template as cfn
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
@@ -90,6 +92,7 @@ FUNCTION_SETTINGS: dict[str, type[EnvironmentSettings] | None] = {
     "StatusFunction": StatusSettings,
     "WarmPlannerFunction": PlannerSettings,
     "UnpinFunction": UnpinTarget,
+    "WarmUninstallFunction": WarmUninstallSettings,
     "ConfigCheckFunction": None,
 }
 # What every function reads (Powertools), in Globals or its own block.
@@ -219,3 +222,18 @@ def test_repository_names_are_checked_by_cloudformation_like_settings():
         assert re.fullmatch(pattern, good), good
     for bad in ["ML/trainer", "ml/trainer ", " ml", "ml//x", "a", "-x", "x" * 257]:
         assert not re.fullmatch(pattern, bad), bad
+
+
+def test_node_tag_key_pattern_admits_nothing_ssm_targets_refuse():
+    """NodeTagKey is every command's target key: CloudFormation refuses what SSM's Targets would (a '+', which EC2
+    tag keys may have), with the reason in its ConstraintDescription."""
+    spec = cfn.template()["Parameters"]["NodeTagKey"]
+    pattern = spec["AllowedPattern"]
+
+    admitted = [char for char in map(chr, range(32, 127)) if re.fullmatch(pattern, f"a{char}")]
+    assert [char for char in admitted if target_key_problem(f"a{char}")] == []
+    for key in ["eks:cluster-name", "eks:eks-cluster-name", "kubernetes.io/cluster/ml-prod", "x" * 128]:
+        assert re.fullmatch(pattern, key), key
+    for key in ["eks+cluster-name", "", "x" * 129]:
+        assert not re.fullmatch(pattern, key), key
+    assert "SSM Run Command's Targets refuse '+'" in " ".join(spec["ConstraintDescription"].split())

@@ -14,7 +14,15 @@ from pydantic import ValidationError
 from eks_prefetch.events import EcrImageActionEvent
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.settings import PlannerSettings
-from eks_prefetch.warm.planner import Ami, Plan, PlannerEvent, PlannerSchedule, build_reason, platforms
+from eks_prefetch.warm.planner import (
+    Ami,
+    Plan,
+    PlannerEvent,
+    PlannerSchedule,
+    build_reason,
+    fitting_the_parameter,
+    platforms,
+)
 from eks_prefetch.warm.state import WarmState
 from harness import template as cfn
 from testing.environment import DEPLOYMENT_ENV
@@ -33,8 +41,11 @@ SETTINGS = PlannerSettings.from_env(
         "WARM_SNAPSHOT_PARAMETER": "/eks-image-prefetch/eks-image-prefetch/warm-snapshot",
         "WARM_LAUNCH_TEMPLATE_ID": "lt-0123456789abcdef0",
         "WARM_BUILD_DEBOUNCE_MINUTES": "180",
+        "WARM_LAUNCH_TEMPLATE_VERSION": "3",
     }
 )
+# Published after the stack's last update of the launch template (version 3): its builder based on it.
+CURRENT = {**PUBLISHED, "stackTemplateVersion": "3"}
 
 
 def _state(
@@ -62,6 +73,13 @@ def _state(
         ("tick", _state(started=10, ami=AMI.id), {**PUBLISHED, "amiId": "ami-old"}, None),  # this AMI's build: wait
         ("tick", _state(started=180, ami=AMI.id), {**PUBLISHED, "amiId": "ami-old"}, "ami"),  # it failed: retry
         ("daily", _state(started=10), PUBLISHED, "daily"),
+        # A stack update wrote a new version of the launch template (a new warm boot part): rebuild, so that the
+        # published version carries it; once per window if it fails.
+        ("tick", _state(started=200), {**PUBLISHED, "stackTemplateVersion": "1"}, "template"),
+        ("tick", _state(started=10), {**PUBLISHED, "stackTemplateVersion": "1"}, None),
+        ("tick", _state(started=200), CURRENT, None),
+        # Published before the parameter said which: no rebuild for it (the builder counts it as no update too).
+        ("tick", _state(started=200), PUBLISHED, None),
     ],
 )
 def test_build_reason(trigger: str, state: WarmState, published: dict[str, object], reason: str | None) -> None:
@@ -93,6 +111,29 @@ def test_a_plan_is_the_same_only_with_the_same_ami_and_digests() -> None:
     assert not plan.same_as({**PUBLISHED, "amiId": "ami-other"})
     assert not plan.same_as({**PUBLISHED, "images": [{"repository": "ml/trainer", "digest": "sha256:b"}]})
     assert not plan.same_as({})
+
+
+def test_a_plan_is_cut_to_what_the_published_parameter_holds() -> None:
+    """The parameter (an advanced one: 8 KB) lists every image the snapshot holds: a plan of 50 images with 200-
+    character repository names would not fit, and every build would fail at publication."""
+    images = tuple(_image(f"team-{n:02d}/" + "x" * 192, f"sha256:{n:064x}") for n in range(50))
+
+    kept = fitting_the_parameter(images)
+
+    assert 0 < len(kept) < len(images) and kept == images[: len(kept)]
+    published = {
+        "snapshotId": "snap-0123456789abcdef0",
+        "amiId": AMI.id,
+        "architecture": "x86_64",
+        "containerdVersion": "2.1.9",
+        "launchTemplateVersion": 1234,
+        "stackTemplateVersion": "1234",
+        "builtAt": "2026-11-02T12:00:00.000Z",
+        "build": "b" * 80,
+        "images": [{"repository": i.repository, "digest": i.digest} for i in kept],
+    }
+    assert len(json.dumps(published, separators=(",", ":")).encode()) <= 8192
+    assert fitting_the_parameter(images[:3]) == images[:3]
 
 
 def test_the_template_schedules_inputs_parse() -> None:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import email
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from document import generate
 from eks_prefetch.settings import PlannerSettings
 from harness import template as cfn
 
@@ -38,6 +37,37 @@ def _actions(resource: dict[str, Any]) -> list[str]:
     properties = resource.get("Properties", {})
     text = json.dumps([properties.get("Policies"), properties.get("PolicyDocument")])
     return re.findall(r"\b[a-z0-9-]+:[A-Za-z*]+(?=\\?\")", text)
+
+
+# EBS caps the provisioned initialization rate per Region, summed over the volumes initializing at once; a creation
+# over the cap fails (EBS user guide, "Initialize Amazon EBS volumes", Quotas).
+REGIONAL_INITIALIZATION_MIB_PER_SECOND = 5000
+# Launches at once the default must let through (a Karpenter scale-out of 50 GPU nodes).
+BURST = 50
+
+
+def test_with_the_default_rate_a_burst_of_fifty_launches_fits_the_regional_quota() -> None:
+    parameter = cfn.template()["Parameters"]["WarmVolumeInitializationRate"]
+    rate = int(parameter["Default"])
+    assert rate == 0 or BURST * rate <= REGIONAL_INITIALIZATION_MIB_PER_SECOND
+    # The description gives the arithmetic: launches at once = 5,000 / rate, and what 0 (no rate) means.
+    description = " ".join(parameter["Description"].split())
+    assert "5,000 MiB/s" in description and "5,000 / rate" in description and "0:" in description
+
+
+@pytest.mark.parametrize(
+    ("value", "allowed"), [("0", True), ("100", True), ("300", True), ("50", False), ("301", False)]
+)
+def test_the_rate_is_none_or_what_ebs_accepts(value: str, allowed: bool) -> None:
+    """0: no provisioned rate (the volume loads lazily, or with FSR where zones are named); else 100-300 MiB/s."""
+    parameter = cfn.template()["Parameters"]["WarmVolumeInitializationRate"]
+    assert bool(re.fullmatch(parameter["AllowedPattern"], value)) is allowed
+
+
+def test_the_dashboard_shows_how_close_a_burst_came_to_the_regional_quota() -> None:
+    dashboard = json.dumps(_resources("true")["PrefetchDashboard"]["Properties"]["DashboardBody"])
+    assert "${WarmVolumeInitializationRate}" in dashboard
+    assert str(REGIONAL_INITIALIZATION_MIB_PER_SECOND) in dashboard
 
 
 def test_warm_volumes_default_off() -> None:
@@ -66,7 +96,8 @@ def test_off_there_is_no_builder_and_no_ec2_write_permission() -> None:
 def test_every_warm_resource_and_output_is_under_the_condition() -> None:
     template = cfn.template()
     warm = [logical_id for logical_id in template["Resources"] if logical_id.startswith("Warm")]
-    assert len(warm) == 12  # with WarmBuildFailuresAlarm and WarmBuildersLeftBehindAlarm
+    # With WarmPullDocument, WarmBuildFailuresAlarm, WarmBuildersLeftBehindAlarm and the uninstall's three.
+    assert len(warm) == 16
     assert all(template["Resources"][logical_id].get("Condition") == "WarmVolumes" for logical_id in warm)
     outputs = [name for name in template["Outputs"] if name.startswith("Warm")]
     assert outputs and all(template["Outputs"][name].get("Condition") == "WarmVolumes" for name in outputs)
@@ -87,6 +118,14 @@ def test_on_the_builder_exists_with_ec2_writes_scoped() -> None:
             assert "ec2:ResourceTag/" in json.dumps(statement["Condition"])
 
 
+def test_the_builder_cannot_send_the_clusters_document() -> None:
+    """Its pull is WarmPullDocument's: the cluster's PrefetchDocument (whose commands the status function counts) is
+    not among the documents its role may send."""
+    statements = cfn.resource("WarmVolumeBuilder")["Properties"]["Policies"][0]["Statement"]
+    (documents,) = [s["Resource"] for s in statements if s["Sid"] == "RunBuilderSteps"]
+    assert "PrefetchDocument" not in json.dumps(documents) and "WarmPullDocument" in json.dumps(documents)
+
+
 def test_the_definition_gets_every_substitution_it_names() -> None:
     named = set(re.findall(r"\$\{(\w+)\}", DEFINITION.read_text()))
     given = set(cfn.resource("WarmVolumeBuilder")["Properties"]["DefinitionSubstitutions"])
@@ -102,17 +141,22 @@ def test_the_builder_subnet_is_required_only_with_warm_volumes(subnet: str) -> N
 
 
 @pytest.mark.parametrize("document", ["WarmPrepareDocument", "WarmSealDocument"])
-def test_the_builder_scripts_pass_shellcheck(document: str, tmp_path: Path) -> None:
-    shellcheck = shutil.which("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck is not installed (make system-deps)")
+def test_the_builder_documents_are_generated_from_their_files(document: str) -> None:
+    """Fixed scripts (nothing to interpolate) generated from document/ like the node's: the Makefile's shellcheck line
+    checks those files."""
+    (source,) = [d for d in generate.DOCUMENTS if d.resource == document]
     content = cfn.resource(document)["Properties"]["Content"]
-    assert "parameters" not in content  # fixed scripts: nothing to interpolate
+    assert "parameters" not in content
     ((script,),) = [step["inputs"]["runCommand"] for step in content["mainSteps"]]
-    path = tmp_path / f"{document}.sh"
-    path.write_text(script)
-    result = subprocess.run([shellcheck, "--shell=bash", str(path)], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stdout
+    assert script == source.script.read_text()
+
+
+def test_every_script_of_document_is_shellchecked() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile[makefile.index("\nshellcheck:") :].split("\n\n", 1)[0].replace("\\\n", " ")
+    checked = set(re.findall(r"document/[\w.]+\.sh", recipe))
+    assert checked == {f"document/{path.name}" for path in (ROOT / "document").glob("*.sh")}
+    assert "--shell=bash" in recipe
 
 
 # --- the planner (WarmPlannerFunction) -----------------------------------------------------------------------------
@@ -135,6 +179,12 @@ def test_on_the_planner_exists_with_its_triggers() -> None:
     assert events["Tick"]["Properties"]["Schedule"] == "rate(15 minutes)"
     assert json.loads(events["Tick"]["Properties"]["Input"]) == {"trigger": "tick"}
     assert json.loads(events["Daily"]["Properties"]["Input"]) == {"trigger": "daily"}
+    ended = events["BuildEnded"]["Properties"]["Pattern"]
+    assert ended["detail"] == {
+        "stateMachineArn": [{"Ref": "WarmVolumeBuilder"}],
+        "status": ["FAILED", "TIMED_OUT", "ABORTED"],
+    }
+    assert ended["detail-type"] == ["Step Functions Execution Status Change"]
     push = events["PushWanted"]["Properties"]["Pattern"]
     assert push["detail"]["action-type"] == ["PUSH"] and push["detail"]["result"] == ["SUCCESS"]
     # The debounce cannot be finer than the tick that applies it.
@@ -145,7 +195,10 @@ def test_the_planner_policy_is_scoped() -> None:
     for statement in _statements("WarmPlannerFunction"):
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         if statement["Resource"] == "*":
-            assert all(action.startswith("ec2:Describe") for action in actions), statement
+            assert all(action.startswith(("ec2:Describe", "autoscaling:Describe")) for action in actions), statement
+        if "ec2:DeleteLaunchTemplateVersions" in actions:
+            # The stack's own launch template only: retention prunes its old versions, never another template's.
+            assert "launch-template/${WarmLaunchTemplate}" in json.dumps(statement["Resource"])
         if {"ec2:TerminateInstances"} & set(actions):
             assert "ec2:ResourceTag/eks-image-prefetch:warm-builder" in json.dumps(statement["Condition"])
         if {"ec2:DeleteSnapshot", "ec2:DisableFastSnapshotRestores"} & set(actions):
@@ -160,7 +213,14 @@ def test_the_planner_policy_is_scoped() -> None:
         for action in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
         if action.startswith("ec2:") and not action.startswith("ec2:Describe")
     }
-    assert writes == {"ec2:TerminateInstances", "ec2:DeleteSnapshot", "ec2:DisableFastSnapshotRestores"}
+    assert writes == {
+        "ec2:TerminateInstances",
+        "ec2:DeleteSnapshot",
+        "ec2:DisableFastSnapshotRestores",
+        "ec2:DeleteLaunchTemplateVersions",
+    }
+    described = json.dumps(_statements("WarmPlannerFunction"))
+    assert "ec2:DescribeLaunchTemplates" in described and "autoscaling:DescribeAutoScalingGroups" in described
 
 
 def test_the_planner_environment_is_valid_settings() -> None:
@@ -205,13 +265,17 @@ def test_the_launch_template_carries_the_warm_boot_part_as_mime_multipart() -> N
     assert len(data["UserData"]["Fn::Base64"].encode()) <= 16 * 1024  # EC2's limit before base64
 
 
-def test_each_build_bases_its_version_on_the_default_one() -> None:
+def test_each_build_bases_its_version_on_the_default_one_or_after_a_stack_update_on_the_stacks() -> None:
     states = json.loads(DEFINITION.read_text())["States"]
     read = states["ReadDefaultLaunchTemplateVersion"]
 
     assert read["Parameters"] == {"LaunchTemplateId": "${LaunchTemplateId}", "Versions": ["$Default"]}
-    assert read["Next"] == "RateOrFastSnapshotRestore"
-    creates = ["CreateLaunchTemplateVersion", "CreateLaunchTemplateVersionForFastSnapshotRestore"]
+    assert read["Next"] == "StackUpdatedTheTemplate"
+    assert states["SourceIsTheDefault"]["Parameters"] == {"version.$": "$.previousDefault.version"}
+    assert states["SourceIsTheStacksVersion"]["Parameters"] == {"version.$": "$.config.stackTemplateVersion"}
+    substitutions = cfn.resource("WarmVolumeBuilder")["Properties"]["DefinitionSubstitutions"]
+    assert substitutions["StackLaunchTemplateVersion"] == {"Fn::GetAtt": ["WarmLaunchTemplate", "LatestVersionNumber"]}
+    creates = ["CreateLaunchTemplateVersion", "CreateLaunchTemplateVersionWithoutRate"]
     for create in creates:
         assert states[create]["Parameters"]["SourceVersion.$"] == "$.sourceVersion.version"
     transitions = {
@@ -221,3 +285,40 @@ def test_each_build_bases_its_version_on_the_default_one() -> None:
     into_create = [name for name, text in transitions.items() if any(f'"{create}"' in text for create in creates)]
     assert into_create == ["RateOrFastSnapshotRestore"]
     assert "ec2:DescribeLaunchTemplateVersions" in _actions(_resources("true")["WarmVolumeBuilder"])
+
+
+# --- stack deletion (WarmUninstall) ----------------------------------------------------------------------------------
+
+
+def test_stack_deletion_runs_the_warm_uninstall_after_the_planner_and_before_the_state_machine() -> None:
+    """CloudFormation deletes a resource before those it depends on: the planner goes first (no build starts after
+    the builds are stopped), the state machine last (its executions can still be stopped)."""
+    resources = _resources("true")
+    planner_depends = resources["WarmPlannerFunction"]["DependsOn"]
+    assert "WarmUninstall" in planner_depends
+    uninstall = resources["WarmUninstall"]
+    assert uninstall["Type"] == "Custom::WarmVolumesOnDelete"
+    assert uninstall["Properties"]["StateMachine"] == {"Ref": "WarmVolumeBuilder"}
+    assert uninstall["Properties"]["ServiceToken"] == {"Fn::GetAtt": ["WarmUninstallFunction", "Arn"]}
+    # Kept on deletion: what still launches from it keeps launching (its snapshots are kept too).
+    assert resources["WarmLaunchTemplate"]["DeletionPolicy"] == "Retain"
+
+
+def test_the_warm_uninstall_policy_is_scoped() -> None:
+    for statement in _statements("WarmUninstallFunction"):
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if statement["Resource"] == "*":
+            assert all(action.startswith("ec2:Describe") for action in actions), statement
+        if "ec2:TerminateInstances" in actions:
+            assert "ec2:ResourceTag/eks-image-prefetch:warm-builder" in json.dumps(statement["Condition"])
+        if "ec2:DisableFastSnapshotRestores" in actions:
+            assert "ec2:ResourceTag/eks-image-prefetch:warm-snapshot" in json.dumps(statement["Condition"])
+        if "states:StopExecution" in actions:
+            assert "execution:${AWS::StackName}-warm-volume-builder:*" in json.dumps(statement["Resource"])
+    writes = {
+        action
+        for statement in _statements("WarmUninstallFunction")
+        for action in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
+        if not action.startswith(("ec2:Describe", "states:List"))
+    }
+    assert writes == {"states:StopExecution", "ec2:TerminateInstances", "ec2:DisableFastSnapshotRestores"}

@@ -1,4 +1,4 @@
-"""Per-repository node selectors: which cluster nodes a watched repository's images go to, by EC2 tags.
+r"""Per-repository node selectors: which cluster nodes a watched repository's images go to, by EC2 tags.
 
 ``RepositoryNodeSelectors`` is a JSON object from a watched repository to tag conditions, e.g.
 ``{"ml/trainer": {"karpenter.sh/nodepool": ["gpu-a", "gpu-b"]}}``. The conditions of a repository are ANDed, the
@@ -6,12 +6,17 @@ values of one key ORed, all of them ANDed with the cluster tag: exactly what SSM
 a push stays one command whatever the fleet. A repository that is not listed goes to every cluster node.
 
 One parser for the functions (``Settings``) and the deploy-time check (the validating custom resource), so that a
-selector the functions would refuse never gets past ``sam deploy``.
+selector the functions would refuse never gets past ``sam deploy``. It refuses what SSM's SendCommand would refuse in
+``Targets`` (botocore's SSM model: at most 5 targets of at most 50 values; a key of 1 to 163 characters matching
+``^[\p{L}\p{Z}\p{N}_.:/=\-@]*$``, which ``tag:<key>`` must match whole), within what EC2 tags can be (keys up to 128
+characters, values up to 256). SSM constrains no value's characters. ``target_key_problem`` applies the same rule to
+``NodeTagKey``.
 """
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -19,9 +24,11 @@ from typing import Any
 MAX_CONDITIONS = 4
 # SSM's limit of values in one target.
 MAX_VALUES = 50
-# EC2 tag limits.
+# EC2 tag limits (a tag target's key, "tag:" and 128 characters, is within SSM's 163).
 MAX_KEY_LENGTH = 128
 MAX_VALUE_LENGTH = 256
+# SSM's TargetKey pattern is letters, separators (spaces) and numbers of any script (\p{L}\p{Z}\p{N}), and these.
+_TARGET_KEY_SYMBOLS = frozenset("_.:/=-@")
 
 Selector = Mapping[str, tuple[str, ...]]
 
@@ -58,9 +65,27 @@ def parse_node_selectors(
     return selectors
 
 
-def _values(where: str, key: str, value: Any, node_tag_key: str) -> tuple[str, ...]:
+def target_key_problem(key: str) -> str | None:
+    """Why SSM's SendCommand would refuse ``tag:<key>`` in its Targets (or no EC2 tag could have that key), or None."""
     if not key or len(key) > MAX_KEY_LENGTH:
-        raise SelectorError(f"{where}: tag key {key!r} must be 1 to {MAX_KEY_LENGTH} characters")
+        return f"must be 1 to {MAX_KEY_LENGTH} characters (EC2's limit of a tag key)"
+    refused = sorted({char for char in key if not _target_key_character(char)})
+    if refused:
+        return (
+            f"has {' '.join(repr(char) for char in refused)}, which SSM Run Command's Targets refuse in a tag key "
+            "(letters, digits, spaces and _ . : / = - @ only): every command sent by that tag would fail"
+        )
+    return None
+
+
+def _target_key_character(char: str) -> bool:
+    return unicodedata.category(char)[0] in "LZN" or char in _TARGET_KEY_SYMBOLS
+
+
+def _values(where: str, key: str, value: Any, node_tag_key: str) -> tuple[str, ...]:
+    problem = target_key_problem(key)
+    if problem:
+        raise SelectorError(f"{where}: tag key {key!r} {problem}; rename the tag, or select by another one")
     if key == node_tag_key:
         raise SelectorError(f"{where}: tag key {key!r} is NodeTagKey, which every command already targets")
     values = [value] if isinstance(value, str) else value

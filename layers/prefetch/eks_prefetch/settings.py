@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from eks_prefetch.images import REPOSITORY_PATTERN
 from eks_prefetch.node_contract import deadline_margin_seconds
-from eks_prefetch.node_selectors import Selector, matches, parse_node_selectors
+from eks_prefetch.node_selectors import Selector, matches, parse_node_selectors, target_key_problem
 
 logger = Logger(child=True)
 
@@ -82,6 +82,14 @@ class ClusterSettings(EnvironmentSettings):
         if bad:
             raise ValueError(f"not valid ECR repository names: {bad}")
         return names
+
+    @field_validator("node_tag_key")
+    @classmethod
+    def _node_tag_key_is_a_target_key(cls, key: str) -> str:
+        problem = target_key_problem(key)
+        if problem:
+            raise ValueError(f"NODE_TAG_KEY {key!r} {problem}")
+        return key
 
     @field_validator("tag_filter")
     @classmethod
@@ -156,7 +164,9 @@ class SendingSettings(CommandSettings):
     """Sending each command exactly once: the idempotency table (prefetch/sending.py) beside the command."""
 
     idempotency_table: str = Field(alias="IDEMPOTENCY_TABLE", min_length=3)
-    idempotency_ttl_seconds: Annotated[int, Field(ge=60)] = Field(alias="IDEMPOTENCY_TTL_SECONDS", default=86_400)
+    idempotency_ttl_seconds: Annotated[int, Field(ge=60, le=31_536_000)] = Field(
+        alias="IDEMPOTENCY_TTL_SECONDS", default=86_400
+    )
 
 
 class StatusTableSettings(EnvironmentSettings):
@@ -236,6 +246,8 @@ class PlannerSettings(CommandSettings, StatusTableSettings):
     warm_node_ami: str = Field(alias="WARM_NODE_AMI", pattern=r"^(ami-[0-9a-f]{8,17}|/[A-Za-z0-9_./-]+)$")
     warm_snapshot_parameter: str = Field(alias="WARM_SNAPSHOT_PARAMETER", min_length=2)
     warm_launch_template_id: str = Field(alias="WARM_LAUNCH_TEMPLATE_ID", min_length=3)
+    # The launch template version CloudFormation last wrote: after a stack update changed it, a build carries it.
+    warm_launch_template_version: str = Field(alias="WARM_LAUNCH_TEMPLATE_VERSION", pattern=r"^[1-9][0-9]*$")
     warm_snapshots_to_keep: Annotated[int, Field(ge=1, le=50)] = Field(alias="WARM_SNAPSHOTS_TO_KEEP", default=2)
     warm_build_debounce_minutes: Annotated[int, Field(ge=15, le=10_080)] = Field(
         alias="WARM_BUILD_DEBOUNCE_MINUTES", default=180

@@ -5,7 +5,7 @@ Every client shares one retry and deadline policy (``clients``). The adapters ra
 imports botocore or compares AWS error codes.
 """
 
-from eks_prefetch.aws import clients, dynamodb, ec2, ecr, errors, iam, sfn, sqs, ssm, stack
+from eks_prefetch.aws import autoscaling, clients, dynamodb, ec2, ecr, errors, iam, sfn, sqs, ssm, stack
 from eks_prefetch.aws.clients import (
     RESERVE_SECONDS,
     WORST_ATTEMPT_SECONDS,
@@ -30,6 +30,7 @@ __all__ = [
     "CommandRefusedError",
     "InstanceNotAcceptedError",
     "RepositoryNotFoundError",
+    "autoscaling",
     "client",
     "clients",
     "dynamodb",

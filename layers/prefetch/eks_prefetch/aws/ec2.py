@@ -96,18 +96,48 @@ def tagged_snapshots(tag_key: str, tag_value: str, ec2: Any = None) -> list[Mapp
     return [snapshot for page in pages for snapshot in page["Snapshots"]]
 
 
-def launch_template_snapshot_ids(launch_template_id: str, ec2: Any = None) -> set[str]:
-    """Every snapshot id any version of the launch template names in its block device mappings."""
+def launch_template_versions(launch_template_id: str, ec2: Any = None) -> list[Mapping[str, Any]]:
+    """Every version of the launch template (no Versions argument: not just $Latest and $Default)."""
     paginator = (ec2 or clients.client("ec2")).get_paginator("describe_launch_template_versions")
-    # No Versions argument: every version, not just $Latest and $Default.
     pages = paginator.paginate(LaunchTemplateId=launch_template_id)
+    return [version for page in pages for version in page["LaunchTemplateVersions"]]
+
+
+def snapshot_ids(version: Mapping[str, Any]) -> set[str]:
+    """The snapshots a launch template version names in its block device mappings."""
     return {
         snapshot_id
-        for page in pages
-        for version in page["LaunchTemplateVersions"]
         for mapping in version.get("LaunchTemplateData", {}).get("BlockDeviceMappings", [])
         if (snapshot_id := mapping.get("Ebs", {}).get("SnapshotId"))
     }
+
+
+def launch_template_snapshot_ids(launch_template_id: str, ec2: Any = None) -> set[str]:
+    """Every snapshot id any version of the launch template names in its block device mappings."""
+    return {
+        snapshot for version in launch_template_versions(launch_template_id, ec2) for snapshot in snapshot_ids(version)
+    }
+
+
+def snapshots_named_by_launch_templates(ec2: Any = None) -> set[str]:
+    """Every snapshot id any version of any launch template of the account and Region names: the user's own, a
+    managed node group's copy, Karpenter's. One call per template and page: read only when something may go."""
+    ec2 = ec2 or clients.client("ec2")
+    pages = ec2.get_paginator("describe_launch_templates").paginate()
+    templates = [template["LaunchTemplateId"] for page in pages for template in page["LaunchTemplates"]]
+    return {snapshot for template in templates for snapshot in launch_template_snapshot_ids(template, ec2)}
+
+
+def delete_launch_template_versions(launch_template_id: str, versions: list[int], ec2: Any = None) -> list[int]:
+    """Delete these versions (never the default: EC2 refuses it); the ones deleted. At most 200 per call."""
+    ec2 = ec2 or clients.client("ec2")
+    deleted: list[int] = []
+    for start in range(0, len(versions), 200):
+        answer = ec2.delete_launch_template_versions(
+            LaunchTemplateId=launch_template_id, Versions=[str(v) for v in versions[start : start + 200]]
+        )
+        deleted += [int(v["VersionNumber"]) for v in answer.get("SuccessfullyDeletedLaunchTemplateVersions", [])]
+    return deleted
 
 
 # Fast snapshot restore states that cost money (everything but disabling/disabled).

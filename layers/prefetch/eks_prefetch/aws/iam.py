@@ -1,4 +1,4 @@
-"""IAM: what a node's instance profile carries (for `make preflight`)."""
+"""IAM: what a node's instance profile carries, and what its policies say (for `make preflight`)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,17 @@ def _document(document: Any) -> Mapping[str, Any]:
     if isinstance(document, Mapping):
         return document
     return json.loads(unquote(document))
+
+
+def policy_document(policy_arn: str, iam: Any = None) -> Mapping[str, Any] | None:
+    """The document of a managed policy's default version (AWS's or the account's own); None if there is no such
+    policy."""
+    iam = iam or clients.client("iam")
+    try:
+        version = iam.get_policy(PolicyArn=policy_arn)["Policy"]["DefaultVersionId"]
+        document = iam.get_policy_version(PolicyArn=policy_arn, VersionId=version)["PolicyVersion"]["Document"]
+    except ClientError as error:
+        if error_code(error) == "NoSuchEntity":
+            return None
+        raise
+    return _document(document)

@@ -34,3 +34,12 @@ def start_execution(
             return None
         raise
     return str(response["executionArn"])
+
+
+def stop_execution(execution_arn: str, cause: str, sfn: Any = None) -> None:
+    """Stop a running execution (ABORTED); one that has already ended is left as it is."""
+    try:
+        (sfn or clients.client("stepfunctions")).stop_execution(executionArn=execution_arn, cause=cause[:32768])
+    except ClientError as error:
+        if error_code(error) != "ExecutionDoesNotExist":
+            raise

@@ -2,8 +2,10 @@
 
 CloudFormation checks a parameter's pattern, not its meaning: an invalid ``RepositoryNodeSelectors`` would deploy,
 then fail every event in ``Settings`` and fill the dead-letter queues. The ``ValidateConfiguration`` custom resource
-runs the functions' own parser on the values the stack is given, and answers FAILED with the problem as the reason:
-``sam deploy`` fails on it, and the functions (which depend on it) are never created or updated with that value.
+runs the functions' own parser on the values the stack is given (selectors and NodeTagKey as SSM's Targets accept them),
+measures what they take of each function's environment against Lambda's 4 KB (``environment_budget``), and answers
+FAILED with the problem as the reason: ``sam deploy`` fails on it, and the functions (which depend on it) are never
+created or updated with that value.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from eks_prefetch.node_selectors import SelectorError, parse_node_selectors
+from eks_prefetch.deploy.environment_budget import environment_problem
+from eks_prefetch.node_selectors import SelectorError, parse_node_selectors, target_key_problem
 
 
 @dataclass(frozen=True)
@@ -25,13 +28,15 @@ class CheckOutcome:
 def check_properties(properties: Mapping[str, Any]) -> str | None:
     """The problem with the configuration the resource's properties carry, or None when the functions accept it."""
     watched = [name.strip() for name in str(properties.get("RepositoryNames", "")).split(",") if name.strip()]
+    node_tag_key = str(properties.get("NodeTagKey", ""))
+    problem = target_key_problem(node_tag_key)
+    if problem:
+        return f"NodeTagKey {node_tag_key!r} {problem}"
     try:
-        parse_node_selectors(
-            str(properties.get("RepositoryNodeSelectors", "")), watched, str(properties.get("NodeTagKey", ""))
-        )
+        parse_node_selectors(str(properties.get("RepositoryNodeSelectors", "")), watched, node_tag_key)
     except SelectorError as error:
         return str(error)
-    return None
+    return environment_problem(properties)
 
 
 def on_request(

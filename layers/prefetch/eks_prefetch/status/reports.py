@@ -6,18 +6,24 @@ container's status events, share."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
+
+from aws_lambda_powertools import Logger
 
 from eks_prefetch import aws
 from eks_prefetch.images import DIGEST_PATTERN
 from eks_prefetch.node_contract import PLATFORM_SKIP_REASON
-from eks_prefetch.node_output import NodeOutput, OutputProblem, repository_of
+from eks_prefetch.node_output import NodeOutput, OutputProblem, Summary, repository_of
 from eks_prefetch.prefetch.commands import is_new_node_comment
 from eks_prefetch.prefetch.resolution import NewestImages
 from eks_prefetch.settings import StatusSettings
 from eks_prefetch.status import table
 from eks_prefetch.status.table import parse_time
+
+logger = Logger(child=True)
 
 # Final statuses where the script never ran on the node: no output is expected.
 NOT_RUN = frozenset({"DeliveryTimedOut", "Undeliverable", "Terminated", "InvalidPlatform", "AccessDenied"})
@@ -163,7 +169,24 @@ def update_node_state(
     # The command's images (one ListCommands) only when some were not reported on: not for a clean run.
     requested = scope.requested_images(command_id) if omitted_held or failed else ()
     unreported = [reference for reference in requested if reference not in reported]
-    if unreported and omitted_held:
+    summary = output.summary if output is not None else None
+    omitted_known = bool(unreported and omitted_held and summary and _omitted_are_these(summary, requested, reported))
+    if unreported and omitted_held and summary and not omitted_known:
+        # Coverage is never overstated: none counts until the node reports it (self-repair resends it).
+        logger.warning(
+            f"omitted images not counted as held: the node's summary accounts for {summary.omitted} omitted "
+            f"image(s) of {summary.images}, but {len(unreported)} of the {len(requested)} requested went unreported, "
+            "so which ones is ambiguous; they count as missing until the node reports them",
+            extra={
+                "command_id": command_id,
+                "instance_id": instance_id,
+                "omitted": summary.omitted,
+                "summary_images": summary.images,
+                "unreported": len(unreported),
+                "requested": len(requested),
+            },
+        )
+    if omitted_known:
         # Left out of the output to fit SSM's limit, and the summary says none failed: held, by the digest requested.
         for reference in unreported:
             match = _DIGEST_IN_REF.search(reference)
@@ -172,10 +195,17 @@ def update_node_state(
                 seconds = _held(scope, instance_id, repository, match.group(1), "held", command_id, at)
                 if seconds is not None:
                     push_to_cached.append((repository, seconds))
-    elif unreported:
+    elif unreported and failed:
         # Images the node said nothing about (not delivered, killed, truncated): the invocation's reason is theirs.
         _record_unreported_failures(scope.settings, instance_id, unreported, status, output, command_id, at)
     return push_to_cached
+
+
+def _omitted_are_these(summary: Summary, requested: Sequence[str], reported: AbstractSet[str]) -> bool:
+    """Whether the images the summary says it left out are exactly the requested ones the node did not report on: it
+    counts the command's images, reported on none other, and omitted as many as are unreported."""
+    unreported = set(requested) - reported
+    return summary.images == len(requested) and reported <= set(requested) and summary.omitted == len(unreported)
 
 
 def _record_unreported_failures(

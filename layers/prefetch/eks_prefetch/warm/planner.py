@@ -5,7 +5,9 @@ Triggers:
 - the tick (every 15 minutes) starts a build when one is wanted and the last build started at least
   ``warm_build_debounce_minutes`` ago, so a burst of pushes lands in one build and at most one build starts per
   window; or when the node AMI differs from the published snapshot's (a new AMI, or no snapshot yet);
-- the daily check plans whatever was or was not wanted: a missed push event, a changed tag filter.
+- the daily check plans whatever was or was not wanted: a missed push event, a changed tag filter;
+- the end of a build that failed, timed out or was stopped terminates its builder if it is still up (a runtime
+  error no Catch catches ends an execution without its own cleanup).
 
 Whatever the trigger, no build starts while one runs, nor when the plan (AMI and image digests) is what the
 published snapshot already holds.
@@ -20,7 +22,8 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from aws_lambda_powertools import Logger
-from pydantic import BaseModel, ConfigDict
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from eks_prefetch import aws
 from eks_prefetch.events import EcrImageActionEvent
@@ -49,7 +52,24 @@ class PlannerSchedule(BaseModel):
     trigger: Literal["tick", "daily"]
 
 
-PlannerEvent = EcrImageActionEvent | PlannerSchedule
+class BuildEndedDetail(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    state_machine_arn: str = Field(alias="stateMachineArn", min_length=20, max_length=256)
+    # The execution's name: the builder's eks-image-prefetch:build tag.
+    name: str = Field(min_length=1, max_length=80)
+    status: str = Field(min_length=1, max_length=32)
+
+
+class BuildEndedEvent(EventBridgeModel):
+    """Step Functions' event when an execution of the builder ends (template.yaml: the planner's BuildEnded rule)."""
+
+    source: Literal["aws.states"]
+    detail_type: Literal["Step Functions Execution Status Change"] = Field(alias="detail-type")
+    detail: BuildEndedDetail
+
+
+PlannerEvent = EcrImageActionEvent | BuildEndedEvent | PlannerSchedule
 
 
 class WarmPlanError(RuntimeError):
@@ -76,7 +96,11 @@ class Plan:
     def execution_input(self, settings: PlannerSettings) -> dict[str, Any]:
         """The state machine's input (docs/warm-volumes.md, "Input")."""
         return {
-            "images": [{"repository": image.repository, "digest": image.digest} for image in self.images],
+            # The reference is what the pull is sent: the builder claims an image only if the pull reports it held.
+            "images": [
+                {"repository": image.repository, "digest": image.digest, "reference": image.reference}
+                for image in self.images
+            ],
             "documentParameters": document_parameters(self.images, settings),
         }
 
@@ -98,6 +122,7 @@ class PlannerOutcome:
     skipped: tuple[str, ...] = ()
     builders_terminated: tuple[str, ...] = ()
     snapshots_deleted: tuple[str, ...] = ()
+    launch_template_versions_deleted: tuple[int, ...] = ()
     fast_snapshot_restores_disabled: tuple[str, ...] = ()
     # The published snapshot, measured on the tick (WarmSnapshotAgeSeconds, WarmSnapshotImages); None without one.
     snapshot: SnapshotMeasures | None = None
@@ -129,13 +154,22 @@ def build_reason(
     now: datetime,
     settings: PlannerSettings,
 ) -> str | None:
-    """Why a build should start now (ami, first, daily, push), or None. Called with no build running."""
+    """Why a build should start now (ami, first, template, daily, push), or None. Called with no build running."""
     window = timedelta(minutes=settings.warm_build_debounce_minutes)
     started_recently = state.last_started_at is not None and now - state.last_started_at < window
     # A build of this AMI started within the window either runs or failed: a failure is retried after the window, not
     # every tick.
     if published.get("amiId") != ami.id and not (started_recently and state.last_ami == ami.id):
         return "first" if not published.get("snapshotId") else "ami"
+    # A stack update wrote a new version of the launch template (a new warm boot part): the published version does not
+    # carry it until a build bases one on it. Once per window if the build fails.
+    stack_version = published.get("stackTemplateVersion")
+    if (
+        isinstance(stack_version, str)
+        and stack_version != settings.warm_launch_template_version
+        and not started_recently
+    ):
+        return "template"
     if trigger == "daily":
         return "daily"
     if state.wanted and not started_recently:
@@ -235,7 +269,31 @@ def plan_build(settings: PlannerSettings, ami: Ami, now: datetime) -> Plan:
             extra={"left_out": [image.repository for image in fitting[MAX_IMAGES_PER_COMMAND:]]},
         )
         fitting = fitting[:MAX_IMAGES_PER_COMMAND]
-    return Plan(ami=ami, images=tuple(fitting), resolved_at=now, skipped=tuple(skipped))
+    kept = fitting_the_parameter(tuple(fitting))
+    if len(kept) < len(fitting):
+        logger.warning(
+            "more images than the snapshot parameter can list: the first in RepositoryNames order are built",
+            extra={"left_out": [image.repository for image in fitting[len(kept) :]]},
+        )
+    return Plan(ami=ami, images=kept, resolved_at=now, skipped=tuple(skipped))
+
+
+# What the builder publishes in WarmSnapshotParameter (an advanced parameter: at most 8 KB): a few fields of bounded
+# size (ids, versions, a time, the execution's name of at most 80 characters) and one entry per image.
+PARAMETER_MAX_BYTES = 8192
+PARAMETER_FIXED_BYTES = 600
+
+
+def fitting_the_parameter(images: tuple[ResolvedImage, ...]) -> tuple[ResolvedImage, ...]:
+    """The first images whose entries fit the published parameter beside its other fields."""
+    room = PARAMETER_MAX_BYTES - PARAMETER_FIXED_BYTES
+    kept = []
+    for image in images:
+        room -= len(json.dumps({"repository": image.repository, "digest": image.digest}).encode()) + 1
+        if room < 0:
+            break
+        kept.append(image)
+    return tuple(kept)
 
 
 # --- entry points -------------------------------------------------------------------------------------------------
@@ -253,6 +311,18 @@ def note_push(event: EcrImageActionEvent, settings: PlannerSettings, now: dateti
     warm_state.record_push(settings, now)
     logger.info("warm build wanted", extra={"repository": detail.repository_name, "digest": detail.image_digest})
     return PlannerOutcome(result="push-noted")
+
+
+def end_build(event: BuildEndedEvent, settings: PlannerSettings) -> PlannerOutcome:
+    """A build ended (failed, timed out, stopped): its builder, if still up, is terminated now rather than by the
+    sweep 12 hours later."""
+    detail = event.detail
+    if detail.state_machine_arn != settings.warm_state_machine_arn:
+        return PlannerOutcome(result="ignored", reason="another state machine's execution")
+    terminated = warm_cleanup.end_builders_of(settings, detail.name)
+    return PlannerOutcome(
+        result="build-ended", reason=detail.status, execution=detail.name, builders_terminated=tuple(terminated)
+    )
 
 
 def run_schedule(trigger: str, settings: PlannerSettings, now: datetime) -> PlannerOutcome:
@@ -273,6 +343,7 @@ def run_schedule(trigger: str, settings: PlannerSettings, now: datetime) -> Plan
         outcome,
         builders_terminated=tuple(terminated),
         snapshots_deleted=kept.deleted,
+        launch_template_versions_deleted=kept.launch_template_versions_deleted,
         fast_snapshot_restores_disabled=kept.fast_snapshot_restores_disabled,
         snapshot=snapshot_measures(published, now),
     )
@@ -296,7 +367,8 @@ def plan_and_start(
         return PlannerOutcome(result="waiting" if state.wanted else "unchanged", details={"ami": ami.id})
 
     plan = plan_build(settings, ami, now)
-    if plan.same_as(published):
+    # After a stack update the images may be the same: the build is for the launch template's new version.
+    if plan.same_as(published) and reason != "template":
         # Pushes before this listing are in the published snapshot already: not wanted any more.
         warm_state.record_resolved(settings, plan.resolved_at)
         return PlannerOutcome(result="unchanged", reason=reason, images=len(plan.images), skipped=plan.skipped)
