@@ -585,29 +585,63 @@ release_stale() { # manifests a killed run left held, found only where its scrat
   rm -rf "$config_root"/.eks-image-prefetch-fetch.* 2>/dev/null || true
 }
 
+# How many of the image's first layers are unpacked already (their chain's snapshot exists in the CRI's snapshotter:
+# a base shared with an image the node holds) into $1. containerd's transfer service, as the CRI's pull, does not
+# fetch those (with discard_unpacked_layers their blobs are gone, and ctr's own fetch would download them again).
+chain_prefix() { # var base registry-args...
+  local _snaps _config _json _chain='' _k=0 _d _err
+  local -a _diffs=()
+  printf -v "$1" %d 0
+  _snaps=$(ctr_local snapshots --snapshotter "$cri_snapshotter" ls 2>/dev/null) || return 0
+  [[ "$_snaps" == *Committed* ]] || return 0
+  [[ "$est_manifest" =~ \"config\"[[:space:]]*:[[:space:]]*\{[^}]*\"digest\"[[:space:]]*:[[:space:]]*\"(sha256:[a-f0-9]{64})\" ]] ||
+    return 0
+  _config=${BASH_REMATCH[1]}
+  fetch_manifest "$2@$_config" "$tmp/config.json" 60 _err "${@:3}" || return 0
+  _json=$(tr -d '\n\r' <"$tmp/config.json")
+  [[ "$_json" =~ \"diff_ids\"[[:space:]]*:[[:space:]]*\[([^]]*)\] ]] || return 0
+  _json=${BASH_REMATCH[1]}
+  while [[ "$_json" =~ (sha256:[a-f0-9]{64}) ]]; do
+    _diffs+=("${BASH_REMATCH[1]}")
+    _json=${_json#*"${BASH_REMATCH[1]}"}
+  done
+  [ "${#_diffs[@]}" -eq "${#layer_digests[@]}" ] || return 0
+  # A chain id: the first layer's diff id, then sha256 of "<parent chain id> <diff id>".
+  for _d in "${_diffs[@]}"; do
+    if [ -z "$_chain" ]; then _chain=$_d; else _chain="sha256:$(printf '%s %s' "$_chain" "$_d" | sha256sum | cut -c1-64)"; fi
+    [[ "$_snaps" == *"$_chain"* ]] || break
+    _k=$((_k + 1))
+  done
+  printf -v "$1" %d "$_k"
+}
+
 # The plan for an image's layers (layer_digests/layer_sizes) from host: which missing layers this script fetches
 # itself (fetch_wanted), and whether containerd then fetches the rest in ctr's process (ctr_local_pull) or in 2.x's
 # transfer service. containerd fetches a layer on one connection: ctr's own process `connections` layers at once
-# (1.x; 2.x sets no limit there, so it gets at most connections - 1 layers and the config), the transfer service 3.
-# This script fetches layers `connections` at once and those of more than chunk_bytes as byte ranges, at half as much
-# again the work per byte (each goes through `ctr content ingest`). Of these, the plan of the least time, in bytes
-# per connection's rate:
+# (1.x; 2.x sets no limit there, so it gets at most connections - 1 layers and the config), the transfer service 3,
+# skipping the layers unpacked already. This script fetches layers `connections` at once and those of more than
+# chunk_bytes as byte ranges, at half as much again the work per byte (each goes through `ctr content ingest`). Of
+# these, the plan of the least time, in bytes per connection's rate:
 #   containerd alone: its largest layer, or its bytes per layer at once if more;
 #   this script for all: its bytes per connection, or its largest range if more, times 1.5;
-#   2.x: this script for the smallest layers, so that ctr's process fetches the rest within `connections`.
+#   2.x, none unpacked already: this script for the smallest layers, so that ctr's process fetches the rest within
+#   `connections`.
 # fetch_note says why this script's fetch is not used where the plan wants it.
 fetch_note='' fetch_source='' fetch_wanted=() ctr_local_pull=true plan_missing=0
-plan_fetch() { # host
+plan_fetch() { # host base registry-args...
   local present i size source missing=() total=0 largest=0 best ours rest rest_total rest_largest n at_once active
+  local skip=0
   local -a by_size=()
   fetch_note='' fetch_source='' fetch_wanted=() ctr_local_pull=true plan_missing=0
   [ "${#layer_digests[@]}" -gt 0 ] || return 0
-  # One small layer per connection at most: containerd alone, no look-up.
+  [ "$transfer_possible" = false ] || chain_prefix skip "$2" "${@:3}"
   present=" $(ctr_local content ls -q 2>/dev/null | tr '\n' ' ')"
   for i in "${!layer_digests[@]}"; do
+    [ "$i" -ge "$skip" ] || continue
     [[ "$present" == *" ${layer_digests[i]} "* ]] || [ "${layer_sizes[i]}" -eq 0 ] || missing+=("$i")
   done
   n=${#missing[@]} plan_missing=${#missing[@]}
+  [ "$skip" -eq 0 ] || ctr_local_pull=false
   [ "$n" -gt 0 ] || return 0
   for i in "${missing[@]}"; do
     size=${layer_sizes[i]}
@@ -616,7 +650,7 @@ plan_fetch() { # host
   done
   # containerd alone: in ctr's process where it is bounded (1.x, or 2.x with room), else in 2.x's transfer service.
   at_once=$SSM_connections
-  if [ "$ctr_major" -ge 2 ] && [ $((n + 1)) -gt "$SSM_connections" ]; then
+  if [ "$ctr_major" -ge 2 ] && { [ "$skip" -gt 0 ] || [ $((n + 1)) -gt "$SSM_connections" ]; }; then
     if [ "$transfer_possible" = true ]; then
       ctr_local_pull=false at_once=3
     else
@@ -637,7 +671,8 @@ plan_fetch() { # host
   local plan=containerd
   if [ "$best" -lt 0 ] || [ "$ours" -lt "$best" ]; then plan=all best=$ours; fi
   # 2.x: this script for the smallest, ctr's process for the rest (at most connections - 1 of them).
-  if [ "$ctr_major" -ge 2 ] && [ $((n + 1)) -gt "$SSM_connections" ] && [ "$SSM_connections" -ge 2 ]; then
+  if [ "$ctr_major" -ge 2 ] && [ "$skip" -eq 0 ] && [ $((n + 1)) -gt "$SSM_connections" ] &&
+    [ "$SSM_connections" -ge 2 ]; then
     mapfile -t by_size < <(for i in "${missing[@]}"; do echo "${layer_sizes[i]} $i"; done | sort -n -k1,1)
     rest_total=0 rest_largest=0
     for ((i = n - SSM_connections + 1; i < n; i++)); do
@@ -655,7 +690,11 @@ plan_fetch() { # host
   fi
   case $plan in
   containerd) return 0 ;;
-  all) fetch_wanted=("${missing[@]}") ctr_local_pull=true ;;
+  all)
+    fetch_wanted=("${missing[@]}")
+    # Only unpacking is left: the transfer service where it can (the layers unpacked already stay unfetched).
+    [ "$transfer_possible" = true ] && ctr_local_pull=false || ctr_local_pull=true
+    ;;
   smallest) for ((i = 0; i <= n - SSM_connections; i++)); do fetch_wanted+=("${by_size[i]##* }"); done ;;
   esac
   # A layer containerd is already writing (a pull in progress, or the part a failed one left, which its next fetch
@@ -858,9 +897,9 @@ estimate() { # ref base t bytes_var digest_var error_var registry-args...
 # PUSHED_LABEL. An image sent without one is dated by its build time ("created", with its UTC offset), else by when
 # it was pinned. A tag only ever moves to a later image; retention keeps the newest keepPinned images pinned.
 
-# The time of an image name (ms since the epoch) into $2: its PUSHED_LABEL, else its build time, else its pin time
-# (from labels $3, ctr's text, when given). "" when none is known.
-created_ms() { # ref var: the build time of a present image (its platform's config), in ms
+# The build time of a present image (its platform's config's "created", with its UTC offset) into $2, in ms since the
+# epoch; "" when it cannot tell.
+created_ms() { # ref var
   local digest by json created
   printf -v "$2" %s ''
   local_image "$1" digest by || return 0
@@ -877,7 +916,9 @@ created_ms() { # ref var: the build time of a present image (its platform's conf
   [[ "$created" =~ ^[0-9]{1,15}$ ]] || return 0
   printf -v "$2" %s "$created"
 }
-time_of() { # ref var [labels]: the name's time, in ms
+# The time of an image name (ms since the epoch) into $2: its PUSHED_LABEL, else its build time, else its pin time
+# (from its labels $3, ctr's text, when given; else looked up). "" when none is known.
+time_of() { # ref var [labels]
   local _labels=${3-}
   if [ -z "${3+x}" ]; then
     local _digest _by
@@ -1225,7 +1266,7 @@ pull_image() { # ref base t0 t host registry-args...
   remaining t
   [ "$t" -le "$SSM_pullTimeoutSeconds" ] || t=$SSM_pullTimeoutSeconds
   ctr_release
-  plan_fetch "$host"
+  plan_fetch "$host" "$base" "$@"
   fetch_left=0
   if [ "${#fetch_wanted[@]}" -gt 0 ]; then
     if start_fetch "$repo" "$platform" "$t"; then

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -321,3 +322,46 @@ def test_a_pull_cut_midway_is_pulled_whole_by_the_next_run(
         assert ref in node.containerd.images()
     finally:
         back.close()
+
+
+@pytest.fixture(scope="module")
+def versions(registries) -> tuple[Image, Image]:
+    """v1 (two layers of 2 MiB on umoci's tiny one) and v2, v1's layers and one more: a new version on a shared base."""
+    layout = registries.layout
+    build_image(layout, "shared-v1", [2, 2], seed="shared-v1")
+    v1 = registries.registry.push(layout, "shared-v1", "team/shared", "v1")
+    subprocess.run(["umoci", "tag", "--image", f"{layout}:shared-v1", "shared-v2"], check=True, capture_output=True)
+    added = layout.parent / "shared-v2-layer"
+    added.write_bytes(os.urandom(1 << 20))
+    subprocess.run(
+        ["umoci", "insert", "--image", f"{layout}:shared-v2", str(added), "/data/v2"], check=True, capture_output=True
+    )
+    v2 = registries.registry.push(layout, "shared-v2", "team/shared", "v2")
+    host = registries.registry.host
+    return Image("team/shared", "v1", v1, host), Image("team/shared", "v2", v2, host)
+
+
+def test_a_new_version_on_a_shared_base_fetches_only_its_new_layers(
+    node: Node, workdir: Path, lock_env: dict, versions: tuple[Image, Image]
+) -> None:
+    """With discard, v1's blobs are gone once it is unpacked; v2 shares them. kubelet's pull fetches only v2's new
+    layer (the CRI skips layers whose snapshots exist), and so does the prefetch on 2.x, through containerd's transfer
+    service. On 1.7, ctr's fetch takes every layer whose blob is missing (node.md says so): v2 is whole either way."""
+    v1, v2 = versions
+    proxy = ThrottledProxy(node.registry.host)
+    try:
+        prefetch(node.containerd, workdir / "v1", lock_env, f"{proxy.host}/{v1.repo}@{v1.digest}")
+        shared = {digest for digest, _size in layer_digests(node.registry, v1)}
+        assert not shared & set(node.containerd.content())
+        proxy.reset()
+
+        ref = f"{proxy.host}/{v2.repo}@{v2.digest}"
+        (record,) = prefetch(node.containerd, workdir / "v2", lock_env, ref).images
+        assert record["status"] == "pulled", record
+        assert ref in node.containerd.images()
+        new = {digest for digest, _size in layer_digests(node.registry, v2)} - shared
+        assert all(proxy.blob_requests(digest) for digest in new)
+        if node.release != "1.7":
+            assert [digest for digest in shared if proxy.blob_requests(digest)] == []
+    finally:
+        proxy.close()
