@@ -66,8 +66,8 @@ def layered(registries) -> Image:
 
 @pytest.fixture(scope="module")
 def big(registries) -> Image:
-    """One layer of 2.5 range chunks (and a tiny one): fetched as byte ranges."""
-    build_image(registries.layout, "biglayer", [2.5 * CHUNK / MIB], seed="biglayer")
+    """One layer of 4 range chunks (and a tiny one), most of the image: fetched as byte ranges."""
+    build_image(registries.layout, "biglayer", [4 * CHUNK / MIB], seed="biglayer")
     digest = registries.registry.push(registries.layout, "biglayer", "team/biglayer", "v1")
     return Image("team/biglayer", "v1", digest, registries.registry.host)
 
@@ -172,7 +172,7 @@ def test_a_mirror_in_certs_d_serves_every_blob(
 def test_a_big_layer_is_fetched_as_parallel_byte_ranges(
     node: Node, workdir: Path, lock_env: dict, big: Image, registries
 ) -> None:
-    """A layer of 2.5 chunks is fetched as 3 byte ranges on 3 connections at once (at most the `connections` asked
+    """A layer of 4 chunks is fetched as 4 byte ranges on 4 connections at once (at most the `connections` asked
     for), verified by digest, then unpacked: the image is whole and kubelet's pull downloads nothing."""
     proxy = ThrottledProxy(node.registry.host, bytes_per_second=8 * MIB)
     try:
