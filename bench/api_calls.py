@@ -12,9 +12,21 @@ import contextlib
 import io
 
 from bench.report import Row, Section, ratio, verdict
-from testing.apicalls import CONTROL_PLANE, ApiCalls, calls_per_launch_burst, calls_per_push, calls_per_sweep
+from testing.apicalls import (
+    CONTROL_PLANE,
+    ApiCalls,
+    calls_per_launch_burst,
+    calls_per_push,
+    calls_per_status_event,
+    calls_per_sweep,
+)
 
 TARGET_PER_PUSH = 3
+# Per counted invocation of a push, before issue 26 (this section's scenario run on bf71200): GetCommandInvocation and
+# DescribeInstances (the node's launch time, for LaunchToCachedSeconds), and 6 DynamoDB calls for a node that had
+# reported before (the first-report marker's conditional write failing, then its read).
+BEFORE_PER_INVOCATION = 2
+BEFORE_PER_INVOCATION_DYNAMODB = 6
 
 
 def _split(calls: ApiCalls) -> str:
@@ -41,6 +53,10 @@ def measure(section: Section, quick: bool) -> None:
         sweeps = {count: calls_per_sweep(invocations=count) for count in sweep_sizes}
         lost = calls_per_sweep(invocations=lost_size, events_lost=True)
         repairing = calls_per_sweep(invocations=0, missing=500)
+        events = {
+            command: calls_per_status_event(command=command, reported_before=True)
+            for command in ("push", "new-node", "new-node-legacy")
+        }
 
     for fleet, calls in pushes.items():
         blog = 2 * fleet
@@ -91,7 +107,8 @@ def measure(section: Section, quick: bool) -> None:
                 _split(calls),
                 f"{blog} (on the node)",
                 ratio(calls.total(), blog),
-                verdict="(reported: one DescribeImages per repository, one command per 50)",
+                verdict="(reported: one DescribeImages per repository, one command per 50; DynamoDB: the send's 3 and "
+                "the new-node schedule's reservation)",
             )
         )
     # Three looks before the agent is online, then the ready one: the difference from a ready node is their cost.
@@ -116,6 +133,34 @@ def measure(section: Section, quick: bool) -> None:
             verdict="(reported: DescribeImages once per repository per invocation, a batch of up to 10 records)",
         )
     )
+    push_event = events["push"]
+    section.rows.append(
+        Row(
+            "per counted invocation of a push, the node reported before (status event, warm container)",
+            _split(push_event),
+            f"{BEFORE_PER_INVOCATION} (GetCommandInvocation 1, DescribeInstances 1); DynamoDB "
+            f"{BEFORE_PER_INVOCATION_DYNAMODB} (before issue 26)",
+            ratio(push_event.total(), BEFORE_PER_INVOCATION),
+            "fewer than before; no DescribeInstances",
+            verdict(
+                push_event.total() < BEFORE_PER_INVOCATION and not push_event.counts["ec2:DescribeInstances"],
+                "an EC2 call per invocation",
+            ),
+        )
+    )
+    for command, why in (
+        ("new-node", "the launch time from the command's Comment"),
+        ("new-node-legacy", "a command sent before its Comment carried the launch time: EC2 gives it"),
+    ):
+        section.rows.append(
+            Row(
+                f"per counted invocation of a new node's command ({command}), a later report of the launch",
+                _split(events[command]),
+                f"{BEFORE_PER_INVOCATION}; DynamoDB {BEFORE_PER_INVOCATION_DYNAMODB} (before issue 26)",
+                ratio(events[command].total(), BEFORE_PER_INVOCATION),
+                verdict=f"(reported: {why})",
+            )
+        )
     for count, calls in sweeps.items():
         pages = -(-count // 50)
         linear = calls.total() == 2 + 2 * pages and calls.total(("dynamodb",)) == 2 + 2 * -(-count // 100)
@@ -136,8 +181,8 @@ def measure(section: Section, quick: bool) -> None:
             _split(lost),
             f"{lost_size:,} invocations counted",
             "—",
-            verdict="(reported: each lost invocation read once, GetCommandInvocation and DescribeInstances, "
-            "as its event would have)",
+            verdict="(reported: each lost invocation read once with GetCommandInvocation, as its event would have "
+            "been)",
         )
     )
     bound = repairing.counts["ssm:SendCommand"]
@@ -175,4 +220,12 @@ def measure(section: Section, quick: bool) -> None:
         "10,000 nodes). A repairing sweep sends at most `RepairMaxNodesPerSweep` (200) nodes, 50 ids a command, "
         "and writes one repair row per node sent to; it reads the missing nodes' EC2 launch times (200 a "
         "DescribeInstances) where SSM gives no registration date, as here.",
+        "Status events: one invocation that pulled the newest image, recorded by the status function's handler in a "
+        "warm container (the newest image already resolved by an earlier event: a push's burst), for a node that "
+        "reported the image before. The launch time LaunchToCachedSeconds is measured from comes from the new-node "
+        "command's Comment (GetCommandInvocation returns it); any other command's report is noted on the node's row "
+        "with one conditional write, so that a new-node report recorded after it is not taken for the launch's "
+        "first. Before issue 26 every invocation asked EC2 for the launch time: at 10,000 nodes, 10,000 "
+        "DescribeInstances per push on the account's DescribeInstances bucket, which Karpenter and the cluster "
+        "autoscaler draw from too.",
     ]

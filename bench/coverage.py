@@ -4,40 +4,63 @@ The pacing is SSM's as the local harness implements it: `harness.agent.Rollout` 
 MaxConcurrency, MaxErrors) and `harness.agent.target_count` (a count or a percentage of the targets), the code the
 agent runs on real nodes, here driven by a simulated clock. Pull times: section 4's per-round times of the document
 on a real containerd (`bench/results/node.json`, this run's), scaled so that their median is a 3.5 GB image's ~109 s
-on a real node, drawn per node with a fixed seed. A stated throughput cap stands for the registry and the NAT: when
-the pulls running at once ask for more, every pull slows in proportion (processor sharing).
+on a real node, drawn per node with a fixed seed; other sizes scale the part past section 4's tiny-image run (the
+fixed work per image). A stated throughput cap stands for the registry and the NAT: when the pulls running at once
+ask for more, every pull slows in proportion (processor sharing).
+
+The default (MaxConcurrency left empty) is the push path's own rule, `prefetch.commands.max_concurrency_for`, from
+the image's size and the default RegistryBandwidthGbps, which is the cap here; so are the ECR calls the nodes make
+during such a rollout, set against ECR's published default quotas.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import json
 import random
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.node_overhead import REAL_PULL_SECONDS
 from bench.node_overhead import RESULTS as NODE_RESULTS
 from bench.report import Row, Section, not_measured, ratio, verdict
+from eks_prefetch.images import ResolvedImage
+from eks_prefetch.prefetch.commands import PULL_BYTES_PER_SECOND, PULL_FIXED_SECONDS, max_concurrency_for
 from eks_prefetch.settings import CommandSettings
 from harness.agent import Rollout, target_count
 
 IMAGE_BYTES = 3.5e9
-# The stated cap: half of a NAT gateway's 100 Gbit/s ceiling (it starts at 5 Gbit/s and scales up by itself), the
-# rest left to the cluster's other traffic. ECR publishes no pull throughput; with a VPC endpoint, no NAT is involved.
-CAP_GBITS = 50.0
+# The stated cap: the default RegistryBandwidthGbps, half of a NAT gateway's 100 Gbit/s ceiling (it starts at 5
+# Gbit/s and scales up by itself), the rest left to the cluster's other traffic. ECR publishes no pull throughput;
+# with a VPC endpoint, no NAT is involved.
+CAP_GBITS = float(CommandSettings.model_fields["registry_bandwidth_gbps"].default)
 CAP_BYTES = CAP_GBITS * 1e9 / 8
 BASELINE = "50"  # SSM's default MaxConcurrency: the blog recipe's fan-out
-# The deployed defaults (template.yaml's, which CommandSettings mirrors; a test keeps them equal). MaxConcurrency's
-# was set from this section.
-CURRENT_DEFAULT = str(CommandSettings.model_fields["max_concurrency"].default)
+FORMER_DEFAULT = "100"  # the default before the budget rule (issue 26)
+# The deployed defaults (template.yaml's, which CommandSettings mirrors; a test keeps them equal): MaxConcurrency
+# empty, from the budget.
+DEFAULT = str(CommandSettings.model_fields["max_concurrency"].default)
 MAX_ERRORS = str(CommandSettings.model_fields["max_errors"].default)
-SETTINGS = tuple(dict.fromkeys(("10%", "25%", BASELINE, CURRENT_DEFAULT, "100%", "200")))
+SETTINGS = ("10%", "25%", BASELINE, FORMER_DEFAULT, "100%", "200")
 FLEETS = (10, 100, 1_000, 10_000)
 TARGET_FLEET = 100
 TARGET_FACTOR = 2.0
 SEED = 11
+# The default rule: at these fleets the cap binds, and the rollout's time is held against what the cap allows.
+DEFAULT_FLEETS = (1_000, 10_000)
+DEFAULT_SIZES = (500e6, 3.5e9, 10e9)
+LIMIT_FACTOR = 1.2
+# ECR's default API quotas, per account and Region, adjustable (Amazon ECR User Guide, "Amazon ECR service quotas").
+ECR_QUOTAS = {"GetAuthorizationToken": 500, "BatchGetImage": 2_000, "GetDownloadUrlForLayer": 3_000}
+# What a node's pull of one image asks of ECR (assumptions, docs/scale.md): one login per command run (the document
+# logs in once per registry), the manifest (two for a multi-architecture index), and a download URL per blob it
+# lacks (the config and each layer), containerd fetching 3 at a time.
+LAYERS_PER_IMAGE = 30
+MANIFESTS_PER_IMAGE = 2
+CONCURRENT_DOWNLOADS = 3
 
 
 @dataclass(frozen=True)
@@ -46,10 +69,22 @@ class Coverage:
     peak_demand: float  # bytes/s the running pulls ask for at full speed, at most
     peak_running: int
     cancelled: int
+    # When each node's pull started, in order (seconds from the command's start).
+    starts: list[float] = field(default_factory=list, repr=False)
+
+    def peak_starts(self, window: float = 1.0) -> int:
+        """The most pulls started within any ``window`` seconds."""
+        return max(
+            (bisect.bisect_left(self.starts, start + window) - index for index, start in enumerate(self.starts)),
+            default=0,
+        )
 
 
-def simulate(durations: list[float], max_concurrency: str, max_errors: str = MAX_ERRORS) -> Coverage:
-    """One command over len(durations) nodes: node i's pull takes durations[i] s alone (no failures)."""
+def simulate(
+    durations: list[float], max_concurrency: str, max_errors: str = MAX_ERRORS, image_bytes: float = IMAGE_BYTES
+) -> Coverage:
+    """One command over len(durations) nodes: node i's pull of ``image_bytes`` takes durations[i] s alone (no
+    failures)."""
     nodes = len(durations)
     rollout = Rollout(
         [str(index) for index in range(nodes)],
@@ -60,13 +95,15 @@ def simulate(durations: list[float], max_concurrency: str, max_errors: str = MAX
     demand = peak_demand = 0.0
     peak_running = cancelled = 0
     running: list[tuple[float, int]] = []  # (virtual time the pull ends at, node)
+    starts: list[float] = []
     while True:
         step = rollout.step()
         cancelled += len(step.cancelled)
         for target in step.started:
             node = int(target)
+            starts.append(now)
             heapq.heappush(running, (virtual + durations[node], node))
-            demand += IMAGE_BYTES / durations[node]
+            demand += image_bytes / durations[node]
         peak_demand = max(peak_demand, demand)
         peak_running = max(peak_running, len(running))
         if not running:
@@ -75,9 +112,9 @@ def simulate(durations: list[float], max_concurrency: str, max_errors: str = MAX
         ends, node = heapq.heappop(running)
         now += (ends - virtual) / speed
         virtual = ends
-        demand -= IMAGE_BYTES / durations[node]
+        demand -= image_bytes / durations[node]
         rollout.finished(str(node), error=False)
-    return Coverage(now, peak_demand, peak_running, cancelled)
+    return Coverage(now, peak_demand, peak_running, cancelled, starts)
 
 
 def pull_times() -> list[float]:
@@ -86,6 +123,28 @@ def pull_times() -> list[float]:
     measured = [entry["document"] for entry in rounds]
     scale = REAL_PULL_SECONDS / statistics.median(measured)
     return [seconds * scale for seconds in measured]
+
+
+def fixed_seconds() -> float:
+    """Section 4's document run of a tiny image (median): the work per image that does not grow with its size."""
+    tiny = json.loads(NODE_RESULTS.read_text()).get("tiny", {}).get("rounds") or []
+    return statistics.median(entry["document"] for entry in tiny) if tiny else 0.0
+
+
+def sized(durations: list[float], image_bytes: float, fixed: float) -> list[float]:
+    """Pull times of a 3.5 GB image as pull times of another size: the fixed part as it is, the rest in
+    proportion to the bytes."""
+    return [fixed + (seconds - fixed) * image_bytes / IMAGE_BYTES for seconds in durations]
+
+
+def default_concurrency(image_bytes: float) -> str:
+    """What the push path sends as MaxConcurrency for an image of this size, with the template's defaults."""
+    image = ResolvedImage("registry", "repository", "sha256:" + "0" * 64, "v1", datetime.now(UTC), int(image_bytes))
+    return max_concurrency_for([image], CommandSettings.model_construct())
+
+
+def _size(image_bytes: float) -> str:
+    return f"{image_bytes / 1e9:g} GB" if image_bytes >= 1e9 else f"{image_bytes / 1e6:g} MB"
 
 
 def _gbits(rate: float) -> str:
@@ -107,7 +166,11 @@ def measure(section: Section, quick: bool) -> None:
     for fleet in fleets:
         draw = random.Random(f"{SEED}-{fleet}")  # noqa: S311 (a simulation, not cryptography)
         durations = [draw.choice(scaled) for _ in range(fleet)]
-        results = {setting: simulate(durations, setting) for setting in SETTINGS}
+        # The default (from the budget) here too where the fleet is smaller than it: from 1,000 nodes on, the default's
+        # own rows follow, against the budget's limit.
+        default = default_concurrency(IMAGE_BYTES)
+        settings = SETTINGS if fleet >= DEFAULT_FLEETS[0] else (*SETTINGS, default)
+        results = {setting: simulate(durations, setting) for setting in settings}
         baseline = results[BASELINE]
         for setting, result in results.items():
             over_cap = result.peak_demand > CAP_BYTES
@@ -117,7 +180,13 @@ def measure(section: Section, quick: bool) -> None:
                 + (" (over the cap)" if over_cap else "")
             )
             label = f"fleet of {fleet:,}, MaxConcurrency {setting}" + (
-                " (default)" if setting == CURRENT_DEFAULT else " (SSM's default)" if setting == BASELINE else ""
+                " (former default)"
+                if setting == FORMER_DEFAULT
+                else " (SSM's default)"
+                if setting == BASELINE
+                else f" (default: from RegistryBandwidthGbps {CAP_GBITS:g}, 3.5 GB)"
+                if setting == default and setting not in SETTINGS
+                else ""
             )
             row = Row(
                 label,
@@ -150,6 +219,7 @@ def measure(section: Section, quick: bool) -> None:
             section.rows.append(row)
     if quick:
         not_measured(section, ["fleet of 10,000, every setting"], "skipped in a quick run")
+    _measure_default(section, scaled, fleets)
     section.notes += [
         f"Simulated, not run: `harness.agent.Rollout` and `target_count` (the local agent's MaxConcurrency/MaxErrors "
         f"semantics, the code it runs on real nodes) driven by a simulated clock. Pull times: section 4's "
@@ -166,4 +236,88 @@ def measure(section: Section, quick: bool) -> None:
         "keeps the load fixed and makes the time grow with the fleet. Once the cap is reached, more concurrency "
         "buys nothing: the fleet is limited by the cap's bytes per second, and the pulls only run slower, each one "
         "more exposed to the pull timeout.",
+        f"The default (MaxConcurrency empty): the push path's own `max_concurrency_for`, from the image's size and "
+        f"RegistryBandwidthGbps {CAP_GBITS:g} (the cap), held against the cap's own limit, the fleet's bytes over "
+        f"{CAP_GBITS:g} Gbit/s. The rule budgets a pull at {PULL_BYTES_PER_SECOND / 1e6:g} MB/s past "
+        f"{PULL_FIXED_SECONDS:g} s per image (prefetch/commands.py), "
+        f"{(PULL_BYTES_PER_SECOND / (IMAGE_BYTES / single) - 1) * 100:.0f}% above the median pull here, for the "
+        "fluctuation of the pulls running at once; what is left between the time and the limit is that margin and "
+        "the last wave, whose nodes finish one pull's time after the budget's bytes (at 1,000 nodes, 6 waves where "
+        "the budget carries ~5: at least ~1.14x with equal pulls). Other sizes: this run's pull times past section "
+        "4's tiny-image run (the fixed work per image), scaled by the bytes.",
+        f"ECR calls by the nodes: per node and command, {1} GetAuthorizationToken (the document logs in once per "
+        f"registry), up to {MANIFESTS_PER_IMAGE} BatchGetImage (a multi-architecture index, then the platform's "
+        f"manifest) and a GetDownloadUrlForLayer per blob it lacks (assumed {LAYERS_PER_IMAGE} layers and the "
+        f"config; containerd fetches {CONCURRENT_DOWNLOADS} at a time). Average: over the rollout; peak: the most "
+        "pulls the simulation starts within one second (every node of the first wave at once: SSM's own ramp, "
+        "doubling from one node as each acknowledges, spreads them over several seconds and is not modelled). "
+        "Quotas: ECR's defaults per account and Region (Amazon ECR User Guide, service quotas), shared with every "
+        "other pull in the account: kubelet's own, CI's.",
     ]
+
+
+def _measure_default(section: Section, scaled: list[float], fleets: tuple[int, ...]) -> None:
+    """The default rule at the fleets where the cap binds, for three image sizes; and the nodes' ECR calls."""
+    fixed = fixed_seconds()
+    measured = [fleet for fleet in DEFAULT_FLEETS if fleet in fleets]
+    for image_bytes in DEFAULT_SIZES:
+        concurrency = default_concurrency(image_bytes)
+        for fleet in measured:
+            draw = random.Random(f"{SEED}-{fleet}")  # noqa: S311 (a simulation, not cryptography)
+            durations = sized([draw.choice(scaled) for _ in range(fleet)], image_bytes, fixed)
+            result = simulate(durations, concurrency, image_bytes=image_bytes)
+            limit = fleet * image_bytes / CAP_BYTES
+            over_cap = result.peak_demand > CAP_BYTES
+            slow = result.last_warm > LIMIT_FACTOR * limit
+            why = []
+            if slow:
+                # Whole waves of pulls against the budget's fraction of one: the least a sliding window of equal
+                # pulls could take; the spread of this run's pulls adds its slowest to the last wave.
+                waves = -(-fleet // int(concurrency))
+                floor = waves / (limit / statistics.median(durations))
+                why.append(
+                    f"by {result.last_warm / limit - LIMIT_FACTOR:.2f}x of the limit: {waves} waves of pulls where the "
+                    f"budget carries {limit / statistics.median(durations):.1f} ({floor:.2f}x with equal pulls), and "
+                    f"this run's pulls spread {min(durations):.0f}-{max(durations):.0f} s (section 4's rounds)"
+                )
+            if over_cap:
+                why.append(f"asks {_gbits(result.peak_demand)}, over the {CAP_GBITS:g} Gbit/s budget")
+            section.rows.append(
+                Row(
+                    f"fleet of {fleet:,}, {_size(image_bytes)} image, default (MaxConcurrency {concurrency}, from "
+                    f"RegistryBandwidthGbps {CAP_GBITS:g})",
+                    f"{result.last_warm:,.0f} s; {result.peak_running:,} at once, {_gbits(result.peak_demand)}",
+                    f"{limit:,.0f} s (the fleet's bytes over {CAP_GBITS:g} Gbit/s)",
+                    ratio(result.last_warm, limit),
+                    f"≤ {LIMIT_FACTOR}x the limit, ≤ {CAP_GBITS:g} Gbit/s",
+                    verdict(not slow and not over_cap, "; ".join(why)),
+                )
+            )
+        if measured:
+            section.rows.append(_ecr_calls(measured[-1], image_bytes, result))
+    if DEFAULT_FLEETS[-1] not in measured:
+        not_measured(section, [f"fleet of {DEFAULT_FLEETS[-1]:,}, default, every size"], "skipped in a quick run")
+
+
+def _ecr_calls(fleet: int, image_bytes: float, result: Coverage) -> Row:
+    """The ECR calls the nodes make during a default rollout, against ECR's default quotas."""
+    started_per_second = len(result.starts) / result.last_warm
+    peak = result.peak_starts()
+    blobs = LAYERS_PER_IMAGE + 1
+    # A running pull asks for its blobs' URLs over its time (on average, as many a second as the nodes it starts
+    # times its blobs); in the first second of a wave, each node its first few at once.
+    urls = max(peak * CONCURRENT_DOWNLOADS, started_per_second * blobs)
+    rates = {
+        "GetAuthorizationToken": (started_per_second, peak),
+        "BatchGetImage": (started_per_second * MANIFESTS_PER_IMAGE, peak * MANIFESTS_PER_IMAGE),
+        "GetDownloadUrlForLayer": (started_per_second * blobs, urls),
+    }
+    worst = max(highest / ECR_QUOTAS[name] for name, (_average, highest) in rates.items())
+    return Row(
+        f"ECR calls by the nodes, fleet of {fleet:,}, {_size(image_bytes)} image, default (average / peak second)",
+        "; ".join(f"{name} {average:,.1f} / {highest:,.0f} per s" for name, (average, highest) in rates.items()),
+        "quotas " + " / ".join(f"{quota:,}" for quota in ECR_QUOTAS.values()) + " per s",
+        f"{worst:.2f}x (the peak nearest its quota)",
+        "≤ ECR's default quotas",
+        verdict(worst <= 1, f"the peak second asks {worst:.2f}x a quota"),
+    )

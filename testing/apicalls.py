@@ -26,10 +26,10 @@ from eks_prefetch.status import sweep
 from eks_prefetch.status import table as status_table
 from testing.clock import Clock
 from testing.deployment import FakeLambdaContext, create_status_table, deployment, load_handler
-from testing.ec2 import run_nodes
-from testing.ecr import fill_repository, page_describe_images_as_ecr_does
-from testing.environment import DEPLOYMENT_ENV, REGISTRY, STATUS_TABLE
-from testing.events import push_event, running_event
+from testing.ec2 import launch_time_of, run_instance, run_nodes
+from testing.ecr import digest_of, fill_repository, page_describe_images_as_ecr_does
+from testing.environment import DEPLOYMENT_ENV, DOCUMENT, REGISTRY, STATUS_TABLE
+from testing.events import push_event, running_event, status_event
 from testing.simulated_queue import SimulatedQueue
 from testing.ssm import Agents, Answer, FakeInvocations
 
@@ -106,6 +106,58 @@ def calls_per_launch_burst(*, launches: int, repositories: int, not_ready_polls:
         if unsent:
             raise AssertionError(f"{len(unsent)} nodes got no command")
         calls.invocations = queue.invocations
+        return calls
+
+
+# --- the status function, per counted invocation ------------------------------------------------------------------
+
+
+def calls_per_status_event(*, command: str, reported_before: bool = True) -> ApiCalls:
+    """One status event of a node's invocation that pulled the newest image, counted by the status function in a
+    warm container whose resolution of the newest image an earlier event made (a push's burst of events).
+
+    command: "push" (a fleet command's, or a repair's: no new-node mark), "new-node" (the new-node path's, its
+    Comment carrying the launch time), or "new-node-legacy" (sent before the Comment carried it). reported_before:
+    the earlier event was this node's own, of the image before (a fleet at its next push), else another node's (a
+    fresh node).
+    """
+    repository = "ml/trainer"
+    with deployment(REPOSITORY_NAMES=repository, STATUS_TABLE=STATUS_TABLE):
+        create_status_table()
+        newest = fill_repository(repository, 2)
+        node, other = (run_instance({"eks:cluster-name": DEPLOYMENT_ENV["CLUSTER_NAME"]}) for _ in range(2))
+        fake = FakeInvocations().install()
+        handler = load_handler("status").lambda_handler
+        ended = datetime.now(UTC)
+
+        def counted(instance: str, comment: str, event_id: str, digest: str = newest) -> dict[str, Any]:
+            reference = f"{REGISTRY}/{repository}@{digest}"
+            output = "\n".join(
+                [
+                    json.dumps({"image": reference, "status": "pulled", "digest": digest, "seconds": 90.0}),
+                    json.dumps({"summary": True, "images": 1, "pulled": 1}),
+                ]
+            )
+            command_id = boto3.client("ssm").send_command(
+                DocumentName=DOCUMENT, InstanceIds=[instance], Parameters={"images": [reference]}, Comment=comment
+            )["Command"]["CommandId"]
+            fake.set(command_id, instance, Answer(stdout=output, ended=ended))
+            result = handler(status_event(command_id, instance, "Success", DOCUMENT, event_id), FakeLambdaContext())
+            if result.get("result") != "counted":
+                raise AssertionError(f"invocation not counted: {result}")
+            return result
+
+        launched = datetime.fromisoformat(launch_time_of(node)).strftime("%Y%m%dT%H%M%SZ")
+        comment = {
+            "push": "prefetch ml/trainer:v1 [evt-0123456789abcdef]",
+            "new-node": f"new node launched {launched}: prefetch ml/trainer:v1 [evt-0123456789abcdef]",
+            "new-node-legacy": "new node: prefetch ml/trainer:v1 [evt-0123456789abcdef]",
+        }[command]
+        with contextlib.redirect_stdout(io.StringIO()):
+            before = digest_of(f"{repository}-0")  # fill_repository's older image
+            counted(node if reported_before else other, "prefetch ml/trainer:v0 [evt-earlier]", "earlier", before)
+            with ApiCalls().counting() as calls:
+                counted(node, comment, "counted")
         return calls
 
 

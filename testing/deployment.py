@@ -70,9 +70,10 @@ def create_status_table() -> None:
 
 
 def idempotency_records() -> list[dict[str, Any]]:
-    """The Powertools idempotency records in the table, without sending's attempt counters."""
+    """The Powertools idempotency records in the table, without sending's attempt counters and the new-node path's
+    schedule (prefetch/pacing.py)."""
     items = boto3.client("dynamodb").scan(TableName=TABLE)["Items"]
-    return [item for item in items if not item["id"]["S"].startswith("send-attempt#")]
+    return [item for item in items if not item["id"]["S"].startswith(("send-attempt#", "pacing#"))]
 
 
 def send_attempts() -> dict[str, int]:

@@ -20,14 +20,16 @@ def digest_of(seed: str) -> str:
     return "sha256:" + hashlib.sha256(seed.encode()).hexdigest()
 
 
-def manifest_of(seed: str) -> str:
+def manifest_of(seed: str, size: int = 7023) -> str:
+    """An image manifest; ``size``: what moto's DescribeImages gives as the image's imageSizeInBytes (the config's
+    size, in moto)."""
     return json.dumps(
         {
             "schemaVersion": 2,
             "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
             "config": {
                 "mediaType": "application/vnd.docker.container.image.v1+json",
-                "size": 7023,
+                "size": size,
                 "digest": digest_of(f"config-{seed}"),
             },
             "layers": [
@@ -45,10 +47,11 @@ def create_repository(name: str) -> None:
     boto3.client("ecr").create_repository(repositoryName=name)
 
 
-def push_image(repository: str, seed: str, *, tag: str | None, pushed_at: datetime) -> str:
-    """Put an image (tagged or not) and set its push time; returns its digest."""
+def push_image(repository: str, seed: str, *, tag: str | None, pushed_at: datetime, size: int = 7023) -> str:
+    """Put an image (tagged or not, of ``size`` bytes as DescribeImages gives it) and set its push time; returns its
+    digest."""
     digest = digest_of(seed)
-    kwargs = {"repositoryName": repository, "imageManifest": manifest_of(seed), "imageDigest": digest}
+    kwargs = {"repositoryName": repository, "imageManifest": manifest_of(seed, size), "imageDigest": digest}
     if tag is not None:
         kwargs["imageTag"] = tag
     boto3.client("ecr").put_image(**kwargs)

@@ -29,6 +29,8 @@ _METRICS = {
     "sent": "CommandsSent",
     "duplicate": "DuplicateEvents",
     "retry": "NodesNotReady",
+    # Held back for its slot in the registry path's budget (a scale-out larger than it carries at once).
+    "waiting": "NodesWaitingForBandwidth",
     "gave_up": "NodesGivenUp",
 }
 

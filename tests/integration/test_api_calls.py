@@ -9,11 +9,15 @@ from collections import Counter
 
 import pytest
 
-from testing.apicalls import calls_per_launch_burst, calls_per_push, calls_per_sweep
+from testing.apicalls import calls_per_launch_burst, calls_per_push, calls_per_status_event, calls_per_sweep
 
 # What one send costs in the idempotency table: Powertools' in-progress record and its completion, and sending's
 # attempt counter (see eks_prefetch.prefetch.sending).
 DYNAMODB_PER_SEND = Counter({"dynamodb:PutItem": 1, "dynamodb:UpdateItem": 2})
+# A new node's reservation in the new-node schedule (prefetch/pacing.py): one conditional update, and, for a node
+# looked at before, the look for a reservation an earlier delivery made.
+DYNAMODB_PER_SLOT = Counter({"dynamodb:UpdateItem": 1})
+DYNAMODB_PER_SLOT_LOOKED_AT_BEFORE = Counter({"dynamodb:UpdateItem": 1, "dynamodb:GetItem": 1})
 
 
 @pytest.mark.parametrize("fleet", [1, 100])
@@ -44,7 +48,7 @@ def test_a_ready_new_node_costs_one_describe_per_repository_and_one_command(repo
             "ssm:SendCommand": 1,
         }
     )
-    assert calls.only(("dynamodb",)) == DYNAMODB_PER_SEND
+    assert calls.only(("dynamodb",)) == DYNAMODB_PER_SEND + DYNAMODB_PER_SLOT
     assert calls.invocations == 1
 
 
@@ -63,6 +67,7 @@ def test_each_look_at_a_node_not_ready_yet_costs_two_describes_and_a_visibility_
             }
         )
         + DYNAMODB_PER_SEND
+        + DYNAMODB_PER_SLOT_LOOKED_AT_BEFORE
     )
     assert calls.invocations == 4
 
@@ -78,7 +83,8 @@ def test_a_burst_of_launches_resolves_each_repository_once_per_batch_and_sends_o
             "ssm:SendCommand": 30,
         }
     )
-    assert calls.only(("dynamodb",)) == Counter({key: 30 * count for key, count in DYNAMODB_PER_SEND.items()})
+    per_node = DYNAMODB_PER_SEND + DYNAMODB_PER_SLOT
+    assert calls.only(("dynamodb",)) == Counter({key: 30 * count for key, count in per_node.items()})
     assert calls.invocations == 3  # batches of 10
 
 
@@ -113,7 +119,7 @@ def test_a_sweep_that_counts_lost_events_reads_each_invocation_once() -> None:
     calls = calls_per_sweep(invocations=60, events_lost=True)
 
     assert calls.counts["ssm:GetCommandInvocation"] == 60
-    assert calls.counts["ec2:DescribeInstances"] == 60  # launch-to-cached, once per node's first report
+    assert calls.counts["ec2:DescribeInstances"] == 0  # no launch time is needed for a fleet command's report
     assert calls.counts["ssm:ListCommandInvocations"] == 2
 
 
@@ -128,3 +134,38 @@ def test_a_repairing_sweep_is_bounded_by_the_per_sweep_limit() -> None:
     # The nodes' start times (no SSM registration date here): EC2 launch times, 200 instances a DescribeInstances.
     assert calls.counts["ec2:DescribeInstances"] == pages(500, 200)
     assert calls.total() == 1 + pages(500, 50) + 1 + pages(500, 200) + 4
+
+
+# The status function per counted invocation: its node's row, the claim and the GetCommandInvocation, no EC2 call.
+# Before issue 26 every one also made a DescribeInstances (the launch time, for LaunchToCachedSeconds) and, for a node
+# that had reported before, a GetItem: 2 calls to SSM and EC2 and 6 to DynamoDB per node and push.
+PER_COUNTED_INVOCATION = Counter(
+    {
+        "ssm:GetCommandInvocation": 1,
+        "dynamodb:GetItem": 1,  # the claim
+        "dynamodb:UpdateItem": 3,  # the node's row for the image, the node's report noted, the claim counted
+        "dynamodb:PutItem": 1,  # the claim
+    }
+)
+
+
+@pytest.mark.parametrize("reported_before", [True, False])
+def test_a_fleet_commands_invocation_is_counted_with_one_ssm_call_and_no_ec2_call(reported_before: bool) -> None:
+    calls = calls_per_status_event(command="push", reported_before=reported_before)
+
+    assert calls.counts == PER_COUNTED_INVOCATION
+
+
+def test_a_new_node_commands_invocation_takes_its_launch_time_from_the_comment_not_ec2() -> None:
+    fresh = calls_per_status_event(command="new-node", reported_before=False)
+    again = calls_per_status_event(command="new-node", reported_before=True)
+
+    # The launch's first report is measured with one conditional write; a later one reads the row to tell.
+    assert fresh.counts == PER_COUNTED_INVOCATION
+    assert again.counts == PER_COUNTED_INVOCATION + Counter({"dynamodb:GetItem": 1})
+
+
+def test_a_new_node_command_sent_before_the_comment_carried_its_launch_asks_ec2() -> None:
+    calls = calls_per_status_event(command="new-node-legacy", reported_before=False)
+
+    assert calls.counts == PER_COUNTED_INVOCATION + Counter({"ec2:DescribeInstances": 1})

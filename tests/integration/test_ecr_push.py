@@ -71,6 +71,34 @@ def trainer() -> dict[str, str]:
     return digests
 
 
+@pytest.mark.parametrize(
+    ("size", "environment", "max_concurrency"),
+    [
+        (3_500_000_000, {}, "189"),  # 50 Gbit/s over a 3.5 GB pull's ~33 MB/s
+        (500_000_000, {}, "191"),
+        (10_000_000_000, {"REGISTRY_BANDWIDTH_GBPS": "100"}, "379"),
+        (3_500_000_000, {"REGISTRY_BANDWIDTH_GBPS": "5"}, "18"),
+        (3_500_000_000, {"MAX_CONCURRENCY": "100"}, "100"),  # the user's MaxConcurrency wins
+        (3_500_000_000, {"MAX_CONCURRENCY": "10%"}, "10%"),
+    ],
+)
+def test_the_fleet_commands_concurrency_follows_the_pushed_images_size_and_the_budget(
+    handler, sent, lambda_context, monkeypatch, size, environment, max_concurrency
+):
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    load.cache_clear()
+    create_repository("ml/trainer")
+    digest = push_image("ml/trainer", "big", tag="v3.0.0", pushed_at=at(20), size=size)
+
+    result = handler(push_event("ml/trainer", digest, "v3.0.0"), lambda_context)
+
+    assert result["status"] == "sent"
+    (request,) = sent
+    assert request["MaxConcurrency"] == max_concurrency
+    assert request["MaxErrors"] == "25%"  # MaxErrors keeps its meaning
+
+
 def test_new_image_sends_one_digest_pinned_fleet_command(handler, sent, api_calls, trainer, lambda_context):
     result = handler(push_event("ml/trainer", trainer["v2"], "v2.0.0"), lambda_context)
 
@@ -84,7 +112,9 @@ def test_new_image_sends_one_digest_pinned_fleet_command(handler, sent, api_call
     assert request["Parameters"]["images"] == [f"{REGISTRY}/ml/trainer:v2.0.0@{trainer['v2']}"]
     assert request["Parameters"]["pin"] == ["true"]
     assert request["Parameters"]["keepPinned"] == ["2"]
-    assert request["MaxConcurrency"] == "100"
+    # The pushed image's size (DescribeImages) over the default budget: moto's image is 7 kB, so the budget allows
+    # far more pulls at once than any fleet (see the next test for real sizes).
+    assert request["MaxConcurrency"] == "178176"
     assert request["MaxErrors"] == "25%"
     assert request["TimeoutSeconds"] == 600
     assert request["CloudWatchOutputConfig"] == {"CloudWatchLogGroupName": LOG_GROUP, "CloudWatchOutputEnabled": True}

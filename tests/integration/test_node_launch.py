@@ -150,7 +150,8 @@ def test_ready_node_gets_one_command_with_the_newest_image_of_every_repository(q
     assert "Targets" not in request
     assert request["DocumentName"] == DOCUMENT
     assert request["DocumentVersion"] == "1"
-    assert request["MaxConcurrency"] == "100"
+    # The two images' sizes (moto's 7 kB each) over the budget: one node either way.
+    assert request["MaxConcurrency"] == "178176"
     assert request["MaxErrors"] == "25%"
     assert request["TimeoutSeconds"] == 600
     assert request["CloudWatchOutputConfig"] == {"CloudWatchLogGroupName": LOG_GROUP, "CloudWatchOutputEnabled": True}
@@ -162,15 +163,19 @@ def test_ready_node_gets_one_command_with_the_newest_image_of_every_repository(q
     # The very builder the push path uses: same document, parameters and safety settings.
     settings = load(LaunchSettings)
     newest = [
-        ResolvedImage(REGISTRY, "ml/trainer", images["ml/trainer"], "v2", at(3)),
-        ResolvedImage(REGISTRY, "ml/inference", images["ml/inference"], "v2", at(4)),
+        ResolvedImage(REGISTRY, "ml/trainer", images["ml/trainer"], "v2", at(3), size_bytes=7023),
+        ResolvedImage(REGISTRY, "ml/inference", images["ml/inference"], "v2", at(4), size_bytes=7023),
     ]
     key = {"instance": instance, "launch_time": launch_time_of(instance)}
+    launched = datetime.fromisoformat(launch_time_of(instance))
     assert request == with_comment_marker(
-        send_command_request(newest, settings, instance_ids=[instance], new_node=True), event_marker(key)
+        send_command_request(newest, settings, instance_ids=[instance], new_node=True, launched=launched),
+        event_marker(key),
     )
-    # Marked as the new-node path's: the status function measures LaunchToCachedSeconds from these commands only.
-    assert request["Comment"].startswith("new node: prefetch ml/trainer:v2")
+    # Marked as the new-node path's, with the launch: the status function measures LaunchToCachedSeconds from these
+    # commands only, from the launch time they carry.
+    stamp = launched.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    assert request["Comment"].startswith(f"new node launched {stamp}: prefetch ml/trainer:v2")
     # moto's record of the command, and an acknowledged (deleted) message.
     (command,) = commands()
     assert command["InstanceIds"] == [instance]

@@ -77,19 +77,28 @@ def send(instance_ids: list[str], references: list[str], document: str = DOCUMEN
     )["Command"]["CommandId"]
 
 
-def comment_of(node: str, *, new_node: bool) -> str:
-    """The Comment of a command to ``node`` as the functions build it: the new-node path's (``new_node``), or a push's
-    or a repair's, marked with an event key as ``send_once`` marks every command."""
+def launch_time(node: str) -> datetime:
+    return ec2_backends[ACCOUNT][REGION].get_instance(node).launch_time.replace(tzinfo=UTC)
+
+
+def comment_of(node: str, *, new_node: bool, with_launch_time: bool = True) -> str:
+    """The Comment of a command to ``node`` as the functions build it: the new-node path's (``new_node``: with the
+    instance's launch time, or as commands sent before it carried one), or a push's or a repair's, marked with an
+    event key as ``send_once`` marks every command."""
     image = ResolvedImage(REGISTRY, TRAINER, "sha256:" + "0" * 64, "v2", at(0))
     request = commands.send_command_request(
-        [image], settings.load(settings.StatusSettings), instance_ids=[node], new_node=new_node
+        [image],
+        settings.load(settings.StatusSettings),
+        instance_ids=[node],
+        new_node=new_node,
+        launched=launch_time(node) if new_node and with_launch_time else None,
     )
     return commands.with_comment_marker(request, sending.event_marker({"instance": node}))["Comment"]
 
 
-def send_to_new_node(node: str, references: list[str]) -> str:
+def send_to_new_node(node: str, references: list[str], *, with_launch_time: bool = True) -> str:
     """A command as the new-node path sends it to a node that just launched."""
-    return send([node], references, comment=comment_of(node, new_node=True))
+    return send([node], references, comment=comment_of(node, new_node=True, with_launch_time=with_launch_time))
 
 
 def good_output(records: list[tuple[str, str, str | None]], **extra_summary: Any) -> str:
@@ -346,7 +355,44 @@ def test_a_node_served_first_by_a_push_measures_no_launch_to_cached(fake, images
     assert results == ["counted", "counted"]
     assert total(printed, "Invocations", **C) == 2
     assert values(printed, "LaunchToCachedSeconds", **C) == []
-    assert aws.dynamodb.get_item(STATUS_TABLE, status_table.node_row_key(node))["first_report_command"] == push
+    node_row = aws.dynamodb.get_item(STATUS_TABLE, status_table.node_row_key(node))
+    assert node_row["last_report_at"] == status_table.timestamp(ENDED)  # the push's report, noted
+    assert "first_report_command" not in node_row
+
+
+def test_a_report_from_before_a_restart_does_not_take_the_new_launchs_measure(
+    fake, images, handler, lambda_context, capsys
+):
+    """A push's report of the node's previous launch, recorded late (a lost event the sweep counts), is no report of
+    the launch after a stop/start: the new-node command's report is still that launch's first."""
+    node = run_node(launched=ENDED - timedelta(seconds=60))
+    digest = images[TRAINER]
+    before = send([node], [ref(TRAINER, digest)], comment=comment_of(node, new_node=False))
+    launch = send_to_new_node(node, [ref(TRAINER, digest)])
+    output = good_output([(ref(TRAINER, digest), "cached", digest)])
+    fake.set(before, node, Answer("Success", "Success", output, ENDED - timedelta(minutes=10)))
+    fake.set(launch, node, Answer("Success", "Success", output, ENDED))
+    capsys.readouterr()
+
+    for command_id in (before, launch):
+        invoke(handler, lambda_context, status_event(command_id, node, "Success", DOCUMENT))
+
+    assert values(capsys.readouterr().out, "LaunchToCachedSeconds", **C) == [60.0]
+
+
+def test_a_new_node_command_sent_before_its_comment_carried_the_launch_time_is_measured_from_ec2(
+    fake, images, handler, lambda_context, capsys
+):
+    """Commands in flight across an upgrade: "new node: ..." without the launch time; EC2 gives it."""
+    node = run_node(launched=ENDED - timedelta(seconds=45))
+    digest = images[TRAINER]
+    launch = send_to_new_node(node, [ref(TRAINER, digest)], with_launch_time=False)
+    fake.set(launch, node, Answer("Success", "Success", good_output([(ref(TRAINER, digest), "pulled", digest)]), ENDED))
+    capsys.readouterr()
+
+    invoke(handler, lambda_context, status_event(launch, node, "Success", DOCUMENT))
+
+    assert values(capsys.readouterr().out, "LaunchToCachedSeconds", **C) == [45.0]
 
 
 def test_a_repair_or_an_untagged_command_measures_no_launch_to_cached(fake, images, handler, lambda_context, capsys):

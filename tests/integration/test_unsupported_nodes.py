@@ -306,3 +306,19 @@ def test_a_step_ssm_skipped_on_a_windows_node_is_no_failure_and_no_bad_output(
     # No failure recorded on its rows: the node is outside coverage by its platform.
     assert row(nodes["windows"], TRAINER) is None
     assert nodes["windows"] in fleet_at(LATER).unsupported
+
+
+def test_a_nodes_platform_is_asked_once_per_container_however_many_pushes_skip_it(
+    nodes, images, fake, handler, fleet, lambda_context
+):
+    """A step skipped with no stdout is told apart from a broken run by the node's platform (one
+    DescribeInstanceInformation); a warm container remembers it, as a node's platform does not change: every push
+    that reaches a Windows node by its tags would otherwise ask again."""
+    fleet.asked.clear()
+    for _push in range(3):
+        result = report_of(
+            fake, handler, lambda_context, nodes["windows"], [ref(TRAINER, images[TRAINER])], skipped_step()
+        )
+        assert result["unsupported"]
+
+    assert fleet.asked == [nodes["windows"]]

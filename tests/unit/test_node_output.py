@@ -292,3 +292,18 @@ def test_nothing_a_node_prints_raises():
             text = "".join(chr(rng.randrange(0, 0x3000)) for _ in range(rng.randrange(0, 200)))
         output = parse_node_output(text)
         assert output.problem is not None or output.summary is not None
+
+
+def test_blank_lines_padding_and_crlf_read_as_the_lines_they_hold() -> None:
+    """SSM's output may carry CRLF line ends, blank lines or padded lines: read as the lines they hold."""
+    padded = "\r\n".join(["", "  " + GOOD.splitlines()[0] + "  ", "\t", GOOD.splitlines()[1], "  " + SUMMARY, " "])
+
+    output = parse_node_output(padded)
+
+    assert output.problem is None and output.bad_lines == 0
+    assert [record.status for record in output.records] == ["pulled", "failed"]
+    assert output.summary is not None and output.summary.images == 2
+
+
+def test_only_blank_lines_is_empty_output() -> None:
+    assert parse_node_output(" \n\t\r\n").problem is OutputProblem.EMPTY

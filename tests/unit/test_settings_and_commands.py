@@ -9,7 +9,16 @@ from pydantic import ValidationError
 
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.node_contract import DEFAULT_CONNECTIONS, push_time_ms
-from eks_prefetch.prefetch.commands import is_new_node_comment, send_command_request, with_comment_marker
+from eks_prefetch.prefetch.commands import (
+    PULL_BYTES_PER_SECOND,
+    image_bytes,
+    is_new_node_comment,
+    launch_time_of,
+    pull_seconds,
+    pulls_at_once,
+    send_command_request,
+    with_comment_marker,
+)
 from eks_prefetch.settings import PushSettings
 from harness import template as cfn
 from testing.environment import DEPLOYMENT_ENV
@@ -22,13 +31,14 @@ def settings(**overrides: str) -> PushSettings:
 PUSHED = datetime(2026, 11, 1, 12, 30, 15, 250000, tzinfo=UTC)
 
 
-def image(repository: str, tag: str, seed: str) -> ResolvedImage:
+def image(repository: str, tag: str, seed: str, size: int | None = 3_500_000_000) -> ResolvedImage:
     return ResolvedImage(
         registry="123456789012.dkr.ecr.us-east-1.amazonaws.com",
         repository=repository,
         digest="sha256:" + seed * 64,
         tag=tag,
         pushed_at=PUSHED,
+        size_bytes=size,
     )
 
 
@@ -49,6 +59,10 @@ def test_settings_from_the_template_environment():
         {"TAG_FILTER": "(unclosed"},
         {"MAX_ERRORS": "lots"},
         {"MAX_CONCURRENCY": "0"},
+        {"MAX_CONCURRENCY": "1000000"},
+        {"REGISTRY_BANDWIDTH_GBPS": "0"},
+        {"REGISTRY_BANDWIDTH_GBPS": "nan"},
+        {"REGISTRY_BANDWIDTH_GBPS": "fast"},
         {"DELIVERY_TIMEOUT_SECONDS": "10"},
         {"PIN_IMAGES": "maybe"},
         {"CLUSTER_NAME": ""},
@@ -72,7 +86,8 @@ def test_fleet_request_targets_the_tag_and_sets_every_safety_knob():
     assert request["Targets"] == [{"Key": "tag:eks:cluster-name", "Values": ["ml-prod"]}]
     assert "InstanceIds" not in request
     assert request["MaxErrors"] == "3"
-    assert request["MaxConcurrency"] == "100"
+    # 50 Gbit/s (the default budget) over what one node's pull of 3.5 GB asks: 33 MB/s once past its fixed 0.2 s.
+    assert request["MaxConcurrency"] == "189"
     assert request["DocumentVersion"] == "1"
     assert request["Parameters"] == {
         # The pod's tag and the digest: the node pulls the digest and names the image by the tag too.
@@ -134,10 +149,13 @@ def test_no_images_is_a_programming_error():
 
 
 def test_the_safety_defaults_are_the_templates() -> None:
-    """MaxConcurrency's default was chosen from the coverage benchmark (bench/coverage.py reads it from
-    CommandSettings): the template, the settings and that benchmark must say the same."""
+    """The default rollout (MaxConcurrency from the registry path's budget) is what the coverage benchmark measures
+    (bench/coverage.py reads CommandSettings): the template, the settings and that benchmark must say the same."""
     parameters = cfn.template()["Parameters"]
-    assert PushSettings.model_fields["max_concurrency"].default == parameters["MaxConcurrency"]["Default"] == "100"
+    assert PushSettings.model_fields["max_concurrency"].default == parameters["MaxConcurrency"]["Default"] == ""
+    assert (
+        PushSettings.model_fields["registry_bandwidth_gbps"].default == parameters["RegistryBandwidthGbps"]["Default"]
+    )
     assert PushSettings.model_fields["max_errors"].default == parameters["MaxErrors"]["Default"]
 
 
@@ -150,3 +168,84 @@ def test_push_times_go_with_their_images_in_order_to_the_millisecond():
     request = send_command_request([newer, older, naive], settings(), instance_ids=["i-0123456789abcdef0"])
 
     assert request["Parameters"]["pushedAt"] == ["1793534400002,1793534400001,1793534400003"]
+
+
+# --- MaxConcurrency from the registry path's budget -----------------------------------------------------------------
+
+SIZES = [1, 7_023, 50_000_000, 500_000_000, 3_500_000_000, 10_000_000_000, 80_000_000_000]
+
+
+@pytest.mark.parametrize("gbps", ["1", "5", "50", "400", "100000"])
+@pytest.mark.parametrize("size", SIZES)
+def test_pulls_at_once_fill_the_budget_without_going_over(gbps: str, size: int) -> None:
+    """Whatever the image and the budget: the pulls at once ask at most the budget (by the rule's model of a pull),
+    and one pull more would ask more than it (unless one pull alone is over it, or SSM's limit is reached)."""
+    loaded = settings(REGISTRY_BANDWIDTH_GBPS=gbps)
+    images = [image("ml/trainer", "v2", "a", size)]
+    one_pull = image_bytes(images) / pull_seconds(images)
+    budget = float(gbps) * 1e9 / 8
+
+    count = pulls_at_once(images, loaded)
+
+    assert count == 1 or count * one_pull <= budget
+    assert count == 999_999 or (count + 1) * one_pull > budget
+    assert send_command_request(images, loaded)["MaxConcurrency"] == str(count)
+
+
+def test_the_concurrency_follows_the_bytes_a_command_sends() -> None:
+    """Large images pull at a node's full rate: the budget over it. A small image spends more of its time in fixed
+    work, so more of them fit; several images of one command are one node's run, their bytes over its time."""
+    loaded = settings()
+    counts = {size: pulls_at_once([image("ml/trainer", "v2", "a", size)], loaded) for size in SIZES[2:6]}
+
+    assert counts == {50_000_000: 214, 500_000_000: 191, 3_500_000_000: 189, 10_000_000_000: 189}
+    assert int(6.25e9 / PULL_BYTES_PER_SECOND) == 189
+    pair = [image("ml/trainer", "v2", "a", 500_000_000), image("ml/inference", "v1", "b", 500_000_000)]
+    assert pulls_at_once(pair, loaded) == 191
+    # An image whose size ECR does not give counts as a large one.
+    assert pulls_at_once([image("ml/trainer", "v2", "a", None)], loaded) == 189
+
+
+def test_the_budget_scales_the_concurrency_and_a_share_of_it_scales_it_down() -> None:
+    images = [image("ml/trainer", "v2", "a")]
+    assert pulls_at_once(images, settings(REGISTRY_BANDWIDTH_GBPS="100")) == 379
+    assert pulls_at_once(images, settings(REGISTRY_BANDWIDTH_GBPS="1")) == 3
+    assert pulls_at_once(images, settings(), share=0.25) == 47
+    assert (
+        send_command_request(images, settings(), instance_ids=["i-0123456789abcdef0"], budget_share=0.25)[
+            "MaxConcurrency"
+        ]
+        == "47"
+    )
+
+
+@pytest.mark.parametrize("explicit", ["100", "10%", "1", "100%"])
+def test_an_explicit_max_concurrency_wins_for_every_command(explicit: str) -> None:
+    loaded = settings(MAX_CONCURRENCY=explicit, REGISTRY_BANDWIDTH_GBPS="1")
+    images = [image("ml/trainer", "v2", "a", 7_023)]
+
+    assert send_command_request(images, loaded)["MaxConcurrency"] == explicit
+    assert (
+        send_command_request(images, loaded, instance_ids=["i-0123456789abcdef0"], budget_share=0.1)["MaxConcurrency"]
+        == explicit
+    )
+
+
+def test_the_new_node_comment_carries_the_launch_time_so_the_status_function_needs_no_ec2_call() -> None:
+    images = [image(f"team-{n}/very-long-repository-name", "2026.11.29-build", "c") for n in range(6)]
+    launched = datetime(2026, 11, 29, 20, 7, 5, tzinfo=UTC)
+    request = send_command_request(
+        images, settings(), instance_ids=["i-0123456789abcdef0"], new_node=True, launched=launched
+    )
+
+    marked = with_comment_marker(request, "evt-0123456789abcdef")["Comment"]
+
+    assert marked.startswith("new node launched 20261129T200705Z: prefetch team-0/")
+    assert len(marked) == 100 and marked.endswith("... [evt-0123456789abcdef]")
+    assert is_new_node_comment(marked)
+    assert launch_time_of(marked) == launched
+    # A command sent before the Comment carried it: still the new-node path's, with no launch time.
+    assert is_new_node_comment("new node: prefetch ml/trainer:v1 [evt-0123456789abcdef]")
+    assert launch_time_of("new node: prefetch ml/trainer:v1") is None
+    assert launch_time_of("prefetch ml/trainer:v1") is None
+    assert not is_new_node_comment("prefetch new node: x")

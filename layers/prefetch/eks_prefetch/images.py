@@ -56,6 +56,7 @@ class ImageCandidate:
     tags: tuple[str, ...]
     registry_id: str
     repository: str
+    size_bytes: int | None = None
 
     @classmethod
     def from_image_detail(cls, detail: Mapping[str, Any]) -> ImageCandidate:
@@ -65,6 +66,7 @@ class ImageCandidate:
             tags=tuple(sorted(detail.get("imageTags") or ())),
             registry_id=detail["registryId"],
             repository=detail["repositoryName"],
+            size_bytes=detail.get("imageSizeInBytes"),
         )
 
 
@@ -77,6 +79,9 @@ class ResolvedImage:
     digest: str
     tag: str
     pushed_at: datetime
+    # What a node downloads for it, as ECR gives it (compressed layers; an index: its largest manifest); None: not
+    # known. How many nodes pull it at once follows from it (prefetch/commands.py).
+    size_bytes: int | None = None
 
     @property
     def reference(self) -> str:
@@ -121,4 +126,5 @@ def pick_newest(
         # The last matching tag in sort order, so the name shown is stable too.
         tag=matching_tags(newest.tags, tag_pattern)[-1],
         pushed_at=newest.pushed_at,
+        size_bytes=newest.size_bytes,
     )

@@ -24,8 +24,9 @@ from eks_prefetch.node_selectors import Selector, matches, parse_node_selectors,
 
 logger = Logger(child=True)
 
-# SSM accepts an absolute count or a percentage for MaxConcurrency and MaxErrors; only MaxErrors may be 0.
-_CONCURRENCY = r"^([1-9][0-9]{0,5}|[1-9][0-9]?%|100%)$"
+# SSM accepts an absolute count or a percentage for MaxConcurrency and MaxErrors; only MaxErrors may be 0. An empty
+# MaxConcurrency leaves it to the registry path's budget (REGISTRY_BANDWIDTH_GBPS).
+_CONCURRENCY = r"^([1-9][0-9]{0,5}|[1-9][0-9]?%|100%)?$"
 _ERRORS = r"^([0-9]{1,6}|[0-9][0-9]?%|100%)$"
 
 
@@ -129,7 +130,13 @@ class CommandSettings(ClusterSettings):
 
     document_name: str = Field(alias="DOCUMENT_NAME", min_length=3)
     document_version: str = Field(alias="DOCUMENT_VERSION", default="1", pattern=r"^([0-9]+|\$LATEST|\$DEFAULT)$")
-    max_concurrency: str = Field(alias="MAX_CONCURRENCY", default="100", pattern=_CONCURRENCY)
+    # Empty: each command's MaxConcurrency follows from the bytes it sends and the registry path's budget
+    # (prefetch/commands.py). A count or a percentage: that, for every command, as the user set it.
+    max_concurrency: str = Field(alias="MAX_CONCURRENCY", default="", pattern=_CONCURRENCY)
+    # What the nodes' pulls may ask of the registry path together (NAT gateway, VPC endpoints, ECR), in Gbit/s.
+    registry_bandwidth_gbps: Annotated[float, Field(ge=1, le=100_000, allow_inf_nan=False)] = Field(
+        alias="REGISTRY_BANDWIDTH_GBPS", default=50.0
+    )
     max_errors: str = Field(alias="MAX_ERRORS", default="25%", pattern=_ERRORS)
     delivery_timeout_seconds: Annotated[int, Field(ge=30, le=2_592_000)] = Field(
         alias="DELIVERY_TIMEOUT_SECONDS", default=600
@@ -142,6 +149,10 @@ class CommandSettings(ClusterSettings):
     pinned_versions_to_keep: Annotated[int, Field(ge=1, le=100)] = Field(alias="PINNED_VERSIONS_TO_KEEP", default=2)
     max_disk_usage_percent: Annotated[int, Field(ge=10, le=95)] = Field(alias="MAX_DISK_USAGE_PERCENT", default=80)
     output_log_group: str = Field(alias="OUTPUT_LOG_GROUP", min_length=1)
+
+    @property
+    def registry_bytes_per_second(self) -> float:
+        return self.registry_bandwidth_gbps * 1e9 / 8
 
     @property
     def effective_pull_timeout_seconds(self) -> int:

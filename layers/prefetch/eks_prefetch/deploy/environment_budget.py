@@ -57,9 +57,9 @@ class FunctionEnvironment:
 
 
 FUNCTIONS = {
-    "EcrPushFunction": FunctionEnvironment("ecr-push", CLUSTER_PARAMETERS, OtherVariables(592, 3)),
-    "NodeLaunchFunction": FunctionEnvironment("node-launch", CLUSTER_PARAMETERS, OtherVariables(776, 3)),
-    "StatusFunction": FunctionEnvironment("status", CLUSTER_PARAMETERS, OtherVariables(800, 4)),
+    "EcrPushFunction": FunctionEnvironment("ecr-push", CLUSTER_PARAMETERS, OtherVariables(627, 3)),
+    "NodeLaunchFunction": FunctionEnvironment("node-launch", CLUSTER_PARAMETERS, OtherVariables(811, 3)),
+    "StatusFunction": FunctionEnvironment("status", CLUSTER_PARAMETERS, OtherVariables(835, 4)),
     "WarmPlannerFunction": FunctionEnvironment(
         "warm-planner", WARM_PLANNER_PARAMETERS, OtherVariables(938, 6), only_with="WarmNodeAmi"
     ),

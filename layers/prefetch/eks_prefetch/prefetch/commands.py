@@ -1,8 +1,12 @@
-"""The SendCommand request for a prefetch: one implementation for every path that sends one."""
+"""The SendCommand request for a prefetch: one implementation for every path that sends one, and how many nodes
+pull at once (its MaxConcurrency)."""
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from eks_prefetch.images import ResolvedImage
@@ -11,10 +15,54 @@ from eks_prefetch.settings import CommandSettings
 
 # SSM's limit on a command's Comment.
 _COMMENT_LIMIT = 100
-# The new-node path's commands open their Comment with this. GetCommandInvocation returns the Comment, so the status
-# function tells from the invocation alone that a report answers a launch (LaunchToCachedSeconds is measured from
-# those only). At the start, because shortening cuts the end and the event marker is appended there.
-NEW_NODE_COMMENT_PREFIX = "new node: "
+# The new-node path's commands open their Comment with this, and the instance's launch time. GetCommandInvocation
+# returns the Comment, so the status function tells from the invocation alone that a report answers a launch
+# (LaunchToCachedSeconds is measured from those only), and since when, without asking EC2. At the start, because
+# shortening cuts the end and the event marker is appended there. "new node: " alone: a command sent before the
+# launch time was written there.
+NEW_NODE_COMMENT_PREFIX = "new node"
+_NEW_NODE_COMMENT = re.compile(r"^new node(?: launched ([0-9]{8}T[0-9]{6}Z))?: ")
+_LAUNCH_FORMAT = "%Y%m%dT%H%M%SZ"
+
+# --- How many nodes pull at once: the registry path's budget over what one node's pull asks of it ------------------
+
+# What one node's pull asks of the registry path: the rule's assumptions (docs/scale.md). A fresh node takes ~109 s
+# for a 3.5 GB (compressed) image (README; BENCHMARKS.md section 1), about 32 MB/s: a pull is budgeted at 33 MB/s,
+# a few percent above, for the fluctuation of the pulls running at once (bench section 1: the pulls at once then ask
+# ~96% of the budget at their peak).
+PULL_BYTES_PER_SECOND = 33e6
+# ...after a fixed time per image, whatever its size (resolving, the last layer's unpacking, pinning): the document's
+# run of a tiny image (BENCHMARKS.md section 4), the least it can be, so that a small image is never given more pulls
+# at once than the budget carries.
+PULL_FIXED_SECONDS = 0.2
+# An image whose size ECR does not give is budgeted as a large one.
+ASSUMED_IMAGE_BYTES = 3.5e9
+# The most MaxConcurrency the settings' pattern (and SSM's 7 characters) allow.
+MAX_PULLS_AT_ONCE = 999_999
+
+
+def image_bytes(images: Sequence[ResolvedImage]) -> float:
+    """What a node that holds none of these images downloads for them."""
+    return float(sum(image.size_bytes if image.size_bytes else ASSUMED_IMAGE_BYTES for image in images))
+
+
+def pull_seconds(images: Sequence[ResolvedImage]) -> float:
+    """How long one node's run of a command with these images takes, by the rule's assumptions."""
+    return len(images) * PULL_FIXED_SECONDS + image_bytes(images) / PULL_BYTES_PER_SECOND
+
+
+def pulls_at_once(images: Sequence[ResolvedImage], settings: CommandSettings, *, share: float = 1.0) -> int:
+    """How many nodes may run a command of these images at once within ``share`` of RegistryBandwidthGbps: the
+    budget over what one node's run asks of it on average (its bytes over its time), at least 1."""
+    one_node = image_bytes(images) / pull_seconds(images)
+    budget = settings.registry_bytes_per_second * share
+    return max(1, min(MAX_PULLS_AT_ONCE, math.floor(budget / one_node)))
+
+
+def max_concurrency_for(images: Sequence[ResolvedImage], settings: CommandSettings, *, share: float = 1.0) -> str:
+    """The command's MaxConcurrency: the user's, when set (a count or a percentage, as given), else
+    ``pulls_at_once``. ``share``: the part of the budget this command may use, beside others sent with it."""
+    return settings.max_concurrency or str(pulls_at_once(images, settings, share=share))
 
 
 def document_parameters(images: Sequence[ResolvedImage], settings: CommandSettings) -> dict[str, list[str]]:
@@ -33,15 +81,34 @@ def document_parameters(images: Sequence[ResolvedImage], settings: CommandSettin
     }
 
 
-def comment_for(images: Sequence[ResolvedImage], *, new_node: bool = False, limit: int = _COMMENT_LIMIT) -> str:
+def comment_for(
+    images: Sequence[ResolvedImage],
+    *,
+    new_node: bool = False,
+    launched: datetime | None = None,
+    limit: int = _COMMENT_LIMIT,
+) -> str:
     names = ", ".join(image.display_name for image in images)
-    text = f"{NEW_NODE_COMMENT_PREFIX if new_node else ''}prefetch {names}"
+    mark = ""
+    if new_node:
+        at = f" launched {launched.astimezone(UTC).strftime(_LAUNCH_FORMAT)}" if launched else ""
+        mark = f"{NEW_NODE_COMMENT_PREFIX}{at}: "
+    text = f"{mark}prefetch {names}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def is_new_node_comment(comment: str | None) -> bool:
     """Whether a command's Comment is that of the new-node path (see ``NEW_NODE_COMMENT_PREFIX``)."""
-    return (comment or "").startswith(NEW_NODE_COMMENT_PREFIX)
+    return _NEW_NODE_COMMENT.match(comment or "") is not None
+
+
+def launch_time_of(comment: str | None) -> datetime | None:
+    """The instance's launch time a new-node command's Comment carries; None for any other command, or one sent
+    before the Comment carried it."""
+    match = _NEW_NODE_COMMENT.match(comment or "")
+    if match is None or match.group(1) is None:
+        return None
+    return datetime.strptime(match.group(1), _LAUNCH_FORMAT).replace(tzinfo=UTC)
 
 
 def with_comment_marker(request: Mapping[str, Any], marker: str) -> dict[str, Any]:
@@ -69,9 +136,13 @@ def send_command_request(
     *,
     instance_ids: Sequence[str] | None = None,
     new_node: bool = False,
+    launched: datetime | None = None,
+    budget_share: float = 1.0,
 ) -> dict[str, Any]:
     """Keyword arguments for ssm.send_command: the whole fleet by tag, or the named instances. ``new_node``: the
-    new-node path's command to a node that just launched, marked as such in its Comment."""
+    new-node path's command to a node that just launched (at ``launched``), marked as such in its Comment.
+    ``budget_share``: the part of the registry path's budget this command's pulls may use (``max_concurrency_for``).
+    """
     if not images:
         raise ValueError("a prefetch command needs at least one image")
     if len(images) > MAX_IMAGES_PER_COMMAND:
@@ -82,10 +153,10 @@ def send_command_request(
         "DocumentName": settings.document_name,
         "DocumentVersion": settings.document_version,
         "Parameters": document_parameters(images, settings),
-        "MaxConcurrency": settings.max_concurrency,
+        "MaxConcurrency": max_concurrency_for(images, settings, share=budget_share),
         "MaxErrors": settings.max_errors,
         "TimeoutSeconds": settings.delivery_timeout_seconds,
-        "Comment": comment_for(images, new_node=new_node),
+        "Comment": comment_for(images, new_node=new_node, launched=launched),
         "CloudWatchOutputConfig": {
             "CloudWatchLogGroupName": settings.output_log_group,
             "CloudWatchOutputEnabled": True,

@@ -8,9 +8,10 @@ SQS delivers it again, and after the redrive budget moves it to the dead-letter 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -24,9 +25,10 @@ from eks_prefetch.events import INSTANCE_ID_PATTERN, Ec2StateChangeEvent
 from eks_prefetch.images import ResolvedImage
 from eks_prefetch.node_contract import auto_mode_reason, unsupported_reason
 from eks_prefetch.node_selectors import tags_of
+from eks_prefetch.prefetch import pacing
 from eks_prefetch.prefetch.commands import image_batches, send_command_request
 from eks_prefetch.prefetch.resolution import NewestImages
-from eks_prefetch.prefetch.sending import SendOutcomeUnknownError, send_once
+from eks_prefetch.prefetch.sending import SendOutcomeUnknownError, event_marker, send_once
 from eks_prefetch.settings import LaunchSettings
 
 logger = Logger(child=True)
@@ -35,6 +37,8 @@ GONE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
 # A record is started only with room for one whole attempt of a call and the bookkeeping after it: a function that
 # its timeout kills would send every record of the batch around again.
 RECORD_MIN_SECONDS = aws.WORST_ATTEMPT_SECONDS + 2
+# SQS's longest visibility timeout: a node waiting for its slot longer comes back and waits again.
+MAX_VISIBILITY_SECONDS = 43_200
 
 
 class NodeVerdict(Enum):
@@ -55,7 +59,7 @@ class Delivery:
 
 @dataclass(frozen=True)
 class LaunchOutcome:
-    status: str  # sent | duplicate | ignored | retry | gave_up
+    status: str  # sent | duplicate | ignored | retry | waiting (for its slot in the budget) | gave_up
     reason: str = ""
     instance_id: str = ""
     images: tuple[str, ...] = ()
@@ -65,7 +69,7 @@ class LaunchOutcome:
     @property
     def failed(self) -> bool:
         """The record must be reported as a batch failure: retried by SQS, or dead-lettered."""
-        return self.status in {"retry", "gave_up"}
+        return self.status in {"retry", "waiting", "gave_up"}
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -169,8 +173,11 @@ def _not_ready(
     delivery: Delivery,
     settings: LaunchSettings,
     now: datetime,
+    *,
+    delay: int | None = None,
 ) -> LaunchOutcome:
-    """Retry later through the queue, or, on the last receive the redrive policy allows, give up loudly."""
+    """Retry later through the queue (after ``delay`` seconds, else the backoff), or, on the last receive the
+    redrive policy allows, give up loudly."""
     instance_id = event.detail.instance_id
     attempt = delivery.receive_count
     if attempt >= settings.node_launch_max_receives:
@@ -183,7 +190,7 @@ def _not_ready(
             extra={"instance_id": instance_id, "reason": reason, "attempts": attempt, "elapsed_seconds": elapsed},
         )
         return LaunchOutcome(status="gave_up", reason=reason, instance_id=instance_id)
-    delay = backoff_seconds(attempt, settings)
+    delay = backoff_seconds(attempt, settings) if delay is None else delay
     aws.sqs.change_visibility(delivery.queue_arn, delivery.receipt_handle, delay)
     logger.info(
         "node not ready, retrying later",
@@ -250,7 +257,60 @@ def prefetch_launched_node(
     images = batch.newest.every_repository(repositories)
     if not images:
         return _ignored("no image to prefetch in any watched repository", instance_id)
+    waiting = _wait_for_slot(images, instance, event, settings, delivery, now)
+    if waiting is not None:
+        return waiting
     return _send_to_node(images, instance, event, settings, delivery=delivery, lambda_context=lambda_context, now=now)
+
+
+def _launch_key(instance_id: str, instance: Mapping[str, Any]) -> dict[str, str]:
+    """The at-most-once key of a launch: its commands are sent once per (instance, launch time)."""
+    return {"instance": instance_id, "launch_time": instance["LaunchTime"].isoformat()}
+
+
+def _wait_for_slot(
+    images: list[ResolvedImage],
+    instance: Mapping[str, Any],
+    event: Ec2StateChangeEvent,
+    settings: LaunchSettings,
+    delivery: Delivery,
+    now: datetime,
+) -> LaunchOutcome | None:
+    """None: the node may pull now. Else it waits for its slot in the registry path's budget, which a scale-out's
+    new nodes share (``pacing``): its message comes back when the slot opens. The last receive the redrive policy
+    allows sends whatever the schedule says: pacing never costs a node its images."""
+    if delivery.receive_count >= settings.node_launch_max_receives:
+        return None
+    instance_id = event.detail.instance_id
+    try:
+        slot = pacing.reserve(
+            event_marker(_launch_key(instance_id, instance)),
+            images,
+            settings,
+            now.timestamp(),
+            may_have_reserved=delivery.receive_count > 1,
+        )
+    except (*aws.AWS_ERRORS, RuntimeError) as error:
+        logger.warning(
+            "new-node schedule not available: sending now", extra={"instance_id": instance_id, "error": repr(error)}
+        )
+        return None
+    wait = math.ceil(slot.start_at - now.timestamp())
+    if wait <= 0:
+        return None
+    logger.info(
+        "new node waits for its slot in the registry path's budget",
+        extra={"instance_id": instance_id, "wait_seconds": wait, "pulls_at_once": slot.at_once},
+    )
+    outcome = _not_ready(
+        "waiting for the registry path's budget",
+        event,
+        delivery,
+        settings,
+        now,
+        delay=min(wait, MAX_VISIBILITY_SECONDS),
+    )
+    return replace(outcome, status="waiting")
 
 
 def _send_to_node(
@@ -269,13 +329,15 @@ def _send_to_node(
     command_ids: list[str] = []
     sent_any = False
     for number, batch in enumerate(batches, start=1):
-        key = {"instance": instance_id, "launch_time": instance["LaunchTime"].isoformat()}
+        key = _launch_key(instance_id, instance)
         if len(batches) > 1:
             # More repositories than one command takes: each batch is its own at-most-once send.
             key["batch"] = f"{number}/{len(batches)}"
         try:
             command_id, sent_now = send_once(
-                send_command_request(batch, settings, instance_ids=[instance_id], new_node=True),
+                send_command_request(
+                    batch, settings, instance_ids=[instance_id], new_node=True, launched=instance["LaunchTime"]
+                ),
                 key=key,
                 settings=settings,
                 lambda_context=lambda_context,

@@ -91,6 +91,12 @@ def prefetch_pushed_image(
         key={"repository": repository, "digest": newest.digest},
         settings=settings,
         lambda_context=lambda_context,
-        log_fields={"image": newest.reference, "targets": request["Targets"]},
+        # MaxConcurrency: from the image's size and the registry path's budget, unless the user set it.
+        log_fields={
+            "image": newest.reference,
+            "targets": request["Targets"],
+            "image_bytes": newest.size_bytes,
+            "max_concurrency": request["MaxConcurrency"],
+        },
     )
     return PushOutcome(status="sent" if sent_now else "duplicate", image=newest.reference, command_id=command_id)

@@ -101,18 +101,19 @@ class InvocationOutcome:
         return result
 
 
-def _skipped_by_ssm(status: str, stdout: str, instance_id: str) -> str | None:
+def _skipped_by_ssm(status: str, stdout: str, instance_id: str, scope: RecordingScope) -> str | None:
     """Why SSM ran nothing on the node, when the invocation is a step the agent skipped; None otherwise.
 
     The agent reports a skipped step as Success, with its skip message or no stdout at all; the script itself always
     prints a summary. No stdout is told apart from a broken run (EmptyOutput) by the node's platform, one
-    DescribeInstanceInformation: only for such an invocation, never for a run that printed something."""
+    DescribeInstanceInformation per node in the scope's life: only for such an invocation, never for a run that
+    printed something."""
     if status != "Success":
         return None
     text = stdout.strip()
     if text:
         return f"SSM skipped the document's step: {text[:200]}" if _SKIPPED_BY_AGENT.match(text) else None
-    info = aws.ssm.online_agent(instance_id)
+    info = scope.online_agent(instance_id)
     why = unsupported_reason(info) if info else None
     return f"{why} (SSM skipped the document's step)" if why else None
 
@@ -169,7 +170,7 @@ def record_invocation(
     not_run = status in NOT_RUN or (status in MAY_NOT_HAVE_RUN and not stdout.strip())
     # A node that is not Linux, reached by a push's tag Targets: SSM skipped the step. Nothing to record on its rows
     # (coverage knows it from its platform), and no failure.
-    skipped = None if not_run else _skipped_by_ssm(status, stdout, instance_id)
+    skipped = None if not_run else _skipped_by_ssm(status, stdout, instance_id, scope)
     output = None if not_run or skipped else parse_node_output(stdout, watched=settings.repository_names)
     unsupported = skipped or (output.unsupported if output else None) or ""
     push_to_cached = [] if skipped else update_node_state(scope, command_id, instance_id, status, output, at)

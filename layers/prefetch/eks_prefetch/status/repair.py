@@ -292,6 +292,9 @@ def repair(
     sent = repaired = errors = refused = 0
     window = _window(now)
     work = list(plan.commands)
+    # The sweep's commands run together: each may use the registry path's budget in proportion to its nodes, so that
+    # all of them pull no more at once than one command to every node would.
+    planned_nodes = sum(len(nodes) for _images, nodes in work)
     while work:
         images, nodes = work.pop(0)
         if running_out(time_left, SEND_RESERVE_SECONDS):
@@ -304,7 +307,9 @@ def repair(
         key = {"repair_window": window, "images": _short_hash(references), "nodes": _short_hash(nodes)}
         try:
             command_id, sent_now = send_once(
-                send_command_request(images, settings, instance_ids=list(nodes)),
+                send_command_request(
+                    images, settings, instance_ids=list(nodes), budget_share=len(nodes) / planned_nodes
+                ),
                 key=key,
                 settings=settings,
                 lambda_context=lambda_context,

@@ -6,10 +6,11 @@ container's status events, share."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from aws_lambda_powertools import Logger
 
@@ -17,7 +18,7 @@ from eks_prefetch import aws
 from eks_prefetch.images import DIGEST_PATTERN
 from eks_prefetch.node_contract import PLATFORM_SKIP_REASON
 from eks_prefetch.node_output import NodeOutput, OutputProblem, Summary, repository_of
-from eks_prefetch.prefetch.commands import is_new_node_comment
+from eks_prefetch.prefetch.commands import is_new_node_comment, launch_time_of
 from eks_prefetch.prefetch.resolution import NewestImages
 from eks_prefetch.settings import StatusSettings
 from eks_prefetch.status import table
@@ -36,6 +37,8 @@ EVENT_RESOLUTION_SECONDS = 30.0
 REFRESH_FLOOR_SECONDS = 5.0
 # Commands whose requested images a scope remembers (a command never changes).
 _COMMANDS_REMEMBERED = 256
+# Nodes whose SSM platform a scope remembers (a node's platform does not change).
+_AGENTS_REMEMBERED = 4096
 
 
 @dataclass
@@ -46,6 +49,7 @@ class RecordingScope:
     settings: StatusSettings
     newest: NewestImages
     _requested: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    _agents: dict[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def for_events(cls, settings: StatusSettings) -> RecordingScope:
@@ -67,6 +71,18 @@ class RecordingScope:
             values = ((command or {}).get("Parameters") or {}).get("images") or []
             self._requested[command_id] = tuple(ref for value in values for ref in value.split(",") if ref)
         return self._requested[command_id]
+
+    def online_agent(self, instance_id: str) -> Mapping[str, Any] | None:
+        """The node's managed-node information (its platform), one DescribeInstanceInformation per node in this
+        scope's life; a node not online is asked again next time."""
+        if instance_id not in self._agents:
+            info = aws.ssm.online_agent(instance_id)
+            if info is None:
+                return None
+            if len(self._agents) >= _AGENTS_REMEMBERED:
+                self._agents.clear()
+            self._agents[instance_id] = info
+        return self._agents[instance_id]
 
 
 def _invocation_failure_reason(status: str, output: NodeOutput | None) -> str:
@@ -261,16 +277,23 @@ def new_node_report(
     """Seconds from the instance's launch to its first report of a pulled or cached image, once per launch, and only
     if that first report answers the new-node path's command: a node launched before anything was pushed, or served
     first by a push or a repair, would measure the wait for that instead of the new-node path. The same report says
-    whether the node booted warm."""
+    whether the node booted warm.
+
+    The launch time is the one the new-node command's Comment carries (GetCommandInvocation returned it): no EC2
+    call. Any other command's report is noted on the node's row (``table.record_report``), so that a new-node report
+    recorded after it is not measured. A new-node command sent before its Comment carried the launch time falls
+    back to DescribeInstances."""
     if output is None or not any(record.status in {"pulled", "cached"} for record in output.records):
         return None
-    instance = aws.ec2.describe_instance(instance_id)
-    launched = parse_time(instance.get("LaunchTime")) if instance else None
+    if not is_new_node_comment(comment):
+        table.record_report(settings, instance_id, at=at)
+        return None
+    launched = launch_time_of(comment)
+    if launched is None:
+        instance = aws.ec2.describe_instance(instance_id)
+        launched = parse_time(instance.get("LaunchTime")) if instance else None
     if launched is None:
         return None
-    # Every command's report is noted, so that a push served first leaves a later new-node report unmeasured.
     if not table.record_first_report(settings, instance_id, launched=launched, at=at, command_id=command_id):
-        return None
-    if not is_new_node_comment(comment):
         return None
     return NewNodeReport(seconds=max(0.0, (at - launched).total_seconds()), booted_warm=booted_warm(output))

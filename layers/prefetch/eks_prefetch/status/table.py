@@ -251,23 +251,39 @@ def refresh_expiry(settings: StatusTableSettings, state: NodeState, now: datetim
 # --- the node's own row: first report of a launch, self-repair ------------------------------------------------------
 
 
+def record_report(settings: StatusTableSettings, instance_id: str, *, at: datetime) -> None:
+    """Note that the node reported (any command but the new-node path's), as of ``at``: a new-node report recorded
+    after it, of a launch before it, is not that launch's first (``record_first_report``). One conditional write,
+    the newest report winning; the launch itself is not needed for it."""
+    aws.dynamodb.update_item(
+        settings.status_table,
+        node_row_key(instance_id),
+        "SET last_report_at = :t, expires_at = :e",
+        {":t": timestamp(at), ":e": _node_expiry(settings, at)},
+        condition="attribute_not_exists(last_report_at) OR last_report_at < :t",
+    )
+
+
 def record_first_report(
     settings: StatusTableSettings, instance_id: str, *, launched: datetime, at: datetime, command_id: str
 ) -> bool:
     """Note the node's first report since this launch. True if this command's report is that first one (measured
-    once per launch); idempotent like ``record_held``."""
+    once per launch): no report of this launch recorded before it, by the new-node path or any other command
+    (``record_report``). Idempotent like ``record_held``."""
     key = node_row_key(instance_id)
+    launch = timestamp(launched)
     first = aws.dynamodb.update_item(
         settings.status_table,
         key,
         "SET first_report_launch = :l, first_report_at = :t, first_report_command = :c, expires_at = :e",
-        {":l": timestamp(launched), ":t": timestamp(at), ":c": command_id, ":e": _node_expiry(settings, at)},
-        condition="attribute_not_exists(first_report_launch) OR first_report_launch <> :l",
+        {":l": launch, ":t": timestamp(at), ":c": command_id, ":e": _node_expiry(settings, at)},
+        condition="(attribute_not_exists(first_report_launch) OR first_report_launch <> :l) "
+        "AND (attribute_not_exists(last_report_at) OR last_report_at < :l)",
     )
     if first is not None:
         return True
     row = aws.dynamodb.get_item(settings.status_table, key) or {}
-    return row.get("first_report_launch") == timestamp(launched) and row.get("first_report_command") == command_id
+    return row.get("first_report_launch") == launch and row.get("first_report_command") == command_id
 
 
 @dataclass(frozen=True)
