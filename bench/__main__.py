@@ -22,6 +22,7 @@ from bench import (
     end_to_end,
     new_node_delay,
     node_overhead,
+    node_pull,
     status_throughput,
     warm_boot,
 )
@@ -40,6 +41,7 @@ SECTIONS = [
     SectionSpec(6, "Status throughput", "status", status_throughput.measure),
     SectionSpec(7, "End-to-end overhead", "end-to-end", end_to_end.measure),
     SectionSpec(8, "Warm boot volumes", "warm-boot", warm_boot.measure),
+    SectionSpec(9, "Node pull against kubelet's", "node-pull", node_pull.measure),
 ]
 
 RUN_FIRST = {"node-overhead"}

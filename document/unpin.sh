@@ -9,6 +9,7 @@ export CONTAINERD_ADDRESS="${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock
 unset CONTAINERD_NAMESPACE
 PIN_LABEL='@PIN_LABEL@'
 OUR_LABEL='@OUR_PIN_LABEL@'
+PUSHED_LABEL='@PUSHED_AT_LABEL@'
 
 fatal() { printf '{"summary":true,"unpinned":0,"failed":0,"error":"%s"}\n' "$1"; exit 2; }
 command -v ctr >/dev/null 2>&1 || fatal "ctr not found on PATH"
@@ -23,7 +24,7 @@ unpinned=0
 failed=0
 while IFS= read -r name; do
   [ -n "$name" ] || continue
-  if timeout -k 5 60 ctr -n k8s.io images label "$name" "$PIN_LABEL=" "$OUR_LABEL=" >/dev/null 2>&1; then
+  if timeout -k 5 60 ctr -n k8s.io images label "$name" "$PIN_LABEL=" "$OUR_LABEL=" "$PUSHED_LABEL=" >/dev/null 2>&1; then
     unpinned=$((unpinned + 1))
   else
     failed=$((failed + 1))

@@ -2,11 +2,12 @@
 registry on 127.0.0.1, and the registry stands in for ECR.
 
 The node script pulls `<account>.dkr.ecr.<region>.amazonaws.com/<repo>@sha256:...` after `aws ecr
-get-login-password`, through a hosts.toml it writes for `ctr --hosts-dir`. On a node, DNS and TLS take that host to
-ECR; here two small tools on the node's PATH play that part, and nothing else: `aws` answers get-login-password with
-the registry's password (the registry checks it: user AWS, as ECR does), and `ctr` points the hosts.toml it is given
-at the node's route to the registry (plain HTTP on 127.0.0.1) before running the real ctr. Everything the script
-decides (cache, disk, pins, errors) is the real script against the real containerd.
+get-login-password`, through a hosts.toml it writes for `ctr --hosts-dir` (and reads for its own parallel layer
+fetch with curl). On a node, DNS and TLS take that host to ECR; here three small tools on the node's PATH play that
+part, and nothing else: `aws` answers get-login-password with the registry's password (the registry checks it: user
+AWS, as ECR does), and `ctr` and `curl` point the hosts.toml and the curl config they are given at the node's route to
+the registry (plain HTTP on 127.0.0.1) before running the real ones. Everything the script decides (cache, disk, pins,
+errors) is the real script against the real containerd, configured as EKS configures it (harness.node.Containerd).
 
 Without root or the packages, a node is a DryRunNode: it says so, and records what it would have run.
 """
@@ -59,6 +60,19 @@ done
 exec {ctr} "$@"
 """
 
+_CURL_WRAPPER = """#!/bin/bash
+# The node's network for ECR hosts: URLs of a curl config (-K) point at this node's route to the registry.
+route=$(cat {route_file})
+prev=
+for arg in "$@"; do
+  if [ "$prev" = -K ] || [ "$prev" = --config ]; then
+    sed -i -E "s#https://[0-9]{{12}}\\.dkr\\.ecr\\.[a-z0-9-]+\\.amazonaws\\.com#http://$route#g" "$arg"
+  fi
+  prev=$arg
+done
+exec {curl} "$@"
+"""
+
 _AWS_WRAPPER = """#!/bin/bash
 # The node's instance role, for the one call the script makes: an ECR token (the registry's password).
 if [ "$1 $2" = "ecr get-login-password" ]; then cat {token_file}; exit 0; fi
@@ -105,9 +119,11 @@ class Node:
         (self.base / "ecr-token").chmod(0o600)
         ctr = bin_dir / "ctr"
         ctr.write_text(_CTR_WRAPPER.format(route_file=self.base / "route", ctr=self.containerd.binary("ctr")))
+        curl = bin_dir / "curl"
+        curl.write_text(_CURL_WRAPPER.format(route_file=self.base / "route", curl=shutil.which("curl") or "curl"))
         aws = bin_dir / "aws"
         aws.write_text(_AWS_WRAPPER.format(token_file=self.base / "ecr-token"))
-        tools = [ctr, aws]
+        tools = [ctr, curl, aws]
         if self.uname_machine:
             uname = bin_dir / "uname"
             uname.write_text(_UNAME_WRAPPER.format(machine=self.uname_machine))
@@ -128,7 +144,10 @@ class Node:
 
     def execute(self, content: dict[str, Any], values: dict[str, str], command_id: str, timeout: float) -> Run:
         workdir = self.base / "ssm" / command_id
-        path = f"{self.base / 'bin'}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+        # The node's tools first, then its containerd release's (the script reads its config with `containerd config
+        # dump`), then the system's.
+        system_path = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        path = f"{self.base / 'bin'}:{self.containerd.env().get('PATH', system_path)}"
         extra = {"PATH": path, "PREFETCH_LOCK_FILE": str(self.base / "prefetch.lock")}
         try:
             return run_document(

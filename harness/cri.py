@@ -22,6 +22,13 @@ class CriImage:
     platform: str | None
 
 
+@dataclass
+class ImageFilesystem:
+    mountpoint: str
+    snapshotter: str
+    used_bytes: int
+
+
 class Cri:
     def __init__(self, address: str) -> None:
         self._channel = grpc.insecure_channel(f"unix://{address}")
@@ -52,6 +59,19 @@ class Cri:
         fields = {field.name for field in response.image.DESCRIPTOR.fields}
         pinned = image.get("pinned", False) if "pinned" in fields else None
         return CriImage(image["id"], image.get("repo_tags", []), image.get("repo_digests", []), pinned, platform)
+
+    def image_filesystems(self) -> list[ImageFilesystem]:
+        """kubelet's view of where images live (ImageFsInfo, which its image GC reads): each filesystem's snapshotter
+        (from containerd's io.containerd.snapshotter.v1.<name> directory) and the bytes used there, as the CRI last
+        measured them (every stats_collect_period, 10 s by default: 0 before its first measure)."""
+        response = self._stub.ImageFsInfo(api_pb2.ImageFsInfoRequest(), timeout=30)
+        found = []
+        for usage in response.image_filesystems:
+            mountpoint = usage.fs_id.mountpoint
+            _, marker, snapshotter = mountpoint.rpartition("io.containerd.snapshotter.v1.")
+            snapshotter = snapshotter if marker else ""
+            found.append(ImageFilesystem(mountpoint, snapshotter, usage.used_bytes.value))
+        return found
 
     def list_images(self) -> list[dict]:
         response = self._stub.ListImages(api_pb2.ListImagesRequest(), timeout=30)

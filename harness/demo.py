@@ -397,8 +397,10 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
 
 
 def cri_view(world: World, say: Narrator, newest: dict[str, PushedImage]) -> dict[str, dict[str, Any]]:
-    """Per node, its containerd release and, for each repository's newest image, what the CRI's ImageStatus says of
-    the reference a pod spec names (registry/repository:tag): present, pinned against kubelet's GC, its platform."""
+    """Per node, its containerd release, the snapshotter the CRI keeps images in (ImageFsInfo, kubelet's view) and the
+    bytes on disk (unpacked layers there, and blobs: with discard_unpacked_layers, as EKS configures it, no compressed
+    layer stays), and, for each repository's newest image, what the CRI's ImageStatus says of the reference a pod spec
+    names (registry/repository:tag): present, pinned against kubelet's GC, its platform."""
     view: dict[str, dict[str, Any]] = {}
     for instance in world.nodes():
         node = instance.node
@@ -412,6 +414,9 @@ def cri_view(world: World, say: Narrator, newest: dict[str, PushedImage]) -> dic
         entry: dict[str, Any] = {"containerd": release}
         parts = []
         with Cri(node.containerd.address) as cri:
+            snapshotters = sorted({filesystem.snapshotter for filesystem in cri.image_filesystems()})
+            on_disk = node.containerd.bytes_on_disk()
+            entry["node"] = {"snapshotter": ",".join(snapshotters), **on_disk}
             for repository, image in newest.items():
                 status = cri.image_status(f"{ECR_HOST}/{repository}:{image.tag}")
                 if status is None:
@@ -422,7 +427,9 @@ def cri_view(world: World, say: Narrator, newest: dict[str, PushedImage]) -> dic
                 pin = {True: "pinned", False: "NOT pinned", None: "no pin in this CRI"}[status.pinned]
                 parts.append(f"{repository}:{image.tag} present, {pin}, {status.platform}")
         view[instance.name] = entry
-        say.line(f"{instance.name} (containerd {release}): {'; '.join(parts)}")
+        snapshotter = entry["node"]["snapshotter"]
+        disk = f"{_mb(on_disk['unpacked'])} unpacked in {snapshotter}, {_mb(on_disk['blobs'])} of blobs"
+        say.line(f"{instance.name} (containerd {release}; {disk}): {'; '.join(parts)}")
     return view
 
 

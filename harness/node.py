@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -142,13 +143,52 @@ def default_release() -> str:
     return "2.x" if release_available("2.x") else SYSTEM
 
 
+# Where a node keeps containerd's configuration and registry hosts (certs.d), and the registry config_path EKS's
+# AL2023 and AL2 configurations give the CRI. The prefetch script runs in a mount namespace of its own with its node's
+# directories bound over these paths (`unshare -m`), so it reads the config and certs.d exactly where a node has them,
+# with no seam. The node's containerd runs in the harness's own namespace (the warm boot scripts' mounts must reach
+# it), from the same config but for config_path, which names the same directories by their real paths.
+NODE_ETC_DIRS = ("/etc/containerd", "/etc/docker")
+EKS_REGISTRY_CONFIG_PATH = "/etc/containerd/certs.d:/etc/docker/certs.d"
+# `ctr leases rm --sync` of a lease that holds nothing runs containerd's garbage collection now, synchronously.
+_GC_LEASE = "harness-gc"
+
+
+def in_node_namespace(etc_dirs: Mapping[str, Path], argv: list[str]) -> list[str]:
+    """argv run in a new mount namespace where each of etc_dirs' directories is bound over its node path (key).
+    Mounts made outside later still reach it (slave propagation: a warm volume mounted at the root, say); its own
+    binds stay inside."""
+    binds = []
+    for target, source in etc_dirs.items():
+        binds += [str(source), target]
+    # Absolute paths: the environment argv runs with may have a PATH without these (a test's minimal node).
+    unshare, mount = _tool("unshare"), _tool("mount")
+    script = f'while [ "$1" != -- ]; do {mount} --bind "$1" "$2" || exit 97; shift 2; done; shift; exec "$@"'
+    return [unshare, "--mount", "--propagation", "slave", "--", _tool("sh"), "-c", script, "sh", *binds, "--", *argv]
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if not found:
+        raise RuntimeError(f"{name} not found (util-linux)")
+    return found
+
+
 @dataclass
 class Containerd:
     """containerd with its own root, state and socket, CRI plugin on (kubelet's API; the script talks to it through
-    ctr, the tests through both). ``release``: system, 1.7 or 2.x (see RELEASE_SUITES)."""
+    ctr, the tests through both). ``release``: system, 1.7 or 2.x (see RELEASE_SUITES).
+
+    Its configuration is a node's: /etc/containerd/config.toml (as the prefetch script sees it: ``in_namespace``)
+    gives the CRI's image settings as EKS's AMIs do by default: the overlayfs snapshotter, unpacked layers' blobs
+    discarded, registry hosts read from /etc/containerd/certs.d then /etc/docker/certs.d (``hosts()`` writes them).
+    ``snapshotter`` and ``discard_unpacked_layers`` choose others. The daemon reads the same config, but for
+    config_path, which names those two directories by their paths on this machine (``daemon_config``)."""
 
     base: Path
     release: str = field(default_factory=default_release)
+    snapshotter: str = "overlayfs"
+    discard_unpacked_layers: bool = True
     proc: subprocess.Popen | None = None
 
     @property
@@ -160,8 +200,24 @@ class Containerd:
         return str(self.base / "containerd.sock")
 
     @property
+    def etc_dirs(self) -> dict[str, Path]:
+        """The node's /etc/containerd and /etc/docker: what the daemon and the scripts see at those paths."""
+        return {target: self.base / "etc" / Path(target).name for target in NODE_ETC_DIRS}
+
+    @property
     def config(self) -> Path:
-        return self.base / "config.toml"
+        """/etc/containerd/config.toml, as this node's processes see it."""
+        return self.etc_dirs["/etc/containerd"] / "config.toml"
+
+    @property
+    def daemon_config(self) -> Path:
+        """The daemon's copy of the node's config: the same, but for config_path's directories, by their real paths."""
+        return self.base / "daemon-config.toml"
+
+    @property
+    def certs_dir(self) -> Path:
+        """/etc/containerd/certs.d, as this node's processes see it."""
+        return self.etc_dirs["/etc/containerd"] / "certs.d"
 
     @property
     def bin_dir(self) -> Path | None:
@@ -181,7 +237,7 @@ class Containerd:
         match = re.search(r" v?(\d+\.\d+\.\d+)", out.stdout)
         return match.group(1) if match else out.stdout.strip()
 
-    def config_text(self, major: int) -> str:
+    def config_text(self, major: int, registry_config_path: str = EKS_REGISTRY_CONFIG_PATH) -> str:
         """Config version 2 (containerd 1.x) or 3 (2.x): the CRI's plugins were split and renamed in 2.0."""
         common = [
             f'root = "{self.root}"',
@@ -196,21 +252,66 @@ class Containerd:
             f'  address = "{self.address}.ttrpc"',
         ]
         cni = [f'  conf_dir = "{self.base / "cni"}"']
+        images = [
+            f'  snapshotter = "{self.snapshotter}"',
+            f"  discard_unpacked_layers = {str(self.discard_unpacked_layers).lower()}",
+        ]
+        registry = [f'  config_path = "{registry_config_path}"']
         if major >= 2:
-            lines = ["version = 3", *common, '[plugins."io.containerd.cri.v1.runtime".cni]', *cni]
+            lines = [
+                "version = 3",
+                *common,
+                '[plugins."io.containerd.cri.v1.images"]',
+                *images,
+                '[plugins."io.containerd.cri.v1.images".registry]',
+                *registry,
+                '[plugins."io.containerd.cri.v1.runtime".cni]',
+                *cni,
+            ]
         else:
-            lines = ["version = 2", *common, '[plugins."io.containerd.grpc.v1.cri".cni]', *cni]
+            lines = [
+                "version = 2",
+                *common,
+                '[plugins."io.containerd.grpc.v1.cri".cni]',
+                *cni,
+                '[plugins."io.containerd.grpc.v1.cri".containerd]',
+                *images,
+                '[plugins."io.containerd.grpc.v1.cri".registry]',
+                *registry,
+            ]
         return "\n".join([*lines, ""])
 
     def start(self) -> Containerd:
         self.base.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(self.config_text(int(self.version.split(".")[0])))
+        for directory in self.etc_dirs.values():
+            directory.mkdir(parents=True, exist_ok=True)
+        self.certs_dir.mkdir(exist_ok=True)
+        major = int(self.version.split(".")[0])
+        self.config.write_text(self.config_text(major))
+        real_paths = ":".join(
+            str(self.etc_dirs[root] / "certs.d")
+            for root in (path.rsplit("/certs.d", 1)[0] for path in EKS_REGISTRY_CONFIG_PATH.split(":"))
+        )
+        self.daemon_config.write_text(self.config_text(major, real_paths))
         self.proc = _spawn(
-            [self.binary("containerd"), "--config", str(self.config), "--log-level", "warn"],
+            [self.binary("containerd"), "--config", str(self.daemon_config), "--log-level", "warn"],
             self.base / "containerd.log",
         )
         _wait_for(self._ready, 30, "containerd socket", self.proc)
         return self
+
+    def in_namespace(self, argv: list[str]) -> list[str]:
+        """argv as a process of this node that reads its /etc: its /etc/containerd and /etc/docker where a node has
+        them (mounts it makes stay in its namespace)."""
+        return in_node_namespace(self.etc_dirs, argv)
+
+    def hosts(self, registry: str, text: str, root: str = "/etc/containerd") -> Path:
+        """The node's hosts.toml for registry (host[:port]) under root's certs.d (a path of EKS's config_path), as a
+        node's administrator writes it: mirrors, CAs, headers."""
+        directory = self.etc_dirs[root] / "certs.d" / registry
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "hosts.toml").write_text(text)
+        return directory / "hosts.toml"
 
     def _ready(self) -> bool:
         if not Path(self.address).exists():
@@ -221,8 +322,10 @@ class Containerd:
         _stop(self.proc)
 
     def env(self) -> dict[str, str]:
-        """The script's environment for this node: its socket and root, and this release's ctr first on PATH."""
-        env = {"CONTAINERD_ADDRESS": self.address, "CONTAINERD_ROOT": str(self.root)}
+        """The script's environment for this node: its socket in ctr's own variable (the unpin script has no other
+        way to find it), and this release's containerd and ctr first on PATH. Its root, snapshotter and registry
+        hosts the prefetch script reads from the node's config, as on a node."""
+        env = {"CONTAINERD_ADDRESS": self.address}
         if self.bin_dir is not None:
             env["PATH"] = f"{self.bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
         return env
@@ -254,6 +357,50 @@ class Containerd:
             images[parts[0]] = {"digest": parts[2], "labels": labels}
         return images
 
+    def content(self) -> dict[str, dict[str, str]]:
+        """digest -> labels of every blob in the content store."""
+        blobs = {}
+        for line in self.ctr("content", "ls").stdout.splitlines()[1:]:
+            parts = line.split()
+            labels = {}
+            if len(parts) > 3 and parts[-1] != "-":
+                for item in parts[-1].split(","):
+                    key, _, value = item.partition("=")
+                    labels[key] = value
+            blobs[parts[0]] = labels
+        return blobs
+
+    def snapshots(self, snapshotter: str | None = None) -> set[str]:
+        """The committed snapshots (named by chain id) of a snapshotter (default: the CRI's)."""
+        out = self.ctr("snapshots", "--snapshotter", snapshotter or self.snapshotter, "ls").stdout.splitlines()[1:]
+        return {line.split()[0] for line in out if line.split() and line.split()[-1] == "Committed"}
+
+    def collect_garbage(self) -> None:
+        """containerd's garbage collection, now: what a pull left unreferenced is gone when this returns."""
+        self.ctr("leases", "create", "--id", _GC_LEASE, check=False)
+        self.ctr("leases", "rm", "--sync", _GC_LEASE)
+
+    def bytes_on_disk(self) -> dict[str, int]:
+        """What containerd's root holds now, as du counts it, without collecting garbage: its content store (blobs:
+        compressed layers, manifests, configs) and the CRI's snapshotter's directory (unpacked layers)."""
+        parts = {
+            "blobs": self.root / "io.containerd.content.v1.content",
+            "unpacked": self.root / f"io.containerd.snapshotter.v1.{self.snapshotter}",
+        }
+        sizes = {}
+        for name, path in parts.items():
+            out = subprocess.run(["du", "-s", "-B1", str(path)], capture_output=True, text=True, check=False)
+            sizes[name] = int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout else 0
+        return sizes
+
+    def disk_bytes(self) -> int:
+        """Bytes under containerd's root (content store, snapshots, metadata) once garbage is collected: what the
+        node's disk holds for its images."""
+        self.collect_garbage()
+        os.sync()
+        out = subprocess.run(["du", "-s", "-B1", str(self.root)], capture_output=True, text=True, check=True)
+        return int(out.stdout.split()[0])
+
     def remove_all_images(self) -> None:
         names = self.ctr("images", "ls", "-q").stdout.split()
         if names:
@@ -265,6 +412,7 @@ class Containerd:
         # `ctr images rm --sync` runs a synchronous GC; content of deleted images is released by it.
         for digest in self.ctr("content", "ls", "-q").stdout.split():
             self.ctr("content", "rm", digest, check=False)
+        self.collect_garbage()
 
 
 @dataclass
@@ -326,6 +474,127 @@ class Registry:
         cmd += [f"oci:{layout}:{tag}", f"docker://{self.host}/{repo}:{ref_tag or tag}"]
         subprocess.run(cmd, check=True, capture_output=True, timeout=600)
         return digestfile.read_text().strip()
+
+
+class ThrottledProxy:
+    """A TCP proxy on 127.0.0.1 in front of a registry, for pulls (requests without bodies): it sends each
+    connection's responses at most ``bytes_per_second`` (ECR serves layers from S3, whose published guidance budgets
+    a rate per connection), so what a pull gains from more connections or byte ranges shows, as on a node. It keeps
+    every request's head (``requests``) and the most connections open at once (``peak_connections``); with
+    ``ignore_ranges`` it drops Range headers, as a registry that serves whole blobs only. Stopped by close()."""
+
+    CHUNK = 64 << 10
+
+    def __init__(self, upstream: str, bytes_per_second: float | None = None, ignore_ranges: bool = False) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.rate = bytes_per_second
+        self.ignore_ranges = ignore_ranges
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(128)
+        self.host = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.requests: list[str] = []
+        self.open_connections = 0
+        self.peak_connections = 0
+        self._generation = 0  # connections opened before the last reset() are not counted
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def blob_requests(self, digest: str) -> list[str]:
+        """The heads of the GET requests of one blob, in order."""
+        return [head for head in list(self.requests) if head.startswith("GET ") and f"/blobs/{digest}" in head]
+
+    def reset(self) -> None:
+        """Forgets the requests so far, and counts from now only the connections opened from now (a client's idle
+        keep-alive connections, still open, are not the next pull's)."""
+        with self._lock:
+            self.requests.clear()
+            self.open_connections = self.peak_connections = 0
+            self._generation += 1
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self.open_connections += 1
+                self.peak_connections = max(self.peak_connections, self.open_connections)
+                self._sockets += [client, server]
+            threading.Thread(target=self._requests, args=(client, server, self._generation), daemon=True).start()
+            threading.Thread(target=self._responses, args=(server, client), daemon=True).start()
+
+    def _requests(self, source: socket.socket, sink: socket.socket, generation: int) -> None:
+        pending = b""
+        rewrite = self.ignore_ranges
+        with contextlib.suppress(OSError):
+            while data := source.recv(self.CHUNK):
+                if rewrite and not pending and data[:1] == b"\x16":
+                    rewrite = False  # a TLS hello: the registry's answer ends it, nothing to rewrite
+                if not rewrite:
+                    # Passed on as it comes: a client's TLS hello first (containerd tries HTTPS on loopback, then
+                    # falls back to HTTP on the registry's answer) must not wait for a request head.
+                    sink.sendall(data)
+                pending += data
+                while b"\r\n\r\n" in pending:
+                    head, pending = pending.split(b"\r\n\r\n", 1)
+                    text = head.decode("latin-1")
+                    if rewrite:
+                        text = re.sub(r"(?im)^range:[^\r\n]*(\r\n|$)", "", text).rstrip("\r\n")
+                        sink.sendall(text.encode("latin-1") + b"\r\n\r\n")
+                    with self._lock:
+                        self.requests.append(text)
+                if len(pending) > 1 << 16:
+                    pending = b""  # not HTTP (a TLS hello): nothing to record
+        with self._lock:
+            if generation == self._generation:
+                self.open_connections -= 1  # the client is done with it
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def _responses(self, source: socket.socket, sink: socket.socket) -> None:
+        # A token bucket holding at most a tenth of a second's bytes: an idle keep-alive connection earns no burst.
+        rate = self.rate
+        burst = (rate or 0) / 10
+        tokens, last = burst, time.monotonic()
+        with contextlib.suppress(OSError):
+            while data := source.recv(self.CHUNK):
+                if rate:
+                    now = time.monotonic()
+                    tokens = min(burst, tokens + (now - last) * rate) - len(data)
+                    last = now
+                    if tokens < 0:
+                        time.sleep(-tokens / rate)
+                sink.sendall(data)
+        with self._lock:
+            for sock in (source, sink):
+                with contextlib.suppress(ValueError):
+                    self._sockets.remove(sock)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in [self.listener, *sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
 
 
 def build_image(layout: Path, tag: str, layers_mb: list[float] | None = None, seed: str = "") -> None:
@@ -405,9 +674,13 @@ def run_document(
     timeout: float = 600,
     content: Mapping | None = None,
     on_start: Callable[[subprocess.Popen], None] | None = None,
+    node_etc: bool | None = None,
 ) -> Run:
     """Run the document's script like the agent: a file under the command's directory run by bash (its shebang's
-    shell), SSM_<param> in the environment (or pasted into the text), a minimal environment plus containerd's."""
+    shell), SSM_<param> in the environment (or pasted into the text), a minimal environment plus containerd's. The
+    prefetch document's script (``node_etc``, by default: a document taking ``images``) sees the node's /etc/containerd
+    and /etc/docker (Containerd.in_namespace); others run as the harness does (the warm volume scripts' mounts must
+    reach the node's containerd)."""
     workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / "_script.sh"
     script.write_text(render_script(values, text_interpolation, content))
@@ -423,8 +696,15 @@ def run_document(
     # bash reads the file rather than the kernel exec'ing it: a child another thread forks while the file is being
     # written holds it open for writing until that child execs, and exec'ing it then fails "Text file busy".
     # Its own process group, so that a timeout (as the agent does) or the harness's shutdown ends all of it.
+    if node_etc is None:
+        node_etc = "images" in (content or document_content())["parameters"]
+    argv = [_tool("bash"), str(script)]
+    if node_etc:
+        for directory in containerd.etc_dirs.values():
+            directory.mkdir(parents=True, exist_ok=True)
+        argv = containerd.in_namespace(argv)
     proc = subprocess.Popen(
-        ["bash", str(script)],
+        argv,
         cwd=workdir,
         env=env,
         stdout=subprocess.PIPE,

@@ -13,6 +13,7 @@ from typing import Any
 
 from eks_prefetch import aws
 from eks_prefetch.images import pick_newest
+from eks_prefetch.node_contract import auto_mode_reason
 from eks_prefetch.node_selectors import tags_of
 
 NODE_POLICY_OUTPUT = "NodeRolePolicyArn"
@@ -77,6 +78,8 @@ class Node:
     vpc_id: str | None
     ping_status: str | None  # None: SSM does not know it (never registered)
     last_ping: datetime | None = None
+    # Why this application leaves the node out whatever its agent does (an EKS Auto Mode node), or None.
+    left_out: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -170,6 +173,7 @@ def observe(deployment: Deployment) -> Observed:
                 vpc_id=instance.get("VpcId"),
                 ping_status=info.get("PingStatus") if info else None,
                 last_ping=info.get("LastPingDateTime") if info else None,
+                left_out=auto_mode_reason(instance),
                 tags=tags_of(instance),
             )
         )

@@ -5,7 +5,7 @@ to do about it.
 - each repository's node selector (``RepositoryNodeSelectors``) is one the functions accept and matches a running node
   (each repository's count of matching nodes is printed);
 - the running instances carrying the node tag against what SSM reports online (nodes offline or never registered,
-  and why when it can be told);
+  and why when it can be told); EKS Auto Mode nodes, which allow no SSM, are named as left out, not as findings;
 - the nodes' instance profiles carry the policies they need, or policies (attached or inline, AWS managed or the
   account's own) that grant the same (``node_role``);
 - the nodes' VPCs have the ECR and S3 endpoints, or else what one push costs in NAT data processing.
@@ -85,10 +85,12 @@ def _condition(selector: Selector) -> str:
 
 
 def nodes_per_repository(observed: Observed) -> list[tuple[str, int, Selector]]:
-    """Each watched repository, the running nodes its selector matches (all of them without one), and its selector."""
+    """Each watched repository, the running nodes its selector matches (all of them without one; not those left out,
+    as EKS Auto Mode nodes), and its selector."""
     selectors, _problem = _selectors(observed.deployment)
+    served = [node for node in observed.nodes if node.left_out is None]
     return [
-        (name, sum(matches(selectors.get(name, {}), node.tags) for node in observed.nodes), selectors.get(name, {}))
+        (name, sum(matches(selectors.get(name, {}), node.tags) for node in served), selectors.get(name, {}))
         for name in observed.deployment.repositories
     ]
 
@@ -241,8 +243,19 @@ def check_nodes(observed: Observed) -> list[Finding]:
                 "Karpenter: eks:eks-cluster-name)",
             )
         ]
+    served = [node for node in observed.nodes if node.left_out is None]
+    if not served:
+        return [
+            Finding(
+                "nodes",
+                f"tag {tag}",
+                f"every running instance carrying the node tag is left out ({observed.nodes[0].left_out}): no node "
+                "gets a prefetch",
+                "run the images' workloads on managed node groups, Karpenter or self-managed nodes with the SSM agent",
+            )
+        ]
     groups: dict[tuple[str, str], list[Node]] = {}
-    for node in observed.nodes:
+    for node in served:
         if node.ping_status == "Online":
             continue
         if node.ping_status is None:
@@ -327,19 +340,32 @@ def render(observed: Observed, findings: Sequence[Finding], out: TextIO) -> None
         else "not known (the nodes could not be read: see below)"
     )
     if not findings and not observed.unreadable:
-        online = sum(node.ping_status == "Online" for node in observed.nodes)
+        served = [node for node in observed.nodes if node.left_out is None]
+        online = sum(node.ping_status == "Online" for node in served)
         out.write(
             f"{head}: ready\n"
             f"  nodes per repository: {selected}\n"
             f"  {len(observed.repositories)} repositories with a matching image; {online} running node(s), all online "
             f"with the policies they need; ECR and S3 endpoints in {', '.join(sorted(observed.endpoints)) or '-'}\n"
         )
+        render_left_out(observed, out)
         return
     out.write(f"{head}: {len(findings)} finding(s)\n  nodes per repository: {selected}\n")
     for finding in findings:
         out.write(f"\n[{finding.check}] {finding.subject}\n  problem: {finding.problem}\n  do:      {finding.fix}\n")
+    render_left_out(observed, out)
     for what in observed.unreadable:
         out.write(f"\nnot checked: {what}\n")
+
+
+def render_left_out(observed: Observed, out: TextIO) -> None:
+    """Nodes carrying the node tag that this application leaves out (not a finding: nothing to fix), as Windows."""
+    groups: dict[str, list[Node]] = {}
+    for node in observed.nodes:
+        if node.left_out is not None:
+            groups.setdefault(node.left_out, []).append(node)
+    for why, nodes in groups.items():
+        out.write(f"  left out: {len(nodes)} node(s), {why}: {_names(nodes)}\n")
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:

@@ -3,8 +3,9 @@
 It reads the stack with the same code the status function runs: the stack's outputs name the status function, whose
 environment becomes the Settings; coverage is ``coverage.look_at_fleet``, exactly what the sweep measures. It prints,
 per watched repository, the newest image, the coverage and the online nodes missing it with their last error and
-when self-repair will next send to them; with WarmVolumes, the published warm boot snapshot and whether it holds each
-repository's newest image.
+when self-repair will next send to them, and the nodes this application cannot serve, with why (Windows,
+Bottlerocket, a node without containerd, EKS Auto Mode); with WarmVolumes, the published warm boot snapshot and
+whether it holds each repository's newest image.
 
 Exit status: 0 when every repository is at 100%, 1 when one is below (for scripts and alarms' runbooks), 2 when the
 stack cannot be read (no region or credentials included). ``scripts/operator.sh status`` keeps it; make makes it 2.
@@ -24,6 +25,7 @@ from pydantic import ValidationError
 
 from eks_prefetch import aws
 from eks_prefetch.images import ResolvedImage
+from eks_prefetch.node_contract import auto_mode_reason
 from eks_prefetch.prefetch.resolution import NewestImages
 from eks_prefetch.settings import StatusSettings
 from eks_prefetch.status import repair
@@ -183,7 +185,11 @@ def report_fleet(view: StackView, out: TextIO) -> list[str]:
     # Commands in flight are known to the sweep only; this view sees the repairs the rows record.
     plan = repair.plan_for(repair.RepairInputs(fleet, frozenset(), newest), settings, datetime.now(UTC))
     coverages = fleet.coverages
-    shown = {s.instance_id for c in coverages for s in c.missing} | set(fleet.unsupported)
+    # EKS Auto Mode nodes carrying the node tag: SSM never lists them, so coverage never counts them; named here.
+    running = aws.ec2.running_instances(settings.node_tag_key, settings.node_tag_value)
+    auto_mode = {i["InstanceId"]: why for i in running if (why := auto_mode_reason(i)) is not None}
+    unsupported = {**fleet.unsupported, **auto_mode}
+    shown = {s.instance_id for c in coverages for s in c.missing} | set(unsupported)
     names = aws.ec2.private_dns_names(sorted(shown))
     render(
         coverages,
@@ -192,7 +198,7 @@ def report_fleet(view: StackView, out: TextIO) -> list[str]:
         lambda node: repair.next_repair(plan, node, settings),
         names,
         online=len(fleet.online),
-        unsupported=fleet.unsupported,
+        unsupported=unsupported,
         selector_of=settings.selector_for if settings.node_selectors else None,
     )
     if view.warm_snapshot_parameter:

@@ -61,10 +61,14 @@ def test_make_demo_tells_the_whole_story_on_containerd_1_7() -> None:
         assert cri[node]["containerd"].startswith("1.7.")
         assert cri[node]["ml/trainer"] == {"present": True, "pinned": True, "platform": "linux/amd64"}
         assert cri[node]["ml/tools"] == {"present": True, "pinned": True, "platform": "linux/amd64"}
+        # In the CRI's snapshotter, and, as its discard_unpacked_layers leaves it, no compressed layer beside.
+        assert cri[node]["node"]["snapshotter"] == "overlayfs"
+        assert cri[node]["node"]["blobs"] < cri[node]["node"]["unpacked"] / 4
     assert cri["cpu-1"]["ml/trainer"] == {"present": False}
     assert cri["cpu-1"]["ml/tools"]["pinned"] is True
     assert cri["cpu-arm-1"] == {
         "containerd": cri["cpu-1"]["containerd"],
+        "node": cri["cpu-arm-1"]["node"],
         "ml/trainer": {"present": False},
         "ml/tools": {"present": False},
     }

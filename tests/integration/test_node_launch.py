@@ -35,6 +35,7 @@ from moto.ssm.models import ssm_backends
 
 from eks_prefetch import aws
 from eks_prefetch.images import ResolvedImage
+from eks_prefetch.node_contract import AUTO_MODE_NODE, AUTO_MODE_TAG
 from eks_prefetch.node_output import repository_of
 from eks_prefetch.prefetch import sending
 from eks_prefetch.prefetch.commands import send_command_request, with_comment_marker
@@ -762,3 +763,22 @@ def test_a_node_this_application_cannot_serve_is_acknowledged_without_a_command(
     reasons = [record.reason for record in caplog.records if record.getMessage() == "launch ignored"]
     assert len(reasons) == 1
     assert reasons[0].startswith(f"unsupported node: {why}")
+
+
+@pytest.mark.parametrize("tagged", [True, False], ids=["cluster-tagged", "tags-pending"])
+def test_an_eks_auto_mode_node_is_left_out_at_once_not_waited_for(
+    queue, agents, sent, visibility, images, caplog, tagged
+):
+    """An Auto Mode node (the tags Auto Mode launches its instances with) never registers with SSM: no retry through
+    the queue into the dead-letter queue, no command, said why."""
+    auto_mode = {"eks:eks-cluster-name": CLUSTER, AUTO_MODE_TAG: "default", "eks:kubernetes-node-pool-name": "general"}
+    instance = run_instance({**NODE_TAGS, **auto_mode} if tagged else auto_mode)
+    queue.publish(running_event(instance))
+
+    assert queue.deliver() == {"batchItemFailures": []}
+
+    assert sent == []
+    assert visibility == []
+    assert queue.counts() == {"visible": 0, "hidden": 0}
+    reasons = [record.reason for record in caplog.records if record.getMessage() == "launch ignored"]
+    assert reasons == [f"unsupported node: {AUTO_MODE_NODE}"]

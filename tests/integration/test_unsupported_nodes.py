@@ -18,7 +18,7 @@ import pytest
 import time_machine
 
 from eks_prefetch import aws, settings
-from eks_prefetch.node_contract import NO_CONTAINERD_SOCKET
+from eks_prefetch.node_contract import AUTO_MODE_NODE, AUTO_MODE_TAG, CONTAINERD_NOT_UP, NO_CONTAINERD_SOCKET
 from eks_prefetch.prefetch.resolution import NewestImages
 from eks_prefetch.settings import StatusSettings, load
 from eks_prefetch.status import sweep
@@ -161,6 +161,24 @@ def test_make_status_names_it_with_the_reason(nodes, images, fake, handler, lamb
     assert "coverage: 0.0% (0/1 nodes)" in text
 
 
+def test_make_status_names_an_eks_auto_mode_node_carrying_the_node_tag(nodes, images, monkeypatch):
+    """SSM never lists an Auto Mode node (AWS allows no SSM on it): coverage never counts it, and `make status` says
+    why it gets no prefetch."""
+    auto_mode_tags = {"eks:cluster-name": CLUSTER, AUTO_MODE_TAG: "default", "eks:kubernetes-node-pool-name": "general"}
+    (auto_mode,) = run_nodes(1, auto_mode_tags)
+    monkeypatch.setattr(report, "view_of_stack", lambda *_: report.StackView(load(StatusSettings)))
+    monkeypatch.setattr(aws.stack, "session_problem", lambda: None)
+    out = io.StringIO()
+
+    with time_machine.travel(LATER, tick=False):
+        report.main(["--stack", "prefetch-prod"], out=out)
+
+    text = out.getvalue()
+    assert f"({auto_mode})  {AUTO_MODE_NODE} (outside coverage, never repaired)" in text
+    assert f"cluster {CLUSTER}: 4 online node(s)" in text
+    assert auto_mode not in fleet_at(LATER).online
+
+
 def test_a_later_report_of_its_images_clears_the_mark(nodes, images, fake, handler, lambda_context, sent):
     """containerd installed since: the next command that reaches the node (a push by tag, a restart's command) pulls;
     from then on it is in coverage, holding the images."""
@@ -234,6 +252,36 @@ def test_a_bottlerocket_node_running_the_script_is_unsupported_not_failed(
     assert result["status"] == "Success"
     assert total(capsys.readouterr().out, "InvocationsFailed", **C) == 0
     assert fleet_at(LATER).unsupported[nodes["bottlerocket"]].startswith("Bottlerocket node")
+
+
+# --- containerd installed but not up yet: a failure that repair retries, not an unsupported node ---------------------
+
+NOT_UP = f"{CONTAINERD_NOT_UP}: no socket at /run/containerd/containerd.sock after 60s"
+
+
+def test_containerd_not_up_yet_is_a_failure_that_repair_retries_not_an_unsupported_node(
+    nodes, images, fake, handler, lambda_context, sent, capsys
+):
+    """A new node's first command before nodeadm started containerd, or a restart: the script fails its run (exit 2)
+    with CONTAINERD_NOT_UP. The node stays in coverage, missing with that error, and the sweep's repair sends to it
+    again (was: "unsupported", outside coverage and self-repair for up to NodeStateTtlSeconds)."""
+    node = nodes["socketless"]
+    references = [ref(TRAINER, images[TRAINER]), ref(INFERENCE, images[INFERENCE])]
+    stdout = json.dumps({"summary": True, "images": 0, "failed": 0, "omitted": 0, "error": NOT_UP, "seconds": 60.2})
+    capsys.readouterr()
+
+    result = report_of(fake, handler, lambda_context, node, references, Answer("Failed", "Failed", stdout, REPORTED))
+
+    assert "unsupported" not in result
+    assert total(capsys.readouterr().out, "InvocationsFailed", **C) == 1
+    fleet = fleet_at(LATER)
+    assert node not in fleet.unsupported
+    for coverage in fleet.coverages:
+        (missing,) = [state for state in coverage.missing if state.instance_id == node]
+        assert missing.last_error == f"run failed: {NOT_UP}"
+    sent.clear()
+    sweep.sweep_and_repair(load(StatusSettings), now=LATER)
+    assert node in targets(sent)
 
 
 # --- a Windows node reached by a push's tag Targets: SSM skips the step --------------------------------------------

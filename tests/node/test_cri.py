@@ -5,14 +5,15 @@ present and pinned, and kubelet's own pull of it must download no blob."""
 from __future__ import annotations
 
 import platform
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from harness.cri import CriImage
-from harness.node import run_document
-from tests.node.conftest import Node
+from harness.node import build_image, run_document
+from tests.node.conftest import Image, Node
 
 pytestmark = pytest.mark.node
 
@@ -128,3 +129,52 @@ def test_an_unpinned_old_tagged_version_loses_the_pin_of_every_name(node: Node, 
         node.registry.push(node.layout, "tool", "tools/tool", "1.0")
         node.images["tool"] = old
         node.images.pop(f"tool-next-{node.release}")
+
+
+def push_built(node: Node, name: str, repo: str, tag: str, created: str) -> Image:
+    """An image whose config says it was built at ``created`` (RFC 3339, as builders write it), pushed as repo:tag."""
+    build_image(node.layout, name, seed=name)
+    subprocess.run(
+        ["umoci", "config", "--image", f"{node.layout}:{name}", "--created", created, "--no-history"],
+        check=True,
+        capture_output=True,
+    )
+    image = Image(repo, tag, node.registry.push(node.layout, name, repo, tag), node.registry.host)
+    node.images[name] = image
+    return image
+
+
+# Build times that cannot order two pushes: equal (reproducible builds), and the older push's written with a UTC
+# offset (12:00+02:00 is 10:00Z, before the newer push's 11:00Z, but reads later as text).
+CREATED = {
+    "equal": ("2024-01-01T10:00:00Z", "2024-01-01T10:00:00Z"),
+    "utc-offset": ("2024-01-01T12:00:00+02:00", "2024-01-01T11:00:00Z"),
+    "newer-built-earlier": ("2024-01-01T11:00:00Z", "2024-01-01T09:00:00Z"),
+}
+
+
+@pytest.mark.parametrize("created", list(CREATED), ids=list(CREATED))
+def test_a_tag_only_moves_forward_by_push_time(node: Node, workdir: Path, lock_env: dict, created: str) -> None:
+    """Two pushes of one tag, whatever their images' build times say: the later push's command, arriving first,
+    names the tag; the earlier push's command, arriving late, pulls its image but never moves the tag back. The
+    push times come from the functions (pushedAt); the order of the commands does not matter."""
+    old_created, new_created = CREATED[created]
+    repo = f"team/ordered-{created}"
+    old = push_built(node, f"ordered-old-{created}-{node.release}", repo, "v1", old_created)
+    new = push_built(node, f"ordered-new-{created}-{node.release}", repo, "v1", new_created)
+
+    prefetch(node, workdir / "new", lock_env, tagged(new), pushedAt="1700000002000")
+    (late,) = prefetch(node, workdir / "late", lock_env, tagged(old), pushedAt="1700000001000")
+
+    assert late["digest"] == old.digest
+    assert "not moved" in late.get("warning", ""), late
+    assert node.containerd.images()[new.by_tag]["digest"] == new.digest
+    seen = status(node, new.by_tag)
+    assert seen is not None and new.by_digest in seen.repo_digests
+
+    # In push order, the tag moves to the later push: its build time does not hold it back.
+    node.containerd.remove_all_images()
+    prefetch(node, workdir / "old-first", lock_env, tagged(old), pushedAt="1700000001000")
+    (moved,) = prefetch(node, workdir / "new-second", lock_env, tagged(new), pushedAt="1700000002000")
+    assert "warning" not in moved, moved
+    assert node.containerd.images()[new.by_tag]["digest"] == new.digest

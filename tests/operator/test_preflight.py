@@ -20,6 +20,7 @@ from moto.iam.aws_managed_policies import aws_managed_policies_data
 from moto.iam.models import AWSManagedPolicy, iam_backends
 
 from eks_prefetch import aws
+from eks_prefetch.node_contract import AUTO_MODE_NODE, AUTO_MODE_TAG
 from prefetchctl import preflight
 from prefetchctl.node_role import SSM_CORE, allowed
 from testing.cloudformation import DeployedStacks
@@ -230,6 +231,45 @@ def test_each_seeded_finding_is_named_with_what_to_do(cluster: Cluster) -> None:
     assert "at 4 node(s)" in network
     assert "ml/trainer:v1 $0.54" in network  # 3 GB x 4 nodes x $0.045
     assert all(node["InstanceId"] not in out for node in online)
+
+
+# The tags EKS Auto Mode launches its instances with (its cluster role's tag policy).
+AUTO_MODE_TAGS = {"eks:eks-cluster-name": CLUSTER, AUTO_MODE_TAG: "default", "eks:kubernetes-node-pool-name": "general"}
+
+
+def test_eks_auto_mode_nodes_are_named_as_left_out_not_as_findings(cluster: Cluster) -> None:
+    """An Auto Mode node carrying the node tag never registers with SSM (AWS allows none on it): no finding to fix,
+    a line saying it is left out, as Windows nodes are."""
+    cluster.launch(2)
+    (auto_mode,) = cluster.launch(1, registered=None, tags=AUTO_MODE_TAGS)
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3", "ssm", "ssmmessages", "ec2messages", "logs"))
+    cluster.deploy()
+
+    code, out, err = run()
+
+    assert (code, err) == (0, ""), out
+    assert out.splitlines() == [
+        f"preflight of stack {STACK} (cluster {CLUSTER}, {REGION}): ready",
+        "  nodes per repository: ml/trainer 2 (every node), ml/inference 2 (every node)",
+        f"  2 repositories with a matching image; 2 running node(s), all online with the policies they need; "
+        f"ECR and S3 endpoints in {cluster.vpc}",
+        f"  left out: 1 node(s), {AUTO_MODE_NODE}: {auto_mode['PrivateDnsName']} ({auto_mode['InstanceId']})",
+    ]
+
+
+def test_a_cluster_of_eks_auto_mode_nodes_only_is_a_finding(cluster: Cluster) -> None:
+    cluster.launch(2, registered=None, tags=AUTO_MODE_TAGS)
+    endpoints(cluster, ("ecr.api", "ecr.dkr", "s3"))
+    cluster.deploy()
+
+    code, out, _err = run()
+
+    assert code == 1
+    assert (
+        f"[nodes] tag eks:cluster-name={CLUSTER}\n  problem: every running instance carrying the node tag is left out "
+        f"({AUTO_MODE_NODE}): no node gets a prefetch"
+    ) in out
+    assert "agent never registered" not in out
 
 
 def test_no_tagged_node_and_a_repository_without_matching_image(cluster: Cluster) -> None:

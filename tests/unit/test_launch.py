@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from eks_prefetch import aws
 from eks_prefetch.events import Ec2StateChangeEvent
+from eks_prefetch.node_contract import AUTO_MODE_NODE, auto_mode_reason
 from eks_prefetch.prefetch import launch
 from eks_prefetch.prefetch.launch import LaunchOutcome, NodeVerdict, backoff_seconds, classify_instance
 from eks_prefetch.settings import LaunchSettings
@@ -374,3 +375,20 @@ def test_newest_images_are_resolved_once_per_batch_and_never_reused_by_the_next(
     assert first == same_batch
     assert first != next_batch
     assert listings == list(current.repository_names) * 2
+
+
+@pytest.mark.parametrize(
+    ("described", "auto_mode"),
+    [
+        # EC2's own word: a managed instance, operated by EKS.
+        ({"Operator": {"Managed": True, "Principal": "eks.amazonaws.com"}, "Tags": []}, True),
+        # The tags Auto Mode launches its instances with.
+        ({"Tags": [{"Key": "eks:kubernetes-node-class-name", "Value": "default"}]}, True),
+        # A managed instance of another service (Lambda Managed Instances), or none.
+        ({"Operator": {"Managed": True, "Principal": "scaler.lambda.amazonaws.com"}}, False),
+        ({"Operator": {"Managed": False}, "Tags": [{"Key": "karpenter.sh/nodepool", "Value": "general"}]}, False),
+        ({}, False),
+    ],
+)
+def test_eks_auto_mode_instances_are_told_from_what_ec2_says(described: dict[str, Any], auto_mode: bool) -> None:
+    assert (auto_mode_reason(described) == AUTO_MODE_NODE) is auto_mode

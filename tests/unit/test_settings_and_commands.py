@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from eks_prefetch.images import ResolvedImage
+from eks_prefetch.node_contract import DEFAULT_CONNECTIONS, push_time_ms
 from eks_prefetch.prefetch.commands import (
     PULL_BYTES_PER_SECOND,
     image_bytes,
@@ -27,13 +28,16 @@ def settings(**overrides: str) -> PushSettings:
     return PushSettings.from_env({**DEPLOYMENT_ENV, **overrides})
 
 
+PUSHED = datetime(2026, 11, 1, 12, 30, 15, 250000, tzinfo=UTC)
+
+
 def image(repository: str, tag: str, seed: str, size: int | None = 3_500_000_000) -> ResolvedImage:
     return ResolvedImage(
         registry="123456789012.dkr.ecr.us-east-1.amazonaws.com",
         repository=repository,
         digest="sha256:" + seed * 64,
         tag=tag,
-        pushed_at=datetime(2026, 11, 1, tzinfo=UTC),
+        pushed_at=PUSHED,
         size_bytes=size,
     )
 
@@ -88,10 +92,13 @@ def test_fleet_request_targets_the_tag_and_sets_every_safety_knob():
     assert request["Parameters"] == {
         # The pod's tag and the digest: the node pulls the digest and names the image by the tag too.
         "images": ["123456789012.dkr.ecr.us-east-1.amazonaws.com/ml/trainer:v2@sha256:" + "a" * 64],
+        # When ECR received the push, in ms: the node moves the tag, and keeps pins, by it.
+        "pushedAt": [str(push_time_ms(PUSHED))],
         "pin": ["false"],
         "keepPinned": ["2"],
         "maxDiskUsagePercent": ["80"],
         "pullTimeoutSeconds": ["1800"],
+        "connections": [str(DEFAULT_CONNECTIONS)],
         "executionTimeout": ["3600"],
     }
 
@@ -150,6 +157,17 @@ def test_the_safety_defaults_are_the_templates() -> None:
         PushSettings.model_fields["registry_bandwidth_gbps"].default == parameters["RegistryBandwidthGbps"]["Default"]
     )
     assert PushSettings.model_fields["max_errors"].default == parameters["MaxErrors"]["Default"]
+
+
+def test_push_times_go_with_their_images_in_order_to_the_millisecond():
+    """The node orders two pushes of a tag by these: never by the commands' order, nor the images' build times."""
+    older = ResolvedImage("r", "ml/trainer", "sha256:" + "a" * 64, "v1", datetime(2026, 11, 1, 12, 0, 0, 1000, UTC))
+    newer = ResolvedImage("r", "ml/inference", "sha256:" + "b" * 64, "v2", datetime(2026, 11, 1, 12, 0, 0, 2000, UTC))
+    naive = ResolvedImage("r", "ml/tool", "sha256:" + "c" * 64, "v3", datetime(2026, 11, 1, 12, 0, 0, 3000))
+
+    request = send_command_request([newer, older, naive], settings(), instance_ids=["i-0123456789abcdef0"])
+
+    assert request["Parameters"]["pushedAt"] == ["1793534400002,1793534400001,1793534400003"]
 
 
 # --- MaxConcurrency from the registry path's budget -----------------------------------------------------------------

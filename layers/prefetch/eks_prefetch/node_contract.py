@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 # --- Image references the document accepts (its `images` allowedPattern, and the script's own check) ------------
@@ -26,11 +27,21 @@ REFERENCE_PATTERN = f"{REGISTRY_PATTERN}/{REPOSITORY_PATH_PATTERN}({_SUFFIX})"
 # The document's images parameter takes at most this many references (its allowedPattern counts them).
 MAX_IMAGES_PER_COMMAND = 50
 IMAGES_ALLOWED_PATTERN = f"^{REFERENCE_PATTERN}(,{REFERENCE_PATTERN}){{0,{MAX_IMAGES_PER_COMMAND - 1}}}$"
+# The document's pushedAt parameter: one push time (ms since the epoch) per image of `images`, in its order, or an
+# empty entry where none is known (node_contract.PUSHED_AT_LABEL).
+PUSHED_AT_ALLOWED_PATTERN = f"^([0-9]{{1,15}})?(,([0-9]{{1,15}})?){{0,{MAX_IMAGES_PER_COMMAND - 1}}}$"
 # The script's check of one reference, as a bash ERE: groups 1 registry, 3 repository path, 5 the tag of tag@digest.
 SCRIPT_REFERENCE_RE = (
     f"^({REGISTRY_PATTERN})/({REPOSITORY_PATH_PATTERN})"
     f"(:({REFERENCE_TAG_PATTERN})@{DIGEST_PATTERN}|@{DIGEST_PATTERN}|:{REFERENCE_TAG_PATTERN})$"
 )
+
+
+def push_time_ms(pushed_at: datetime) -> int:
+    """An image's push time as the document's pushedAt takes it: ms since the epoch (a naive time is UTC)."""
+    if pushed_at.tzinfo is None:
+        pushed_at = pushed_at.replace(tzinfo=UTC)
+    return int(pushed_at.timestamp() * 1000)
 
 
 def reference(registry: str, repository: str, digest: str, tag: str | None = None) -> str:
@@ -63,6 +74,10 @@ PIN_LABEL = "io.cri-containerd.pinned"
 PIN_VALUE = "pinned"
 # Our mark on the pins we made (value: when, in ns since the epoch): retention only ever unpins images carrying it.
 OUR_PIN_LABEL = "eks-image-prefetch/pinned-at"
+# When the registry received the image's push (ms since the epoch; the functions send it as pushedAt), on each name
+# this document pins: a tag only ever moves to a later push, and retention keeps the newest pushes pinned. Where no
+# push time was sent, the image's build time ("created") stands in.
+PUSHED_AT_LABEL = "eks-image-prefetch/pushed-at"
 # One prefetch or unpin run at a time on a node: both scripts take this lock (a test may point it elsewhere).
 LOCK_FILE = "/run/lock/eks-image-prefetch.lock"
 
@@ -75,9 +90,22 @@ PLATFORM_SKIP_REASON = "platform"
 # A run that finds no containerd socket prints a summary whose "unsupported" starts with this, touches nothing and
 # exits 0: the status function leaves the node out of coverage and self-repair (not a failure, not an alarm).
 NO_CONTAINERD_SOCKET = "no containerd socket"
-# Where containerd is installed but its socket is not there yet (a new node's first command can arrive before
-# containerd has started, or during its restart), the script awaits it this long before calling the node unsupported.
+# Where containerd is installed but does not answer yet (a new node's first command can arrive before nodeadm has
+# started it, or during a restart), the script awaits it this long, then fails the run with an error starting with
+# CONTAINERD_NOT_UP: a failure that repair retries, never "unsupported" (which is for nodes with no containerd).
 CONTAINERD_SOCKET_WAIT_SECONDS = 60
+CONTAINERD_NOT_UP = "containerd not up"
+
+# --- How fast a node pulls ------------------------------------------------------------------------------------------
+# A pull's layers come over at most `connections` connections at once (the document's parameter; kubelet's CRI pull
+# opens 3): several layers at once, and where that is faster than containerd's own fetch, layers of more than
+# RANGE_CHUNK_BYTES as parallel byte ranges of that size (S3, which serves ECR's layers, budgets 8-16 MB per ranged
+# request). The default is measured (BENCHMARKS.md, "Node pull against kubelet's").
+DEFAULT_CONNECTIONS = 8
+MAX_CONNECTIONS = 32
+# The document's `connections` parameter: 1 to MAX_CONNECTIONS.
+CONNECTIONS_ALLOWED_PATTERN = "^([1-9]|[12][0-9]|3[0-2])$"
+RANGE_CHUNK_BYTES = 16 << 20
 
 # --- The run's deadline ---------------------------------------------------------------------------------------------
 # The script ends its run this margin before the agent's executionTimeout kills it, to report: a tenth of the
@@ -97,6 +125,24 @@ _TAG_RE = re.compile(REFERENCE_TAG_PATTERN)
 
 
 # --- Which managed nodes the document can serve at all ------------------------------------------------------------
+# EKS Auto Mode nodes are EC2 managed instances that EKS operates, and AWS allows neither SSH nor SSM on them: no
+# command reaches them. EC2 says so in the instance's Operator (Managed, by an EKS principal), and Auto Mode tags the
+# instances it launches eks:kubernetes-node-class-name and eks:kubernetes-node-pool-name (with eks:eks-cluster-name;
+# EKS user guide, "Learn about Amazon EKS Auto Mode Managed instances" and the Auto Mode cluster role's tag policy).
+AUTO_MODE_NODE = "EKS Auto Mode node: AWS allows no SSM on it, so no command can reach it"
+AUTO_MODE_TAG = "eks:kubernetes-node-class-name"
+
+
+def auto_mode_reason(instance: Mapping[str, Any]) -> str | None:
+    """AUTO_MODE_NODE for an EKS Auto Mode instance (DescribeInstances' description of it), else None."""
+    operator = instance.get("Operator") or {}
+    if operator.get("Managed") and "eks" in str(operator.get("Principal") or "").lower():
+        return AUTO_MODE_NODE
+    if any(tag.get("Key") == AUTO_MODE_TAG for tag in instance.get("Tags") or ()):
+        return AUTO_MODE_NODE
+    return None
+
+
 def unsupported_reason(info: Mapping[str, Any]) -> str | None:
     """Why a managed node cannot be served, from DescribeInstanceInformation; None when it can. The document's script
     needs a Linux host with containerd's socket and ctr: Windows has neither (the document's precondition keeps the

@@ -117,6 +117,8 @@ class Summary(_Lenient):
     error: str | None = _text()
     # A node the document cannot serve (no containerd socket): no image was touched, and it is no failure.
     unsupported: str | None = _text()
+    # A note on the run as a whole (the node's containerd config unread: the CRI's defaults assumed).
+    warning: str | None = _text()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from eks_prefetch.images import ResolvedImage
-from eks_prefetch.node_contract import MAX_IMAGES_PER_COMMAND
+from eks_prefetch.node_contract import DEFAULT_CONNECTIONS, MAX_IMAGES_PER_COMMAND, push_time_ms
 from eks_prefetch.settings import CommandSettings
 
 # SSM's limit on a command's Comment.
@@ -66,13 +66,17 @@ def max_concurrency_for(images: Sequence[ResolvedImage], settings: CommandSettin
 
 
 def document_parameters(images: Sequence[ResolvedImage], settings: CommandSettings) -> dict[str, list[str]]:
-    """The document's parameters, every one explicit so that no default on the node decides behaviour."""
+    """The document's parameters, every one explicit so that no default on the node decides behaviour. ``pushedAt``
+    gives each image's push time, in the images' order: commands can reach a node out of order, and the node moves a
+    tag, and keeps pins, by it (never by the order of the commands or the images' build times)."""
     return {
         "images": [",".join(image.reference for image in images)],
+        "pushedAt": [",".join(str(push_time_ms(image.pushed_at)) for image in images)],
         "pin": ["true" if settings.pin_images else "false"],
         "keepPinned": [str(settings.pinned_versions_to_keep)],
         "maxDiskUsagePercent": [str(settings.max_disk_usage_percent)],
         "pullTimeoutSeconds": [str(settings.effective_pull_timeout_seconds)],
+        "connections": [str(DEFAULT_CONNECTIONS)],
         "executionTimeout": [str(settings.execution_timeout_seconds)],
     }
 

@@ -23,7 +23,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from eks_prefetch import aws
 from eks_prefetch.events import INSTANCE_ID_PATTERN, Ec2StateChangeEvent
 from eks_prefetch.images import ResolvedImage
-from eks_prefetch.node_contract import unsupported_reason
+from eks_prefetch.node_contract import auto_mode_reason, unsupported_reason
 from eks_prefetch.node_selectors import tags_of
 from eks_prefetch.prefetch import pacing
 from eks_prefetch.prefetch.commands import image_batches, send_command_request
@@ -226,6 +226,10 @@ def prefetch_launched_node(
     if instance is None:
         return _ignored("instance not found", instance_id)
     verdict = classify_instance(instance, settings, now)
+    auto_mode = auto_mode_reason(instance)
+    if auto_mode is not None and verdict in {NodeVerdict.NODE, NodeVerdict.TAGS_PENDING}:
+        # Its agent will never register (AWS allows no SSM on it): not waited for, left out as Windows is.
+        return _ignored(f"unsupported node: {auto_mode}", instance_id)
     if verdict is NodeVerdict.TAGS_PENDING:
         return _not_ready(verdict.value, event, delivery, settings, now)
     if verdict is NodeVerdict.NOT_A_NODE:
