@@ -33,12 +33,12 @@ from harness.node import (
     RELEASE_SUITES,
     Containerd,
     Registry,
-    ThrottledProxy,
     build_image,
     missing_prerequisites,
     release_available,
     run_document,
 )
+from harness.proxy import RegistryProxy
 
 MB = 1_000_000
 RATE = 20 * MB  # per connection, as in the issue's measurements
@@ -132,7 +132,7 @@ def prefetch(containerd: Containerd, workdir: Path, ref: str, **params: str) -> 
 
 def pull_rounds(bench: Bench, containerd: Containerd, shape: Shape, rounds: int) -> dict[str, Any]:
     repository, digest = bench.images[shape.name]
-    proxy = ThrottledProxy(bench.registry.host, RATE)
+    proxy = RegistryProxy(bench.registry.host, RATE)
     workdir = bench.base / "work"
     try:
         ref = f"{proxy.host}/{repository}@{digest}"
@@ -157,7 +157,7 @@ def pull_rounds(bench: Bench, containerd: Containerd, shape: Shape, rounds: int)
 def mirror_round(bench: Bench, containerd: Containerd, shape: Shape) -> dict[str, int]:
     """Each side pulls once with certs.d naming the mirror for the origin: blob GETs each registry served."""
     repository, digest = bench.images[shape.name]
-    origin, mirror = ThrottledProxy(bench.registry.host, RATE), ThrottledProxy(bench.mirror.host, RATE)
+    origin, mirror = RegistryProxy(bench.registry.host, RATE), RegistryProxy(bench.mirror.host, RATE)
     hosts = containerd.hosts(
         origin.host,
         f'server = "http://{origin.host}"\n[host."http://{mirror.host}"]\n  capabilities = ["pull", "resolve"]\n',
@@ -184,13 +184,13 @@ def mirror_round(bench: Bench, containerd: Containerd, shape: Shape) -> dict[str
         mirror.close()
 
 
-def _blob_gets(proxy: ThrottledProxy) -> int:
+def _blob_gets(proxy: RegistryProxy) -> int:
     return sum(1 for head in proxy.requests if head.startswith("GET ") and "/blobs/" in head)
 
 
 def connections_sweep(bench: Bench, containerd: Containerd, shape: Shape, values: list[int]) -> dict[int, float]:
     repository, digest = bench.images[shape.name]
-    proxy = ThrottledProxy(bench.registry.host, RATE)
+    proxy = RegistryProxy(bench.registry.host, RATE)
     try:
         ref = f"{proxy.host}/{repository}@{digest}"
         seconds = {}

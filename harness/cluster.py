@@ -19,9 +19,7 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -311,77 +309,3 @@ def _add_layers(layout: Path, name: str, layers_mb: list[float], seed: str) -> N
             timeout=900,
         )
     shutil.rmtree(work, ignore_errors=True)
-
-
-class CuttableProxy:
-    """A TCP proxy on 127.0.0.1 in front of the registry, for one node's route: cut() makes it drop every
-    connection after ``after_bytes`` more bytes, and refuse new ones (a registry outage in the middle of a pull)."""
-
-    def __init__(self, upstream: str) -> None:
-        host, port = upstream.rsplit(":", 1)
-        self.upstream = (host, int(port))
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        self.budget: int | None = None
-        self.bytes_down = 0  # what the node received from the registry through this route
-        self.cut_done = threading.Event()
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def cut(self, after_bytes: int = 0) -> None:
-        with self._lock:
-            self.budget = after_bytes
-
-    def _spend(self, size: int) -> bool:
-        with self._lock:
-            if self.budget is None:
-                return True
-            self.budget -= size
-            if self.budget >= 0:
-                return True
-        self._down()
-        return False
-
-    def _down(self) -> None:
-        self.cut_done.set()
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        for sock in [self.listener, *sockets]:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                sock.close()
-
-    def _accept(self) -> None:
-        while not self.cut_done.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(self.upstream, timeout=10)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._sockets += [client, server]
-            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                if counted and not self._spend(len(data)):
-                    return
-                if counted:
-                    self.bytes_down += len(data)
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self._down()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -14,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -106,6 +106,8 @@ def _stop(proc: subprocess.Popen | None) -> None:
 # unpacks under .build/containerd/<suite>/ (trixie: 1.7, as AL2023 AMIs shipped; sid: 2.x, as current ones ship).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RELEASES_DIR = Path(os.environ.get("CONTAINERD_RELEASES_DIR", PROJECT_ROOT / ".build" / "containerd"))
+# The harness nodes' sockets (Containerd.address): short paths, whatever the node's base directory.
+SOCKET_DIR = Path("/run/eks-prefetch-harness")  # root only, as the nodes are
 RELEASE_SUITES = {"1.7": "trixie", "2.x": "sid"}
 SYSTEM = "system"
 # Which release a Containerd() runs when not told: HARNESS_CONTAINERD (system, 1.7 or 2.x), else 2.x when fetched.
@@ -197,7 +199,9 @@ class Containerd:
 
     @property
     def address(self) -> str:
-        return str(self.base / "containerd.sock")
+        # A Unix socket's path has at most 104-108 bytes, which a test's tmp_path can pass on its own (pytest's
+        # numbered and worker directories, the test's name): a short directory per node, named by its base.
+        return str(SOCKET_DIR / hashlib.sha256(str(self.base).encode()).hexdigest()[:16] / "containerd.sock")
 
     @property
     def etc_dirs(self) -> dict[str, Path]:
@@ -283,6 +287,7 @@ class Containerd:
 
     def start(self) -> Containerd:
         self.base.mkdir(parents=True, exist_ok=True)
+        Path(self.address).parent.mkdir(parents=True, exist_ok=True)
         for directory in self.etc_dirs.values():
             directory.mkdir(parents=True, exist_ok=True)
         self.certs_dir.mkdir(exist_ok=True)
@@ -474,127 +479,6 @@ class Registry:
         cmd += [f"oci:{layout}:{tag}", f"docker://{self.host}/{repo}:{ref_tag or tag}"]
         subprocess.run(cmd, check=True, capture_output=True, timeout=600)
         return digestfile.read_text().strip()
-
-
-class ThrottledProxy:
-    """A TCP proxy on 127.0.0.1 in front of a registry, for pulls (requests without bodies): it sends each
-    connection's responses at most ``bytes_per_second`` (ECR serves layers from S3, whose published guidance budgets
-    a rate per connection), so what a pull gains from more connections or byte ranges shows, as on a node. It keeps
-    every request's head (``requests``) and the most connections open at once (``peak_connections``); with
-    ``ignore_ranges`` it drops Range headers, as a registry that serves whole blobs only. Stopped by close()."""
-
-    CHUNK = 64 << 10
-
-    def __init__(self, upstream: str, bytes_per_second: float | None = None, ignore_ranges: bool = False) -> None:
-        host, port = upstream.rsplit(":", 1)
-        self.upstream = (host, int(port))
-        self.rate = bytes_per_second
-        self.ignore_ranges = ignore_ranges
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(128)
-        self.host = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        self.requests: list[str] = []
-        self.open_connections = 0
-        self.peak_connections = 0
-        self._generation = 0  # connections opened before the last reset() are not counted
-        self._closed = threading.Event()
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def blob_requests(self, digest: str) -> list[str]:
-        """The heads of the GET requests of one blob, in order."""
-        return [head for head in list(self.requests) if head.startswith("GET ") and f"/blobs/{digest}" in head]
-
-    def reset(self) -> None:
-        """Forgets the requests so far, and counts from now only the connections opened from now (a client's idle
-        keep-alive connections, still open, are not the next pull's)."""
-        with self._lock:
-            self.requests.clear()
-            self.open_connections = self.peak_connections = 0
-            self._generation += 1
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(self.upstream, timeout=10)
-            except OSError:
-                client.close()
-                continue
-            server.settimeout(None)
-            with self._lock:
-                self.open_connections += 1
-                self.peak_connections = max(self.peak_connections, self.open_connections)
-                self._sockets += [client, server]
-            threading.Thread(target=self._requests, args=(client, server, self._generation), daemon=True).start()
-            threading.Thread(target=self._responses, args=(server, client), daemon=True).start()
-
-    def _requests(self, source: socket.socket, sink: socket.socket, generation: int) -> None:
-        pending = b""
-        rewrite = self.ignore_ranges
-        with contextlib.suppress(OSError):
-            while data := source.recv(self.CHUNK):
-                if rewrite and not pending and data[:1] == b"\x16":
-                    rewrite = False  # a TLS hello: the registry's answer ends it, nothing to rewrite
-                if not rewrite:
-                    # Passed on as it comes: a client's TLS hello first (containerd tries HTTPS on loopback, then
-                    # falls back to HTTP on the registry's answer) must not wait for a request head.
-                    sink.sendall(data)
-                pending += data
-                while b"\r\n\r\n" in pending:
-                    head, pending = pending.split(b"\r\n\r\n", 1)
-                    text = head.decode("latin-1")
-                    if rewrite:
-                        text = re.sub(r"(?im)^range:[^\r\n]*(\r\n|$)", "", text).rstrip("\r\n")
-                        sink.sendall(text.encode("latin-1") + b"\r\n\r\n")
-                    with self._lock:
-                        self.requests.append(text)
-                if len(pending) > 1 << 16:
-                    pending = b""  # not HTTP (a TLS hello): nothing to record
-        with self._lock:
-            if generation == self._generation:
-                self.open_connections -= 1  # the client is done with it
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def _responses(self, source: socket.socket, sink: socket.socket) -> None:
-        # A token bucket holding at most a tenth of a second's bytes: an idle keep-alive connection earns no burst.
-        rate = self.rate
-        burst = (rate or 0) / 10
-        tokens, last = burst, time.monotonic()
-        with contextlib.suppress(OSError):
-            while data := source.recv(self.CHUNK):
-                if rate:
-                    now = time.monotonic()
-                    tokens = min(burst, tokens + (now - last) * rate) - len(data)
-                    last = now
-                    if tokens < 0:
-                        time.sleep(-tokens / rate)
-                sink.sendall(data)
-        with self._lock:
-            for sock in (source, sink):
-                with contextlib.suppress(ValueError):
-                    self._sockets.remove(sock)
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def close(self) -> None:
-        self._closed.set()
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        for sock in [self.listener, *sockets]:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                sock.close()
 
 
 def build_image(layout: Path, tag: str, layers_mb: list[float] | None = None, seed: str = "") -> None:

@@ -23,8 +23,9 @@ from moto.ec2.models import EC2Backend
 from moto.ecr.models import ecr_backends
 
 from harness.agent import LINUX, Platform, RunCommandAgent
-from harness.cluster import CuttableProxy, DryRunNode, EcrRegistry, Node, PushedImage
+from harness.cluster import DryRunNode, EcrRegistry, Node, PushedImage
 from harness.node import Containerd, missing_prerequisites
+from harness.proxy import RegistryProxy
 from harness.routing import Delivery, Router, event_envelope
 from harness.stack import ACCOUNT, FAKE_CREDENTIALS, REGION, Stack
 from testing.environment import emulated_aws
@@ -37,7 +38,7 @@ class Instance:
     name: str
     node: Node | DryRunNode
     is_node: bool
-    proxy: CuttableProxy | None = None
+    proxy: RegistryProxy | None = None
 
 
 @dataclass(frozen=True)
@@ -325,8 +326,8 @@ class World:
             backing = DryRunNode(name, base, self.dry_run_reason).start()
         instance = Instance(instance_id, name, backing, node)
         if proxy and self.registry is not None:
-            instance.proxy = CuttableProxy(self.registry.host)
-            backing.route(instance.proxy.address)
+            instance.proxy = RegistryProxy(self.registry.host)
+            backing.route(instance.proxy.host)
         self.instances[instance_id] = instance
         self.agent.register(instance_id, backing, register_after, platform)
         main = threading.current_thread() is threading.main_thread()

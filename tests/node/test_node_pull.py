@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from eks_prefetch import node_contract
-from harness.cluster import CuttableProxy
 from harness.cri import Cri
-from harness.node import Containerd, Registry, Run, ThrottledProxy, build_image, run_document
+from harness.node import Containerd, Registry, Run, build_image, run_document
+from harness.proxy import RegistryProxy
 from tests.node.conftest import Image, Node
 from tests.node.test_document import assert_well_formed, unreachable_env
 
@@ -174,7 +174,7 @@ def test_a_big_layer_is_fetched_as_parallel_byte_ranges(
 ) -> None:
     """A layer of 4 chunks is fetched as 4 byte ranges on 4 connections at once (at most the `connections` asked
     for), verified by digest, then unpacked: the image is whole and kubelet's pull downloads nothing."""
-    proxy = ThrottledProxy(node.registry.host, bytes_per_second=8 * MIB)
+    proxy = RegistryProxy(node.registry.host, bytes_per_second=8 * MIB)
     try:
         ref = f"{proxy.host}/{big.repo}@{big.digest}"
         (record,) = prefetch(node.containerd, workdir, lock_env, ref, connections="4").images
@@ -194,7 +194,7 @@ def test_a_big_layer_is_fetched_as_parallel_byte_ranges(
 def test_a_registry_that_ignores_ranges_is_fetched_whole_and_said_so(
     node: Node, workdir: Path, lock_env: dict, big: Image
 ) -> None:
-    proxy = ThrottledProxy(node.registry.host, ignore_ranges=True)
+    proxy = RegistryProxy(node.registry.host, ignore_ranges=True)
     try:
         ref = f"{proxy.host}/{big.repo}@{big.digest}"
         (record,) = prefetch(node.containerd, workdir, lock_env, ref).images
@@ -208,7 +208,7 @@ def test_a_registry_that_ignores_ranges_is_fetched_whole_and_said_so(
 def test_connections_are_bounded(node: Node, workdir: Path, lock_env: dict, big: Image) -> None:
     """connections=1: the layers come one at a time, on one connection (ctr's own fetch on 1.7; on 2.x, whose ctr sets
     no limit, this script's); containerd's resolver adds the one it opens for the manifest."""
-    proxy = ThrottledProxy(node.registry.host)
+    proxy = RegistryProxy(node.registry.host)
     try:
         ref = f"{proxy.host}/{big.repo}@{big.digest}"
         (record,) = prefetch(node.containerd, workdir, lock_env, ref, connections="1").images
@@ -232,7 +232,7 @@ def test_an_ecr_registry_with_a_mirror_is_pulled_through_the_mirror_without_its_
     bin_dir.mkdir()
     (bin_dir / "aws").write_text(f"#!/bin/sh\necho {FAKE_TOKEN}\n")
     (bin_dir / "aws").chmod(0o755)
-    recorder = ThrottledProxy(mirror.host)
+    recorder = RegistryProxy(mirror.host)
     hosts = node.containerd.hosts(
         ECR_HOST,
         f'server = "https://{ECR_HOST}"\n[host."http://{recorder.host}"]\n  capabilities = ["pull", "resolve"]\n',
@@ -267,7 +267,7 @@ def test_many_layers_stay_within_the_connections_asked_for(
 ) -> None:
     """7 layers on connections=3: containerd fetches them 3 at a time (ctr's own limit on 1.7; 2.x's ctr sets none,
     so its transfer service, limited to 3, pulls), plus the connection its resolver opens for the manifest."""
-    proxy = ThrottledProxy(node.registry.host)
+    proxy = RegistryProxy(node.registry.host)
     try:
         ref = f"{proxy.host}/{many_layers.repo}@{many_layers.digest}"
         (record,) = prefetch(node.containerd, workdir, lock_env, ref, connections="3").images
@@ -302,11 +302,11 @@ def test_a_pull_cut_midway_is_pulled_whole_by_the_next_run(
     """The registry goes away 1 MB into the layers: the run fails that image (unreachable), with its summary. The
     part written stays in containerd's content store (as its own fetch leaves one): the next run leaves that layer to
     containerd, which resumes it, and pulls the image whole."""
-    cut = CuttableProxy(node.registry.host)
+    cut = RegistryProxy(node.registry.host)
     cut.cut(1 << 20)
     try:
         failed = run_document(
-            workdir / "cut", node.containerd, {"images": f"{cut.address}/{big.repo}@{big.digest}"}, extra_env=lock_env
+            workdir / "cut", node.containerd, {"images": f"{cut.host}/{big.repo}@{big.digest}"}, extra_env=lock_env
         )
         assert_well_formed(failed)
         assert [(r["status"], r["reason"]) for r in failed.images] == [("failed", "unreachable")], failed.stdout
@@ -314,7 +314,7 @@ def test_a_pull_cut_midway_is_pulled_whole_by_the_next_run(
         cut.close()
     assert "layer-sha256:" in node.containerd.ctr("content", "active").stdout
 
-    back = ThrottledProxy(node.registry.host)
+    back = RegistryProxy(node.registry.host)
     try:
         ref = f"{back.host}/{big.repo}@{big.digest}"
         (record,) = prefetch(node.containerd, workdir / "back", lock_env, ref).images
@@ -348,7 +348,7 @@ def test_a_new_version_on_a_shared_base_fetches_only_its_new_layers(
     layer (the CRI skips layers whose snapshots exist), and so does the prefetch on 2.x, through containerd's transfer
     service. On 1.7, ctr's fetch takes every layer whose blob is missing (node.md says so): v2 is whole either way."""
     v1, v2 = versions
-    proxy = ThrottledProxy(node.registry.host)
+    proxy = RegistryProxy(node.registry.host)
     try:
         prefetch(node.containerd, workdir / "v1", lock_env, f"{proxy.host}/{v1.repo}@{v1.digest}")
         shared = {digest for digest, _size in layer_digests(node.registry, v1)}
