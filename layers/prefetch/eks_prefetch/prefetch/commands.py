@@ -31,8 +31,8 @@ _LAUNCH_FORMAT = "%Y%m%dT%H%M%SZ"
 # `connections` (8) connections and fetches a big layer as parallel byte ranges, in 0.39-0.43x of kubelet's time for
 # one big layer and 0.48-0.54x for 7 layers (bench section 9, containerd 1.7 and 2.x, 20 MB/s per connection). The
 # budget holds for the fastest shape: 3.5 GB in 109 s x 0.39 = ~42.5 s, ~82 MB/s. A pull is budgeted at 85 MB/s, a
-# few percent above, for the fluctuation of the pulls running at once (bench section 1: the pulls at once then ask
-# at most the budget). Slower shapes (many small layers) ask less and leave part of the budget unused.
+# few percent above, for the fluctuation of the pulls running at once (bench section 1, its pulls scaled to this
+# model: at most ~49 of 50 Gbit/s asked). Slower shapes (many small layers) ask less and leave part of it unused.
 KUBELET_PULL_SECONDS = 109
 KUBELET_PULL_BYTES = 3.5e9
 FASTEST_PREFETCH_TO_KUBELET = 0.39
