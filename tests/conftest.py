@@ -11,6 +11,7 @@ import pytest
 from botocore.retries.standard import ExponentialBackoff
 
 from eks_prefetch import aws, settings
+from testing.cloudformation import CloudFormationEndpoint
 from testing.deployment import FakeLambdaContext, mocked_aws
 from testing.environment import DEPLOYMENT_ENV
 from testing.ssm import Agents
@@ -104,6 +105,14 @@ def sent(aws_mock: None) -> list[dict[str, Any]]:
 
     aws.client("ssm").meta.events.register("provide-client-params.ssm.SendCommand", capture)
     return requests
+
+
+@pytest.fixture
+def endpoint() -> Iterator[CloudFormationEndpoint]:
+    """A custom resource's pre-signed ResponseURL, on 127.0.0.1."""
+    cfn = CloudFormationEndpoint().start()
+    yield cfn
+    cfn.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import pytest
 from eks_prefetch.deploy.config_check import check_properties, on_request
 from harness.stack import ACCOUNT, REGION, Stack, StackRefusedError
 from harness.template import template
-from tests.operator.test_uninstall import STACK_ID, CloudFormationEndpoint, endpoint  # noqa: F401 - fixture
+from testing.cloudformation import CloudFormationEndpoint
+from tests.operator.test_uninstall import STACK_ID
 
 PARAMETERS = {"ClusterName": "ml-prod", "RepositoryNames": "ml/trainer,ml/inference"}
 GOOD = json.dumps({"ml/trainer": {"karpenter.sh/nodepool": ["gpu-a", "gpu-b"]}})
@@ -121,8 +122,7 @@ def test_the_largest_selector_the_check_accepts_deploys_every_function(aws_mock:
 
 
 def test_the_function_answers_cloudformation_failed_on_update_and_success_on_delete(
-    aws_mock: None,
-    endpoint: CloudFormationEndpoint,  # noqa: F811 - the fixture
+    aws_mock: None, endpoint: CloudFormationEndpoint
 ) -> None:
     stack = Stack(PARAMETERS).create()
     function = stack.functions["ConfigCheckFunction"]

@@ -3,10 +3,7 @@ own container with its deployed environment), answering CloudFormation at a real
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -18,45 +15,9 @@ from eks_prefetch.deploy import unpin as uninstall
 from harness.stack import ACCOUNT, REGION, Stack
 from harness.template import template
 from prefetchctl import unpin as make_unpin
-from testing.cloudformation import DeployedStacks
+from testing.cloudformation import CloudFormationEndpoint, DeployedStacks
 
 STACK_ID = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/prefetch-prod/0f1e2d3c-0000-4000-8000-000000000000"
-
-
-class CloudFormationEndpoint:
-    """The pre-signed ResponseURL: records every PUT body, as S3 would store it for CloudFormation."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.content_types: list[str | None] = []
-        endpoint = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_PUT(self) -> None:
-                length = int(self.headers["Content-Length"])
-                endpoint.bodies.append(json.loads(self.rfile.read(length)))
-                endpoint.content_types.append(self.headers.get("Content-Type"))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}/cfn-response?X-Amz-Signature=abc"
-
-
-@pytest.fixture
-def endpoint() -> Iterator[CloudFormationEndpoint]:
-    cfn = CloudFormationEndpoint()
-    cfn.thread.start()
-    yield cfn
-    cfn.server.shutdown()
-    cfn.server.server_close()
 
 
 @pytest.fixture

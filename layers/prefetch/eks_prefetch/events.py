@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parser import parse
-from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
+from aws_lambda_powertools.utilities.parser.models import (
+    CloudFormationCustomResourceCreateModel,
+    CloudFormationCustomResourceDeleteModel,
+    CloudFormationCustomResourceUpdateModel,
+    EventBridgeModel,
+)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from eks_prefetch.images import DIGEST_PATTERN, REPOSITORY_PATTERN, TAG_PATTERN
@@ -84,6 +89,32 @@ class ScheduledEvent(EventBridgeModel):
 
     source: Literal["aws.events"]
     detail_type: Literal["Scheduled Event"] = Field(alias="detail-type")
+
+
+# --- CloudFormation custom resources (the uninstall's unpin, the warm volumes' uninstall) ---
+
+CustomResourceModel = (
+    CloudFormationCustomResourceCreateModel
+    | CloudFormationCustomResourceUpdateModel
+    | CloudFormationCustomResourceDeleteModel
+)
+CustomResourceRequest = Annotated[CustomResourceModel, Field(discriminator="request_type")]
+
+
+def parse_custom_resource_request(event: Any, *, logger: Logger) -> CustomResourceModel | None:
+    """The request parsed into ``CustomResourceRequest``; or None, logged, if it is malformed: it is still answered
+    when it can be (``deploy.custom_resource.answer``). Logged with pydantic's errors, never the input: its
+    ResponseURL is pre-signed."""
+    try:
+        return parse(event=event, model=CustomResourceRequest)
+    except ValidationError as error:
+        logger.error(
+            "malformed custom resource request",
+            extra={"errors": error.errors(include_url=False, include_input=False)},
+        )
+    except ValueError as error:  # not JSON: the message says where, not what
+        logger.error("malformed custom resource request", extra={"error": f"{type(error).__name__}: {error}"[:300]})
+    return None
 
 
 def parse_or_drop(event: Any, model: Any, *, what: str, logger: Logger, metrics: Metrics, **log_fields: Any) -> Any:
