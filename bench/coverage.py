@@ -259,8 +259,9 @@ def measure(section: Section, quick: bool) -> None:
         "the last wave, whose nodes finish one pull's time after the budget's bytes (at 1,000 nodes, "
         f"{_waves_note(1_000, single)}). Other sizes: this run's pull times past section 4's tiny-image run (the "
         "fixed work per image), scaled by the bytes. An image of many small layers pulls slower than the fastest "
-        "shape (section 9: up to ~0.54x of kubelet's time rather than 0.39x), asks less than the rule budgets, and "
-        "its rollout takes longer in proportion: the budget is held for the fastest shape, never passed.",
+        f"shape (section 9: up to ~0.54x of kubelet's time rather than {FASTEST_PREFETCH_TO_KUBELET:g}x), asks "
+        "less than the rule budgets, and its rollout takes longer in proportion: the budget is held for the fastest "
+        "shape, never passed.",
         f"ECR calls by the nodes: per node and command, {1} GetAuthorizationToken (the document logs in once per "
         f"registry), up to {MANIFESTS_PER_IMAGE} BatchGetImage (a multi-architecture index, then the platform's "
         f"manifest) and a GetDownloadUrlForLayer per blob request: at most one per {RANGE_CHUNK_BYTES >> 20} MiB "

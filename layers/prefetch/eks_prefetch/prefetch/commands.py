@@ -32,8 +32,8 @@ _LAUNCH_FORMAT = "%Y%m%dT%H%M%SZ"
 # one big layer and 0.48-0.54x for 7 layers (bench section 9's runs, containerd 1.7 and 2.x, 20 MB/s per connection;
 # 0.34: 2.1.9, one layer of 320 MB, the run that landed with issue 28). The budget holds for the fastest: 3.5 GB in
 # 109 s x 0.34 = ~37 s, ~94 MB/s. A pull is budgeted at 97 MB/s, a few percent above, for the fluctuation of the
-# pulls running at once (bench section 1, its pulls scaled to this model, asks at most the budget). Slower shapes
-# (many small layers) ask less and leave part of it unused.
+# pulls running at once (bench section 1, its pulls scaled to this model: at most ~48.5 of 50 Gbit/s asked). Slower
+# shapes (many small layers) ask less and leave part of it unused.
 KUBELET_PULL_SECONDS = 109
 KUBELET_PULL_BYTES = 3.5e9
 FASTEST_PREFETCH_TO_KUBELET = 0.34
