@@ -3,10 +3,11 @@
 The pacing is SSM's as the local harness implements it: `harness.agent.Rollout` (the sliding window of
 MaxConcurrency, MaxErrors) and `harness.agent.target_count` (a count or a percentage of the targets), the code the
 agent runs on real nodes, here driven by a simulated clock. Pull times: section 4's per-round times of the document
-on a real containerd (`bench/results/node.json`, this run's), scaled so that their median is a 3.5 GB image's ~109 s
-on a real node, drawn per node with a fixed seed; other sizes scale the part past section 4's tiny-image run (the
-fixed work per image). A stated throughput cap stands for the registry and the NAT: when the pulls running at once
-ask for more, every pull slows in proportion (processor sharing).
+on a real containerd (`bench/results/node.json`, this run's), scaled so that their median is what the rule's model
+gives a prefetch of a 3.5 GB image on a real node (kubelet's ~109 s times the fastest measured prefetch/kubelet
+ratio, section 9's: `prefetch.commands`), drawn per node with a fixed seed; other sizes scale the part past section
+4's tiny-image run (the fixed work per image). A stated throughput cap stands for the registry and the NAT: when the
+pulls running at once ask for more, every pull slows in proportion (processor sharing).
 
 The default (MaxConcurrency left empty) is the push path's own rule, `prefetch.commands.max_concurrency_for`, from
 the image's size and the default RegistryBandwidthGbps, which is the cap here; so are the ECR calls the nodes make
@@ -18,21 +19,32 @@ from __future__ import annotations
 import bisect
 import heapq
 import json
+import math
 import random
 import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.node_overhead import REAL_PULL_SECONDS
 from bench.node_overhead import RESULTS as NODE_RESULTS
 from bench.report import Row, Section, not_measured, ratio, verdict
 from eks_prefetch.images import ResolvedImage
-from eks_prefetch.prefetch.commands import PULL_BYTES_PER_SECOND, PULL_FIXED_SECONDS, max_concurrency_for
+from eks_prefetch.node_contract import DEFAULT_CONNECTIONS, RANGE_CHUNK_BYTES
+from eks_prefetch.prefetch.commands import (
+    FASTEST_PREFETCH_TO_KUBELET,
+    KUBELET_PULL_BYTES,
+    KUBELET_PULL_SECONDS,
+    PULL_BYTES_PER_SECOND,
+    PULL_FIXED_SECONDS,
+    max_concurrency_for,
+)
 from eks_prefetch.settings import CommandSettings
 from harness.agent import Rollout, target_count
 
-IMAGE_BYTES = 3.5e9
+IMAGE_BYTES = KUBELET_PULL_BYTES
+# A prefetch of IMAGE_BYTES on a real node, by the rule's model: kubelet's pull time over the prefetch's fastest
+# measured speed-up (section 9). The simulated pulls' median.
+PREFETCH_PULL_SECONDS = KUBELET_PULL_SECONDS * FASTEST_PREFETCH_TO_KUBELET
 # The stated cap: the default RegistryBandwidthGbps, half of a NAT gateway's 100 Gbit/s ceiling (it starts at 5
 # Gbit/s and scales up by itself), the rest left to the cluster's other traffic. ECR publishes no pull throughput;
 # with a VPC endpoint, no NAT is involved.
@@ -56,11 +68,11 @@ LIMIT_FACTOR = 1.2
 # ECR's default API quotas, per account and Region, adjustable (Amazon ECR User Guide, "Amazon ECR service quotas").
 ECR_QUOTAS = {"GetAuthorizationToken": 500, "BatchGetImage": 2_000, "GetDownloadUrlForLayer": 3_000}
 # What a node's pull of one image asks of ECR (assumptions, docs/scale.md): one login per command run (the document
-# logs in once per registry), the manifest (two for a multi-architecture index), and a download URL per blob it
-# lacks (the config and each layer), containerd fetching 3 at a time.
+# logs in once per registry), the manifest (two for a multi-architecture index), and a download URL per blob request:
+# one per blob it lacks (the config and each layer), and where the document fetches a layer as byte ranges, one per
+# range (each range asks the registry's blob URL, which ECR answers with a redirect), on up to `connections` at once.
 LAYERS_PER_IMAGE = 30
 MANIFESTS_PER_IMAGE = 2
-CONCURRENT_DOWNLOADS = 3
 
 
 @dataclass(frozen=True)
@@ -118,10 +130,10 @@ def simulate(
 
 
 def pull_times() -> list[float]:
-    """Section 4's document pull times, scaled to a median of REAL_PULL_SECONDS."""
+    """Section 4's document pull times, scaled to a median of PREFETCH_PULL_SECONDS."""
     rounds = json.loads(NODE_RESULTS.read_text())["rounds"]
     measured = [entry["document"] for entry in rounds]
-    scale = REAL_PULL_SECONDS / statistics.median(measured)
+    scale = PREFETCH_PULL_SECONDS / statistics.median(measured)
     return [seconds * scale for seconds in measured]
 
 
@@ -224,7 +236,9 @@ def measure(section: Section, quick: bool) -> None:
         f"Simulated, not run: `harness.agent.Rollout` and `target_count` (the local agent's MaxConcurrency/MaxErrors "
         f"semantics, the code it runs on real nodes) driven by a simulated clock. Pull times: section 4's "
         f"{len(scaled)} per-round document pulls of this run (a 524 MB image on loopback), scaled to a median of "
-        f"{REAL_PULL_SECONDS} s (a 3.5 GB image on a real node): {', '.join(f'{s:.0f}' for s in sorted(scaled))} s, "
+        f"{PREFETCH_PULL_SECONDS:.1f} s, the rule's model of a prefetch of a 3.5 GB image on a real node (kubelet's "
+        f"~{KUBELET_PULL_SECONDS} s, README, times {FASTEST_PREFETCH_TO_KUBELET:g}, the fastest prefetch/kubelet "
+        f"ratio section 9 measured: one big layer in byte ranges): {', '.join(f'{s:.0f}' for s in sorted(scaled))} s, "
         f"drawn per node with a fixed seed. A pull alone asks for 3.5 GB over its time (~"
         f"{_gbits(IMAGE_BYTES / single)} at the median); the registry and NAT together are capped at "
         f"{CAP_GBITS:.0f} Gbit/s (an assumption: half of a NAT gateway's 100 Gbit/s ceiling; ECR publishes no pull "
@@ -242,18 +256,33 @@ def measure(section: Section, quick: bool) -> None:
         f"{PULL_FIXED_SECONDS:g} s per image (prefetch/commands.py), "
         f"{(PULL_BYTES_PER_SECOND / (IMAGE_BYTES / single) - 1) * 100:.0f}% above the median pull here, for the "
         "fluctuation of the pulls running at once; what is left between the time and the limit is that margin and "
-        "the last wave, whose nodes finish one pull's time after the budget's bytes (at 1,000 nodes, 6 waves where "
-        "the budget carries ~5: at least ~1.14x with equal pulls). Other sizes: this run's pull times past section "
-        "4's tiny-image run (the fixed work per image), scaled by the bytes.",
+        "the last wave, whose nodes finish one pull's time after the budget's bytes (at 1,000 nodes, "
+        f"{_waves_note(1_000, single)}). Other sizes: this run's pull times past section 4's tiny-image run (the "
+        "fixed work per image), scaled by the bytes. An image of many small layers pulls slower than the fastest "
+        f"shape (section 9: up to ~0.54x of kubelet's time rather than {FASTEST_PREFETCH_TO_KUBELET:g}x), asks "
+        "less than the rule budgets, and its rollout takes longer in proportion: the budget is held for the fastest "
+        "shape, never passed.",
         f"ECR calls by the nodes: per node and command, {1} GetAuthorizationToken (the document logs in once per "
         f"registry), up to {MANIFESTS_PER_IMAGE} BatchGetImage (a multi-architecture index, then the platform's "
-        f"manifest) and a GetDownloadUrlForLayer per blob it lacks (assumed {LAYERS_PER_IMAGE} layers and the "
-        f"config; containerd fetches {CONCURRENT_DOWNLOADS} at a time). Average: over the rollout; peak: the most "
+        f"manifest) and a GetDownloadUrlForLayer per blob request: at most one per {RANGE_CHUNK_BYTES >> 20} MiB "
+        f"byte range (the document's ranged fetch) and one more per blob (assumed {LAYERS_PER_IMAGE} layers and the "
+        f"config), {DEFAULT_CONNECTIONS} at a time (`connections`). Average: over the rollout; peak: the most "
         "pulls the simulation starts within one second (every node of the first wave at once: SSM's own ramp, "
         "doubling from one node as each acknowledges, spreads them over several seconds and is not modelled). "
         "Quotas: ECR's defaults per account and Region (Amazon ECR User Guide, service quotas), shared with every "
         "other pull in the account: kubelet's own, CI's.",
     ]
+
+
+def _waves_note(fleet: int, single: float) -> str:
+    """How many waves of the default's pulls a fleet takes against how many pulls' time the budget's limit is: the
+    least a sliding window of equal pulls could take."""
+    waves = -(-fleet // int(default_concurrency(IMAGE_BYTES)))
+    carried = fleet * IMAGE_BYTES / CAP_BYTES / single
+    return (
+        f"{waves} waves of a 3.5 GB image's pulls where the budget carries {carried:.1f}: "
+        f"{waves / carried:.2f}x with equal pulls"
+    )
 
 
 def _measure_default(section: Section, scaled: list[float], fleets: tuple[int, ...]) -> None:
@@ -278,7 +307,9 @@ def _measure_default(section: Section, scaled: list[float], fleets: tuple[int, .
                 why.append(
                     f"by {result.last_warm / limit - LIMIT_FACTOR:.2f}x of the limit: {waves} waves of pulls where the "
                     f"budget carries {limit / statistics.median(durations):.1f} ({floor:.2f}x with equal pulls), and "
-                    f"this run's pulls spread {min(durations):.0f}-{max(durations):.0f} s (section 4's rounds)"
+                    f"this run's pulls spread {min(durations):.0f}-{max(durations):.0f} s, their mean "
+                    f"{statistics.mean(durations) / statistics.median(durations):.2f}x their median (section 4's "
+                    "rounds: a slow pull leaves part of the budget unused)"
                 )
             if over_cap:
                 why.append(f"asks {_gbits(result.peak_demand)}, over the {CAP_GBITS:g} Gbit/s budget")
@@ -299,18 +330,24 @@ def _measure_default(section: Section, scaled: list[float], fleets: tuple[int, .
         not_measured(section, [f"fleet of {DEFAULT_FLEETS[-1]:,}, default, every size"], "skipped in a quick run")
 
 
+def url_requests(image_bytes: float) -> int:
+    """The most blob requests a node makes for an image it lacks: a byte range per chunk, and each blob's last,
+    partial one (the config and every layer)."""
+    return math.ceil(image_bytes / RANGE_CHUNK_BYTES) + LAYERS_PER_IMAGE + 1
+
+
 def _ecr_calls(fleet: int, image_bytes: float, result: Coverage) -> Row:
     """The ECR calls the nodes make during a default rollout, against ECR's default quotas."""
     started_per_second = len(result.starts) / result.last_warm
     peak = result.peak_starts()
-    blobs = LAYERS_PER_IMAGE + 1
-    # A running pull asks for its blobs' URLs over its time (on average, as many a second as the nodes it starts
-    # times its blobs); in the first second of a wave, each node its first few at once.
-    urls = max(peak * CONCURRENT_DOWNLOADS, started_per_second * blobs)
+    requests = url_requests(image_bytes)
+    # A running pull asks for its ranges' URLs over its time (on average, as many a second as the nodes it starts
+    # times its requests); in the first second of a wave, each node its first `connections` at once.
+    urls = max(peak * DEFAULT_CONNECTIONS, started_per_second * requests)
     rates = {
         "GetAuthorizationToken": (started_per_second, peak),
         "BatchGetImage": (started_per_second * MANIFESTS_PER_IMAGE, peak * MANIFESTS_PER_IMAGE),
-        "GetDownloadUrlForLayer": (started_per_second * blobs, urls),
+        "GetDownloadUrlForLayer": (started_per_second * requests, urls),
     }
     worst = max(highest / ECR_QUOTAS[name] for name, (_average, highest) in rates.items())
     return Row(

@@ -74,10 +74,10 @@ def trainer() -> dict[str, str]:
 @pytest.mark.parametrize(
     ("size", "environment", "max_concurrency"),
     [
-        (3_500_000_000, {}, "189"),  # 50 Gbit/s over a 3.5 GB pull's ~33 MB/s
-        (500_000_000, {}, "191"),
-        (10_000_000_000, {"REGISTRY_BANDWIDTH_GBPS": "100"}, "379"),
-        (3_500_000_000, {"REGISTRY_BANDWIDTH_GBPS": "5"}, "18"),
+        (3_500_000_000, {}, "64"),  # 50 Gbit/s over a 3.5 GB prefetch's ~97 MB/s
+        (500_000_000, {}, "66"),
+        (10_000_000_000, {"REGISTRY_BANDWIDTH_GBPS": "100"}, "129"),
+        (3_500_000_000, {"REGISTRY_BANDWIDTH_GBPS": "5"}, "6"),
         (3_500_000_000, {"MAX_CONCURRENCY": "100"}, "100"),  # the user's MaxConcurrency wins
         (3_500_000_000, {"MAX_CONCURRENCY": "10%"}, "10%"),
     ],
@@ -114,7 +114,7 @@ def test_new_image_sends_one_digest_pinned_fleet_command(handler, sent, api_call
     assert request["Parameters"]["keepPinned"] == ["2"]
     # The pushed image's size (DescribeImages) over the default budget: moto's image is 7 kB, so the budget allows
     # far more pulls at once than any fleet (see the next test for real sizes).
-    assert request["MaxConcurrency"] == "178176"
+    assert request["MaxConcurrency"] == "178051"
     assert request["MaxErrors"] == "25%"
     assert request["TimeoutSeconds"] == 600
     assert request["CloudWatchOutputConfig"] == {"CloudWatchLogGroupName": LOG_GROUP, "CloudWatchOutputEnabled": True}

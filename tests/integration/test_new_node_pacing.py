@@ -4,8 +4,8 @@ images.
 
 The node-launch handler against moto, its queue driven as Lambda's event source drives it (testing/sqs.py
 ``LaunchQueue``); time moves with time-machine. Both watched repositories hold a 3.5 GB image (moto gives the
-manifest's config size as the image's size, testing/ecr.py), and the budget is 1 Gbit/s (125 MB/s): a node's run of
-7 GB takes ~213 s at a pull's 33 MB/s, so 3 nodes pull at once and the next starts every ~71 s.
+manifest's config size as the image's size, testing/ecr.py), and the budget is 2.5 Gbit/s (312.5 MB/s): a node's run
+of 7 GB takes ~73 s at a pull's 97 MB/s, so 3 nodes pull at once and the next starts every ~24 s.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from testing.ssm import Agents
 
 START = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 GIGABYTES = 1_000_000_000
-# A node's run: 2 x 0.2 s + 7 GB / 33 MB/s = 212.5 s; 3 at once within 125 MB/s; one every 212.5 / 3 s.
-RUN_SECONDS = 0.4 + 7e9 / 33e6
+# A node's run: 2 x 0.2 s + 7 GB / 97 MB/s = 72.6 s; 3 at once within 312.5 MB/s (4 would ask 386); one every
+# 72.6 / 3 s.
+RUN_SECONDS = 0.4 + 7e9 / 97e6
 INTERVAL = RUN_SECONDS / 3
 
 
@@ -46,7 +47,7 @@ def clock() -> Iterator[Any]:
 
 @pytest.fixture
 def env(deployment_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REGISTRY_BANDWIDTH_GBPS", "1")
+    monkeypatch.setenv("REGISTRY_BANDWIDTH_GBPS", "2.5")
     monkeypatch.setenv("NODE_LAUNCH_MAX_RECEIVES", "5")
     load.cache_clear()
 
@@ -116,22 +117,22 @@ def test_a_burst_pulls_as_many_at_once_as_the_budget_carries_then_one_per_slot(
     nodes = launch(queue, agents, 5)
 
     assert failed(deliver(queue, clock)) == 2
-    assert sent == nodes[:3]  # 3 x 7 GB over ~213 s each: 99 MB/s of the 125
-    assert visibility == [71, 142]  # the 4th and 5th nodes' slots, one interval apart
+    assert sent == nodes[:3]  # 3 x 7 GB over ~73 s each: 289 MB/s of the 312.5
+    assert visibility == [25, 49]  # the 4th and 5th nodes' slots, one interval apart
     printed = capsys.readouterr().out
     dimensions = {"ClusterName": CLUSTER, "service": "test"}  # the test deployment's service name
     assert total(printed, "NodesWaitingForBandwidth", **dimensions) == 2
     assert total(printed, "NodesNotReady", **dimensions) == 0
     assert schedule() == pytest.approx(START.timestamp() + 5 * INTERVAL, abs=0.01)
 
-    clock.shift(timedelta(seconds=71))
+    clock.shift(timedelta(seconds=25))
     assert failed(deliver(queue, clock)) == 1
     assert sent == nodes[:4]
     # The 5th came back early (the queue delivers what is visible): it waits for the slot it holds, reserving nothing.
-    assert visibility == [71, 142, 71]
+    assert visibility == [25, 49, 24]
     assert schedule() == pytest.approx(START.timestamp() + 5 * INTERVAL, abs=0.01)
 
-    clock.shift(timedelta(seconds=71))
+    clock.shift(timedelta(seconds=25))
     assert failed(deliver(queue, clock)) == 0
     assert sent == nodes
     assert deliver(queue, clock) is None

@@ -151,7 +151,7 @@ def test_ready_node_gets_one_command_with_the_newest_image_of_every_repository(q
     assert request["DocumentName"] == DOCUMENT
     assert request["DocumentVersion"] == "1"
     # The two images' sizes (moto's 7 kB each) over the budget: one node either way.
-    assert request["MaxConcurrency"] == "178176"
+    assert request["MaxConcurrency"] == "178051"
     assert request["MaxErrors"] == "25%"
     assert request["TimeoutSeconds"] == 600
     assert request["CloudWatchOutputConfig"] == {"CloudWatchLogGroupName": LOG_GROUP, "CloudWatchOutputEnabled": True}

@@ -226,7 +226,7 @@ def test_the_per_sweep_bound_holds_with_500_missing_nodes_oldest_gap_first(fake,
 
 def test_a_sweeps_repairs_share_the_registry_paths_budget(fake, fleet, images, sent):
     """200 nodes lack a new 3.5 GB trainer image: 4 commands of 50 ids go out together, each with a quarter of the
-    budget's pulls (50 Gbit/s over a 3.5 GB pull: 189 at once), so that together they pull no more at once than one
+    budget's pulls (50 Gbit/s over a 3.5 GB pull: 64 at once), so that together they pull no more at once than one
     command would; MaxErrors keeps its meaning."""
     big = push_image(TRAINER, "trainer-v3", tag="v3", pushed_at=at(20), size=3_500_000_000)
     nodes = node_ids(200)
@@ -237,8 +237,8 @@ def test_a_sweeps_repairs_share_the_registry_paths_budget(fake, fleet, images, s
     result = run_sweep(at(20) + GRACE + timedelta(minutes=1))
 
     assert result["repair"]["nodes_repaired"] == 200
-    assert [request["MaxConcurrency"] for request in sent] == ["47"] * 4
-    assert sum(int(request["MaxConcurrency"]) for request in sent) <= 189
+    assert [request["MaxConcurrency"] for request in sent] == ["16"] * 4
+    assert sum(int(request["MaxConcurrency"]) for request in sent) <= 64
     assert all(request["MaxErrors"] == "25%" for request in sent)
     assert set(targets(sent)) == set(nodes)
     assert {tuple(images) for images in targets(sent).values()} == {(ref(TRAINER, big),)}

@@ -26,11 +26,18 @@ _LAUNCH_FORMAT = "%Y%m%dT%H%M%SZ"
 
 # --- How many nodes pull at once: the registry path's budget over what one node's pull asks of it ------------------
 
-# What one node's pull asks of the registry path: the rule's assumptions (docs/scale.md). A fresh node takes ~109 s
-# for a 3.5 GB (compressed) image (README; BENCHMARKS.md section 1), about 32 MB/s: a pull is budgeted at 33 MB/s,
-# a few percent above, for the fluctuation of the pulls running at once (bench section 1: the pulls at once then ask
-# ~96% of the budget at their peak).
-PULL_BYTES_PER_SECOND = 33e6
+# What one node's pull asks of the registry path: the rule's assumptions (docs/scale.md). Kubelet's pull takes ~109 s
+# for a 3.5 GB (compressed) image on a fresh node (README), ~32 MB/s. The prefetch pulls faster: it opens up to
+# `connections` (8) connections and fetches a big layer as parallel byte ranges, in 0.34-0.43x of kubelet's time for
+# one big layer and 0.48-0.54x for 7 layers (bench section 9's runs, containerd 1.7 and 2.x, 20 MB/s per connection;
+# 0.34: 2.1.9, one layer of 320 MB, the run that landed with issue 28). The budget holds for the fastest: 3.5 GB in
+# 109 s x 0.34 = ~37 s, ~94 MB/s. A pull is budgeted at 97 MB/s, a few percent above, for the fluctuation of the
+# pulls running at once (bench section 1, its pulls scaled to this model: at most ~48.5 of 50 Gbit/s asked). Slower
+# shapes (many small layers) ask less and leave part of it unused.
+KUBELET_PULL_SECONDS = 109
+KUBELET_PULL_BYTES = 3.5e9
+FASTEST_PREFETCH_TO_KUBELET = 0.34
+PULL_BYTES_PER_SECOND = 97e6
 # ...after a fixed time per image, whatever its size (resolving, the last layer's unpacking, pinning): the document's
 # run of a tiny image (BENCHMARKS.md section 4), the least it can be, so that a small image is never given more pulls
 # at once than the budget carries.
