@@ -7,6 +7,7 @@ as a build in progress does, until ``WarmStack.finish`` ends it and publishes wh
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -360,8 +361,15 @@ def _push_index(repository: str, tag: str, architectures: list[str]) -> str:
             for architecture in architectures
         ],
     }
-    image = boto3.client("ecr").put_image(repositoryName=repository, imageManifest=json.dumps(index), imageTag=tag)
-    return image["image"]["imageId"]["imageDigest"]
+    body = json.dumps(index)
+    # Given as ECR computes it (the manifest's sha256): moto makes up an index's digest from one of 101 values, and
+    # two indexes of a test then share one a time in a hundred.
+    digest = "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+    image = boto3.client("ecr").put_image(
+        repositoryName=repository, imageManifest=body, imageTag=tag, imageDigest=digest
+    )
+    assert image["image"]["imageId"]["imageDigest"] == digest
+    return digest
 
 
 # --- never two builds -----------------------------------------------------------------------------------------------
