@@ -61,7 +61,18 @@ BUILDER_TAG = "eks-image-prefetch:warm-builder"
 SNAPSHOT_TAG = "eks-image-prefetch:warm-snapshot"
 DIGEST_TAG_PREFIX = "eks-image-prefetch:digest:"
 IMDS = "http://169.254.169.254"
-BLOCK_TOOLS = ("losetup", "mkfs.xfs", "xfs_admin", "xfs_growfs", "blkid", "findmnt", "mount", "umount", "curl")
+BLOCK_TOOLS = (
+    "losetup",
+    "mkfs.xfs",
+    "xfs_admin",
+    "xfs_growfs",
+    "blkid",
+    "findmnt",
+    "mountpoint",
+    "mount",
+    "umount",
+    "curl",
+)
 BUILT_MIB = 320  # mkfs.xfs's minimum is 300 MB
 # The launch template's volume is larger than the builder's filesystem (the node grows it): twice the snapshot, and
 # this much more, so that later pushes fit under the prefetch's disk guard (which counts a whole image's bytes).
@@ -225,8 +236,9 @@ class FakeSystemd:
 @dataclass
 class BuilderAgentView:
     """The builder as the Run Command agent sees it: its node, with the two builder documents' scripts pointed at the
-    node's containerd root, its staging directory, the build's label and its IMDS double (local substitutions of their
-    assignments; a script that no longer has one fails loudly). Other documents run as they are."""
+    node's containerd root, its staging directory, its root disk's content store (a directory of this machine), the
+    build's label and its IMDS double (local substitutions of their assignments; a script that no longer has one fails
+    loudly). Other documents run as they are."""
 
     node: Node
     substitutions: dict[str, str]  # assignment name -> value
@@ -621,7 +633,12 @@ class WarmLoop:
         (bin_dir / "lsblk").write_text(_LSBLK.format(device=Path(device).name))
         for tool in ("systemctl", "containerd", "lsblk"):
             (bin_dir / tool).chmod(0o755)
-        substitutions = {"ROOT": str(node.containerd.root), "LABEL": self.label, "STAGING": str(node.base / "staging")}
+        substitutions = {
+            "ROOT": str(node.containerd.root),
+            "LABEL": self.label,
+            "STAGING": str(node.base / "staging"),
+            "SCRATCH": str(node.base / "content-scratch"),  # the builder's root disk: this machine's, not a loop
+        }
         self.world.agent.register(launched.instance_id, BuilderAgentView(node, substitutions, build.imds.endpoint))
 
     def published(self) -> dict[str, Any]:

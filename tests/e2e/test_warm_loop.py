@@ -205,17 +205,20 @@ def test_the_snapshot_stores_the_unpacked_layer_and_not_its_compressed_blob(make
     snapshot = loop.build()
 
     usage = loop.usage(snapshot)
+    layer = max(json.loads(image.manifest)["layers"], key=lambda found: found["size"])
     assert 24_000_000 <= usage.unpacked_bytes <= 26_000_000
-    assert usage.per_unpacked_byte is not None and usage.per_unpacked_byte <= 1.05, usage
-    (layer,) = json.loads(image.manifest)["layers"]
+    # Written: the unpacked layer, and what XFS writes whatever the images (its journal, a few MB here), far less
+    # than the layer's blob again (the bench's 80 MB layer: 1.03x).
+    assert usage.data_bytes < usage.unpacked_bytes + layer["size"] // 2, usage
     boot = loop.boot_warm("warm-worst", proxy=True)
     assert boot.warm, boot.line
     node = world.instances[boot.instance_id].node
     assert isinstance(node, Node)
-    listed = node.content()
-    assert image.digest in listed and layer["digest"] not in listed  # the CRI's state: the layer blob discarded
+    listed = node.containerd.content()
+    layers = {found["digest"] for found in json.loads(image.manifest)["layers"]}
+    assert image.digest in listed and not layers & set(listed)  # the CRI's state: layer blobs discarded
     for digest in listed:
-        assert node.ctr("content", "get", digest, check=False).returncode == 0, digest
+        assert node.containerd.ctr("content", "get", digest, check=False).returncode == 0, digest
     with Cri(node.containerd.address) as cri:
         assert cri.image_status(snapshot.images[0].by_tag) is not None
 
