@@ -207,9 +207,9 @@ def test_the_snapshot_stores_the_unpacked_layer_and_not_its_compressed_blob(make
     usage = loop.usage(snapshot)
     layer = max(json.loads(image.manifest)["layers"], key=lambda found: found["size"])
     assert 24_000_000 <= usage.unpacked_bytes <= 26_000_000
-    # Written: the unpacked layer, and what XFS writes whatever the images (its journal, a few MB here), far less
-    # than the layer's blob again (the bench's 80 MB layer: 1.03x).
-    assert usage.data_bytes < usage.unpacked_bytes + layer["size"] // 2, usage
+    # Written: the unpacked layer, and what XFS writes whatever the images (its journal: about 2.3 MB here), not any
+    # part of the layer's blob again (the bench's 80 MB layer: 1.03x).
+    assert usage.data_bytes - usage.unpacked_bytes < 4_000_000 < layer["size"], usage
     boot = loop.boot_warm("warm-worst", proxy=True)
     assert boot.warm, boot.line
     node = world.instances[boot.instance_id].node
