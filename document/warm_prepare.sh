@@ -1,6 +1,9 @@
 #!/bin/bash
 # EKS Image Prefetch warm volume builder, step 1 of 3. Runs as root on the builder instance only (never on a
-# cluster node): puts /var/lib/containerd on the data volume, so that the prefetch document pulls onto it.
+# cluster node): puts /var/lib/containerd on the data volume, so that the prefetch document pulls onto it, except its
+# content store: that one stays on the root disk during the build (the seal copies back what it holds then), so that
+# the compressed layer blobs a pull writes, and deletes once unpacked (discard_unpacked_layers), never touch the data
+# volume. EBS has no TRIM: a snapshot stores every block ever written, freed or not.
 # Prints one JSON line; exits non-zero on any failure (the builder is then terminated).
 set -euo pipefail
 export LC_ALL=C
@@ -8,6 +11,8 @@ LABEL=eks-prefetch
 STAMP=.eks-image-prefetch-warm.json
 ROOT=/var/lib/containerd
 STAGING=/mnt/eks-prefetch-warm
+SCRATCH=/var/lib/eks-prefetch-warm-content
+CONTENT=io.containerd.content.v1.content
 fail() { printf '{"step":"prepare","error":"%s"}\n' "$1"; exit 1; }
 
 version=$(containerd --version 2>/dev/null | awk '{print $3}') || true
@@ -22,6 +27,8 @@ mapfile -t disks < <(lsblk -dno NAME,MODEL | awk -v root="$root_disk" '$1 != roo
 device=/dev/${disks[0]}
 
 systemctl stop containerd
+# A step run again: its content store's bind mount first (the copy below reads the volume's own).
+! mountpoint -q "$ROOT/$CONTENT" || umount "$ROOT/$CONTENT"
 fresh=false
 mkdir -p "$STAGING"
 if [ "$(blkid -o value -s LABEL "$device" 2>/dev/null || true)" = "$LABEL" ]; then
@@ -44,5 +51,12 @@ rm -f "$STAGING/$STAMP"
 xfs_growfs -d "$STAGING" >/dev/null
 umount "$STAGING"
 mount "$device" "$ROOT"
+# The content store on the root disk (a copy of the volume's: the manifests and configs of the images it holds), over
+# the volume's own, which the seal brings up to date.
+mkdir -p "$ROOT/$CONTENT"
+rm -rf "$SCRATCH"
+cp -a "$ROOT/$CONTENT" "$SCRATCH"
+mount --bind "$SCRATCH" "$ROOT/$CONTENT"
 systemctl start containerd
-printf '{"step":"prepare","device":"%s","fresh":%s,"containerd":"%s","ami":"%s"}\n' "$device" "$fresh" "$version" "$ami"
+printf '{"step":"prepare","device":"%s","fresh":%s,"containerd":"%s","ami":"%s","content":"%s"}\n' \
+  "$device" "$fresh" "$version" "$ami" "$SCRATCH"

@@ -29,6 +29,7 @@ UUID.
 from __future__ import annotations
 
 import copy
+import ctypes
 import http.server
 import importlib
 import json
@@ -61,7 +62,18 @@ BUILDER_TAG = "eks-image-prefetch:warm-builder"
 SNAPSHOT_TAG = "eks-image-prefetch:warm-snapshot"
 DIGEST_TAG_PREFIX = "eks-image-prefetch:digest:"
 IMDS = "http://169.254.169.254"
-BLOCK_TOOLS = ("losetup", "mkfs.xfs", "xfs_admin", "xfs_growfs", "blkid", "findmnt", "mount", "umount", "curl")
+BLOCK_TOOLS = (
+    "losetup",
+    "mkfs.xfs",
+    "xfs_admin",
+    "xfs_growfs",
+    "blkid",
+    "findmnt",
+    "mountpoint",
+    "mount",
+    "umount",
+    "curl",
+)
 BUILT_MIB = 320  # mkfs.xfs's minimum is 300 MB
 # The launch template's volume is larger than the builder's filesystem (the node grows it): twice the snapshot, and
 # this much more, so that later pushes fit under the prefetch's disk guard (which counts a whole image's bytes).
@@ -225,12 +237,14 @@ class FakeSystemd:
 @dataclass
 class BuilderAgentView:
     """The builder as the Run Command agent sees it: its node, with the two builder documents' scripts pointed at the
-    node's containerd root, its staging directory, the build's label and its IMDS double (local substitutions of their
-    assignments; a script that no longer has one fails loudly). Other documents run as they are."""
+    node's containerd root, its staging directory, its root disk's content store (a directory of this machine), the
+    build's label and its IMDS double (local substitutions of their assignments; a script that no longer has one fails
+    loudly). Other documents run as they are."""
 
     node: Node
     substitutions: dict[str, str]  # assignment name -> value
     imds: str
+    writeback_seconds: float | None = None  # see WarmLoop.writeback_seconds
 
     @property
     def name(self) -> str:
@@ -240,17 +254,51 @@ class BuilderAgentView:
         content = copy.deepcopy(content)
         (step,) = content["mainSteps"]
         script = step["inputs"]["runCommand"][0]
-        if "EKS Image Prefetch warm volume builder" in script:
-            for name, value in self.substitutions.items():
-                if name == "STAGING" and "STAGING=" not in script:
-                    continue
-                old = f"{name}={assignment(script, name)}\n"
-                script = script.replace(old, f"{name}={value}\n")
-            if IMDS not in script:
-                raise ValueError("a builder document no longer asks the IMDS: the harness cannot point it here")
-            step["inputs"]["runCommand"] = [script.replace(IMDS, self.imds)]
-            content.setdefault("parameters", {})  # none: the node's runner reads the key
+        if "EKS Image Prefetch warm volume builder" not in script:  # the pull
+            with _Writeback(self.node.containerd.root, self.writeback_seconds):
+                return self.node.execute(content, values, command_id, timeout)
+        for name, value in self.substitutions.items():
+            if name == "STAGING" and "STAGING=" not in script:
+                continue
+            old = f"{name}={assignment(script, name)}\n"
+            script = script.replace(old, f"{name}={value}\n")
+        if IMDS not in script:
+            raise ValueError("a builder document no longer asks the IMDS: the harness cannot point it here")
+        step["inputs"]["runCommand"] = [script.replace(IMDS, self.imds)]
+        content.setdefault("parameters", {})  # none: the node's runner reads the key
         return self.node.execute(content, values, command_id, timeout)
+
+
+class _Writeback:
+    """While the builder's pull runs: the dirty pages of the volume's filesystem written back every ``seconds`` (syncfs
+    on the containerd root, which is the volume's mount then), as the kernel writes them back during a pull bigger
+    than the builder's page cache allows, or longer than its dirty_expire (30 s): a file written and deleted during the
+    pull then reaches the volume, as it would on EBS. None: the kernel's own writeback (this machine's large page cache
+    keeps a small build's short-lived files off the disk)."""
+
+    def __init__(self, root: Path, seconds: float | None) -> None:
+        self.root, self.seconds = root, seconds
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _Writeback:
+        if self.seconds:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def _run(self) -> None:
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+        while not self.done.wait(self.seconds):
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                syncfs(fd)
+            finally:
+                os.close(fd)
 
 
 @dataclass
@@ -435,6 +483,9 @@ class WarmLoop:
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
     boots: dict[str, Boot] = field(default_factory=dict)
     executions: list[dict[str, Any]] = field(default_factory=list)  # the builder's, as DescribeExecution ended them
+    # The builder's pull with its volume's dirty pages written back this often (_Writeback): what a real builder's
+    # pull of images bigger than its page cache writes. None: the kernel's own writeback.
+    writeback_seconds: float | None = None
 
     def __post_init__(self) -> None:
         reason = self.world.dry_run_reason or missing_prerequisites() or missing_block_tools()
@@ -621,8 +672,15 @@ class WarmLoop:
         (bin_dir / "lsblk").write_text(_LSBLK.format(device=Path(device).name))
         for tool in ("systemctl", "containerd", "lsblk"):
             (bin_dir / tool).chmod(0o755)
-        substitutions = {"ROOT": str(node.containerd.root), "LABEL": self.label, "STAGING": str(node.base / "staging")}
-        self.world.agent.register(launched.instance_id, BuilderAgentView(node, substitutions, build.imds.endpoint))
+        substitutions = {
+            "ROOT": str(node.containerd.root),
+            "LABEL": self.label,
+            "STAGING": str(node.base / "staging"),
+            "SCRATCH": str(node.base / "content-scratch"),  # the builder's root disk: this machine's, not a loop
+        }
+        self.world.agent.register(
+            launched.instance_id, BuilderAgentView(node, substitutions, build.imds.endpoint, self.writeback_seconds)
+        )
 
     def published(self) -> dict[str, Any]:
         """What the stack's snapshot parameter holds ({} before the first build)."""
