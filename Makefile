@@ -26,9 +26,10 @@ $(VENV)/.installed: requirements-dev.txt
 
 venv: $(VENV)/.installed
 
-# Tests run on one worker per core (pytest-xdist); the slowest are listed at the end, and pyproject.toml's per-test
-# timeout turns a hidden wait into a named failure.
-PYTEST_PARALLEL := -n auto --durations=15
+# Tests run on one worker per core (pytest-xdist; those that attach loop devices on one worker, tests/conftest.py's
+# LOOP_DEVICES); the slowest are listed at the end, and pyproject.toml's per-test timeout turns a hidden wait into a
+# named failure.
+PYTEST_PARALLEL := -n auto --dist loadgroup --durations=15
 
 # The full gate: every check and every test, the node tests on both containerd releases and the demo's end to end.
 test: system-deps venv lint cfn-lint sam-validate sam-build shellcheck

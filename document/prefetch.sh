@@ -184,6 +184,9 @@ if command -v containerd >/dev/null 2>&1; then read_config; fi
 [[ "$cri_snapshotter" =~ ^[A-Za-z0-9_.-]{1,64}$ ]] || cri_snapshotter=overlayfs
 [ "$cri_discard" = true ] || cri_discard=false
 [ -n "$config_root" ] || config_root=/var/lib/containerd
+# This script's byte-range parts go beside the ingests they stream into: the content store's filesystem (on a warm
+# volume builder, its root disk; never the data volume whose snapshot would store them).
+fetch_scratch=$config_root/io.containerd.content.v1.content
 
 # ctr's own variable names the socket where set; else the node's config does.
 socket=${CONTAINERD_ADDRESS:-${config_address:-/run/containerd/containerd.sock}}
@@ -593,7 +596,7 @@ release_manifest() { # digest layer-count
 }
 release_stale() { # manifests a killed run left held, found only where its scratch directory is left too
   local line digest count
-  compgen -G "$config_root/.eks-image-prefetch-fetch.*" >/dev/null || return 0
+  compgen -G "$fetch_scratch/.eks-image-prefetch-fetch.*" >/dev/null || return 0
   [ -n "${lock_held:-}" ] || return 0 # another run may be fetching
   while IFS= read -r line; do
     [[ "$line" == *"$FETCHED_LABEL="* ]] || continue
@@ -604,7 +607,7 @@ release_stale() { # manifests a killed run left held, found only where its scrat
     done
     release_manifest "$digest" "$count"
   done < <(ctr_local content ls 2>/dev/null | tail -n +2)
-  rm -rf "$config_root"/.eks-image-prefetch-fetch.* 2>/dev/null || true
+  rm -rf "$fetch_scratch"/.eks-image-prefetch-fetch.* 2>/dev/null || true
 }
 
 # How many of the image's first layers are unpacked already (their chain's snapshot exists in the CRI's snapshotter:
@@ -773,8 +776,8 @@ start_fetch() { # repo platform-digest t
     return 1
   fi
   release_stale
-  if ! fetch_parts=$(mktemp -d "$config_root/.eks-image-prefetch-fetch.XXXXXX" 2>/dev/null); then
-    fetch_note="layers not fetched in parallel: no scratch directory under $config_root"
+  if ! fetch_parts=$(mktemp -d "$fetch_scratch/.eks-image-prefetch-fetch.XXXXXX" 2>/dev/null); then
+    fetch_note="layers not fetched in parallel: no scratch directory under $fetch_scratch"
     return 1
   fi
   {

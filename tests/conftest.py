@@ -124,3 +124,9 @@ def lambda_context() -> FakeLambdaContext:
 def agents(aws_mock: None) -> Agents:
     """Which nodes' SSM agents are Online (moto has no DescribeInstanceInformation): none until the test says."""
     return Agents().install()
+
+
+# Tests that attach loop devices (warm volumes: the builder's, warm-booted nodes') run on one xdist worker, one at a
+# time (the Makefile's --dist loadgroup): at once on two workers, a mount failed now and then with XFS's "duplicate
+# UUID" although every copy gets a UUID of its own.
+LOOP_DEVICES = pytest.mark.xdist_group("loop-devices")

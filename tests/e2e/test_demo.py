@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 
 from harness.demo import SUMMARY_MARK
+from tests.conftest import LOOP_DEVICES
 from tests.e2e.conftest import require_real_nodes
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_TIMEOUT_SECONDS = 900
 # Real containerd nodes (root). The demo's subprocess is bounded by its own timeout; the test's is a last resort.
-pytestmark = [pytest.mark.node, pytest.mark.timeout(DEMO_TIMEOUT_SECONDS + 60)]
+# The demo boots warm nodes: loop devices, one user at a time (LOOP_DEVICES).
+pytestmark = [pytest.mark.node, pytest.mark.timeout(DEMO_TIMEOUT_SECONDS + 60), LOOP_DEVICES]
 # The GPU pool: two at the start, one scaled out through the node-launch path, one cold and one warm booted.
 GPU = ["gpu-1", "gpu-2", "gpu-3", "scale-cold", "scale-warm"]
 

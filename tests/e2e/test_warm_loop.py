@@ -22,8 +22,9 @@ from harness.node import PIN_LABEL, Containerd, default_release, release_availab
 from harness.stack import REGION
 from harness.warm import BUILDER_TAG, DIGEST_TAG_PREFIX, SNAPSHOT_TAG, Snapshot, WarmLoop, measure_one_push_behind
 from harness.world import World
+from tests.conftest import LOOP_DEVICES
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, LOOP_DEVICES]
 
 REPOSITORIES = ("ml/trainer", "ml/tools")
 

@@ -26,7 +26,10 @@ from harness.cri import Cri
 from harness.node import Containerd, default_release, missing_prerequisites
 from harness.template import template
 from harness.warm import FakeImds, assignment, builder_script
+from tests.conftest import LOOP_DEVICES
 from tests.node.conftest import SKIP_NODE_TESTS, Registries
+
+pytestmark = LOOP_DEVICES
 
 SCRIPT = Path(__file__).resolve().parents[2] / "document" / "warm_boot.sh"
 NODE_AMI = "ami-0123456789abcdef0"
