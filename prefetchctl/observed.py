@@ -113,6 +113,12 @@ class Observed:
     unreadable: list[str] = field(default_factory=list)  # what could not be checked, and why
     nodes_read: bool = True  # False: the nodes could not be listed (none is known, not "none runs")
 
+    @property
+    def served_nodes(self) -> list[Node]:
+        """The nodes this application can serve: those it leaves out whatever their agent does (EKS Auto Mode)
+        excluded."""
+        return [node for node in self.nodes if node.left_out is None]
+
 
 def _denied(what: str, error: Exception) -> str:
     return f"{what}: {error}"

@@ -88,9 +88,12 @@ def nodes_per_repository(observed: Observed) -> list[tuple[str, int, Selector]]:
     """Each watched repository, the running nodes its selector matches (all of them without one; not those left out,
     as EKS Auto Mode nodes), and its selector."""
     selectors, _problem = _selectors(observed.deployment)
-    served = [node for node in observed.nodes if node.left_out is None]
     return [
-        (name, sum(matches(selectors.get(name, {}), node.tags) for node in served), selectors.get(name, {}))
+        (
+            name,
+            sum(matches(selectors.get(name, {}), node.tags) for node in observed.served_nodes),
+            selectors.get(name, {}),
+        )
         for name in observed.deployment.repositories
     ]
 
@@ -243,7 +246,7 @@ def check_nodes(observed: Observed) -> list[Finding]:
                 "Karpenter: eks:eks-cluster-name)",
             )
         ]
-    served = [node for node in observed.nodes if node.left_out is None]
+    served = observed.served_nodes
     if not served:
         return [
             Finding(
@@ -340,8 +343,7 @@ def render(observed: Observed, findings: Sequence[Finding], out: TextIO) -> None
         else "not known (the nodes could not be read: see below)"
     )
     if not findings and not observed.unreadable:
-        served = [node for node in observed.nodes if node.left_out is None]
-        online = sum(node.ping_status == "Online" for node in served)
+        online = sum(node.ping_status == "Online" for node in observed.served_nodes)
         out.write(
             f"{head}: ready\n"
             f"  nodes per repository: {selected}\n"
