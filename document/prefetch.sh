@@ -206,7 +206,9 @@ unsupported() { # a node this application cannot serve: a summary with the reaso
   emit "\"summary\":true,\"images\":0,\"failed\":0,\"omitted\":0,\"unsupported\":$reason,\"seconds\":$seconds"
   exit 0
 }
-answers() { [ -S "$socket" ] && timeout -k 2 10 ctr version >/dev/null 2>&1; }
+# ctr's answer (its client's version first) is kept: ctr_release reads the release from it.
+ctr_version_text=''
+answers() { [ -S "$socket" ] && ctr_version_text=$(timeout -k 2 10 ctr version 2>/dev/null); }
 if ! command -v containerd >/dev/null 2>&1; then
   [ -S "$socket" ] || unsupported "@NO_CONTAINERD_SOCKET@ at $socket"
 fi
@@ -1260,7 +1262,7 @@ ctr_major='' ctr_minor=0 transfer_possible=false
 ctr_release() {
   [ -z "$ctr_major" ] || return 0
   ctr_major=0
-  if [[ "$(ctr --version 2>/dev/null)" =~ \ v?([0-9]+)\.([0-9]+) ]]; then
+  if [[ "$ctr_version_text" =~ Version:[[:space:]]+v?([0-9]+)\.([0-9]+) ]]; then
     ctr_major=${BASH_REMATCH[1]} ctr_minor=${BASH_REMATCH[2]}
   fi
   if [ "$ctr_major" -ge 2 ] && [ "$cri_snapshotter" = overlayfs ] && [ "$SSM_connections" -ge 3 ]; then
